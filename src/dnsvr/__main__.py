@@ -1,0 +1,3 @@
+from dnsvr.cli import main
+
+main()

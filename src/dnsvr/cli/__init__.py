@@ -1,0 +1,44 @@
+"""The ``dnsvr`` command. Thin: parse arguments, call the library, print.
+
+Each command group lives in its own module of this package and is registered here.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+
+from dnsvr import __version__
+
+app = typer.Typer(
+    name="dnsvr",
+    help="DnS video retrieval: extract features, index videos, search, evaluate, distil.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"dnsvr {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details."),
+    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+# Command groups register themselves below, one import per module.
+
+
+def main() -> None:
+    """Entry point of the ``dnsvr`` console script."""
+    app()
