@@ -265,6 +265,9 @@ def resolve_inputs(inputs: str | Path | Iterable[str | Path | tuple[str, str | P
         items = list(inputs)
     pairs: list[tuple[str, Path]] = []
     for item in items:
+        if isinstance(item, Mapping):
+            pairs.extend((str(k), Path(v)) for k, v in item.items())
+            continue
         if isinstance(item, tuple):
             if len(item) != 2:
                 raise ValueError(f"an input pair must be (video_id, path), got {item!r}")
@@ -332,6 +335,7 @@ class _Options:
     queue_chunks: int = 8
     limits: DecodeLimits | None = None
     skip_nonref: bool = False
+    interpolation: str = "BILINEAR"
 
 
 @dataclass
@@ -371,7 +375,7 @@ def _decode_worker(jobs: queue.Queue, out: queue.Queue, opts: _Options, stop: th
             try:
                 reader = VideoReader(video.path, fps=opts.fps, short_side=opts.short_side, crop=opts.crop,
                                      chunk_size=opts.chunk_size, threads=opts.decode_threads, limits=opts.limits,
-                                     skip_nonref=opts.skip_nonref)
+                                     skip_nonref=opts.skip_nonref, interpolation=opts.interpolation)
                 with reader:
                     for chunk in reader:
                         _put(out, ("chunk", video.idx, chunk), stop)
@@ -591,7 +595,7 @@ def _options(extractor: Extractor, fps: float | None, short_side: int | None, cr
     return _Options(fps=fps, short_side=int(short_side) if short_side else None, crop=int(crop) if crop else None,
                     batch_size=int(batch_size), chunk_size=max(1, min(16, int(batch_size))),
                     decode_workers=int(decode_workers), decode_threads=int(decode_threads), limits=limits,
-                    skip_nonref=skip_nonref)
+                    skip_nonref=skip_nonref, interpolation=str(pre.get("interpolation", "bilinear")).upper())
 
 
 def _whitening_identity(white: Any, extractor: Extractor) -> str:
@@ -783,7 +787,7 @@ def extract_videos(inputs: Any, output_h5: str | Path, extractor: Extractor, fps
         sample = todo if fit_videos is None else todo[:max(1, int(fit_videos))]
         raw_attrs = dict(base_attrs, whitening="none", dims=int(getattr(extractor, "region_dims", extractor.dims)))
         raw_report = ExtractionReport(output=raw_path)
-        with FeatureWriter(raw_path, raw_attrs, dtype="float16", checkpoint_interval=checkpoint_interval,
+        with FeatureWriter(raw_path, raw_attrs, dtype=dtype, checkpoint_interval=checkpoint_interval,
                            fsync=fsync) as raw:
             raw_todo = [e for e in sample if e[0] not in raw.completed_ids()]
             _extract_into(raw, raw_todo, extractor, opts, None, "none", raw_report, progress, "pass 1/2 (raw)")
