@@ -281,7 +281,7 @@ def fine_similarities(query: np.ndarray | torch.Tensor,
             mats = _region_chamfer(q, [cands[k] for k in group], regions, fine_type, block_elements)
             if matrices is not None:
                 for k, m in zip(group, mats):
-                    matrices[k] = m[:, :candidates[k].shape[0]].numpy().copy()
+                    matrices[k] = m[:query.shape[0], :candidates[k].shape[0]].numpy().copy()
             if fine_type == "chamfer":
                 for k, m in zip(group, mats):
                     scores[k] = float(m.amax(1).mean())

@@ -37,6 +37,9 @@ def _root(
 
 
 # Command groups register themselves below, one import per module.
+from dnsvr.cli.evaluate import evaluate_command  # noqa: E402
+
+app.command("evaluate")(evaluate_command)
 
 
 def main() -> None:
