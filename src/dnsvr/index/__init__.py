@@ -24,8 +24,13 @@ from dnsvr.index.store import (
     VerifyReport,
     VideoEntry,
 )
+from dnsvr.index.video_index import AddReport, VideoIndex, VideoIndexError, open_index
 
 __all__ = [
+    "AddReport",
+    "VideoIndex",
+    "VideoIndexError",
+    "open_index",
     "AddResult",
     "CoarseHits",
     "CompactReport",
