@@ -37,6 +37,16 @@ def _root(
 
 
 # Command groups register themselves below, one import per module.
+from dnsvr.cli.evaluate import evaluate_command  # noqa: E402
+
+app.command("evaluate")(evaluate_command)
+from dnsvr.cli.index import index_app  # noqa: E402
+from dnsvr.cli.search import search_command  # noqa: E402
+from dnsvr.cli.demo import demo_command  # noqa: E402
+
+app.add_typer(index_app, name="index")
+app.command("search")(search_command)
+app.command("demo")(demo_command)
 
 
 def main() -> None:

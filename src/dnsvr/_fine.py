@@ -1,0 +1,306 @@
+"""Batched fine-grained similarity: one query against many candidates at once.
+
+The reference networks compare one (query, target) pair per call: a region-level
+tensor dot, Chamfer over regions, the video comparator CNN, Chamfer over frames.
+Here the same arithmetic runs for a whole block of candidates:
+
+* the query's ``T1·9`` region vectors against every region of a block of
+  candidates in **one matrix product** (int8 ``torch._int_mm`` for the ±1 codes of
+  S^f_B — exact — float32 otherwise);
+* the comparator CNN over **many pairs at once**, candidates bucketed by length and
+  zero-padded, with the per-pair valid area re-masked after every layer so that each
+  pair's result equals what the network computes for that pair alone (not what the
+  reference's padded-batch path computes: its max-pooling of the padding mask lets
+  one padded row into odd-length videos);
+* **blocks** bounded in elements so memory stays bounded for long videos (the region
+  product is split over query rows and over candidates).
+
+:func:`fine_similarities` is the entry point; :class:`FineComparator` holds the
+comparator weights (from a ``dnsvr.nn`` network or any state dict with the
+reference's ``visil_head.*`` names).
+
+Videos shorter than 4 frames cannot pass the reference comparator (its two
+pooling layers leave nothing); they are zero-padded to 4 frames here.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
+
+FineType = Literal["att", "bin", "chamfer"]
+FINE_TYPES: tuple[str, ...] = ("att", "bin", "chamfer")
+
+#: Default bound on the elements of one block's region-similarity tensor (float32: 4 bytes each).
+DEFAULT_BLOCK_ELEMENTS = 24_000_000
+#: Default bound on the elements of one comparator batch's first feature map (32 channels × pairs × T1 × T2).
+DEFAULT_CNN_ELEMENTS = 24_000_000
+#: Smallest video length the comparator can take (two 2×2 poolings).
+MIN_FRAMES = 4
+
+_COMPARATOR_KEYS = ("conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias",
+                    "conv3.weight", "conv3.bias", "fconv.weight", "fconv.bias")
+
+# ±1 int8 value of every bit of every byte (big-endian bit order, as np.packbits writes).
+_BIT_LUT = torch.from_numpy(
+    (np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).astype(np.int8) * 2 - 1))
+
+
+class FineComparator:
+    """The weights of the reference video comparator CNN (``visil_head``), as plain tensors.
+
+    Args:
+        state: a state dict holding ``visil_head.conv1.weight`` ... ``visil_head.fconv.bias``
+            (the reference's names; a prefix-free ``conv1.weight`` ... also works), or a
+            module whose ``state_dict()`` has them (``FineGrainedStudent``, ``VideoComperator``).
+
+    Raises:
+        KeyError: if a comparator weight is missing (the message lists the missing names).
+    """
+
+    def __init__(self, state: Mapping[str, torch.Tensor] | torch.nn.Module) -> None:
+        if isinstance(state, torch.nn.Module):
+            state = state.state_dict()
+        found: dict[str, torch.Tensor] = {}
+        for key in _COMPARATOR_KEYS:
+            for name in (f"visil_head.{key}", key):
+                if name in state:
+                    found[key] = torch.as_tensor(state[name]).detach().float().contiguous()
+                    break
+        missing = [k for k in _COMPARATOR_KEYS if k not in found]
+        if missing:
+            raise KeyError(f"comparator weights missing: {missing} (have {sorted(state)[:12]}...)")
+        self.w = found
+
+    def __call__(self, sim: torch.Tensor, widths: torch.Tensor) -> torch.Tensor:
+        """Run the comparator over a padded batch of frame-to-frame matrices.
+
+        Args:
+            sim: ``[B, T1, W]`` float32, each pair's matrix zero beyond its own width.
+            widths: ``[B]`` int64, the valid number of target frames of each pair (≥ 4).
+
+        Returns:
+            ``[B, T1 // 4, W // 4]`` the comparator output after hardtanh; positions beyond
+            ``widths // 4`` are meaningless (the caller masks them).
+        """
+        w = self.w
+        x = sim.unsqueeze(1)
+        cols = torch.arange(x.shape[-1])
+
+        def colmask(t: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+            n = t.shape[-1]
+            m = (cols[:n][None, :] < valid[:, None]).to(t.dtype)  # [B, n]
+            return t * m[:, None, None, :]
+
+        x = F.conv2d(x, w["conv1.weight"], w["conv1.bias"], padding=1)
+        x = F.relu(colmask(x, widths))
+        x = F.max_pool2d(x, 2, 2)
+        w1 = widths // 2
+        x = colmask(x, w1)
+        x = F.conv2d(x, w["conv2.weight"], w["conv2.bias"], padding=1)
+        x = F.relu(colmask(x, w1))
+        x = F.max_pool2d(x, 2, 2)
+        w2 = w1 // 2
+        x = colmask(x, w2)
+        x = F.conv2d(x, w["conv3.weight"], w["conv3.bias"], padding=1)
+        x = F.relu(x)
+        x = F.conv2d(x, w["fconv.weight"], w["fconv.bias"])
+        return F.hardtanh(x.squeeze(1))
+
+
+@dataclass
+class _Prepared:
+    """A video's regions flattened for the matrix product: ``[T*9, D]`` (float32 or int8)."""
+
+    mat: torch.Tensor
+    frames: int
+
+
+def unpack_codes(packed: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """±1 int8 codes from S^f_B's packed bits.
+
+    Args:
+        packed: uint8 ``[..., D/8]`` (bit 1 = +1, bit 0 = −1; big-endian within a byte).
+
+    Returns:
+        int8 ``[..., D]`` of ±1.
+    """
+    t = torch.as_tensor(np.ascontiguousarray(packed))
+    if t.dtype != torch.uint8:
+        raise TypeError(f"packed codes must be uint8, got {t.dtype} shape {tuple(t.shape)}")
+    return _BIT_LUT[t.long()].reshape(*t.shape[:-1], t.shape[-1] * 8)
+
+
+def pack_codes(codes: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Packed bits from ±1 (or sign-valued) codes ``[..., D]`` → uint8 ``[..., D/8]`` (bit = code > 0)."""
+    arr = codes.detach().cpu().numpy() if isinstance(codes, torch.Tensor) else np.asarray(codes)
+    if arr.shape[-1] % 8:
+        raise ValueError(f"code length must be a multiple of 8, got shape {arr.shape}")
+    return np.packbits(arr > 0, axis=-1)
+
+
+def _prepare(video: np.ndarray | torch.Tensor, fine_type: str) -> _Prepared:
+    """Flatten one stored representation for the product; pad videos shorter than 4 frames."""
+    if isinstance(video, torch.Tensor):
+        t = video.detach().cpu()
+    else:
+        with warnings.catch_warnings():
+            # memory-mapped shards are read-only; nothing here writes to the input
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            t = torch.from_numpy(np.ascontiguousarray(video))
+    if t.ndim != 3:
+        raise ValueError(f"a fine representation must be [T, regions, D], got shape {tuple(t.shape)}")
+    if fine_type == "bin":
+        if t.dtype == torch.uint8:
+            t = unpack_codes(t)
+        else:
+            t = torch.where(t > 0, 1, -1).to(torch.int8)
+    else:
+        t = t.float()
+    frames = t.shape[0]
+    if frames < MIN_FRAMES and fine_type != "chamfer":
+        pad = torch.zeros((MIN_FRAMES - frames, *t.shape[1:]), dtype=t.dtype)
+        t = torch.cat([t, pad], 0)
+        frames = MIN_FRAMES
+    return _Prepared(t.reshape(frames * t.shape[1], t.shape[2]).contiguous(), frames)
+
+
+def _region_chamfer(query: _Prepared, cands: list[_Prepared], regions: int, fine_type: str,
+                    block_elements: int) -> list[torch.Tensor]:
+    """Frame-to-frame matrices ``[T1, T2_i]``: region dot products, max over target regions, mean over query regions."""
+    qrows = query.mat.shape[0]
+    out: list[torch.Tensor] = []
+    # query rows per piece: whole frames, bounded so that one candidate fits a block
+    i = 0
+    while i < len(cands):
+        cols = 0
+        j = i
+        while j < len(cands) and (j == i or (cols + cands[j].mat.shape[0]) * qrows <= block_elements):
+            cols += cands[j].mat.shape[0]
+            j += 1
+        target = torch.cat([c.mat for c in cands[i:j]], 0) if j - i > 1 else cands[i].mat
+        frame_rows = max(1, block_elements // max(1, cols * regions))
+        pieces = []
+        for f0 in range(0, query.frames, frame_rows):
+            q = query.mat[f0 * regions:min(query.frames, f0 + frame_rows) * regions]
+            if fine_type == "bin":
+                s = torch._int_mm(q, target.T.contiguous()) if q.shape[0] > 16 else (
+                    q.int() @ target.T.int())
+                s = s.float()
+            else:
+                s = q @ target.T
+            nq = q.shape[0] // regions
+            s = s.view(nq, regions, cols // regions, regions).amax(3).mean(1)  # [nq, sum T2]
+            pieces.append(s)
+        full = torch.cat(pieces, 0) if len(pieces) > 1 else pieces[0]
+        start = 0
+        for c in cands[i:j]:
+            out.append(full[:, start:start + c.frames])
+            start += c.frames
+        i = j
+    if fine_type == "bin":
+        dims = query.mat.shape[1]
+        out = [o / dims for o in out]
+    return out
+
+
+def _buckets(lengths: Sequence[int], t1: int, cnn_elements: int, waste: float = 0.25) -> Iterator[list[int]]:
+    """Indices grouped by similar length; each group's padded CNN input stays under ``cnn_elements``."""
+    order = sorted(range(len(lengths)), key=lambda k: lengths[k])
+    group: list[int] = []
+    for k in order:
+        if group:
+            width = lengths[k]
+            too_wide = width > lengths[group[0]] * (1 + waste) + 4
+            too_big = 32 * t1 * width * (len(group) + 1) > cnn_elements
+            if too_wide or too_big:
+                yield group
+                group = []
+        group.append(k)
+    if group:
+        yield group
+
+
+def fine_similarities(query: np.ndarray | torch.Tensor,
+                      candidates: Sequence[np.ndarray | torch.Tensor],
+                      fine_type: str,
+                      comparator: FineComparator | None = None,
+                      *,
+                      return_matrices: bool = False,
+                      block_elements: int = DEFAULT_BLOCK_ELEMENTS,
+                      cnn_elements: int = DEFAULT_CNN_ELEMENTS,
+                      ) -> tuple[np.ndarray, list[np.ndarray] | None]:
+    """Fine-grained similarity of one query to many candidates, batched.
+
+    Equals, for every candidate, ``FineGrainedStudent.calculate_video_similarity(query,
+    candidate)`` (``att``/``bin``) or ``dnsvr.nn.similarity.chamfer_video_similarity``
+    (``chamfer``) on that pair alone.
+
+    Args:
+        query: the query's stored fine representation ``[T1, 9, D]`` (float, ±1, or packed
+            uint8 bits ``[T1, 9, D/8]`` for ``bin``).
+        candidates: the candidates' representations, same layout, any lengths.
+        fine_type: ``"att"`` / ``"bin"`` (learned comparator) or ``"chamfer"`` (training-free).
+        comparator: the comparator weights; required for ``att``/``bin``.
+        return_matrices: also return each pair's frame-to-frame matrix ``[T1, T2]`` (the
+            region-Chamfer matrix before the comparator; used for segment alignment).
+        block_elements: bound on one region-product block (elements).
+        cnn_elements: bound on one comparator batch's first feature map (elements).
+
+    Returns:
+        ``(scores float32 [N], matrices or None)``; scores in [-1, 1] as the networks give them.
+
+    Raises:
+        ValueError: unknown ``fine_type``, missing comparator, or mismatched shapes.
+    """
+    if fine_type not in FINE_TYPES:
+        raise ValueError(f"unknown fine type {fine_type!r}; expected one of {FINE_TYPES}")
+    if fine_type != "chamfer" and comparator is None:
+        raise ValueError(f"fine type {fine_type!r} needs the comparator weights")
+    n = len(candidates)
+    if n == 0:
+        return np.zeros(0, dtype=np.float32), ([] if return_matrices else None)
+    with torch.inference_mode():
+        q = _prepare(query, fine_type)
+        regions = int(query.shape[1])
+        cands = [_prepare(c, fine_type) for c in candidates]
+        for k, c in enumerate(cands):
+            if c.mat.shape[1] != q.mat.shape[1] or c.mat.shape[0] != c.frames * regions:
+                raise ValueError(f"candidate {k} has shape {tuple(candidates[k].shape)}, "
+                                 f"query {tuple(query.shape)}: region count/dims differ")
+        scores = np.zeros(n, dtype=np.float32)
+        matrices: list[np.ndarray] | None = [None] * n if return_matrices else None  # type: ignore[list-item]
+        # process candidates in groups of similar length: region product then comparator
+        lengths = [c.frames for c in cands]
+        for group in _buckets(lengths, q.frames, cnn_elements):
+            mats = _region_chamfer(q, [cands[k] for k in group], regions, fine_type, block_elements)
+            if matrices is not None:
+                for k, m in zip(group, mats):
+                    matrices[k] = m[:query.shape[0], :candidates[k].shape[0]].numpy().copy()
+            if fine_type == "chamfer":
+                for k, m in zip(group, mats):
+                    scores[k] = float(m.amax(1).mean())
+                continue
+            width = max(m.shape[1] for m in mats)
+            width += (-width) % 4
+            batch = torch.zeros((len(group), q.frames, width))
+            for b, m in enumerate(mats):
+                batch[b, :, :m.shape[1]] = m
+            widths = torch.tensor([m.shape[1] for m in mats], dtype=torch.int64)
+            out = comparator(batch, widths)  # type: ignore[misc]
+            valid = widths // 4
+            cols = torch.arange(out.shape[-1])
+            out = out.masked_fill(cols[None, None, :] >= valid[:, None, None], -float("inf"))
+            sims = out.amax(2).mean(1)
+            for b, k in enumerate(group):
+                scores[k] = float(sims[b])
+    return scores, matrices

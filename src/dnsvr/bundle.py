@@ -1,0 +1,513 @@
+"""Model bundles: everything that turns region features into searchable representations.
+
+A bundle is one backbone + whitening identity, a coarse stage, a fine stage and an
+optional selector. Two built-in bundles:
+
+* ``lite`` — the offline default: EfficientNet-Lite0 regions, PCA whitening fitted on the
+  first videos added to an index (or on demand with :meth:`Bundle.fit_whitening`), a
+  training-free coarse vector (mean of the L2-normalised region vectors, L2-normalised)
+  and the training-free fine similarity (Chamfer over regions → frame-to-frame matrix →
+  Chamfer over frames, :func:`dnsvr.nn.similarity.chamfer_video_similarity`). Without a
+  selector the coarse order decides which pairs the fine stage re-scores.
+* ``paper`` / ``paper-bin`` — ResNet-50 + the published PCA + the published students
+  (S^f_A / S^f_B, S^c) and selector, via :mod:`dnsvr.weights` (downloaded once; offline
+  raises :class:`dnsvr.weights.WeightsUnavailableError` naming the file, URL and target).
+
+A saved bundle is a folder::
+
+    bundle.json            format version, versions that wrote it, backbone + whitening identity,
+                           fine type (att|bin|chamfer), coarse type (student|mean), network settings
+    whitening.safetensors  the PCA whitening (if any)
+    fine.safetensors       fine student weights (att|bin)
+    coarse.safetensors     coarse student weights (student)
+    selector.safetensors   selector weights (if any)
+
+**Base features and attaching a trained bundle.** The input of every network is the
+whitened region features ``[T, 9, D]`` (the *base features*). The ``lite`` bundle's fine
+representation *is* the base features (float16), so an index built with ``lite`` keeps
+everything a trained bundle needs: :meth:`dnsvr.index.VideoIndex.attach` recomputes all
+representations from the stored fine arrays without decoding any video. Indexes built with
+a student bundle store the student's representation only (attention-weighted features or
+packed codes) and cannot be re-represented.
+
+Example:
+    >>> bundle = load_bundle("lite")                      # doctest: +SKIP
+    >>> bundle.fit_whitening([raw_regions])               # doctest: +SKIP
+    >>> rep = bundle.represent(bundle.whiten(raw_regions))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dnsvr import __version__
+from dnsvr._fine import FINE_TYPES, FineComparator, fine_similarities, pack_codes
+
+logger = logging.getLogger(__name__)
+
+BUNDLE_FORMAT = "dnsvr-bundle"
+BUNDLE_FORMAT_VERSION = 1
+CONFIG_NAME = "bundle.json"
+BUILTIN_BUNDLES = ("lite", "paper", "paper-bin")
+COARSE_TYPES = ("mean", "student")
+
+#: Whitened dimensions of the ``lite`` bundle (fewer if the first videos give too few region vectors).
+LITE_DIMS = 512
+#: Fewest whitened dimensions ``fit_whitening`` accepts.
+MIN_WHITENED_DIMS = 32
+
+
+class BundleError(ValueError):
+    """A bundle folder is missing, malformed, or incompatible with the data given to it."""
+
+
+@dataclass
+class VideoRepresentation:
+    """What an index stores for one video.
+
+    Attributes:
+        coarse: float32 ``[Dc]``, L2-normalised.
+        fine: the fine representation: uint8 packed bits ``[T, 9, D/8]`` (S^f_B), float16
+            ``[T, 9, D]`` otherwise (attention-weighted features for S^f_A; the base features
+            themselves for the training-free ``chamfer`` stage).
+        selector: the selector's self-similarity of the video, or None without a selector.
+    """
+
+    coarse: np.ndarray
+    fine: np.ndarray
+    selector: float | None
+
+
+def _versions() -> dict[str, str]:
+    return {"dnsvr": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}
+
+
+def _save_state(module: torch.nn.Module, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    save_file(state, str(path), metadata={"format": BUNDLE_FORMAT})
+
+
+def _load_state(module: torch.nn.Module, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise BundleError(f"bundle weights missing: {path}")
+    module.load_state_dict(load_file(str(path)), strict=True)
+
+
+class Bundle:
+    """A model bundle: whitening + coarse stage + fine stage + optional selector.
+
+    Args:
+        name: a label (``"lite"``, ``"paper"``, or the trainer's name for a trained bundle).
+        backbone: the backbone whose regions the bundle takes (``"efficientnet_lite0"`` or ``"resnet50"``).
+        whitening: a :class:`dnsvr.backbones.PCAWhitening` (fitted or not), or None when the inputs
+            are already whitened.
+        fine_type: ``"att"``, ``"bin"`` (a :class:`dnsvr.nn.FineGrainedStudent` in ``fine_net``) or
+            ``"chamfer"`` (training-free).
+        fine_net: the fine student for ``att``/``bin``.
+        fine_args: constructor arguments of ``fine_net`` (recorded in the config).
+        coarse_type: ``"mean"`` (training-free) or ``"student"`` (a :class:`dnsvr.nn.CoarseGrainedStudent`).
+        coarse_net, coarse_args: the coarse student and its constructor arguments.
+        selector_net, selector_args: the :class:`dnsvr.nn.SelectorNetwork` and its arguments, or None.
+        whitening_dims: the whitened size to fit (lite; when ``whitening`` is not fitted yet).
+        extra: free-form JSON-able provenance (training data, run ids, ...).
+
+    Raises:
+        BundleError: an unknown fine/coarse type, or a missing network.
+    """
+
+    def __init__(self, name: str, backbone: str, *, whitening: Any = None, fine_type: str = "chamfer",
+                 fine_net: torch.nn.Module | None = None, fine_args: dict[str, Any] | None = None,
+                 coarse_type: str = "mean", coarse_net: torch.nn.Module | None = None,
+                 coarse_args: dict[str, Any] | None = None, selector_net: torch.nn.Module | None = None,
+                 selector_args: dict[str, Any] | None = None, whitening_dims: int | None = None,
+                 extra: dict[str, Any] | None = None) -> None:
+        if fine_type not in FINE_TYPES:
+            raise BundleError(f"unknown fine type {fine_type!r}; expected one of {FINE_TYPES}")
+        if coarse_type not in COARSE_TYPES:
+            raise BundleError(f"unknown coarse type {coarse_type!r}; expected one of {COARSE_TYPES}")
+        if fine_type != "chamfer" and fine_net is None:
+            raise BundleError(f"fine type {fine_type!r} needs a fine student network")
+        if coarse_type == "student" and coarse_net is None:
+            raise BundleError("coarse type 'student' needs a coarse student network")
+        self.name = name
+        self.backbone = backbone
+        self.whitening = whitening
+        self.whitening_dims = whitening_dims
+        self.fine_type = fine_type
+        self.fine_net = fine_net.eval() if fine_net is not None else None
+        self.fine_args = dict(fine_args or {})
+        self.coarse_type = coarse_type
+        self.coarse_net = coarse_net.eval() if coarse_net is not None else None
+        self.coarse_args = dict(coarse_args or {})
+        self.selector_net = selector_net.eval() if selector_net is not None else None
+        self.selector_args = dict(selector_args or {})
+        self.extra = dict(extra or {})
+        self._comparator = FineComparator(self.fine_net) if self.fine_net is not None else None
+
+    # -- description ---------------------------------------------------------------------------
+    @property
+    def whitened(self) -> bool:
+        """Whether the whitening is available (always true for bundles without whitening)."""
+        return self.whitening is None or bool(getattr(self.whitening, "fitted", True))
+
+    @property
+    def input_dims(self) -> int | None:
+        """Size D of the base features the networks take (None while the lite whitening is unfitted)."""
+        if self.whitening is not None:
+            return int(self.whitening.dims) if self.whitened else self.whitening_dims
+        return int(self.fine_args.get("dims", self.coarse_args.get("dims", 512)))
+
+    @property
+    def has_selector(self) -> bool:
+        return self.selector_net is not None
+
+    def fine_layout(self, dims: int | None = None) -> tuple[str, tuple[int, int]]:
+        """``(numpy dtype name, per-frame shape)`` of the stored fine representation."""
+        d = dims or self.input_dims
+        if d is None:
+            raise BundleError(f"bundle {self.name!r}: the whitening is not fitted yet, the fine layout is unknown")
+        if self.fine_type == "bin":
+            layer = getattr(self.fine_net, "binarization", None)
+            bits = int(layer.W.shape[1]) if layer is not None and hasattr(layer, "W") else int(d)
+            return "uint8", (9, bits // 8)
+        return "float16", (9, int(d))
+
+    def coarse_dims(self) -> int:
+        """Size of the coarse vector."""
+        if self.coarse_type == "student":
+            return int(self.coarse_args.get("netvlad_outdims", 1024))
+        d = self.input_dims
+        if d is None:
+            raise BundleError(f"bundle {self.name!r}: the whitening is not fitted yet, the coarse size is unknown")
+        return int(d)
+
+    def identity(self) -> dict[str, Any]:
+        """Provenance: backbone, whitening identity, stage types."""
+        white = None
+        if self.whitening is not None and self.whitened:
+            white = self.whitening.identity
+        return {"name": self.name, "backbone": self.backbone, "whitening": white,
+                "fine": self.fine_type, "coarse": self.coarse_type, "selector": self.has_selector}
+
+    def config(self) -> dict[str, Any]:
+        """The JSON config written as ``bundle.json``."""
+        white: dict[str, Any] | None = None
+        if self.whitening is not None:
+            white = {"dims": self.input_dims, "fitted": self.whitened,
+                     "identity": self.whitening.identity if self.whitened else None,
+                     "input_dims": int(self.whitening.input_dims) if self.whitened else None}
+        return {
+            "format": BUNDLE_FORMAT, "format_version": BUNDLE_FORMAT_VERSION, "written_by": _versions(),
+            "name": self.name, "backbone": self.backbone, "whitening": white,
+            "fine": {"type": self.fine_type, "args": self.fine_args},
+            "coarse": {"type": self.coarse_type, "args": self.coarse_args},
+            "selector": ({"type": "network", "args": self.selector_args} if self.has_selector
+                         else {"type": "coarse-order"}),
+            "extra": self.extra,
+        }
+
+    def __repr__(self) -> str:
+        return (f"Bundle(name={self.name!r}, backbone={self.backbone!r}, fine={self.fine_type!r}, "
+                f"coarse={self.coarse_type!r}, selector={self.has_selector}, dims={self.input_dims})")
+
+    # -- persistence -----------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """Write the bundle folder (JSON config + safetensors weights).
+
+        Returns:
+            The folder.
+        """
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        if self.whitening is not None and self.whitened:
+            self.whitening.save(out / "whitening.safetensors")
+        if self.fine_net is not None:
+            _save_state(self.fine_net, out / "fine.safetensors")
+        if self.coarse_net is not None:
+            _save_state(self.coarse_net, out / "coarse.safetensors")
+        if self.selector_net is not None:
+            _save_state(self.selector_net, out / "selector.safetensors")
+        tmp = out / (CONFIG_NAME + ".tmp")
+        tmp.write_text(json.dumps(self.config(), indent=2, sort_keys=True))
+        tmp.replace(out / CONFIG_NAME)
+        logger.info("saved bundle %s to %s", self.name, out)
+        return out
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Bundle:
+        """Read a bundle folder written by :meth:`save`.
+
+        Raises:
+            BundleError: missing/malformed config, unsupported format version, missing weights.
+        """
+        folder = Path(directory)
+        path = folder / CONFIG_NAME
+        if not path.is_file():
+            raise BundleError(f"not a bundle folder (no {CONFIG_NAME}): {folder}")
+        try:
+            cfg = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise BundleError(f"{path}: invalid JSON ({exc})") from exc
+        if cfg.get("format") != BUNDLE_FORMAT:
+            raise BundleError(f"{path}: not a dnsvr bundle (format {cfg.get('format')!r})")
+        version = int(cfg.get("format_version", 0))
+        if version > BUNDLE_FORMAT_VERSION:
+            raise BundleError(f"{path}: bundle format version {version} is newer than this dnsvr supports "
+                              f"({BUNDLE_FORMAT_VERSION}); written by {cfg.get('written_by')}")
+        whitening = None
+        white_cfg = cfg.get("whitening")
+        if white_cfg is not None:
+            from dnsvr.backbones import PCAWhitening
+
+            wfile = folder / "whitening.safetensors"
+            if white_cfg.get("fitted"):
+                whitening = PCAWhitening.from_file(wfile, dims=int(white_cfg["dims"]))
+                if white_cfg.get("identity") and whitening.identity != white_cfg["identity"]:
+                    raise BundleError(f"{wfile}: whitening identity {whitening.identity} differs from the "
+                                      f"config's {white_cfg['identity']}")
+            else:
+                whitening = PCAWhitening(dims=int(white_cfg.get("dims") or LITE_DIMS))
+        fine_cfg, coarse_cfg, sel_cfg = cfg["fine"], cfg["coarse"], cfg.get("selector") or {}
+        fine_net = coarse_net = selector_net = None
+        if fine_cfg["type"] in ("att", "bin"):
+            from dnsvr.nn import FineGrainedStudent
+
+            fine_net = FineGrainedStudent(**fine_cfg.get("args", {}))
+            _load_state(fine_net, folder / "fine.safetensors")
+        if coarse_cfg["type"] == "student":
+            from dnsvr.nn import CoarseGrainedStudent
+
+            coarse_net = CoarseGrainedStudent(**coarse_cfg.get("args", {}))
+            _load_state(coarse_net, folder / "coarse.safetensors")
+        if sel_cfg.get("type") == "network":
+            from dnsvr.nn import SelectorNetwork
+
+            selector_net = SelectorNetwork(**sel_cfg.get("args", {}))
+            _load_state(selector_net, folder / "selector.safetensors")
+        return cls(cfg["name"], cfg["backbone"], whitening=whitening, fine_type=fine_cfg["type"],
+                   fine_net=fine_net, fine_args=fine_cfg.get("args"), coarse_type=coarse_cfg["type"],
+                   coarse_net=coarse_net, coarse_args=coarse_cfg.get("args"), selector_net=selector_net,
+                   selector_args=sel_cfg.get("args"),
+                   whitening_dims=(white_cfg or {}).get("dims"), extra=cfg.get("extra"))
+
+    # -- whitening -------------------------------------------------------------------------------
+    def fit_whitening(self, raw: Iterable[np.ndarray | torch.Tensor], dims: int | None = None) -> None:
+        """Fit the PCA whitening on raw region features (the ``lite`` bundle, on the first videos added).
+
+        With fewer region vectors than the requested dims allow, the whitened size shrinks (to a
+        multiple of 8, at least 32) rather than whitening a rank-deficient covariance.
+
+        Args:
+            raw: raw region features ``[T, 9, C]`` of some videos.
+            dims: whitened size (default: the bundle's, 512 for ``lite``).
+
+        Raises:
+            BundleError: the bundle has no whitening, or there are too few vectors (< 64).
+        """
+        from dnsvr.backbones import PCAWhitening
+
+        arrays = [np.asarray(r.detach().cpu().numpy() if isinstance(r, torch.Tensor) else r, dtype=np.float32)
+                  for r in raw]
+        vectors = np.concatenate([a.reshape(-1, a.shape[-1]) for a in arrays], 0) if arrays else np.zeros((0, 0))
+        n, c = vectors.shape
+        want = int(dims or self.whitening_dims or LITE_DIMS)
+        usable = min(want, c, ((n - 2) // 2) // 8 * 8)
+        if usable < MIN_WHITENED_DIMS:
+            raise BundleError(f"bundle {self.name!r}: {n} region vectors of {c} dims are too few to fit a "
+                              f"whitening (need at least {2 * MIN_WHITENED_DIMS + 2}); add more videos at once")
+        if usable < want:
+            logger.warning("fitting a %d-d whitening (asked %d): only %d region vectors", usable, want, n)
+        white = PCAWhitening(dims=usable).fit(vectors)
+        self.whitening = white
+        self.whitening_dims = usable
+        logger.info("bundle %s: whitening %s fitted on %d vectors", self.name, white.identity, n)
+
+    def whiten(self, raw: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Raw region features ``[T, 9, C]`` → base features ``[T, 9, D]`` float32.
+
+        Features that already have the whitened size pass through unchanged (published feature
+        files are stored whitened).
+
+        Raises:
+            BundleError: the whitening is not fitted, or the size matches neither side.
+        """
+        x = raw.detach().cpu().float() if isinstance(raw, torch.Tensor) else torch.from_numpy(
+            np.ascontiguousarray(raw, dtype=np.float32))
+        if x.ndim != 3:
+            raise BundleError(f"features must be [T, regions, D], got shape {tuple(x.shape)}")
+        if self.whitening is None:
+            return x.numpy()
+        if not self.whitened:
+            raise BundleError(f"bundle {self.name!r}: whitening not fitted; call fit_whitening first")
+        if x.shape[-1] == self.whitening.dims and x.shape[-1] != self.whitening.input_dims:
+            return x.numpy()
+        if x.shape[-1] != self.whitening.input_dims:
+            raise BundleError(f"bundle {self.name!r} takes {self.whitening.input_dims}-d raw regions "
+                              f"({self.backbone}) or {self.whitening.dims}-d whitened ones; got shape {tuple(x.shape)}")
+        with torch.inference_mode():
+            return self.whitening(x).numpy()
+
+    # -- representations ------------------------------------------------------------------------
+    def represent(self, features: np.ndarray | torch.Tensor) -> VideoRepresentation:
+        """Base features ``[T, 9, D]`` → what the index stores (coarse, fine, selector).
+
+        Raises:
+            BundleError: on a wrong shape.
+        """
+        x = features.detach().cpu().float() if isinstance(features, torch.Tensor) else torch.from_numpy(
+            np.ascontiguousarray(features, dtype=np.float32))
+        d = self.input_dims
+        if x.ndim != 3 or x.shape[0] == 0 or (d is not None and x.shape[-1] != d):
+            raise BundleError(f"bundle {self.name!r} represents [T>0, regions, {d}] features, "
+                              f"got shape {tuple(x.shape)}")
+        with torch.inference_mode():
+            if self.coarse_type == "student":
+                coarse = self.coarse_net.index_video(x[None])  # type: ignore[union-attr]
+                coarse = coarse.reshape(-1).float().numpy()
+            else:
+                coarse = lite_coarse_vector(x.numpy())
+            if self.fine_type == "chamfer":
+                fine = x.numpy().astype(np.float16)
+            else:
+                rep = self.fine_net.index_video(x)  # type: ignore[union-attr]
+                rep = rep.reshape(x.shape[0], x.shape[1], -1)
+                fine = pack_codes(rep) if self.fine_type == "bin" else rep.float().numpy().astype(np.float16)
+            selector = None
+            if self.selector_net is not None:
+                selector = float(self.selector_net.index_video(x[None]).reshape(-1)[0])
+        return VideoRepresentation(coarse=np.ascontiguousarray(coarse, dtype=np.float32), fine=fine,
+                                   selector=selector)
+
+    def base_features(self, fine: np.ndarray) -> np.ndarray:
+        """The base features back from a stored fine representation (the ``chamfer`` stage only).
+
+        Raises:
+            BundleError: for student representations, which cannot be inverted.
+        """
+        if self.fine_type != "chamfer":
+            raise BundleError(f"bundle {self.name!r} stores {self.fine_type!r} representations; the base features "
+                              "cannot be recovered from them (re-add the videos or their feature files)")
+        return np.asarray(fine, dtype=np.float32)
+
+    # -- similarities ----------------------------------------------------------------------------
+    def fine_similarities(self, query_fine: np.ndarray, candidates: Sequence[np.ndarray], *,
+                          return_matrices: bool = False) -> tuple[np.ndarray, list[np.ndarray] | None]:
+        """Fine similarity of one query to many candidates (batched; see :mod:`dnsvr._fine`)."""
+        return fine_similarities(query_fine, candidates, self.fine_type, self._comparator,
+                                 return_matrices=return_matrices)
+
+    def selector_scores(self, query_selector: float | None, target_selectors: np.ndarray,
+                        coarse_scores: np.ndarray) -> np.ndarray | None:
+        """The selector's score per (query, candidate) pair, or None without a selector.
+
+        Args:
+            query_selector: the query's self-similarity.
+            target_selectors: ``[N]`` the candidates' self-similarities.
+            coarse_scores: ``[N]`` the coarse similarities.
+
+        Raises:
+            BundleError: a self-similarity is missing (index built without this selector).
+        """
+        if self.selector_net is None:
+            return None
+        t = np.asarray(target_selectors, dtype=np.float32)
+        if query_selector is None or not np.all(np.isfinite(t)):
+            raise BundleError(f"bundle {self.name!r}: selector self-similarities missing for the query or "
+                              "some candidates (was the index built with this bundle?)")
+        n = len(t)
+        mlp_in = np.stack([np.full(n, query_selector, dtype=np.float32), t,
+                           np.asarray(coarse_scores, dtype=np.float32)], 1)
+        with torch.inference_mode():
+            out = self.selector_net(torch.from_numpy(mlp_in))
+        return out.reshape(-1).float().numpy()
+
+
+def lite_coarse_vector(features: np.ndarray) -> np.ndarray:
+    """The training-free coarse vector: mean of the L2-normalised region vectors, L2-normalised.
+
+    Args:
+        features: ``[T, 9, D]`` base features.
+
+    Returns:
+        float32 ``[D]``.
+    """
+    x = np.asarray(features, dtype=np.float32)
+    x = x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    v = x.reshape(-1, x.shape[-1]).mean(0)
+    return (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32)
+
+
+def lite_bundle(dims: int = LITE_DIMS) -> Bundle:
+    """The offline default bundle (whitening unfitted until the first videos are added)."""
+    from dnsvr.backbones import PCAWhitening
+
+    return Bundle("lite", "efficientnet_lite0", whitening=PCAWhitening(dims=dims), fine_type="chamfer",
+                  coarse_type="mean", whitening_dims=dims)
+
+
+def paper_bundle(fine: str = "att", offline: bool | None = None) -> Bundle:
+    """The published networks: ResNet-50 + PCA (VCDB) + S^f_A or S^f_B + S^c + selector.
+
+    Args:
+        fine: ``"att"`` (S^f_A) or ``"bin"`` (S^f_B).
+        offline: forbid downloads (default: the ``DNSVR_OFFLINE`` environment variable).
+
+    Raises:
+        dnsvr.weights.WeightsUnavailableError: a published file is not cached and cannot be downloaded.
+    """
+    from dnsvr.backbones import PCAWhitening
+    from dnsvr.nn import CoarseGrainedStudent, FineGrainedStudent, SelectorNetwork
+    from dnsvr.weights import resolve_weights
+
+    if fine not in ("att", "bin"):
+        raise BundleError(f"paper bundle fine student must be 'att' or 'bin', got {fine!r}")
+    whitening = PCAWhitening.from_file(resolve_weights("pca_resnet50_vcdb_1M", offline=offline), dims=512)
+    fine_args = {"dims": 512, "attention": fine == "att", "binarization": fine == "bin"}
+    fine_net = FineGrainedStudent(**fine_args, weights_path=resolve_weights(f"dns_fg_{fine}_student",
+                                                                            offline=offline))
+    coarse_args: dict[str, Any] = {"dims": 512}
+    coarse_net = CoarseGrainedStudent(**coarse_args, weights_path=resolve_weights("dns_cg_student",
+                                                                                  offline=offline))
+    selector_args = {"dims": 512, "hidden_size": 100, "num_layers": 1}
+    selector_net = SelectorNetwork(**selector_args, weights_path=resolve_weights(f"dns_selector_cg-fg_{fine}",
+                                                                                 offline=offline))
+    return Bundle("paper" if fine == "att" else "paper-bin", "resnet50", whitening=whitening, fine_type=fine,
+                  fine_net=fine_net, fine_args=fine_args, coarse_type="student", coarse_net=coarse_net,
+                  coarse_args=coarse_args, selector_net=selector_net, selector_args=selector_args)
+
+
+def load_bundle(spec: str | Path | Bundle = "lite", *, offline: bool | None = None) -> Bundle:
+    """A bundle by name (``"lite"``, ``"paper"``, ``"paper-bin"``) or from a bundle folder.
+
+    Raises:
+        BundleError: unknown name and no such folder (the message lists the built-in names).
+        dnsvr.weights.WeightsUnavailableError: ``paper`` weights not cached and offline.
+    """
+    if isinstance(spec, Bundle):
+        return spec
+    text = str(spec)
+    if text == "lite":
+        return lite_bundle()
+    if text == "paper":
+        return paper_bundle("att", offline=offline)
+    if text == "paper-bin":
+        return paper_bundle("bin", offline=offline)
+    path = Path(text)
+    if path.is_dir():
+        return Bundle.load(path)
+    raise BundleError(f"unknown bundle {text!r}: use one of {list(BUILTIN_BUNDLES)} or a bundle folder "
+                      f"(containing {CONFIG_NAME})")

@@ -1,0 +1,262 @@
+"""Similarity files ``{query_id: {video_id: score}}`` and their compact in-memory form.
+
+The file format is the one the ViSiL/DnS reference code writes (JSON,
+optionally gzip-compressed). Parsing uses ``orjson`` when it is installed
+(``pip install dnsvr[fast]``, several times faster on FIVR-200K-sized files)
+and the standard library otherwise; both keep the key order of the file, which
+decides how the protocols break ties.
+
+:class:`SimilarityTable` turns the nested dicts into one vocabulary of video
+ids plus, per query, an int array of vocabulary positions and a float64 array
+of scores, so that the protocols can rank and test membership with numpy.
+Queries whose result lists have the same keys in the same order (the usual
+case: every query scored against the whole database) share one position array.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+try:  # optional speed-up: 3-5x faster parsing of large files
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - exercised when orjson is absent
+    _orjson = None
+
+logger = logging.getLogger(__name__)
+
+Similarities = Mapping[str, Mapping[str, float]]
+
+
+class SimilarityFileError(ValueError):
+    """A similarity file or mapping is not ``{query_id: {video_id: number}}``."""
+
+
+def _read_bytes(path: Path) -> bytes:
+    with open(path, "rb") as fh:
+        head = fh.read(2)
+    if head == b"\x1f\x8b":  # gzip magic, whatever the suffix says
+        with gzip.open(path, "rb") as fh:
+            return fh.read()
+    return path.read_bytes()
+
+
+def parse_json_bytes(data: bytes, *, source: str = "<bytes>") -> Any:
+    """Parse JSON with orjson when available, else the standard library.
+
+    Args:
+        data: UTF-8 JSON text.
+        source: name used in error messages.
+
+    Returns:
+        The decoded object (dicts keep the order of the text).
+
+    Raises:
+        SimilarityFileError: if the text is not valid JSON.
+    """
+    try:
+        if _orjson is not None:
+            return _orjson.loads(data)
+        return json.loads(data)
+    except ValueError as exc:  # orjson.JSONDecodeError and json.JSONDecodeError are ValueErrors
+        raise SimilarityFileError(f"{source}: not valid JSON ({exc})") from exc
+
+
+def load_json(path: str | Path) -> Any:
+    """Read a ``.json`` or gzip-compressed ``.json.gz`` file (detected by content).
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        SimilarityFileError: if it is not valid JSON.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"file not found: {path}")
+    return parse_json_bytes(_read_bytes(path), source=str(path))
+
+
+def load_similarities(path: str | Path) -> dict[str, dict[str, float]]:
+    """Load a similarity file ``{query_id: {video_id: score}}`` (``.json`` or ``.json.gz``).
+
+    Args:
+        path: the file.
+
+    Returns:
+        The nested dict, in file order.
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        SimilarityFileError: if the content is not a JSON object of objects.
+
+    Example:
+        >>> sims = load_similarities("fivr5k_sims.json.gz")   # doctest: +SKIP
+        >>> evaluate("FIVR-5K", sims)                          # doctest: +SKIP
+    """
+    data = load_json(path)
+    _check_shape(data, source=str(path))
+    return data
+
+
+def save_similarities(similarities: Similarities, path: str | Path) -> Path:
+    """Write ``{query_id: {video_id: score}}`` as JSON (gzip-compressed when the name ends in ``.gz``).
+
+    Returns:
+        The written path.
+    """
+    path = Path(path)
+    plain = {str(q): {str(v): float(s) for v, s in res.items()} for q, res in similarities.items()}
+    if _orjson is not None:
+        text = _orjson.dumps(plain)
+    else:
+        text = json.dumps(plain, separators=(",", ":")).encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".gz":
+        with gzip.GzipFile(path, "wb", compresslevel=6, mtime=0) as fh:
+            fh.write(text)
+    else:
+        path.write_bytes(text)
+    return path
+
+
+def _check_shape(data: Any, *, source: str) -> None:
+    if not isinstance(data, dict):
+        raise SimilarityFileError(
+            f"{source}: expected a JSON object {{query_id: {{video_id: score}}}}, got {type(data).__name__}")
+    for query, res in data.items():
+        if not isinstance(res, dict):
+            raise SimilarityFileError(
+                f"{source}: results of query {query!r} must be an object {{video_id: score}}, "
+                f"got {type(res).__name__}")
+
+
+@dataclass(frozen=True)
+class QueryResults:
+    """The results of one query in a :class:`SimilarityTable`.
+
+    Attributes:
+        query: the query id.
+        query_pos: the query's position in the table vocabulary.
+        positions: int64 [n] vocabulary positions of the result videos, in file order.
+        scores: float64 [n] their scores.
+    """
+
+    query: str
+    query_pos: int
+    positions: np.ndarray
+    scores: np.ndarray
+
+
+class SimilarityTable:
+    """Similarities as numpy arrays over one vocabulary of video ids.
+
+    Args:
+        similarities: ``{query_id: {video_id: score}}``.
+        consume: remove each query from ``similarities`` (which must then be a
+            mutable dict) once converted, so both never sit in memory in full.
+
+    Raises:
+        SimilarityFileError: if a score is not a number, naming the query and video.
+    """
+
+    def __init__(self, similarities: Similarities, *, consume: bool = False) -> None:
+        index: dict[str, int] = {}
+        self._rows: list[QueryResults] = []
+        prev_keys: list[str] | None = None
+        prev_pos: np.ndarray | None = None
+        queries = list(similarities.keys())
+        for query in queries:
+            res = similarities[query]
+            if not isinstance(res, Mapping):
+                raise SimilarityFileError(f"results of query {query!r} must be a mapping, got {type(res).__name__}")
+            query = str(query)
+            qpos = index.setdefault(query, len(index))
+            keys = list(res)
+            if prev_keys is not None and keys == prev_keys:
+                positions = prev_pos
+            else:
+                setdefault = index.setdefault
+                positions = np.fromiter((setdefault(k, len(index)) for k in keys), dtype=np.int64, count=len(keys))
+                prev_keys, prev_pos = keys, positions
+            try:
+                scores = np.fromiter(res.values(), dtype=np.float64, count=len(keys))
+                valid = not np.isnan(scores).any()  # None also becomes NaN here
+            except (TypeError, ValueError):
+                valid = False
+            if not valid:
+                bad = next((k for k, v in res.items()
+                            if not isinstance(v, (int, float)) or v != v), "?")
+                raise SimilarityFileError(
+                    f"score of video {bad!r} for query {query!r} is not a number: {res.get(bad)!r}")
+            self._rows.append(QueryResults(query, qpos, positions, scores))
+            if consume:
+                del similarities[query]  # type: ignore[attr-defined]
+        self._index = index
+        self._ids = list(index)
+        self._queries = {row.query: i for i, row in enumerate(self._rows)}
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> SimilarityTable:
+        """Load a similarity file straight into a table (the parsed dict is freed as it is converted)."""
+        return cls(load_similarities(path), consume=True)
+
+    @property
+    def ids(self) -> list[str]:
+        """Every id in the table (queries and result videos): the available videos."""
+        return list(self._ids)
+
+    @property
+    def index(self) -> Mapping[str, int]:
+        """Vocabulary: id → position."""
+        return self._index
+
+    @property
+    def queries(self) -> list[str]:
+        """Query ids in file order."""
+        return [row.query for row in self._rows]
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __contains__(self, query: object) -> bool:
+        return query in self._queries
+
+    def __iter__(self) -> Iterator[QueryResults]:
+        return iter(self._rows)
+
+    def __getitem__(self, query: str) -> QueryResults:
+        try:
+            return self._rows[self._queries[query]]
+        except KeyError:
+            raise KeyError(f"query {query!r} not in the similarities") from None
+
+    def mask(self, ids: set[str] | frozenset[str]) -> np.ndarray:
+        """Boolean array over the vocabulary: True where the id is in ``ids``."""
+        out = np.zeros(len(self._ids), dtype=bool)
+        if len(ids) < len(self._ids):
+            pos = [self._index[i] for i in ids if i in self._index]
+            out[pos] = True
+        else:
+            out[:] = np.fromiter((i in ids for i in self._ids), dtype=bool, count=len(self._ids))
+        return out
+
+    def positions_of(self, ids: Iterator[str] | list[str] | set[str]) -> np.ndarray:
+        """Vocabulary positions of those of ``ids`` present in the table."""
+        return np.fromiter((self._index[i] for i in ids if i in self._index), dtype=np.int64)
+
+
+def as_table(similarities: Similarities | SimilarityTable | str | Path) -> SimilarityTable:
+    """Accept a table, a nested mapping, or a path to a similarity file."""
+    if isinstance(similarities, SimilarityTable):
+        return similarities
+    if isinstance(similarities, (str, Path)):
+        return SimilarityTable.from_file(similarities)
+    if isinstance(similarities, Mapping):
+        return SimilarityTable(similarities)
+    raise TypeError(f"expected a similarity mapping, table or path, got {type(similarities).__name__}")

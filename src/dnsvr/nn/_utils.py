@@ -1,0 +1,76 @@
+"""Private helpers shared by the networks: input conversion, batch dimensions, masks, device, pretrained loading."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+logger = logging.getLogger(__name__)
+
+
+def as_tensor(x: Any, device: torch.device, dtype: torch.dtype | None = torch.float32) -> Tensor:
+    """Convert a numpy array / tensor to a tensor on ``device`` (float32 unless ``dtype`` is None)."""
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    elif not isinstance(x, Tensor):
+        x = torch.as_tensor(x)
+    if dtype is not None and x.dtype != dtype:
+        x = x.to(dtype)
+    return x.to(device)
+
+
+def as_mask(mask: Any, like: Tensor) -> Tensor | None:
+    """Convert an optional padding mask (1 = valid frame, 0 = padding; bool or numeric) to ``like``'s dtype/device."""
+    if mask is None:
+        return None
+    return as_tensor(mask, like.device, dtype=None).to(like.dtype)
+
+
+def check_dims(features: Tensor, mask: Tensor | None = None, name: str = "video") -> tuple[Tensor, Tensor | None]:
+    """Add the batch dimension to a single video [T, R, D] (and its mask [T]); pass batches [B, T, R, D] through.
+
+    Raises:
+        ValueError: when the tensor is neither 3- nor 4-dimensional, or the mask does not match it.
+    """
+    if features.ndim == 3:
+        features = features.unsqueeze(0)
+        if mask is not None and mask.ndim == 1:
+            mask = mask.unsqueeze(0)
+    elif features.ndim != 4:
+        raise ValueError(
+            f"{name} must have shape [B, T, R, D] or [T, R, D] (B videos, T frames, R regions, D dims); "
+            f"got {tuple(features.shape)}"
+        )
+    if mask is not None and tuple(mask.shape) != tuple(features.shape[:2]):
+        raise ValueError(
+            f"{name} mask must have shape [B, T] = {tuple(features.shape[:2])}; got {tuple(mask.shape)}"
+        )
+    return features, mask
+
+
+def module_device(module: nn.Module) -> torch.device:
+    """The device of a module's first parameter (CPU for parameter-free modules)."""
+    for p in module.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def load_pretrained(module: nn.Module, name: str, weights_path: str | Path | None = None) -> None:
+    """Load the registry weights ``name`` (or the explicit local file ``weights_path``) into ``module``, strictly.
+
+    Raises:
+        dnsvr.weights.WeightsUnavailableError: offline and not cached.
+        RuntimeError: the checkpoint does not match the network (missing/unexpected keys, shapes).
+    """
+    from dnsvr.weights import load_checkpoint, resolve_weights  # local import: weights is optional at import time
+
+    path = resolve_weights(name, path=weights_path)
+    state = load_checkpoint(path)
+    device = module_device(module)
+    module.load_state_dict({k: v.to(device) for k, v in state.items()}, strict=True)
+    logger.info("loaded %s weights from %s", name, path)

@@ -1,0 +1,249 @@
+"""Decoding: sampling by timestamps, preprocessing geometry, rotation, typed errors, damage."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from dnsvr import synthetic as S
+from dnsvr import video as V
+
+
+def _write(tmp_path: Path, name: str, seconds=3.0, fps=25.0, size=(128, 72), seed=0, **kw) -> Path:
+    frames = S.render_clip(seed, seconds=seconds, fps=fps, size=size)
+    return S.write_video(tmp_path / name, frames, fps=fps, **kw)
+
+
+# -- sampling ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fps,seconds,expected", [(25.0, 4.0, 4), (30000 / 1001, 5.0, 5), (10.0, 3.5, 4),
+                                                  (24.0, 0.5, 1)])
+def test_one_fps_frame_count_constant_rate(tmp_path, fps, seconds, expected):
+    p = _write(tmp_path, "c.mp4", seconds=seconds, fps=fps, size=(64, 48))
+    frames, times = V.read_frames(p, fps=1.0)
+    assert frames.shape == (expected, 224, 224, 3) and frames.dtype == np.uint8
+    # the first frame at or after each whole second
+    np.testing.assert_allclose(times, [np.ceil(k * fps - 1e-9) / fps for k in range(expected)], atol=2e-3)
+
+
+def test_other_rates_and_every_frame(tmp_path):
+    p = _write(tmp_path, "c.mkv", seconds=2.0, fps=10.0, size=(64, 48))
+    assert len(V.read_frames(p, fps=2.5)[0]) == 5
+    frames, times = V.read_frames(p, fps=None)
+    assert len(frames) == 20
+    np.testing.assert_allclose(times, np.arange(20) / 10, atol=2e-3)
+
+
+def test_variable_frame_rate(tmp_path):
+    # a gap from 0.3 s to 2.6 s spans the ticks at 1 s and 2 s: the frame at 2.6 s serves both
+    times = [0.0, 0.1, 0.3, 2.6, 2.65, 3.0, 3.05, 4.4]
+    frames = S.render_clip(9, size=(64, 48), timestamps=times)
+    p = S.write_video(tmp_path / "vfr.mkv", frames, timestamps=times)
+    out, ts = V.read_frames(p, fps=1.0)
+    np.testing.assert_allclose(ts, [0.0, 2.6, 2.6, 3.0, 4.4], atol=1e-3)
+    assert len(out) == 5 == int(np.floor(4.4)) + 1
+    np.testing.assert_array_equal(out[1], out[2])
+    assert not np.array_equal(out[0], out[1])
+
+
+def test_timestamps_relative_to_first_frame(tmp_path):
+    # streams that start late (MPEG-TS style offsets) still tick from their first frame
+    times = [1.5 + i / 10 for i in range(25)]
+    p = S.write_video(tmp_path / "late.mkv", S.render_clip(2, size=(64, 48), timestamps=times), timestamps=times)
+    _, ts = V.read_frames(p, fps=1.0)
+    np.testing.assert_allclose(ts, [0.0, 1.0, 2.0], atol=2e-3)
+
+
+def test_chunks_stream(tmp_path):
+    p = _write(tmp_path, "c.mp4", seconds=10.0, fps=5.0, size=(64, 48))
+    reader = V.decode_frames(p, fps=1.0, chunk_size=3)
+    chunks = list(reader)
+    assert [len(c) for c in chunks] == [3, 3, 3, 1]
+    assert [c.start for c in chunks] == [0, 3, 6, 9]
+    assert [c.last for c in chunks] == [False, False, False, True]
+    assert not any(c.truncated for c in chunks)
+    assert reader.n_frames == 10 and reader.n_decoded == 50 and not reader.damaged
+    assert reader.duration == pytest.approx(10.0, abs=1e-3)
+    with pytest.raises(RuntimeError, match="only once"):
+        list(reader)
+
+
+# -- geometry ----------------------------------------------------------------------------------
+
+def _reference_preprocess(frame: np.ndarray, short: int = 256, crop: int = 224) -> np.ndarray:
+    """Independent implementation (scikit-image) of: short side -> 256, centre crop 224."""
+    from skimage.transform import resize
+    h, w = frame.shape[:2]
+    s = short / min(h, w)
+    nh, nw = round(h * s), round(w * s)
+    big = resize(frame, (nh, nw), order=1, anti_aliasing=nh < h, preserve_range=True)
+    y0, x0 = (nh - crop) // 2, (nw - crop) // 2
+    return big[y0:y0 + crop, x0:x0 + crop]
+
+
+@pytest.mark.parametrize("size", [(97, 61), (96, 160), (400, 300)])
+def test_resize_and_centre_crop_match_reference(tmp_path, size):
+    frames = S.render_clip(4, seconds=1.0, fps=5, size=size)
+    p = S.write_video(tmp_path / "g.mkv", frames, fps=5, codec="ffv1", pix_fmt="yuv444p")  # near-lossless
+    out, _ = V.read_frames(p, fps=None)
+    assert out.shape == (5, 224, 224, 3)
+    ref = _reference_preprocess(frames[0].astype(np.float64))
+    err = np.abs(out[0].astype(np.float64) - ref)
+    assert err.mean() < 4.0, err.mean()
+    # a crop shifted by a few pixels would be much further away
+    shifted = np.abs(out[0, :, 6:].astype(np.float64) - ref[:, :-6]).mean()
+    assert shifted > err.mean() + 1.0
+
+
+def test_no_crop_keeps_aspect(tmp_path):
+    p = _write(tmp_path, "odd.mp4", seconds=1.0, fps=5, size=(97, 61))
+    out, _ = V.read_frames(p, crop=None)
+    assert out.shape == (1, 256, 407, 3)
+    out, _ = V.read_frames(p, short_side=None, crop=None)
+    assert out.shape == (1, 61, 97, 3)
+    portrait = _write(tmp_path, "portrait.mp4", seconds=1.0, fps=5, size=(90, 160))
+    out, _ = V.read_frames(portrait, crop=None)
+    assert out.shape == (1, 455, 256, 3)
+
+
+@pytest.mark.parametrize("rotation", [90, 180, 270])
+def test_rotation_metadata_is_honoured(tmp_path, rotation):
+    frames = S.render_clip(8, seconds=1.0, fps=5, size=(128, 72))
+    plain = S.write_video(tmp_path / "plain.mp4", frames, fps=5, pix_fmt="yuv444p", crf=0)
+    rotated = S.write_video(tmp_path / "rot.mp4", frames, fps=5, rotation=rotation, pix_fmt="yuv444p", crf=0)
+    info = V.probe(rotated)
+    assert info.rotation == rotation
+    assert (info.display_width, info.display_height) == ((72, 128) if rotation % 180 else (128, 72))
+    ref, _ = V.read_frames(plain, fps=None, short_side=None, crop=None)
+    got, _ = V.read_frames(rotated, fps=None, short_side=None, crop=None)
+    expected = np.rot90(ref, rotation // 90, axes=(1, 2))      # counter-clockwise, as players show it
+    assert got.shape == expected.shape
+    assert np.abs(got.astype(int) - expected.astype(int)).mean() < 2
+    assert np.abs(got.astype(int) - np.rot90(expected, 2, axes=(1, 2)).astype(int)).mean() > 20
+    # with the default preprocessing the rotated crop is the crop of the rotated frame
+    got_c, _ = V.read_frames(rotated, fps=None)
+    ref_c, _ = V.read_frames(plain, fps=None)
+    assert np.abs(got_c.astype(int) - np.rot90(ref_c, rotation // 90, axes=(1, 2)).astype(int)).mean() < 2
+
+
+def test_probe(tmp_path):
+    p = _write(tmp_path, "a.mp4", seconds=2.0, fps=25.0, size=(128, 72), audio=True)
+    info = V.probe(p)
+    assert (info.width, info.height, info.rotation) == (128, 72, 0)
+    assert info.fps == pytest.approx(25.0) and info.duration == pytest.approx(2.0, abs=0.05)
+    assert info.has_audio and info.codec == "h264" and info.frames == 50
+
+
+def test_invalid_parameters(tmp_path):
+    p = _write(tmp_path, "a.mp4", seconds=1.0, fps=5, size=(64, 48))
+    with pytest.raises(ValueError, match="crop"):
+        V.decode_frames(p, short_side=128, crop=224)
+    with pytest.raises(ValueError, match="fps"):
+        V.decode_frames(p, fps=-1)
+
+
+# -- bad input ---------------------------------------------------------------------------------
+
+def test_missing_directory_and_non_video(tmp_path):
+    with pytest.raises(V.VideoNotFoundError, match="no such file"):
+        V.decode_frames(tmp_path / "nope.mp4")
+    with pytest.raises(V.NotAFileError, match="directory"):
+        V.decode_frames(tmp_path)
+    (tmp_path / "notes.mp4").write_text("this is not a video\n" * 50)
+    with pytest.raises(V.NotAVideoError):
+        V.decode_frames(tmp_path / "notes.mp4")
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    with pytest.raises(V.NotAVideoError, match="empty"):
+        V.decode_frames(tmp_path / "empty.mp4")
+
+
+def test_audio_only(tmp_path):
+    p = S.write_audio(tmp_path / "a.m4a", seconds=0.5)
+    with pytest.raises(V.NoVideoStreamError, match="audio"):
+        V.decode_frames(p)
+
+
+def test_permission_denied(tmp_path, monkeypatch):
+    p = _write(tmp_path, "a.mp4", seconds=1.0, fps=5, size=(64, 48))
+    real_open = open
+
+    def deny(file, *args, **kwargs):
+        if str(file) == str(p):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", deny)
+    with pytest.raises(V.VideoPermissionError, match="permission denied"):
+        V.decode_frames(p)
+
+
+def test_zero_decodable_frames(tmp_path):
+    path = tmp_path / "garbage.mkv"
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("h264", rate=25)
+        s.width, s.height, s.pix_fmt = 64, 64, "yuv420p"
+        for i in range(20):
+            pkt = av.Packet(rng.integers(0, 256, 500, dtype=np.uint8).tobytes())
+            pkt.stream, pkt.pts, pkt.dts, pkt.time_base = s, i, i, Fraction(1, 25)
+            c.mux(pkt)
+    reader = V.decode_frames(path)
+    with pytest.raises((V.NoFramesError, V.CorruptVideoError)):
+        list(reader)
+
+
+@pytest.mark.parametrize("size,match", [((400, 16), "aspect"), ((8, 8), "too small")])
+def test_absurd_resolution(tmp_path, size, match):
+    p = _write(tmp_path, "weird.mkv", seconds=0.4, fps=5, size=size, codec="ffv1")
+    with pytest.raises(V.UnsupportedResolutionError, match=match):
+        V.decode_frames(p)
+    with pytest.raises(V.UnsupportedResolutionError, match="too large"):
+        V.decode_frames(_write(tmp_path, "a.mkv", seconds=0.4, fps=5, size=(64, 48)),
+                        limits=V.DecodeLimits(max_pixels=1000))
+
+
+def test_truncated_file_keeps_frames_before_damage(tmp_path):
+    p = _write(tmp_path, "full.mkv", seconds=6.0, fps=25, size=(128, 72))
+    data = p.read_bytes()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(data[: len(data) // 2])
+    reader = V.decode_frames(cut)
+    chunks = list(reader)
+    n = sum(len(c) for c in chunks)
+    assert 1 <= n < 6
+    assert reader.truncated and chunks[-1].truncated and chunks[-1].last
+    assert "truncated" in reader.damage_summary and "6.00 s" in reader.damage_summary
+    # the kept frames are the same as the intact file's first frames
+    full, _ = V.read_frames(p)
+    got = np.concatenate([c.frames for c in chunks])
+    np.testing.assert_array_equal(got, full[:n])
+
+
+def test_truncated_mp4_without_index_is_an_error(tmp_path):
+    p = _write(tmp_path, "full.mp4", seconds=3.0, fps=25, size=(64, 48))
+    data = p.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) // 2])  # the index (moov) is at the end: nothing is readable
+    with pytest.raises(V.NotAVideoError):
+        list(V.decode_frames(cut))
+
+
+def test_corrupted_middle_is_reported(tmp_path):
+    p = _write(tmp_path, "full.mkv", seconds=6.0, fps=25, size=(128, 72))
+    data = bytearray(p.read_bytes())
+    rng = np.random.default_rng(1)
+    for i in rng.integers(len(data) // 3, 2 * len(data) // 3, 3000):
+        data[i] = int(rng.integers(256))
+    bad = tmp_path / "bad.mkv"
+    bad.write_bytes(bytes(data))
+    reader = V.decode_frames(bad)
+    n = sum(len(c) for c in reader)   # must not raise: what is decodable is kept
+    assert n >= 2
+    full, _ = V.read_frames(p)
+    # the frames before the damage are intact
+    first, _ = V.read_frames(bad, fps=1.0)
+    np.testing.assert_array_equal(first[:1], full[:1])
