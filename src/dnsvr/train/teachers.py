@@ -127,8 +127,11 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    from dnsvr.weights import load_checkpoint
-
+    try:
+        from dnsvr.weights import load_checkpoint
+    except ImportError:  # the registry module is optional here: our own exports hold tensors only
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        return ckpt["model"] if isinstance(ckpt, dict) and "model" in ckpt else ckpt
     return load_checkpoint(path)
 
 
