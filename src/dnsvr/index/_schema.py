@@ -164,6 +164,7 @@ def connect(db_path: Path, readonly: bool) -> sqlite3.Connection:
         if str(mode).lower() != "wal":
             raise IndexFormatError(f"{db_path}: could not switch SQLite to WAL mode (got {mode!r})")
     conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("PRAGMA journal_size_limit = 67108864")  # the WAL shrinks back to 64 MiB after checkpoints
     conn.execute("PRAGMA foreign_keys = ON")
     if readonly:
         conn.execute("PRAGMA query_only = 1")

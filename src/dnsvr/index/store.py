@@ -447,10 +447,18 @@ class IndexStore:
         try:
             (directory / SHARD_DIR).mkdir(exist_ok=True)
             (directory / COARSE_DIR).mkdir(exist_ok=True)
+            # 16 KiB pages hold several rows with their 4 KiB coarse blob inline (4 KiB pages would need
+            # an overflow page per row, doubling the size); incremental vacuum lets compact() return the
+            # space of purged rows. Both must be set before the database switches to WAL mode.
+            raw = sqlite3.connect(str(directory / DB_NAME), isolation_level=None)
+            try:
+                raw.execute("PRAGMA page_size = 16384")
+                raw.execute("PRAGMA auto_vacuum = INCREMENTAL")
+                raw.execute("VACUUM")
+            finally:
+                raw.close()
             conn = connect(directory / DB_NAME, readonly=False)
             try:
-                conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
-                conn.execute("VACUUM")  # auto_vacuum only takes effect on an empty db after VACUUM
                 init_schema(conn)
             finally:
                 conn.close()
@@ -516,6 +524,11 @@ class IndexStore:
                 self._reader.close()
                 if self._appender is not None:
                     self._appender.close()
+                if not self.readonly:
+                    try:  # fold the WAL into the database file so that a closed index is one file
+                        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                    except sqlite3.Error as exc:
+                        logger.debug("checkpoint at close failed: %s", exc)
                 self._db.close()
             finally:
                 if self._lock is not None:
