@@ -8,42 +8,55 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from dnsvr.cli.index import cli_errors
 
-_out = Console()
+# piped output gets room for the result columns (rich assumes 80 when it cannot ask a terminal)
+_out = Console(width=None if sys.stdout.isatty() else 100)
 
 
 def _fmt(value: float | None) -> str:
-    return "–" if value is None else f"{value:.4f}"
+    return "–" if value is None else f"{value:.3f}"
 
 
-def segment_text(seg: Any) -> str:
-    """``q 0.0–12.0 s ↔ t 3.0–15.0 s (0.91)`` for one segment."""
+def segment_text(seg: Any, short: bool = False) -> str:
+    """``q 0.0–12.0 s ↔ t 3.0–15.0 s (0.91)``, or ``0–12 ↔ 3–15 s`` when ``short``."""
+    if short:
+        return f"{seg.query_start:g}–{seg.query_end:g} ↔ {seg.target_start:g}–{seg.target_end:g} s"
     return (f"q {seg.query_start:.1f}–{seg.query_end:.1f} s ↔ t {seg.target_start:.1f}–{seg.target_end:.1f} s "
             f"({seg.score:.2f})")
 
 
 def results_table(q: Any, title: str | None = None, relevant: set[str] | None = None) -> Table:
-    """A rich table of one query's ranked results (``relevant`` ids are marked with ✓)."""
+    """A rich table of one query's ranked results (``relevant`` ids are marked with ✓).
+
+    The selector column appears only when a selector scored the pairs (not with ``lite``).
+    """
     table = Table(title=title or f"{q.query}: {q.candidates} candidates, {q.fine_pairs} fine pairs, "
-                                 f"{q.timings.get('total', 0.0) * 1000:.0f} ms", title_justify="left")
+                                 f"{q.timings.get('total', 0.0) * 1000:.0f} ms", title_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False)
+    with_selector = any(r.selector_score is not None for r in q.results)
     table.add_column("#", justify="right")
-    table.add_column("video")
+    table.add_column("video", no_wrap=True)
     table.add_column("score", justify="right")
     table.add_column("coarse", justify="right")
-    table.add_column("selector", justify="right")
+    if with_selector:
+        table.add_column("selector", justify="right")
     table.add_column("fine", justify="right")
     table.add_column("stage")
-    table.add_column("matched segment")
+    table.add_column("matched: query ↔ video", no_wrap=True)
     for rank, r in enumerate(q.results, 1):
         name = r.video_id if relevant is None else (f"✓ {r.video_id}" if r.video_id in relevant
                                                     else f"  {r.video_id}")
-        seg = segment_text(r.segments[0]) if r.segments else ""
-        table.add_row(str(rank), name, f"{r.score:.4f}", _fmt(r.coarse_score), _fmt(r.selector_score),
-                      _fmt(r.fine_score), r.stage, seg)
+        seg = segment_text(r.segments[0], short=True) if r.segments else ""
+        row = [str(rank), name, f"{r.score:.3f}", _fmt(r.coarse_score)]
+        if with_selector:
+            row.append(_fmt(r.selector_score))
+        row += [_fmt(r.fine_score), r.stage, seg]
+        table.add_row(*row)
     return table
 
 
