@@ -116,7 +116,8 @@ def main() -> None:
         shutil.rmtree(args.dir)
     res: dict = {"videos": n, "frames_per_video": frames, "fine": "S^f_B packed bits uint8 [T, 9, 64]",
                  "coarse_dim": DC, "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                                                "note": "shared machine: other jobs ran concurrently; timings are noisy"}}
+                                                "note": "shared machine: other jobs ran concurrently; timings are noisy",
+                                                "loadavg_at_start": list(os.getloadavg())}}
     cfg = IndexConfig.binary(dims=512, coarse_dim=DC)
 
     # -- bulk add --------------------------------------------------------------------------
@@ -198,6 +199,7 @@ def main() -> None:
         rep = reader.verify()
         res["verify"] = {"seconds": time.perf_counter() - t, "ok": rep.ok, "checked": rep.n_checked}
         print(f"verify: {res['verify']}")
+    res["machine"]["loadavg_at_end"] = list(os.getloadavg())
     res["command"] = "PYTHONPATH=src python benchmarks/bench_store.py " + " ".join(sys.argv[1:])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2) + "\n")

@@ -415,3 +415,25 @@ def test_cli_extract_lite0(tmp_path):
 def test_report_summary_is_clean_when_ok():
     r = ExtractionReport()
     assert r.ok and "0 failed" in r.summary()
+
+
+def test_parallel_decoders_progress_bar_and_early_stop(tmp_path):
+    import threading
+
+    videos = make_videos(tmp_path / "videos", n=4, seconds=2.0, size=(64, 48))
+    ex = FakeExtractor()
+    out = tmp_path / "f.h5"
+    report = extract_videos(list(videos.values()), out, ex, batch_size=3, decode_workers=2, progress=True)
+    assert report.ok and len(report.extracted) == 4
+    with FeatureFile(out) as ff:
+        for vid, path in videos.items():
+            np.testing.assert_allclose(ff.read(vid), expected_features(ex, path), atol=1e-6)
+    before = threading.active_count()
+    stream = iter_video_features(list(videos.values()), ex, batch_size=2)
+    first = next(stream)
+    assert first[0] == "v0"
+    stream.close()                                  # the consumer stops early: decoder threads must end
+    deadline = time.monotonic() + 5
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert threading.active_count() <= before
