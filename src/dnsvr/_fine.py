@@ -26,6 +26,7 @@ pooling layers leave nothing); they are zero-padded to 4 frames here.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -152,7 +153,10 @@ def _prepare(video: np.ndarray | torch.Tensor, fine_type: str) -> _Prepared:
     if isinstance(video, torch.Tensor):
         t = video.detach().cpu()
     else:
-        t = torch.from_numpy(np.ascontiguousarray(video))
+        with warnings.catch_warnings():
+            # memory-mapped shards are read-only; nothing here writes to the input
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            t = torch.from_numpy(np.ascontiguousarray(video))
     if t.ndim != 3:
         raise ValueError(f"a fine representation must be [T, regions, D], got shape {tuple(t.shape)}")
     if fine_type == "bin":
@@ -281,7 +285,7 @@ def fine_similarities(query: np.ndarray | torch.Tensor,
             mats = _region_chamfer(q, [cands[k] for k in group], regions, fine_type, block_elements)
             if matrices is not None:
                 for k, m in zip(group, mats):
-                    matrices[k] = m[:, :candidates[k].shape[0]].numpy().copy()
+                    matrices[k] = m[:query.shape[0], :candidates[k].shape[0]].numpy().copy()
             if fine_type == "chamfer":
                 for k, m in zip(group, mats):
                     scores[k] = float(m.amax(1).mean())

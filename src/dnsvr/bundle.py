@@ -181,7 +181,8 @@ class Bundle:
         if d is None:
             raise BundleError(f"bundle {self.name!r}: the whitening is not fitted yet, the fine layout is unknown")
         if self.fine_type == "bin":
-            bits = int(getattr(getattr(self.fine_net, "binarization", None), "bits", 0) or d)
+            layer = getattr(self.fine_net, "binarization", None)
+            bits = int(layer.W.shape[1]) if layer is not None and hasattr(layer, "W") else int(d)
             return "uint8", (9, bits // 8)
         return "float16", (9, int(d))
 
