@@ -240,6 +240,37 @@ class SimilarityTable:
         _check_shape(sims, source=str(path))
         return cls(sims, consume=True)
 
+    @classmethod
+    def from_arrays(cls, queries: list[str], video_ids: list[str], scores: np.ndarray) -> SimilarityTable:
+        """A table from a dense score matrix: every query scored against the same videos.
+
+        Args:
+            queries: ``nq`` query ids.
+            video_ids: ``n`` video ids (the columns).
+            scores: ``[nq, n]`` scores.
+
+        Raises:
+            SimilarityFileError: on a shape mismatch or a NaN score.
+        """
+        scores = np.asarray(scores, dtype=np.float64)
+        if scores.shape != (len(queries), len(video_ids)):
+            raise SimilarityFileError(f"scores of shape {scores.shape} for {len(queries)} queries and "
+                                      f"{len(video_ids)} videos")
+        if np.isnan(scores).any():
+            bad = np.argwhere(np.isnan(scores))[0]
+            raise SimilarityFileError(f"NaN score for query {queries[bad[0]]!r} and video {video_ids[bad[1]]!r}")
+        table = cls()
+        keys = [str(v) for v in video_ids]
+        for i, query in enumerate(queries):
+            table._append(str(query), keys, np.ascontiguousarray(scores[i]))
+        return table
+
+    def to_dict(self) -> dict[str, dict[str, float]]:
+        """Back to ``{query_id: {video_id: score}}``."""
+        ids = self.ids
+        return {row.query: {ids[p]: float(s) for p, s in zip(row.positions.tolist(), row.scores.tolist())}
+                for row in self._rows}
+
     @property
     def ids(self) -> list[str]:
         """Every id in the table (queries and result videos): the available videos."""
