@@ -221,3 +221,28 @@ def test_itq_initialisation_via_registry(tmp_path: Path) -> None:
     assert torch.equal(layer.W.data, proj)
     with pytest.raises(ValueError, match=r"\(512, 512\)"):
         BinarizationLayer(512, bits=64).load_itq(tmp_path / "itq.pth")
+
+
+def test_weights_cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, _isolated: Path) -> None:
+    from typer.testing import CliRunner
+
+    from dnsvr.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["weights", "list", "--json"])
+    assert res.exit_code == 0, res.output
+    rows = {r["name"]: r for r in json.loads(res.output)}
+    assert rows["efficientnet_lite0_imagenet"]["available"] and not rows["dns_cg_student"]["available"]
+    res = runner.invoke(app, ["weights", "info", "visil", "--json"])
+    assert res.exit_code == 0 and json.loads(res.output)["cache_path"] == str(_isolated / "weights" / "visil.pth")
+    assert runner.invoke(app, ["weights", "info", "nope"]).exit_code == 2
+    monkeypatch.setenv("DNSVR_OFFLINE", "1")
+    res = runner.invoke(app, ["weights", "fetch", "dns_cg_student"])
+    assert res.exit_code == 1 and "dns_cg_student.pth" in res.output
+    mirror = tmp_path / "m"
+    mirror.mkdir()
+    (mirror / "visil.pth").write_bytes(b"v")
+    monkeypatch.delenv("DNSVR_OFFLINE")
+    monkeypatch.setenv("DNSVR_WEIGHTS_MIRROR", mirror.as_uri())
+    res = runner.invoke(app, ["weights", "fetch", "visil"])
+    assert res.exit_code == 0 and (_isolated / "weights" / "visil.pth").read_bytes() == b"v"

@@ -47,6 +47,8 @@ __all__ = [
     "WeightsUnavailableError",
     "WeightsHashError",
     "cache_dir",
+    "cache_path",
+    "find_weights",
     "expected_shapes",
     "list_weights",
     "load_checkpoint",
@@ -255,6 +257,22 @@ def cache_dir() -> Path:
     return base / "weights"
 
 
+def cache_path(name: str) -> Path:
+    """Where the weights ``name`` live in (or would be downloaded to) the cache."""
+    return cache_dir() / weights_info(name).filename
+
+
+def find_weights(name: str) -> Path | None:
+    """The weights file if it is already on this machine (package or cache), else None; never downloads."""
+    info = weights_info(name)
+    if info.local_path is not None:
+        p = info.local_path()
+        if p is not None:
+            return p
+    target = cache_path(name)
+    return target if target.is_file() else None
+
+
 def _offline(offline: bool | None) -> bool:
     if offline is not None:
         return offline
@@ -345,13 +363,10 @@ def resolve_weights(
             raise FileNotFoundError(f"weights {name!r}: explicit path {p} does not exist")
         _check_hash(info, p)
         return p
-    if info.local_path is not None:
-        p = info.local_path()
-        if p is not None:
-            return p
-    target = cache_dir() / info.filename
-    if target.is_file():
-        return target
+    found = find_weights(name)
+    if found is not None:
+        return found
+    target = cache_path(name)
     urls = _urls(info)
     where = (f"Put the file at {target} (or set DNSVR_CACHE to a folder holding weights/{info.filename}), "
              f"or pass its location explicitly (path=... / --weights PATH).")

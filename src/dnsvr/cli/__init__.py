@@ -53,6 +53,9 @@ app.command("demo")(demo_command)
 from dnsvr.cli.train import train_app  # noqa: E402
 
 app.add_typer(train_app, name="train")
+from dnsvr.cli.weights import weights_app  # noqa: E402
+
+app.add_typer(weights_app, name="weights")
 
 
 def main() -> None:

@@ -15,7 +15,8 @@ from rich.console import Console
 from dnsvr.cli.index import cli_errors
 from dnsvr.cli.search import results_table, segment_text
 
-_out = Console()
+# piped output gets room for the result columns (rich assumes 80 when it cannot ask a terminal)
+_out = Console(width=None if sys.stdout.isatty() else 100)
 
 
 def demo_command(

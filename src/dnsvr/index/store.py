@@ -727,10 +727,11 @@ class IndexStore:
         for chunk in _chunks(rowids.tolist(), 20000):
             if len(chunk) > _SQL_CHUNK:  # a range scan beats a huge IN list
                 lo, hi = min(chunk), max(chunk)
-                cur = self._db.execute("SELECT rowid, coarse FROM videos WHERE rowid BETWEEN ? AND ?", (lo, hi))
+                cur = self._db.execute("SELECT video_row, vector FROM coarse WHERE video_row BETWEEN ? AND ?",
+                                       (lo, hi))
             else:
                 marks = ",".join("?" * len(chunk))
-                cur = self._db.execute(f"SELECT rowid, coarse FROM videos WHERE rowid IN ({marks})", chunk)
+                cur = self._db.execute(f"SELECT video_row, vector FROM coarse WHERE video_row IN ({marks})", chunk)
             for rowid, blob in cur:
                 i = index.get(rowid)
                 if i is not None:
@@ -977,13 +978,18 @@ class IndexStore:
             n_in_batch = 0
             now = time.time()
 
+            coarse_rows: list[tuple] = []
+            next_rowid = 0
+
             def flush_rows() -> None:
                 if rows:
                     db.executemany(
-                        "INSERT INTO videos(video_id, status, n_frames, shard, offset, nbytes, crc32, coarse, "
+                        "INSERT INTO videos(rowid, video_id, status, n_frames, shard, offset, nbytes, crc32, "
                         "selector, duration, source, ts_start, ts_step, ts_blob, added, meta) "
-                        "VALUES (?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                        "VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                    db.executemany("INSERT INTO coarse(video_row, vector) VALUES (?, ?)", coarse_rows)
                     rows.clear()
+                    coarse_rows.clear()
 
             def commit() -> None:
                 nonlocal in_txn, n_in_batch
@@ -1021,6 +1027,10 @@ class IndexStore:
                     if not in_txn:
                         db.execute("BEGIN IMMEDIATE")
                         in_txn = True
+                        # rowids are assigned here (AUTOINCREMENT semantics: never reused) so that the
+                        # coarse table can be filled by the same executemany batches
+                        seq = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'videos'").fetchone()
+                        next_rowid = (int(seq[0]) if seq else 0) + 1
                     if old is not None:  # replace: tombstone the old row in this transaction
                         flush_rows()
                         rid = int(self._cat.rowid[old])
@@ -1030,9 +1040,11 @@ class IndexStore:
                         result.replaced.append(vid)
                     buf = memoryview(p.fine).cast("B")
                     shard, offset = appender.append(buf)
-                    rows.append((vid, p.fine.shape[0], shard, offset, buf.nbytes, zlib.crc32(buf),
-                                 p.coarse.tobytes(), p.selector, p.duration, p.source, p.ts_start, p.ts_step,
-                                 p.ts_blob, now, p.meta_json))
+                    rows.append((next_rowid, vid, p.fine.shape[0], shard, offset, buf.nbytes, zlib.crc32(buf),
+                                 p.selector, p.duration, p.source, p.ts_start, p.ts_step, p.ts_blob, now,
+                                 p.meta_json))
+                    coarse_rows.append((next_rowid, p.coarse.tobytes()))
+                    next_rowid += 1
                     result.added.append(vid)
                     n_in_batch += 1
                     if len(rows) >= 1000:
@@ -1138,6 +1150,7 @@ class IndexStore:
                 db.execute("BEGIN IMMEDIATE")
                 try:
                     db.executemany("UPDATE videos SET shard = ?, offset = ? WHERE rowid = ?", updates)
+                    db.execute("DELETE FROM coarse WHERE video_row IN (SELECT rowid FROM videos WHERE status != 0)")
                     db.execute("DELETE FROM videos WHERE status != 0")
                     db.execute("DELETE FROM shards")
                     db.executemany("INSERT INTO shards(shard, file, committed) VALUES (?, ?, ?)",
@@ -1237,8 +1250,9 @@ class IndexStore:
             n_checked = n_removed = n_active = 0
             ranges: dict[int, list[tuple[int, int, str]]] = {}
             all_rowids = []
-            cur = db.execute("SELECT rowid, video_id, status, n_frames, shard, offset, nbytes, crc32, coarse, "
-                             "ts_start, ts_step, ts_blob FROM videos")
+            cur = db.execute("SELECT v.rowid, v.video_id, v.status, v.n_frames, v.shard, v.offset, v.nbytes, "
+                             "v.crc32, c.vector, v.ts_start, v.ts_step, v.ts_blob "
+                             "FROM videos v LEFT JOIN coarse c ON c.video_row = v.rowid")
             for rowid, vid, status, nfr, shard, offset, nbytes, crc, coarse, t0_, dt_, ts_blob in cur:
                 all_rowids.append(rowid)
                 if status == STATUS_ACTIVE:
@@ -1279,6 +1293,10 @@ class IndexStore:
                 for (_, end_a, vid_a), (start_b, _, vid_b) in zip(rs, rs[1:]):
                     if start_b < end_a:
                         bad("overlap", f"fine ranges of {vid_a!r} and {vid_b!r} overlap in shard {shard}", vid_b)
+            orphans = db.execute("SELECT COUNT(*) FROM coarse WHERE video_row NOT IN (SELECT rowid FROM videos)"
+                                 ).fetchone()[0]
+            if orphans:
+                bad("coarse", f"{orphans} coarse vectors belong to no video row")
             dup = db.execute("SELECT video_id, COUNT(*) FROM videos WHERE status = 0 GROUP BY video_id "
                              "HAVING COUNT(*) > 1").fetchall()
             for vid, n in dup:

@@ -74,3 +74,27 @@ def load_pretrained(module: nn.Module, name: str, weights_path: str | Path | Non
     device = module_device(module)
     module.load_state_dict({k: v.to(device) for k, v in state.items()}, strict=True)
     logger.info("loaded %s weights from %s", name, path)
+
+
+class Network(nn.Module):
+    """Base of the dnsvr networks: a ``device`` property and the common end of construction."""
+
+    @property
+    def device(self) -> torch.device:
+        """The device the network's parameters live on (inputs are moved there)."""
+        return module_device(self)
+
+    def _finish_init(
+        self,
+        device: str | torch.device | None,
+        ignored: dict[str, Any],
+        weights_name: str | None = None,
+        weights_path: str | Path | None = None,
+    ) -> None:
+        """Log ignored reference arguments, move to ``device``, load ``weights_name`` strictly when given."""
+        if ignored:
+            logger.debug("%s ignores arguments %s", type(self).__name__, sorted(ignored))
+        if device is not None:
+            self.to(device)
+        if weights_name is not None:
+            load_pretrained(self, weights_name, weights_path)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dnsvr.nn._utils import as_mask, as_tensor, check_dims, load_pretrained, module_device
+from dnsvr.nn._utils import Network, as_mask, as_tensor, check_dims
 from dnsvr.nn.layers import Attention, BinarizationLayer, NetVLAD, SimilarityRegularizationLoss, VideoComparator
 from dnsvr.nn.similarity import (
     ChamferSimilarity,
@@ -37,7 +37,7 @@ def _fill_missing_mask(mask: Tensor | None, other: Tensor | None, video: Tensor)
     return mask
 
 
-class FineGrainedStudent(nn.Module):
+class FineGrainedStudent(Network):
     """Fine-grained student: S^f_A (``attention=True``) or S^f_B (``binarization=True``).
 
     A video is indexed into region features [T, 9, D] (attention-weighted, or ±1 codes); a pair is compared
@@ -80,8 +80,6 @@ class FineGrainedStudent(nn.Module):
         **kwargs: Any,
     ) -> None:
         super().__init__()
-        if kwargs:
-            logger.debug("FineGrainedStudent ignores arguments %s", sorted(kwargs))
         self.student_type = "fg"
         self.dims = dims
         if attention and binarization:
@@ -99,17 +97,13 @@ class FineGrainedStudent(nn.Module):
         self.htanh = nn.Hardtanh()
         self.v2v_sim = ChamferSimilarity(axes=(2, 1))
         self.sim_criterion = SimilarityRegularizationLoss()
-        if device is not None:
-            self.to(device)
+        name = None
         if pretrained or weights_path is not None:
             if self.fg_type == "none":
                 raise ValueError("FineGrainedStudent: published weights exist for attention=True "
                                  "(dns_fg_att_student) or binarization=True (dns_fg_bin_student) only")
-            load_pretrained(self, f"dns_fg_{self.fg_type}_student", weights_path)
-
-    @property
-    def device(self) -> torch.device:
-        return module_device(self)
+            name = f"dns_fg_{self.fg_type}_student"
+        self._finish_init(device, kwargs, name, weights_path)
 
     def get_network_name(self) -> str:
         return f"{self.student_type}_{self.fg_type}_student"
@@ -244,7 +238,7 @@ class FineGrainedStudent(nn.Module):
         return pos_pair, neg_pair, loss
 
 
-class CoarseGrainedStudent(nn.Module):
+class CoarseGrainedStudent(Network):
     """Coarse-grained student S^c: attention → region sum → transformer over frames → NetVLAD → one vector.
 
     Args:
@@ -281,8 +275,6 @@ class CoarseGrainedStudent(nn.Module):
         **kwargs: Any,
     ) -> None:
         super().__init__()
-        if kwargs:
-            logger.debug("CoarseGrainedStudent ignores arguments %s", sorted(kwargs))
         self.student_type = "cg"
         self.dims = dims
         if attention:
@@ -298,14 +290,8 @@ class CoarseGrainedStudent(nn.Module):
                     nn.init.zeros_(m.bias)
         if netvlad:
             self.netvlad = NetVLAD(dims, netvlad_clusters, outdims=netvlad_outdims)
-        if device is not None:
-            self.to(device)
-        if pretrained or weights_path is not None:
-            load_pretrained(self, "dns_cg_student", weights_path)
-
-    @property
-    def device(self) -> torch.device:
-        return module_device(self)
+        use_weights = pretrained or weights_path is not None
+        self._finish_init(device, kwargs, "dns_cg_student" if use_weights else None, weights_path)
 
     @property
     def output_dims(self) -> int:
