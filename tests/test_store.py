@@ -342,3 +342,34 @@ def test_attrs_and_info(tmp_path: Path) -> None:
     with IndexStore.open(tmp_path / "idx", readonly=True) as store:
         assert store.attrs() == {"whitening": {"fitted_on": 3, "dims": [1, 2]}}
         assert store.config.extra == {"bundle": "lite"}
+
+
+def test_saved_catalog_is_used_only_when_current(tmp_path: Path) -> None:
+    recs = make_records(30, seed=21)
+    d = tmp_path / "idx"
+    with IndexStore.create(d, binary_config()) as store:
+        store.add(recs[:20])
+    assert (d / "catalog.npz").is_file()
+    with IndexStore.open(d, readonly=True) as reader:
+        assert_matches(reader, recs[:20])
+        assert reader.verify().ok
+    # commits after the save (as after a kill -9 of a writer, which saves nothing)
+    writer = IndexStore.open(d)
+    writer.add(recs[20:])
+    writer.remove(["vid0003"])
+    with IndexStore.open(d, readonly=True) as reader:  # the saved catalog is of an older epoch: SQLite wins
+        assert_matches(reader, [r for r in recs if r.video_id != "vid0003"])
+    writer.close()
+    with IndexStore.open(d) as writer:
+        writer.add(make_records(2, start=40, seed=22))  # same epoch: saved catalog + the new rows
+    writer2 = IndexStore.open(d)
+    writer2.add(make_records(1, start=50, seed=23))
+    want = [r for r in recs if r.video_id != "vid0003"] + make_records(2, start=40, seed=22) + make_records(
+        1, start=50, seed=23)
+    with IndexStore.open(d, readonly=True) as reader:
+        assert_matches(reader, want)
+    writer2.close()
+    (d / "catalog.npz").write_bytes(b"garbage")
+    with IndexStore.open(d, readonly=True) as reader:
+        assert_matches(reader, want)
+        assert reader.verify().ok

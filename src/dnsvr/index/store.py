@@ -378,10 +378,46 @@ class _Catalog:
         else:
             self.rowid, self.ids, self.shard, self.offset, self.n_frames, self.selector = (
                 rowid, ids, shard, offset, nfr, sel)
-            self.pos = {vid: i for i, vid in enumerate(ids.tolist())}
+            self.pos = dict(zip(ids.tolist(), range(len(ids))))
+
+    # A snapshot of the catalog saved by the writer at close (derived data, like coarse/): opening
+    # a large index then reads a few arrays instead of turning 100k SQLite rows into Python objects.
+    _ARRAYS = ("rowid", "shard", "offset", "n_frames", "selector")
+
+    def save(self, path: Path) -> None:
+        ids = self.ids.tolist()
+        blob = np.frombuffer("\x00".join(ids).encode("utf-8"), dtype=np.uint8)
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        with open(tmp, "wb") as fh:
+            np.savez(fh, generation=np.int64(self.generation), epoch=np.int64(self.epoch), ids=blob,
+                     n=np.int64(len(ids)), **{k: getattr(self, k) for k in self._ARRAYS})
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> _Catalog | None:
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                cat = cls()
+                cat.generation, cat.epoch, n = int(z["generation"]), int(z["epoch"]), int(z["n"])
+                for k in cls._ARRAYS:
+                    arr = z[k]
+                    if arr.shape != (n,):
+                        return None
+                    setattr(cat, k, arr)
+                text = z["ids"].tobytes().decode("utf-8")
+        except (OSError, ValueError, KeyError, UnicodeDecodeError):
+            return None
+        ids = text.split("\x00") if n else []
+        if len(ids) != n:
+            return None
+        cat.ids = np.empty(n, dtype=object)
+        cat.ids[:] = ids
+        cat.pos = dict(zip(ids, range(n)))
+        return cat
 
 
 _ROW_COLS = "rowid, video_id, shard, offset, n_frames, selector"
+CATALOG_NAME = "catalog.npz"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -447,12 +483,13 @@ class IndexStore:
         try:
             (directory / SHARD_DIR).mkdir(exist_ok=True)
             (directory / COARSE_DIR).mkdir(exist_ok=True)
-            # 16 KiB pages hold several rows with their 4 KiB coarse blob inline (4 KiB pages would need
-            # an overflow page per row, doubling the size); incremental vacuum lets compact() return the
-            # space of purged rows. Both must be set before the database switches to WAL mode.
+            # 64 KiB pages hold 15 coarse vectors of 4 KiB (+ cell headers) each with 6% slack; 16 KiB
+            # pages hold only 3 (25% slack) and 4 KiB pages need an overflow page per vector (50%).
+            # Incremental vacuum lets compact() return the space of purged rows. Both must be set
+            # before the database switches to WAL mode.
             raw = sqlite3.connect(str(directory / DB_NAME), isolation_level=None)
             try:
-                raw.execute("PRAGMA page_size = 16384")
+                raw.execute("PRAGMA page_size = 65536")
                 raw.execute("PRAGMA auto_vacuum = INCREMENTAL")
                 raw.execute("VACUUM")
             finally:
@@ -520,6 +557,12 @@ class IndexStore:
                     except (OSError, sqlite3.Error) as exc:
                         logger.warning("could not save the coarse cache of %s (%s); it will be rebuilt",
                                        self.directory, exc)
+                if not self.readonly:
+                    try:
+                        self._refresh()
+                        self._cat.save(self.directory / CATALOG_NAME)
+                    except (OSError, sqlite3.Error) as exc:
+                        logger.warning("could not save the catalog of %s (%s)", self.directory, exc)
                 self._coarse.close()
                 self._reader.close()
                 if self._appender is not None:
@@ -569,7 +612,14 @@ class IndexStore:
         db.execute("BEGIN")  # one snapshot for state, rows and shards
         try:
             gen, epoch = self._state()
-            if not force and epoch == cat.epoch:
+            if force and cat.generation < 0:
+                saved = self._load_saved_catalog(gen, epoch)
+                if saved is not None:
+                    self._cat = cat = saved
+                    force = False
+            if not force and gen == cat.generation:
+                pass
+            elif not force and epoch == cat.epoch:
                 last = int(cat.rowid[-1]) if len(cat.rowid) else 0
                 rows = db.execute(f"SELECT {_ROW_COLS} FROM videos WHERE status = 0 AND rowid > ? ORDER BY rowid",
                                   (last,)).fetchall()
@@ -583,6 +633,23 @@ class IndexStore:
         cat.shard_files = {int(s): (str(f), int(n)) for s, f, n in shards}
         cat.generation, cat.epoch = gen, epoch
         self._reader.set_files({s: f for s, (f, _) in cat.shard_files.items()})
+
+    def _load_saved_catalog(self, gen: int, epoch: int) -> _Catalog | None:
+        """The writer's saved catalog if it describes this state (or an earlier one of the same epoch)."""
+        path = self.directory / CATALOG_NAME
+        if not path.is_file():
+            return None
+        saved = _Catalog.load(path)
+        if saved is None or saved.epoch != epoch or saved.generation > gen:
+            logger.debug("saved catalog of %s is stale or unreadable; reading SQLite", self.directory)
+            return None
+        if saved.generation == gen:
+            # cheap cross-check against SQLite (the partial index makes the count an index scan)
+            n, last = self._db.execute("SELECT COUNT(*), MAX(rowid) FROM videos WHERE status = 0").fetchone()
+            if n != len(saved.ids) or (n and int(last) != int(saved.rowid[-1])):
+                logger.warning("saved catalog of %s disagrees with SQLite; ignoring it", self.directory)
+                return None
+        return saved
 
     def refresh(self) -> None:
         """Load commits made by another process now (every read call does this itself)."""
@@ -1293,6 +1360,13 @@ class IndexStore:
                 for (_, end_a, vid_a), (start_b, _, vid_b) in zip(rs, rs[1:]):
                     if start_b < end_a:
                         bad("overlap", f"fine ranges of {vid_a!r} and {vid_b!r} overlap in shard {shard}", vid_b)
+            saved = _Catalog.load(self.directory / CATALOG_NAME) if (self.directory / CATALOG_NAME).is_file() else None
+            if saved is not None and saved.generation == self._cat.generation:
+                same = saved.ids.tolist() == self._cat.ids.tolist() and all(
+                    np.array_equal(getattr(saved, k), getattr(self._cat, k), equal_nan=(k == "selector"))
+                    for k in _Catalog._ARRAYS)
+                if not same:
+                    bad("derived", f"{CATALOG_NAME} disagrees with SQLite (delete it; it is rebuilt on close)")
             orphans = db.execute("SELECT COUNT(*) FROM coarse WHERE video_row NOT IN (SELECT rowid FROM videos)"
                                  ).fetchone()[0]
             if orphans:

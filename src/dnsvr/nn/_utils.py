@@ -53,6 +53,26 @@ def check_dims(features: Tensor, mask: Tensor | None = None, name: str = "video"
     return features, mask
 
 
+#: Shortest video the video comparator CNN accepts (its two 2×2 max-poolings).
+MIN_COMPARATOR_FRAMES = 4
+
+
+def pad_min_frames(x: Tensor, mask: Tensor | None, min_frames: int = MIN_COMPARATOR_FRAMES
+                   ) -> tuple[Tensor, Tensor | None]:
+    """Zero-pad videos [B, T, R, D] shorter than ``min_frames`` with *valid* zero frames (mask 1).
+
+    The reference comparator fails on fewer than 4 frames; a zero frame has similarity 0 to everything, which is
+    what the reference computes for zero padding it is not told about (and what ``dnsvr._fine`` does).
+    """
+    short = min_frames - x.shape[1]
+    if short <= 0:
+        return x, mask
+    x = torch.cat([x, x.new_zeros(x.shape[0], short, *x.shape[2:])], 1)
+    if mask is not None:
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], short)], 1)
+    return x, mask
+
+
 def module_device(module: nn.Module) -> torch.device:
     """The device of a module's first parameter (CPU for parameter-free modules)."""
     for p in module.parameters():

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dnsvr.nn._utils import Network, as_mask, as_tensor, check_dims
+from dnsvr.nn._utils import Network, as_mask, as_tensor, check_dims, pad_min_frames
 from dnsvr.nn.layers import Attention, VideoComparator
 from dnsvr.nn.similarity import pair_mask_paired, region_similarity_paired
 
@@ -115,6 +115,7 @@ class SelectorNetwork(Network):
         x = as_tensor(x, self.device)
         mask = as_mask(mask, x)
         x, mask = check_dims(x, mask)
+        x, mask = pad_min_frames(x, mask)  # the comparator needs 4 frames (zero frames, as the reference pads)
         sim = self.frame_to_frame_similarity(x)
         sim_mask = None
         if mask is not None:

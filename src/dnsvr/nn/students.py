@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dnsvr.nn._utils import Network, as_mask, as_tensor, check_dims
+from dnsvr.nn._utils import Network, as_mask, as_tensor, check_dims, pad_min_frames
 from dnsvr.nn.layers import Attention, BinarizationLayer, NetVLAD, SimilarityRegularizationLoss, VideoComparator
 from dnsvr.nn.similarity import (
     ChamferSimilarity,
@@ -45,7 +45,8 @@ class FineGrainedStudent(Network):
 
     Padded batches follow the reference's masking exactly; like the reference, a padded video gives the same
     similarity as the unpadded one when its length is a multiple of 4 (the comparator's two 2×2 poolings),
-    and a slightly different one otherwise (a pooling window straddling the end counts as valid).
+    and a slightly different one otherwise (a pooling window straddling the end counts as valid). Videos of
+    fewer than 4 frames, which the reference comparator rejects, are padded with zero frames to 4.
 
     Args:
         dims: region vector size (512).
@@ -170,6 +171,8 @@ class FineGrainedStudent(Network):
             raise ValueError(f"query {tuple(query.shape)} and target {tuple(target.shape)} differ in regions/dims")
         query_mask = _fill_missing_mask(query_mask, target_mask, query)
         target_mask = _fill_missing_mask(target_mask, query_mask, target)
+        query, query_mask = pad_min_frames(query, query_mask)
+        target, target_mask = pad_min_frames(target, target_mask)
         return query, target, query_mask, target_mask
 
     def similarity_matrix(
@@ -224,6 +227,9 @@ class FineGrainedStudent(Network):
             as_mask(m, v) if m is not None else v.new_ones(v.shape[:2])
             for m, v in ((anchor_mask, anchors), (positive_mask, positives), (negative_mask, negatives))
         )
+        anchors, anchor_mask = pad_min_frames(anchors, anchor_mask)
+        positives, positive_mask = pad_min_frames(positives, positive_mask)
+        negatives, negative_mask = pad_min_frames(negatives, negative_mask)
         pos_sim, pos_mask = self.frame_to_frame_similarity(anchors, positives, anchor_mask, positive_mask, True)
         neg_sim, neg_mask = self.frame_to_frame_similarity(anchors, negatives, anchor_mask, negative_mask, True)
         if pos_sim.shape[1:] != neg_sim.shape[1:]:
