@@ -127,29 +127,45 @@ def _duration(path: Path) -> float:
 
 
 _MEMORY_CHILD = """
-import resource, sys, time
+import resource, sys, threading, time
 sys.path.insert(0, {src!r})
+import psutil
 from dnsvr.backbones import FeatureExtractor
 from dnsvr.extract import extract_videos
+samples = []
+def watch(proc=psutil.Process()):
+    while True:
+        samples.append((time.perf_counter(), proc.memory_info().rss))
+        time.sleep(0.1)
+threading.Thread(target=watch, daemon=True).start()
+ex = FeatureExtractor("efficientnet_lite0")
 t = time.perf_counter()
-r = extract_videos([{video!r}], {out!r}, FeatureExtractor("efficientnet_lite0"), progress=False)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, r.frames, time.perf_counter() - t)
+r = extract_videos([{video!r}], {out!r}, ex, progress=False)
+end = time.perf_counter()
+mid = t + (end - t) / 2
+first = max((m for s, m in samples if t <= s < mid), default=0)
+second = max((m for s, m in samples if s >= mid), default=0)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, r.frames, end - t, first, second)
 """
 
 
 def bench_memory(video: Path, workdir: Path) -> dict:
+    """Peak RSS of a fresh process extracting one video; also the peaks of the first and second half
+    of the run (a pipeline whose memory grows with the video's length would peak in the second half)."""
     out = workdir / f"mem_{video.stem}.h5"
     out.unlink(missing_ok=True)
     code = _MEMORY_CHILD.format(src=str(ROOT / "src"), video=str(video), out=str(out))
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    rss_kb, frames, seconds = res.stdout.split()[-3:]
+    rss_kb, frames, seconds, first, second = res.stdout.split()[-5:]
     return {"video_seconds": round(_duration(video), 1), "frames": int(frames),
-            "peak_rss_mib": round(int(rss_kb) / 1024, 1), "seconds": round(float(seconds), 1)}
+            "peak_rss_mib": round(int(rss_kb) / 1024, 1), "seconds": round(float(seconds), 1),
+            "peak_rss_first_half_mib": round(int(first) / 2**20, 1),
+            "peak_rss_second_half_mib": round(int(second) / 2**20, 1)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seconds", type=float, default=120.0, help="length of each throughput video")
+    ap.add_argument("--seconds", type=float, default=60.0, help="length of each throughput video")
     ap.add_argument("--videos", type=int, default=2, help="throughput videos (decoded separately)")
     ap.add_argument("--source-fps", type=float, default=25.0, help="frame rate of the generated videos")
     ap.add_argument("--backbones", default="efficientnet_lite0,resnet50")

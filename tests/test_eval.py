@@ -320,3 +320,19 @@ def test_load_similarities_errors(tmp_path: Path) -> None:
     bad.write_text("{not json")
     with pytest.raises(SimilarityFileError, match="not valid JSON"):
         load_similarities(bad)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_positive_ranks_equals_stable_sort(seed: int) -> None:
+    from dnsvr.eval.metrics import positive_ranks
+
+    rng = np.random.default_rng(seed)
+    n = 2000
+    # Few distinct values on even seeds: many ties, decided by input order.
+    scores = rng.integers(0, 15, n).astype(float) if seed % 2 == 0 else rng.normal(size=n).round(2)
+    positive = rng.random(n) < 0.1
+    expected_order = np.argsort(-scores, kind="stable")
+    rank_of = np.empty(n, dtype=np.int64)
+    rank_of[expected_order] = np.arange(n)
+    assert positive_ranks(scores, positive).tolist() == rank_of[positive].tolist()
+    assert positive_ranks(scores, np.zeros(n, dtype=bool)).size == 0

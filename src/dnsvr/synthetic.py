@@ -411,6 +411,21 @@ def loop_video(src: str | Path, dst: str | Path, repeats: int) -> Path:
     return dst
 
 
+def write_undecodable_video(path: str | Path, packets: int = 20, seed: int = 0) -> Path:
+    """Write a container with an H.264 video stream whose packets are random bytes: a file that opens
+    as a video but yields no decodable frame (for tests of error handling)."""
+    path = Path(path)
+    rng = np.random.default_rng(seed)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("h264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        for i in range(packets):
+            packet = av.Packet(rng.integers(0, 256, 400, dtype=np.uint8).tobytes())
+            packet.stream, packet.pts, packet.dts, packet.time_base = stream, i, i, Fraction(1, 25)
+            container.mux(packet)
+    return path
+
+
 # ---------------------------------------------------------------------------
 # Transformations (array level: they take and return uint8 [N, H, W, 3])
 # ---------------------------------------------------------------------------

@@ -483,12 +483,13 @@ class IndexStore:
         try:
             (directory / SHARD_DIR).mkdir(exist_ok=True)
             (directory / COARSE_DIR).mkdir(exist_ok=True)
-            # 16 KiB pages hold several rows with their 4 KiB coarse blob inline (4 KiB pages would need
-            # an overflow page per row, doubling the size); incremental vacuum lets compact() return the
-            # space of purged rows. Both must be set before the database switches to WAL mode.
+            # 64 KiB pages hold 15 coarse vectors of 4 KiB (+ cell headers) each with 6% slack; 16 KiB
+            # pages hold only 3 (25% slack) and 4 KiB pages need an overflow page per vector (50%).
+            # Incremental vacuum lets compact() return the space of purged rows. Both must be set
+            # before the database switches to WAL mode.
             raw = sqlite3.connect(str(directory / DB_NAME), isolation_level=None)
             try:
-                raw.execute("PRAGMA page_size = 16384")
+                raw.execute("PRAGMA page_size = 65536")
                 raw.execute("PRAGMA auto_vacuum = INCREMENTAL")
                 raw.execute("VACUUM")
             finally:
