@@ -8,8 +8,9 @@ An index is a directory (see :mod:`dnsvr.index._schema` for the file list):
   the time it was added and free JSON metadata;
 - ``shards/fine-NNNNNN.bin`` hold the fine representations, appended, never rewritten
   in place (``compact`` writes new shards and swaps them in with one SQLite commit);
-- ``coarse/`` holds derived data only (the coarse matrix for exact search and an
-  optional FAISS ANN index), rebuilt from SQLite whenever missing or stale.
+- ``coarse/`` and ``catalog.npz`` hold derived data only (an appended copy of the coarse
+  vectors for exact search, an optional FAISS ANN index, a snapshot of the active rows),
+  checked against SQLite and rebuilt whenever missing or stale.
 
 Commit protocol of :meth:`IndexStore.add`: the fine bytes are appended past the
 committed end of a shard and fsynced, then the rows and the shards' new committed
@@ -86,6 +87,7 @@ __all__ = [
 _FINE_DTYPES = ("uint8", "float16", "float32", "int8")
 _SQL_CHUNK = 900  # stay below SQLite's host-parameter limit
 _MAX_ID_LEN = 1024
+_DERIVED_APPEND_MAX = 50_000  # coarse vectors held per transaction for the derived files (200 MB at 1024-d)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -549,13 +551,12 @@ class IndexStore:
                 return
             self._closed = True
             try:
-                if not self.readonly and self._coarse.matrix is not None:
+                if not self.readonly:
                     try:
                         self._refresh()
-                        self._coarse.sync(self._cat.rowid)
-                        self._coarse.persist(self._cat.generation)
+                        self._coarse.persist(self._cat.rowid, self._cat.generation)
                     except (OSError, sqlite3.Error) as exc:
-                        logger.warning("could not save the coarse cache of %s (%s); it will be rebuilt",
+                        logger.warning("could not save the derived coarse data of %s (%s); it will be rebuilt",
                                        self.directory, exc)
                 if not self.readonly:
                     try:
@@ -812,10 +813,8 @@ class IndexStore:
             self._refresh()
             cat = self._cat
             pos = np.arange(len(cat.ids)) if video_ids is None else self._positions(video_ids)
-            if video_ids is None or (self._coarse.rowids is not None and len(self._coarse.rowids)):
-                self._coarse.sync(cat.rowid)
-                return np.array(self._coarse.matrix[pos], dtype=np.float32)
-            return self._load_coarse_rows(cat.rowid[pos])
+            self._coarse.sync(cat.rowid)
+            return self._coarse.vectors(pos)
 
     def coarse_search(
         self, queries: np.ndarray, k: int | None = None, *, exact: bool = False, params: str | None = None
@@ -1047,6 +1046,9 @@ class IndexStore:
 
             coarse_rows: list[tuple] = []
             next_rowid = 0
+            # vectors of this transaction, appended to the derived coarse files after the commit
+            txn_rowids: list[int] = []
+            txn_vectors: list[np.ndarray] = []
 
             def flush_rows() -> None:
                 if rows:
@@ -1074,6 +1076,15 @@ class IndexStore:
                 in_txn = False
                 appender.committed()
                 n_in_batch = 0
+                if txn_rowids:
+                    try:
+                        self._coarse.append(np.asarray(txn_rowids, dtype=np.int64), np.stack(txn_vectors),
+                                            self._cat.generation + 1)
+                    except OSError as exc:  # derived data: searches read the rows from SQLite instead
+                        logger.warning("could not append to the derived coarse files of %s: %s", self.directory,
+                                       exc)
+                txn_rowids.clear()
+                txn_vectors.clear()
 
             try:
                 for record in records:
@@ -1111,6 +1122,11 @@ class IndexStore:
                                  p.selector, p.duration, p.source, p.ts_start, p.ts_step, p.ts_blob, now,
                                  p.meta_json))
                     coarse_rows.append((next_rowid, p.coarse.tobytes()))
+                    if len(txn_rowids) < _DERIVED_APPEND_MAX:
+                        txn_rowids.append(next_rowid)
+                        txn_vectors.append(p.coarse)
+                    # else: a huge single transaction; its later rows are read from SQLite when
+                    # searched and written to the derived files at the writer's close
                     next_rowid += 1
                     result.added.append(vid)
                     n_in_batch += 1
@@ -1247,9 +1263,7 @@ class IndexStore:
             self._refresh(force=True)
             self._appender = ShardAppender(self.directory / SHARD_DIR, self._cat.shard_files,
                                            self.config.shard_bytes)
-            if self._coarse.matrix is not None:
-                self._coarse.sync(self._cat.rowid)
-                self._coarse.persist(self._cat.generation)
+            self._coarse.persist(self._cat.rowid, self._cat.generation, force_rewrite=True)
             bytes_after = sum(n for _, n in self._cat.shard_files.values())
             report = CompactReport(int(n_removed), bytes_before, bytes_after, len(old_shards),
                                    len(self._cat.shard_files), time.perf_counter() - t0)
@@ -1265,7 +1279,7 @@ class IndexStore:
             self._coarse.sync(self._cat.rowid)
             if not is_exact_spec(self.config.coarse_index):
                 self._coarse._ann_ready()
-            self._coarse.persist(self._cat.generation)
+            self._coarse.persist(self._cat.rowid, self._cat.generation)
 
     # -- checks ----------------------------------------------------------------------------
     def verify(self, checksums: bool = True) -> VerifyReport:
@@ -1384,34 +1398,10 @@ class IndexStore:
         return report
 
     def _verify_coarse(self, all_rowids: np.ndarray, bad: Any, notes: list[str]) -> None:
-        cache = self._coarse
-        persisted = cache._load_persisted()
-        sources = []
-        if persisted is not None:
-            sources.append(("saved coarse matrix", persisted[0], persisted[1]))
-        if cache.matrix is not None and cache.rowids is not None:
-            sources.append(("in-memory coarse matrix", cache.rowids, cache.matrix))
-        for what, rowids, matrix in sources:
-            if len(rowids) and (np.any(np.diff(rowids) <= 0)):
-                bad("derived", f"{what}: row ids are not ascending (delete {COARSE_DIR}/ to rebuild)")
-                continue
-            known = np.isin(rowids, all_rowids)
-            if not known.all():
-                bad("derived", f"{what}: {int((~known).sum())} rows unknown to SQLite (delete {COARSE_DIR}/ to rebuild)")
-                continue
-            truth = self._load_coarse_rows(rowids)
-            diff = np.flatnonzero(~(truth == np.asarray(matrix)).all(axis=1))
-            if len(diff):
-                bad("derived", f"{what}: {len(diff)} vectors differ from SQLite (delete {COARSE_DIR}/ to rebuild)")
-            if what.startswith("saved") and not np.array_equal(rowids, self._cat.rowid):
-                notes.append(f"{what} is stale ({len(rowids)} rows, {len(self._cat.rowid)} active); "
-                             f"it is updated on the next search")
-        if cache.ann is not None and cache.ann_rowids is not None:
-            if cache.ann.ntotal != len(cache.ann_rowids) or cache.ann.d != self.config.coarse_dim:
-                bad("derived", f"ANN index holds {cache.ann.ntotal} vectors of {cache.ann.d} dims for "
-                               f"{len(cache.ann_rowids)} row ids")
-            elif not np.isin(cache.ann_rowids, all_rowids).all():
-                bad("derived", "ANN index refers to rows unknown to SQLite")
+        problems, more = self._coarse.check(all_rowids, self._load_coarse_rows)
+        for message in problems:
+            bad("derived", message)
+        notes.extend(more)
 
     def info(self) -> dict[str, Any]:
         """Counts, bytes on disk per stage and per video, config and versions (JSON-ready)."""
