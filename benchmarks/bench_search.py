@@ -151,7 +151,7 @@ def _build(directory: Path, kind: str, n: int, frames: int, batch: int = 2000) -
     return build_s, sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
 
 
-def bench_dns(workdir: Path, videos: int, keep: bool, queries: int = 3) -> list[dict]:
+def bench_dns(workdir: Path, videos: int, keep: bool, queries: int = 2) -> list[dict]:
     from dnsvr.index import VideoIndex
 
     out = []
