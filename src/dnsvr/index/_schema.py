@@ -6,7 +6,8 @@ Layout (format version 1)::
       manifest.json        format name + version, the index config, versions that wrote it
       meta.sqlite          SQLite in WAL mode: the source of truth (+ meta.sqlite-wal/-shm)
       shards/fine-NNNNNN.bin   append-only fine-grained representations (raw C-order bytes)
-      coarse/              derived: cached coarse matrix (+ ANN index), rebuilt from SQLite when stale
+      coarse/              derived: appended copy of the coarse vectors (+ ANN index), rebuilt when stale
+      catalog.npz          derived: the active rows' ids and locations, saved by the writer at close
       write.lock           single-writer fcntl lock (holds the writer's pid)
 """
 

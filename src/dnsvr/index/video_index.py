@@ -55,7 +55,7 @@ BUNDLE_DIR = "bundle"
 STORE_DIR = "store"
 FEATURE_SUFFIXES = (".h5", ".hdf5")
 #: Region vectors collected from the first videos before the lite whitening is fitted.
-WHITENING_SAMPLE_VECTORS = 200_000
+WHITENING_SAMPLE_VECTORS = 50_000
 
 
 class VideoIndexError(ValueError):
