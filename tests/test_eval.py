@@ -320,3 +320,41 @@ def test_load_similarities_errors(tmp_path: Path) -> None:
     bad.write_text("{not json")
     with pytest.raises(SimilarityFileError, match="not valid JSON"):
         load_similarities(bad)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_positive_ranks_equals_stable_sort(seed: int) -> None:
+    from dnsvr.eval.metrics import positive_ranks
+
+    rng = np.random.default_rng(seed)
+    n = 2000
+    # Few distinct values on even seeds: many ties, decided by input order.
+    scores = rng.integers(0, 15, n).astype(float) if seed % 2 == 0 else rng.normal(size=n).round(2)
+    positive = rng.random(n) < 0.1
+    expected_order = np.argsort(-scores, kind="stable")
+    rank_of = np.empty(n, dtype=np.int64)
+    rank_of[expected_order] = np.arange(n)
+    assert positive_ranks(scores, positive).tolist() == rank_of[positive].tolist()
+    assert positive_ranks(scores, np.zeros(n, dtype=bool)).size == 0
+
+
+def test_npz_roundtrip_matches_golden(shared_dir: Path, tmp_path: Path) -> None:
+    golden = _golden(shared_dir, "CC_WEB_VIDEO")
+    path = save_similarities(golden["similarities"], tmp_path / "sims.npz")
+    table = SimilarityTable.from_file(path)
+    assert table.queries == list(golden["similarities"])
+    assert load_similarities(path) == golden["similarities"]
+    metrics = evaluate("CC_WEB_VIDEO", path)
+    for metric, expected in golden["expected"].items():
+        assert metrics[metric] == pytest.approx(expected, abs=1e-9)
+
+
+def test_npz_sparse_rows_and_errors(tmp_path: Path) -> None:
+    sims = {"q1": {"a": 1.0, "b": 2.0}, "q2": {"a": 0.5, "b": 0.25}, "q3": {"c": -1.0}, "q4": {}}
+    path = save_similarities(sims, tmp_path / "s.npz")
+    table = SimilarityTable.from_npz(path)
+    assert table.to_dict() == sims
+    assert table["q1"].positions is table["q2"].positions
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))
+    with pytest.raises(SimilarityFileError, match="not a dnsvr similarity table"):
+        SimilarityTable.from_file(tmp_path / "other.npz")

@@ -92,3 +92,15 @@ def test_align_segments_diagonal_and_speedup():
     assert segs2[0].target_start == 0.0 and segs2[0].target_end == 39.0
     # a flat matrix has nothing that stands out
     assert align_segments(np.full((10, 10), 0.4)) == []
+
+
+def test_align_segments_ignores_unrelated_background():
+    rng = np.random.default_rng(2)
+    noise = 0.05 + 0.01 * rng.standard_normal((30, 25))
+    assert align_segments(noise) == []
+    # a weak but clear diagonal (a heavily re-encoded copy) is still found, whole
+    copy = noise.copy()
+    for i in range(25):
+        copy[i, i] = 0.2 + 0.05 * rng.standard_normal()
+    segs = align_segments(copy)
+    assert segs and segs[0].query_start == 0.0 and segs[0].query_end == 25.0

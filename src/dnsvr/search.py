@@ -292,21 +292,23 @@ def _frame_times(timestamps: Sequence[float] | np.ndarray | None, n: int) -> tup
 
 def align_segments(matrix: np.ndarray, query_times: Sequence[float] | np.ndarray | None = None,
                    target_times: Sequence[float] | np.ndarray | None = None, *,
-                   max_gap: int = 2, max_step: int = 4, min_frames: int = 2,
+                   min_z: float = 5.0, max_gap: int = 2, max_step: int = 4, min_frames: int = 2,
                    max_segments: int = 3) -> list[Segment]:
     """Aligned matching segments from a frame-to-frame similarity matrix.
 
-    Each query frame is matched to its most similar target frame; frames whose best match
-    stands out from the matrix's background (above the midpoint between the median and
-    the maximum row best) are chained into segments while the target position moves
-    forward monotonically (at most ``max_step`` target frames per query frame — speed-ups
-    up to that factor stay one segment; still frames may repeat a target frame) across
-    gaps of at most ``max_gap`` unmatched query frames.
+    Each query frame is matched to its most similar target frame. A match counts when it
+    stands out from the matrix's background: at least ``min_z`` robust standard deviations
+    (1.4826 × the median absolute deviation) above the median entry — scale-free, so the
+    same rule serves the training-free Chamfer matrices and the students'. Matched frames
+    are chained into segments while the target position moves forward monotonically (at
+    most ``max_step`` target frames per query frame — speed-ups up to that factor stay one
+    segment; still frames may repeat a target frame) across gaps of at most ``max_gap``
+    unmatched query frames.
 
     Args:
         matrix: ``[T1, T2]`` frame-to-frame similarities (query rows, target columns).
         query_times, target_times: frame start times in seconds (default: 1 fps).
-        max_gap, max_step, min_frames, max_segments: the chaining rules above.
+        min_z, max_gap, max_step, min_frames, max_segments: the rules above.
 
     Returns:
         Segments, best (longest × best-scoring) first, times in seconds; ``[]`` when nothing
@@ -321,10 +323,12 @@ def align_segments(matrix: np.ndarray, query_times: Sequence[float] | np.ndarray
     best_j = s.argmax(1)
     best_v = s[np.arange(t1), best_j]
     background = float(np.median(s))
-    peak = float(best_v.max())
-    if peak - background < 1e-6:
+    sigma = 1.4826 * float(np.median(np.abs(s - background)))
+    if sigma < 1e-9:
+        sigma = float(s.std())
+    if sigma < 1e-9:
         return []
-    thr = background + 0.5 * (peak - background)
+    thr = background + min_z * sigma
     matched = np.nonzero(best_v >= thr)[0]
     chains: list[list[int]] = []
     for i in matched:

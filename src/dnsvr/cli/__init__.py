@@ -40,6 +40,22 @@ def _root(
 from dnsvr.cli.evaluate import evaluate_command  # noqa: E402
 
 app.command("evaluate")(evaluate_command)
+from dnsvr.cli.extract import extract_command  # noqa: E402
+
+app.command("extract")(extract_command)
+from dnsvr.cli.index import index_app  # noqa: E402
+from dnsvr.cli.search import search_command  # noqa: E402
+from dnsvr.cli.demo import demo_command  # noqa: E402
+
+app.add_typer(index_app, name="index")
+app.command("search")(search_command)
+app.command("demo")(demo_command)
+from dnsvr.cli.train import train_app  # noqa: E402
+
+app.add_typer(train_app, name="train")
+from dnsvr.cli.weights import weights_app  # noqa: E402
+
+app.add_typer(weights_app, name="weights")
 
 
 def main() -> None:

@@ -1,0 +1,190 @@
+"""``dnsvr train``: distil students and a selector on your own unlabelled videos.
+
+    dnsvr train mine FEATURES.h5 -o pairs.h5 --teacher chamfer
+    dnsvr train student --type fg-att --pairs pairs.h5 --features FEATURES.h5 -o runs/fg_att
+    dnsvr train student --type cg     --pairs pairs.h5 --features FEATURES.h5 -o runs/cg
+    dnsvr train selector --pairs pairs.h5 --features FEATURES.h5 --fine runs/fg_att --coarse runs/cg -o runs/sel
+    dnsvr train bundle --fine runs/fg_att --coarse runs/cg --selector runs/sel -o my_bundle
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+logger = logging.getLogger(__name__)
+
+train_app = typer.Typer(help="Distil students and a selector on your own unlabelled videos (DnS training).",
+                        no_args_is_help=True)
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=2)
+
+
+@train_app.command("mine")
+def mine_command(
+    features: Path = typer.Argument(..., help="HDF5 feature file of the unlabelled collection."),
+    output: Path = typer.Option(..., "--output", "-o", help="Mined-pairs file to write (HDF5)."),
+    teacher: str = typer.Option("chamfer", help="chamfer | visil | visil_symmetric | PATH of a trained fg-att "
+                                "student run (iterating: a student is the next teacher)."),
+    candidates: int = typer.Option(16, help="Nearest videos per anchor by the cheap global similarity."),
+    positives: int = typer.Option(4, help="Candidates with the highest teacher similarity kept as positives."),
+    random_negatives: int = typer.Option(8, help="Random videos per anchor scored as negatives."),
+    seed: int = typer.Option(0, help="Seed of the random negatives."),
+    max_frames: int = typer.Option(300, help="Videos are cut to this many frames."),
+    faiss_index: str = typer.Option("Flat", help="FAISS index_factory spec of the candidate search."),
+    device: str = typer.Option("cpu", help="Device of the teacher."),
+    restart: bool = typer.Option(False, help="Start over instead of resuming an existing output file."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress"),
+) -> None:
+    """Score candidate pairs with a teacher and store per-anchor pools of positives and negatives."""
+    from dnsvr.train.mining import MinedPairs, MiningError, MiningParams, mine
+
+    params = MiningParams(candidates=candidates, positives=positives, random_negatives=random_negatives,
+                          seed=seed, max_frames=max_frames, faiss_index=faiss_index)
+    try:
+        out = mine(features, output, teacher, params, device=device, resume=not restart, progress=progress)
+    except (MiningError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(MinedPairs(out).summary(), indent=1))
+
+
+@train_app.command("info")
+def info_command(pairs: Path = typer.Argument(..., help="Mined-pairs file.")) -> None:
+    """Counts and teacher similarity statistics of a mined-pairs file."""
+    from dnsvr.train.mining import MinedPairs, MiningError
+
+    try:
+        typer.echo(json.dumps(MinedPairs(pairs).summary(), indent=1))
+    except (MiningError, FileNotFoundError) as exc:
+        _fail(str(exc))
+
+
+@train_app.command("student")
+def student_command(
+    type: str = typer.Option(..., "--type", help="fg-att | fg-bin | cg"),
+    pairs: Path = typer.Option(..., help="Mined-pairs file (dnsvr train mine)."),
+    features: Path = typer.Option(..., help="The feature file the pairs were mined on."),
+    output: Path = typer.Option(..., "--output", "-o", help="Run folder (checkpoints, final weights)."),
+    epochs: int = typer.Option(10),
+    batch_size: int = typer.Option(32, help="Triplets per step."),
+    lr: Optional[float] = typer.Option(None, help="Adam learning rate (default 1e-4 fine, 1e-5 coarse)."),
+    weight_decay: float = typer.Option(0.0),
+    r_parameter: float = typer.Option(1e-3, help="Weight of the similarity regularisation (fine students)."),
+    augmentation: bool = typer.Option(True, "--augmentation/--no-augmentation"),
+    seed: int = typer.Option(0),
+    validation_fraction: float = typer.Option(0.0, help="Anchors held out; the best epoch is kept."),
+    itq: str = typer.Option("fit", help="fg-bin init: fit | published | PATH.npz | none."),
+    network: str = typer.Option("{}", help="JSON of extra network arguments, e.g. '{\"netvlad_clusters\": 32}'."),
+    init: Optional[Path] = typer.Option(None, help="Start from these weights (safetensors / .pth)."),
+    resume: bool = typer.Option(False, help="Continue the run in --output."),
+    device: str = typer.Option("cpu"),
+    amp: bool = typer.Option(True, "--amp/--no-amp", help="bfloat16 autocast on CUDA."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress"),
+) -> None:
+    """Distil one student from the teacher similarities of mined pairs."""
+    from dnsvr.train.students import StudentTrainConfig, train_student
+    from dnsvr.train.teachers import load_state_dict
+
+    try:
+        cfg = StudentTrainConfig(type=type, epochs=epochs, batch_size=batch_size, learning_rate=lr,
+                                 weight_decay=weight_decay, r_parameter=r_parameter, augmentation=augmentation,
+                                 seed=seed, validation_fraction=validation_fraction, amp=amp, itq=itq,
+                                 network=json.loads(network))
+        result = train_student(pairs, features, output, cfg, resume=resume, device=device, progress=progress,
+                               init_state=load_state_dict(init) if init else None)
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps({"output": str(result.output_dir), "history": result.history}, indent=1))
+
+
+@train_app.command("selector")
+def selector_command(
+    pairs: Path = typer.Option(..., help="Mined-pairs file."),
+    features: Path = typer.Option(..., help="The feature file."),
+    fine: Path = typer.Option(..., help="Fine student run folder."),
+    coarse: Path = typer.Option(..., help="Coarse student run folder."),
+    output: Path = typer.Option(..., "--output", "-o", help="Run folder."),
+    epochs: int = typer.Option(10),
+    batch_size: int = typer.Option(64),
+    lr: float = typer.Option(1e-4),
+    threshold: float = typer.Option(0.2, help="Label 1 when |fine/2+0.5 - coarse| exceeds it."),
+    pairs_per_class: Optional[int] = typer.Option(None, help="Balanced samples per class and epoch."),
+    seed: int = typer.Option(0),
+    validation_fraction: float = typer.Option(0.0),
+    resume: bool = typer.Option(False),
+    device: str = typer.Option("cpu"),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress"),
+) -> None:
+    """Train the selector network for a (coarse, fine) student pair."""
+    from dnsvr.train.selector import SelectorTrainConfig, train_selector
+
+    try:
+        cfg = SelectorTrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=lr, threshold=threshold,
+                                  pairs_per_class=pairs_per_class, seed=seed,
+                                  validation_fraction=validation_fraction)
+        result = train_selector(pairs, features, output, fine, coarse, cfg, resume=resume, device=device,
+                                progress=progress)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps({"output": str(result.output_dir), "labels": result.config["labels"],
+                           "history": result.history}, indent=1))
+
+
+@train_app.command("itq")
+def itq_command(
+    features: Path = typer.Argument(..., help="Feature file to fit on."),
+    output: Path = typer.Option(..., "--output", "-o", help="The .npz to write ({'proj': W})."),
+    bits: Optional[int] = typer.Option(None, help="Code length (default: the feature dims)."),
+    max_vectors: int = typer.Option(200_000, help="Region vectors sampled for the fit."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Fit an ITQ projection (the binarization student's initialisation)."""
+    from dnsvr.train.itq import fit_itq, sample_regions, save_itq
+
+    try:
+        w = fit_itq(sample_regions(features, max_vectors, seed), bits=bits, seed=seed)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    typer.echo(str(save_itq(output, w)))
+
+
+@train_app.command("bundle")
+def bundle_command(
+    fine: Path = typer.Option(..., help="Fine student run folder."),
+    output: Path = typer.Option(..., "--output", "-o", help="Bundle folder to write."),
+    coarse: Optional[Path] = typer.Option(None, help="Coarse student run folder."),
+    selector: Optional[Path] = typer.Option(None, help="Selector run folder."),
+    base: Optional[str] = typer.Option(None, help="Bundle whose backbone + whitening made the features "
+                                       "(e.g. the index's bundle folder); none if whitened elsewhere."),
+    backbone: Optional[str] = typer.Option(None, help="Backbone name when --base is not given."),
+    name: str = typer.Option("trained"),
+) -> None:
+    """Assemble trained students and selector into a bundle an index can use."""
+    from dnsvr.train.export import build_bundle
+
+    try:
+        bundle = build_bundle(fine, coarse, selector, base=base, name=name, backbone=backbone)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    typer.echo(str(bundle.save(output)))
+
+
+@train_app.command("export")
+def export_command(
+    run: Path = typer.Argument(..., help="Student or selector run folder."),
+    output: Path = typer.Option(..., "--output", "-o", help="The .pth to write ({'model': state_dict})."),
+) -> None:
+    """Export a trained network in the reference code's checkpoint layout."""
+    from dnsvr.train.export import export_reference_checkpoint
+
+    try:
+        typer.echo(str(export_reference_checkpoint(run, output)))
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))

@@ -1,0 +1,64 @@
+"""The persistent video index: the numpy-level store (:mod:`dnsvr.index.store`).
+
+``IndexStore`` keeps metadata in SQLite (WAL), fine representations in append-only
+memory-mapped shards and coarse vectors for exact or ANN search (derived, rebuildable).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dnsvr.index.store import (
+    AddResult,
+    CoarseHits,
+    CompactReport,
+    DuplicateVideoError,
+    FineBlock,
+    IndexConfig,
+    IndexFormatError,
+    IndexLockedError,
+    IndexRecord,
+    IndexStore,
+    IndexStoreError,
+    ReadOnlyIndexError,
+    RecordError,
+    UnknownVideoError,
+    VerifyReport,
+    VideoEntry,
+)
+
+# The facade pulls in torch and the networks; import it on first use so that store-only
+# users (readers, benchmarks, subprocess workers) start fast.
+_FACADE = {"AddReport", "VideoIndex", "VideoIndexError", "open_index"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FACADE:
+        from dnsvr.index import video_index  # noqa: PLC0415
+
+        return getattr(video_index, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "AddReport",
+    "VideoIndex",
+    "VideoIndexError",
+    "open_index",
+    "AddResult",
+    "CoarseHits",
+    "CompactReport",
+    "DuplicateVideoError",
+    "FineBlock",
+    "IndexConfig",
+    "IndexFormatError",
+    "IndexLockedError",
+    "IndexRecord",
+    "IndexStore",
+    "IndexStoreError",
+    "ReadOnlyIndexError",
+    "RecordError",
+    "UnknownVideoError",
+    "VerifyReport",
+    "VideoEntry",
+]

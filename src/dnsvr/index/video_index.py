@@ -1,0 +1,574 @@
+"""``VideoIndex``: the persistent index as users see it (videos in, ranked results out).
+
+A facade over three parts: the model bundle (:mod:`dnsvr.bundle`: features →
+representations, similarities), the on-disk store (:class:`dnsvr.index.store.IndexStore`:
+metadata, fine shards, coarse search) and extraction (:mod:`dnsvr.extract`: videos →
+region features). The query itself is :mod:`dnsvr.search`.
+
+Directory layout::
+
+    DIR/
+      index.json     facade manifest: format + version, versions that wrote it, bundle identity
+      bundle/        the model bundle the index was built with (dnsvr.bundle folder)
+      store/         the IndexStore (SQLite + fine shards + derived coarse index)
+
+With the ``lite`` bundle the whitening is fitted on the first videos added, so ``store/``
+appears with the first ``add`` (its per-frame layout depends on the whitened size).
+
+Example:
+    >>> index = VideoIndex.create("my.index")                    # doctest: +SKIP
+    >>> index.add(["videos/"])                                   # doctest: +SKIP
+    >>> for r in index.search(["query.mp4"], top_k=5)[0].results:  # doctest: +SKIP
+    ...     print(r.video_id, r.score, r.segments)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dnsvr import __version__
+from dnsvr.bundle import Bundle, BundleError, VideoRepresentation, load_bundle
+from dnsvr.index.store import IndexConfig, IndexRecord, IndexStore
+from dnsvr.search import (
+    Budget,
+    QueryResults,
+    align_segments,
+    dns_rank,
+)
+
+logger = logging.getLogger(__name__)
+
+INDEX_FORMAT = "dnsvr-video-index"
+INDEX_FORMAT_VERSION = 1
+MANIFEST = "index.json"
+BUNDLE_DIR = "bundle"
+STORE_DIR = "store"
+FEATURE_SUFFIXES = (".h5", ".hdf5")
+#: Region vectors collected from the first videos before the lite whitening is fitted.
+WHITENING_SAMPLE_VECTORS = 50_000
+
+
+class VideoIndexError(ValueError):
+    """An index directory is missing, malformed, or used in a way it cannot serve."""
+
+
+@dataclass
+class AddReport:
+    """What :meth:`VideoIndex.add` did: ids added, and ``(input, reason)`` for what was skipped."""
+
+    added: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"added": self.added, "skipped": [{"input": i, "reason": r} for i, r in self.skipped],
+                "seconds": round(self.seconds, 3)}
+
+
+@dataclass
+class _Query:
+    """A query made ready for the stages: its representation, timestamps, and id (if from the index)."""
+
+    name: str
+    rep: VideoRepresentation
+    timestamps: np.ndarray | None
+    index_id: str | None = None
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
+    tmp.replace(path)
+
+
+def _clean_meta(meta: dict[str, Any] | None) -> dict[str, Any]:
+    """Extraction metadata made JSON-safe for the store (timestamps stay an array)."""
+    out: dict[str, Any] = {}
+    for key, value in (meta or {}).items():
+        if key == "timestamps":
+            out[key] = np.asarray(value, dtype=np.float64)
+        elif isinstance(value, np.ndarray):
+            out[key] = value.tolist()
+        elif isinstance(value, np.generic):
+            out[key] = value.item()
+        else:
+            out[key] = value
+    return out
+
+
+def _is_feature_file(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in FEATURE_SUFFIXES
+
+
+class VideoIndex:
+    """A persistent, searchable video index.
+
+    Use :meth:`create` or :meth:`open`. A writable index holds the store's single-writer lock
+    (other writers get a clear error); ``readonly=True`` opens a reader that may search while
+    another process adds.
+    """
+
+    def __init__(self, directory: Path, bundle: Bundle, store: IndexStore | None, readonly: bool) -> None:
+        self.directory = directory
+        self.bundle = bundle
+        self._store = store
+        self.readonly = readonly
+        self._extractor: Any = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    @classmethod
+    def create(cls, directory: str | Path, bundle: str | Path | Bundle = "lite", *,
+               coarse_index: str = "Flat", offline: bool | None = None) -> VideoIndex:
+        """Create an empty index.
+
+        Args:
+            directory: a new or empty directory.
+            bundle: ``"lite"`` (offline default), ``"paper"``, ``"paper-bin"``, a bundle folder, or a
+                :class:`~dnsvr.bundle.Bundle`.
+            coarse_index: FAISS spec of the coarse search (``"Flat"`` exact; e.g. ``"HNSW32"`` for ANN).
+            offline: forbid downloading published weights.
+
+        Returns:
+            The open, writable index.
+
+        Raises:
+            FileExistsError: the directory is not empty.
+            BundleError / dnsvr.weights.WeightsUnavailableError: the bundle cannot be loaded.
+        """
+        directory = Path(directory)
+        if directory.exists() and any(directory.iterdir()):
+            raise FileExistsError(f"cannot create an index at {directory}: the directory is not empty")
+        b = load_bundle(bundle, offline=offline)
+        directory.mkdir(parents=True, exist_ok=True)
+        b.save(directory / BUNDLE_DIR)
+        manifest = {"format": INDEX_FORMAT, "format_version": INDEX_FORMAT_VERSION,
+                    "written_by": {"dnsvr": __version__}, "created": time.time(),
+                    "bundle": b.identity(), "coarse_index": coarse_index}
+        _write_json(directory / MANIFEST, manifest)
+        index = cls(directory, b, None, readonly=False)
+        if b.whitened:
+            index._create_store()
+        logger.info("created index %s with bundle %s", directory, b)
+        return index
+
+    @classmethod
+    def open(cls, directory: str | Path, readonly: bool = False) -> VideoIndex:
+        """Open an existing index.
+
+        Raises:
+            VideoIndexError: not an index, or written by a newer format.
+            dnsvr.index.IndexLockedError: another process is writing (``readonly=False``).
+        """
+        directory = Path(directory)
+        path = directory / MANIFEST
+        if not path.is_file():
+            raise VideoIndexError(f"not a dnsvr index (no {MANIFEST}): {directory}")
+        manifest = json.loads(path.read_text())
+        if manifest.get("format") != INDEX_FORMAT:
+            raise VideoIndexError(f"{path}: not a dnsvr index (format {manifest.get('format')!r})")
+        if int(manifest.get("format_version", 0)) > INDEX_FORMAT_VERSION:
+            raise VideoIndexError(f"{path}: index format {manifest['format_version']} is newer than this dnsvr "
+                                  f"supports ({INDEX_FORMAT_VERSION}); written by {manifest.get('written_by')}")
+        bundle = Bundle.load(directory / BUNDLE_DIR)
+        store = None
+        if (directory / STORE_DIR).is_dir():
+            store = IndexStore.open(directory / STORE_DIR, readonly=readonly)
+        return cls(directory, bundle, store, readonly)
+
+    def close(self) -> None:
+        """Release the store (and its writer lock)."""
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def __enter__(self) -> VideoIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return 0 if self.store is None else len(self.store)
+
+    def __contains__(self, video_id: object) -> bool:
+        return self.store is not None and video_id in self.store
+
+    def __repr__(self) -> str:
+        return f"VideoIndex({str(self.directory)!r}, bundle={self.bundle.name!r}, videos={len(self)})"
+
+    @property
+    def store(self) -> IndexStore | None:
+        """The underlying store (None until the lite whitening is fitted by the first ``add``)."""
+        if self._store is None and (self.directory / STORE_DIR).is_dir():
+            self._store = IndexStore.open(self.directory / STORE_DIR, readonly=self.readonly)
+            # another process fitted the lite whitening and created the store: take its bundle
+            self.bundle = Bundle.load(self.directory / BUNDLE_DIR)
+        return self._store
+
+    def _create_store(self) -> IndexStore:
+        dtype, shape = self.bundle.fine_layout()
+        manifest = json.loads((self.directory / MANIFEST).read_text())
+        config = IndexConfig(coarse_dim=self.bundle.coarse_dims(), fine_dtype=dtype, fine_shape=shape,
+                             coarse_index=manifest.get("coarse_index", "Flat"),
+                             extra={"bundle": self.bundle.identity()})
+        self._store = IndexStore.create(self.directory / STORE_DIR, config)
+        manifest["bundle"] = self.bundle.identity()
+        _write_json(self.directory / MANIFEST, manifest)
+        return self._store
+
+    def _writable_store(self) -> IndexStore:
+        if self.readonly:
+            raise VideoIndexError(f"index {self.directory} was opened read-only")
+        store = self.store
+        if store is None:
+            raise VideoIndexError(f"index {self.directory} is empty (its whitening is fitted by the first add)")
+        return store
+
+    # -- extraction ------------------------------------------------------------------------
+    def _get_extractor(self) -> Any:
+        if self._extractor is None:
+            from dnsvr.backbones import FeatureExtractor
+
+            self._extractor = FeatureExtractor(self.bundle.backbone)
+        return self._extractor
+
+    def _iter_inputs(self, inputs: Sequence[str | Path], report: AddReport,
+                     progress: bool | None) -> Iterator[tuple[str, np.ndarray, dict[str, Any]]]:
+        """``(video_id, raw or whitened features [T, 9, D], meta)`` for every input; failures go to ``report``."""
+        from dnsvr.features import FeatureFile
+
+        videos: list[str | Path] = []
+        for item in inputs:
+            if _is_feature_file(item):
+                try:
+                    ff = FeatureFile(item)
+                except (OSError, ValueError) as exc:
+                    report.skipped.append((str(item), str(exc)))
+                    continue
+                with ff:
+                    for vid in ff.ids():
+                        try:
+                            feats = ff.read(vid)
+                            info = ff.info(vid)
+                        except (OSError, ValueError, KeyError) as exc:
+                            report.skipped.append((f"{item}:{vid}", str(exc)))
+                            continue
+                        meta = {"source": f"{item}:{vid}"}
+                        if "timestamps" in info and len(info["timestamps"]) == len(feats):
+                            meta["timestamps"] = [float(t) for t in info["timestamps"]]
+                        yield vid, feats, meta
+            else:
+                videos.append(item)
+        if videos:
+            from dnsvr.extract import iter_video_features
+
+            failures: list[Any] = []
+            reported = 0
+            for vid, feats, meta in iter_video_features(videos, self._get_extractor(), failures=failures,
+                                                        progress=progress):
+                reported = self._report_failures(failures, reported, report)
+                yield vid, np.asarray(feats, dtype=np.float32), _clean_meta(meta)
+            self._report_failures(failures, reported, report)
+
+    @staticmethod
+    def _report_failures(failures: list[Any], reported: int, report: AddReport) -> int:
+        for f in failures[reported:]:
+            if getattr(f, "extracted", False):
+                logger.warning("%s: %s (frames before the damage were kept)", f.path, f.reason)
+            else:
+                report.skipped.append((str(getattr(f, "path", f)), str(getattr(f, "reason", f))))
+        return len(failures)
+
+    # -- writing ---------------------------------------------------------------------------
+    def add(self, inputs: Sequence[str | Path] | str | Path, *, on_duplicate: str = "error",
+            progress: bool | None = None, batch_size: int = 64) -> AddReport:
+        """Add videos (files, folders, list files) or HDF5 feature files.
+
+        Videos that cannot be decoded are reported in the result and skipped. With the ``lite``
+        bundle, the whitening is fitted on the first videos of the first ``add``.
+
+        Args:
+            inputs: paths; ``.h5``/``.hdf5`` files are read as feature files, everything else goes to
+                :func:`dnsvr.extract.iter_video_features`.
+            on_duplicate: ``"error"``, ``"replace"`` or ``"skip"`` for ids already in the index.
+            progress: show progress bars (default: when stderr is a terminal).
+            batch_size: videos per commit (each commit is durable).
+
+        Returns:
+            :class:`AddReport`.
+        """
+        if self.readonly:
+            raise VideoIndexError(f"index {self.directory} was opened read-only")
+        if isinstance(inputs, str | Path):
+            inputs = [inputs]
+        start = time.perf_counter()
+        report = AddReport()
+        stream = self._iter_inputs(list(inputs), report, progress)
+        if not self.bundle.whitened:
+            stream = self._fit_whitening_from(stream)
+        store = self.store
+        pending: list[IndexRecord] = []
+
+        def flush() -> None:
+            nonlocal store
+            if not pending:
+                return
+            if store is None:
+                store = self._create_store()
+            result = store.add(pending, on_duplicate=on_duplicate)  # type: ignore[arg-type]
+            report.added.extend(result.added)
+            for vid in result.skipped:
+                report.skipped.append((vid, "already in the index"))
+            pending.clear()
+
+        for vid, feats, meta in stream:
+            try:
+                rep = self.bundle.represent(self.bundle.whiten(feats))
+            except BundleError as exc:
+                report.skipped.append((vid, str(exc)))
+                continue
+            meta.setdefault("frames", int(feats.shape[0]))
+            pending.append(IndexRecord(vid, rep.coarse, rep.fine, rep.selector, meta))
+            if len(pending) >= batch_size:
+                flush()
+        flush()
+        report.seconds = time.perf_counter() - start
+        logger.info("added %d videos to %s (%d skipped) in %.1f s", len(report.added), self.directory,
+                    len(report.skipped), report.seconds)
+        return report
+
+    def _fit_whitening_from(self, stream: Iterator[tuple[str, np.ndarray, dict[str, Any]]]
+                            ) -> Iterator[tuple[str, np.ndarray, dict[str, Any]]]:
+        """Buffer the first videos, fit the lite whitening on them, save the bundle, then replay them."""
+        buffered: list[tuple[str, np.ndarray, dict[str, Any]]] = []
+        vectors = 0
+        for item in stream:
+            buffered.append(item)
+            vectors += int(np.prod(item[1].shape[:-1]))
+            if vectors >= WHITENING_SAMPLE_VECTORS:
+                break
+        if buffered:
+            lock_path = self.directory / "whitening.lock"
+            with open(lock_path, "w") as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX)
+                self.bundle.fit_whitening([f for _, f, _ in buffered])
+                self.bundle.save(self.directory / BUNDLE_DIR)
+        yield from buffered
+        yield from stream
+
+    def remove(self, video_ids: Iterable[str] | str, *, missing: str = "error") -> int:
+        """Remove videos (hidden at once; :meth:`compact` reclaims their space). Returns how many."""
+        return self._writable_store().remove(video_ids, missing=missing)  # type: ignore[arg-type]
+
+    def compact(self) -> Any:
+        """Rewrite the fine shards without removed videos (returns the store's report)."""
+        return self._writable_store().compact()
+
+    def verify(self, checksums: bool = True) -> Any:
+        """Check the store's consistency (returns the store's :class:`~dnsvr.index.VerifyReport`)."""
+        if self.store is None:
+            raise VideoIndexError(f"index {self.directory} is empty: nothing to verify")
+        return self.store.verify(checksums=checksums)
+
+    def ids(self) -> list[str]:
+        """Ids of the indexed videos, in the order they were added."""
+        return [] if self.store is None else self.store.ids()
+
+    def info(self) -> dict[str, Any]:
+        """Bundle, counts and storage (JSON-ready)."""
+        manifest = json.loads((self.directory / MANIFEST).read_text())
+        out: dict[str, Any] = {"directory": str(self.directory), "format_version": manifest.get("format_version"),
+                               "bundle": self.bundle.identity(), "videos": len(self)}
+        if self.store is not None:
+            out["store"] = self.store.info()
+        return out
+
+    def attach(self, bundle: str | Path | Bundle, output: str | Path, *, batch_size: int = 256) -> VideoIndex:
+        """Build a new index at ``output`` with another (trained) bundle, from this index's stored features.
+
+        No video is decoded: this index's fine representations are its base features (the ``lite``
+        bundle's training-free fine stage stores them as they are), and the new bundle represents
+        them again. The new bundle must take the same backbone and whitening.
+
+        Returns:
+            The new index, open for writing.
+
+        Raises:
+            BundleError: this index does not store base features, or the whitening differs.
+        """
+        store = self.store
+        if store is None:
+            raise VideoIndexError(f"index {self.directory} is empty")
+        new_bundle = load_bundle(bundle)
+        if self.bundle.fine_type != "chamfer":
+            raise BundleError(f"index {self.directory} stores {self.bundle.fine_type!r} representations, not base "
+                              "features; build the new index from the videos or feature files instead")
+        mine = self.bundle.identity().get("whitening")
+        theirs = new_bundle.identity().get("whitening")
+        if new_bundle.whitening is None:
+            new_bundle.whitening = self.bundle.whitening
+        elif theirs != mine:
+            raise BundleError(f"bundle {new_bundle.name!r} whitening {theirs} differs from the index's {mine}: "
+                              "its networks expect other features")
+        out = VideoIndex.create(output, new_bundle)
+        ids = store.ids()
+        records: list[IndexRecord] = []
+        for start in range(0, len(ids), batch_size):
+            chunk = ids[start:start + batch_size]
+            for vid, fine in zip(chunk, store.fine(chunk)):
+                entry = store.get(vid)
+                rep = new_bundle.represent(self.bundle.base_features(fine))
+                meta = dict(entry.meta)
+                if entry.timestamps is not None:
+                    meta["timestamps"] = entry.timestamps.tolist()
+                if entry.source is not None:
+                    meta["source"] = entry.source
+                if entry.duration is not None:
+                    meta["duration"] = entry.duration
+                records.append(IndexRecord(vid, rep.coarse, rep.fine, rep.selector, meta))
+            out._writable_store().add(records)
+            records.clear()
+        return out
+
+    # -- searching -------------------------------------------------------------------------
+    def _prepare_queries(self, queries: Sequence[str | Path], progress: bool | None) -> list[_Query]:
+        store = self.store
+        out: list[_Query] = []
+        video_inputs: list[str | Path] = []
+        for q in queries:
+            text = str(q)
+            if store is not None and text in store:
+                fine = np.asarray(store.fine([text])[0])
+                entry = store.get(text)
+                coarse = store.coarse_vectors([text])[0]
+                sel = entry.selector
+                out.append(_Query(text, VideoRepresentation(coarse, fine, sel), entry.timestamps, index_id=text))
+            elif _is_feature_file(text):
+                report = AddReport()
+                for vid, feats, meta in self._iter_inputs([text], report, progress):
+                    rep = self.bundle.represent(self.bundle.whiten(feats))
+                    out.append(_Query(vid, rep, np.asarray(meta["timestamps"]) if "timestamps" in meta else None))
+                for item, reason in report.skipped:
+                    raise VideoIndexError(f"query {item}: {reason}")
+            elif Path(text).exists():
+                video_inputs.append(text)
+            else:
+                raise VideoIndexError(f"query {text!r} is neither a video id in the index nor an existing file")
+        if video_inputs:
+            report = AddReport()
+            for vid, feats, meta in self._iter_inputs(video_inputs, report, progress):
+                rep = self.bundle.represent(self.bundle.whiten(feats))
+                ts = meta.get("timestamps")
+                out.append(_Query(vid, rep, None if ts is None else np.asarray(ts, dtype=np.float64)))
+            for item, reason in report.skipped:
+                raise VideoIndexError(f"query {item}: {reason}")
+        return out
+
+    def search(self, queries: Sequence[str | Path] | str | Path, *, top_k: int | None = 10,
+               budget: Budget | str | int | float | None = None, segments: bool = True,
+               ann_candidates: int | None = None, include_self: bool = False,
+               progress: bool | None = None) -> list[QueryResults]:
+        """Rank the indexed videos for each query with the DnS pipeline.
+
+        Args:
+            queries: video files, ids of indexed videos, or HDF5 feature files (every video in it).
+            top_k: results per query (None = all).
+            budget: fine re-ranking budget: a :class:`~dnsvr.search.Budget`, ``"5%"``, ``"1000"``,
+                ``"5%,1000"``... (default: up to 1,000 pairs).
+            segments: compute the aligned matching segments of re-ranked results in the top-k.
+            ann_candidates: coarse stage over an ANN top-N instead of every video (needs an ANN
+                coarse index; exact otherwise).
+            include_self: keep a query that is an indexed video in its own results.
+            progress: progress bars while extracting query videos.
+
+        Returns:
+            One :class:`~dnsvr.search.QueryResults` per query video.
+
+        Raises:
+            VideoIndexError: an unknown query, or an empty index.
+        """
+        if isinstance(queries, str | Path):
+            queries = [queries]
+        store = self.store
+        if store is None or len(store) == 0:
+            raise VideoIndexError(f"index {self.directory} is empty: add videos first")
+        budget = Budget.parse(budget)
+        prepared = self._prepare_queries(list(queries), progress)
+        return [self._search_one(q, store, top_k, budget, segments, ann_candidates, include_self)
+                for q in prepared]
+
+    def search_representation(self, name: str, rep: VideoRepresentation, timestamps: np.ndarray | None = None,
+                              **kwargs: Any) -> QueryResults:
+        """Search with a query already represented by this index's bundle (see :meth:`search`)."""
+        store = self.store
+        if store is None or len(store) == 0:
+            raise VideoIndexError(f"index {self.directory} is empty: add videos first")
+        return self._search_one(_Query(name, rep, timestamps), store, kwargs.get("top_k", 10),
+                                Budget.parse(kwargs.get("budget")), kwargs.get("segments", True),
+                                kwargs.get("ann_candidates"), kwargs.get("include_self", False))
+
+    def _search_one(self, q: _Query, store: IndexStore, top_k: int | None, budget: Budget, segments: bool,
+                    ann_candidates: int | None, include_self: bool) -> QueryResults:
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        database_size = len(store)
+        hits = store.coarse_search(q.rep.coarse[None, :], k=ann_candidates)
+        valid = hits.positions[0] >= 0
+        ids = hits.ids[0][valid].tolist()
+        coarse = hits.scores[0][valid]
+        if q.index_id is not None and not include_self:
+            keep = [i for i, v in enumerate(ids) if v != q.index_id]
+            ids = [ids[i] for i in keep]
+            coarse = coarse[keep]
+            database_size -= 1
+        timings["coarse"] = time.perf_counter() - t0
+
+        selector_fn: Callable[[Sequence[str], np.ndarray], np.ndarray] | None = None
+        if self.bundle.has_selector:
+            def selector_fn(cand_ids: Sequence[str], cand_coarse: np.ndarray) -> np.ndarray:
+                t = time.perf_counter()
+                scores = self.bundle.selector_scores(q.rep.selector, store.selector_values(list(cand_ids)),
+                                                     cand_coarse)
+                timings["selector"] = time.perf_counter() - t
+                return scores  # type: ignore[return-value]
+
+        def fine_fn(cand_ids: Sequence[str]) -> np.ndarray:
+            t = time.perf_counter()
+            fines = store.fine(list(cand_ids))
+            scores, _ = self.bundle.fine_similarities(q.rep.fine, fines)
+            timings["fine"] = time.perf_counter() - t
+            return scores
+
+        results, pairs = dns_rank(ids, coarse, budget=budget, database_size=database_size, fine_fn=fine_fn,
+                                  selector_fn=selector_fn, top_k=top_k)
+        if segments:
+            t = time.perf_counter()
+            reranked = [r for r in results if r.fine_score is not None]
+            if reranked:
+                fines = store.fine([r.video_id for r in reranked])
+                _, mats = self.bundle.fine_similarities(q.rep.fine, fines, return_matrices=True)
+                for r, m in zip(reranked, mats or []):
+                    r.segments = align_segments(m, q.timestamps, store.timestamps(r.video_id))
+            timings["segments"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t0
+        return QueryResults(q.name, results, fine_pairs=pairs, candidates=len(ids), timings=timings)
+
+
+@contextlib.contextmanager
+def open_index(directory: str | Path, readonly: bool = False) -> Iterator[VideoIndex]:
+    """``with open_index(dir) as index: ...`` (closes the store and releases the lock)."""
+    index = VideoIndex.open(directory, readonly=readonly)
+    try:
+        yield index
+    finally:
+        index.close()

@@ -1,0 +1,452 @@
+"""Distillation of the students: fine-grained attention (fg-att), fine-grained binarization (fg-bin),
+coarse-grained (cg).
+
+The recipe of DnS: every step takes a batch of (anchor, positive, negative)
+triplets; the student indexes the padded videos (``index_video`` with masks),
+computes its similarity of (anchor, positive) and (anchor, negative), and the
+loss is the L1 distance to the teacher's similarities, plus
+``r_parameter`` (1e-3) × the similarity regularisation for fine students.
+Adam, lr 1e-4 for fine students and 1e-5 for the coarse one (the paper reports
+the coarse student is sensitive to it); the coarse student's targets are mapped
+from [-1, 1] to [0, 1] (``s/2 + 0.5``). The binarization student starts from an
+ITQ projection.
+
+Output folder of :func:`train_student`::
+
+    last/              checkpoint after the latest epoch (model, optimizer, RNG, state.json)
+    best/              checkpoint with the best validation score (when validating)
+    model.safetensors  the final weights (best when validating, else last)
+    config.json        network type and constructor arguments, training config, history, teacher
+
+Example:
+    >>> cfg = StudentTrainConfig(type="fg-att", epochs=5)          # doctest: +SKIP
+    >>> result = train_student("pairs.h5", "features.h5", "runs/fg_att", cfg)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from dnsvr.train._progress import progress_bar
+from dnsvr.train.checkpoint import find_checkpoint, load_checkpoint_folder, save_checkpoint
+from dnsvr.train.data import TripletDataset, VideoStore, num_batches, pad_videos, split_anchors
+from dnsvr.train.mining import MinedPairs
+
+logger = logging.getLogger(__name__)
+
+#: Student types → (network class name, constructor defaults besides dims).
+STUDENT_TYPES: dict[str, tuple[str, dict[str, Any]]] = {
+    "fg-att": ("FineGrainedStudent", {"attention": True, "binarization": False}),
+    "fg-bin": ("FineGrainedStudent", {"attention": False, "binarization": True}),
+    "cg": ("CoarseGrainedStudent", {}),
+}
+DEFAULT_LR = {"fg-att": 1e-4, "fg-bin": 1e-4, "cg": 1e-5}
+
+
+def _check_type(kind: str) -> None:
+    if kind not in STUDENT_TYPES:
+        raise ValueError(f"unknown student type {kind!r}; valid: {sorted(STUDENT_TYPES)}")
+
+
+def is_fine(kind: str) -> bool:
+    return kind.startswith("fg")
+
+
+def build_student(kind: str, dims: int, **kwargs: Any) -> torch.nn.Module:
+    """Construct an untrained student of ``kind`` for ``dims``-d region features.
+
+    Args:
+        kind: ``"fg-att"``, ``"fg-bin"`` or ``"cg"``.
+        dims: feature dimensionality.
+        **kwargs: further constructor arguments (e.g. ``netvlad_clusters`` for ``cg``).
+
+    Raises:
+        ValueError: on an unknown type.
+    """
+    _check_type(kind)
+    import dnsvr.nn as nn_mod
+
+    cls_name, defaults = STUDENT_TYPES[kind]
+    return getattr(nn_mod, cls_name)(dims=dims, **{**defaults, **kwargs})
+
+
+def network_config(kind: str, dims: int, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The JSON description of a student network (class and constructor arguments)."""
+    cls_name, defaults = STUDENT_TYPES[kind]
+    return {"type": kind, "class": cls_name, "kwargs": {"dims": dims, **defaults, **kwargs}}
+
+
+def network_from_config(config: dict[str, Any]) -> torch.nn.Module:
+    """Rebuild an (untrained) network from :func:`network_config`'s dict."""
+    import dnsvr.nn as nn_mod
+
+    return getattr(nn_mod, config["class"])(**config["kwargs"])
+
+
+@dataclass
+class StudentTrainConfig:
+    """How to train a student (stored in ``config.json`` and checkpoints).
+
+    Attributes:
+        type: ``"fg-att"``, ``"fg-bin"`` or ``"cg"``.
+        epochs: passes over the anchors (one triplet per anchor and epoch).
+        batch_size: triplets per optimisation step.
+        learning_rate: Adam lr; default 1e-4 for fine students, 1e-5 for the coarse one.
+        weight_decay: Adam weight decay.
+        r_parameter: weight of the similarity regularisation (fine students).
+        augmentation: temporal augmentation of positives and negatives.
+        seed: seeds the initial weights and every random draw of the data pipeline.
+        max_frames: videos are cut to this many frames.
+        validation_fraction: share of anchors held out for validation (0: none); the best epoch is kept.
+        amp: bfloat16 autocast when training on CUDA.
+        in_memory: load the whole feature file into memory (small collections).
+        itq: fg-bin initialisation: ``"fit"`` (on the collection), ``"published"``, a ``.npz`` path, or ``"none"``.
+        network: extra constructor arguments of the student network.
+    """
+
+    type: str = "fg-att"
+    epochs: int = 10
+    batch_size: int = 32
+    learning_rate: float | None = None
+    weight_decay: float = 0.0
+    r_parameter: float = 1e-3
+    augmentation: bool = True
+    seed: int = 0
+    max_frames: int = 300
+    validation_fraction: float = 0.0
+    amp: bool = True
+    in_memory: bool = True
+    itq: str = "fit"
+    network: dict[str, Any] = field(default_factory=dict)
+
+    def lr(self) -> float:
+        return float(self.learning_rate if self.learning_rate is not None else DEFAULT_LR[self.type])
+
+
+@dataclass
+class StudentResult:
+    """What :func:`train_student` returns.
+
+    Attributes:
+        model: the trained network (final weights, ``eval()`` mode, on CPU).
+        config: the contents of ``config.json``.
+        history: per-epoch dicts (``epoch``, ``loss``, ``distillation_loss``, ``regularization_loss``,
+            ``triplets_per_second``, and ``val_*`` when validating).
+        output_dir: the run folder.
+    """
+
+    model: torch.nn.Module
+    config: dict[str, Any]
+    history: list[dict[str, Any]]
+    output_dir: Path
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if enabled and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return torch.autocast(device_type="cpu", enabled=False)
+
+
+def triplet_step(model: torch.nn.Module, kind: str, videos: torch.Tensor, masks: torch.Tensor,
+                 similarities: torch.Tensor, r_parameter: float = 1e-3
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The DnS distillation loss of one padded triplet batch.
+
+    Args:
+        model: a student.
+        kind: its type.
+        videos: ``[3B, T, R, D]`` anchors, positives, negatives.
+        masks: ``[3B, T]``.
+        similarities: ``[B, 2]`` teacher targets (already in the student's range).
+        r_parameter: regularisation weight (fine students).
+
+    Returns:
+        ``(loss, distillation_loss, regularization_loss or None)``.
+    """
+    feats = model.index_video(videos, masks)
+    a, p, n = torch.chunk(feats, 3, dim=0)
+    am, pm, nm = torch.chunk(masks, 3, dim=0)
+    pos, neg, reg = model(a, p, n, am, pm, nm)
+    student = torch.cat([pos.reshape(-1, 1), neg.reshape(-1, 1)], 1).reshape(-1).float()
+    distil = torch.nn.functional.l1_loss(student, similarities.reshape(-1).float())
+    loss = distil
+    if reg is not None and is_fine(kind):
+        loss = loss + r_parameter * reg.float()
+    return loss, distil, reg
+
+
+def _init_itq(model: torch.nn.Module, cfg: StudentTrainConfig, features: Path, dims: int) -> dict[str, Any]:
+    from dnsvr.train.itq import fit_itq, load_itq, published_itq, sample_regions
+
+    layer = getattr(model, "binarization", None)
+    if layer is None or cfg.itq == "none":
+        return {"itq": "none"}
+    bits = int(layer.W.shape[1])
+    if cfg.itq == "fit":
+        w = fit_itq(sample_regions(features, seed=cfg.seed), bits=bits, seed=cfg.seed)
+    elif cfg.itq == "published":
+        w = published_itq()
+    else:
+        w = load_itq(cfg.itq)
+    if tuple(w.shape) != tuple(layer.W.shape):
+        raise ValueError(f"ITQ projection {cfg.itq!r} has shape {tuple(w.shape)}, "
+                         f"the binarization layer needs {tuple(layer.W.shape)}")
+    with torch.no_grad():
+        layer.W.copy_(torch.from_numpy(w))
+    return {"itq": cfg.itq}
+
+
+@torch.no_grad()
+def evaluate_triplets(model: torch.nn.Module, kind: str, dataset: TripletDataset, batch_size: int,
+                      device: torch.device, amp: bool = True) -> dict[str, float]:
+    """L1 to the teacher and Pearson correlation on a fixed (unaugmented) triplet set."""
+    was_training = model.training
+    model.eval()
+    dataset.set_epoch(0)
+    student, teacher = [], []
+    for batch in dataset.batches(batch_size, shuffle=False):
+        b = batch.to(device)
+        with _autocast(device, amp):
+            feats = model.index_video(b.videos, b.masks)
+            a, p, n = torch.chunk(feats, 3, dim=0)
+            am, pm, nm = torch.chunk(b.masks, 3, dim=0)
+            pos, neg, _ = model(a, p, n, am, pm, nm)
+        student.append(torch.cat([pos.reshape(-1, 1), neg.reshape(-1, 1)], 1).float().cpu().numpy().ravel())
+        teacher.append(b.similarities.cpu().numpy().ravel())
+    model.train(was_training)
+    s, t = np.concatenate(student), np.concatenate(teacher)
+    return {"l1": float(np.abs(s - t).mean()), "pearson": pearson(s, t)}
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation (0 when either side is constant)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    a, b = a - a.mean(), b - b.mean()
+    den = math.sqrt(float((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / den) if den > 0 else 0.0
+
+
+def train_student(pairs: str | Path | MinedPairs, features: str | Path, output_dir: str | Path,
+                  config: StudentTrainConfig | None = None, resume: bool = False, device: str = "cpu",
+                  progress: bool | None = None,
+                  validator: Callable[[torch.nn.Module], dict[str, float]] | None = None,
+                  init_state: dict[str, torch.Tensor] | None = None,
+                  stop_after_epochs: int | None = None) -> StudentResult:
+    """Distil a student from mined teacher similarities.
+
+    Args:
+        pairs: a mined-pairs file (:func:`dnsvr.train.mining.mine`) or its loaded :class:`MinedPairs`.
+        features: the feature file the pairs were mined on.
+        output_dir: run folder (checkpoints, final weights, ``config.json``).
+        config: training configuration (default :class:`StudentTrainConfig`).
+        resume: continue from ``output_dir/last`` (same config required); the result is the same as an
+            uninterrupted run with the same seed.
+        device: ``"cpu"`` or ``"cuda"``.
+        progress: progress bar with loss figures (default: when stderr is a terminal).
+        validator: optional ``model -> {"score": float, ...}`` (higher is better, e.g. mAP on a benchmark);
+            without it and with ``validation_fraction > 0`` the score is minus the held-out L1.
+        init_state: start from these weights (e.g. a published student) instead of random ones.
+        stop_after_epochs: stop (with a checkpoint) after this many epochs of *this call* — for tests and
+            time-sliced runs; ``resume=True`` continues.
+
+    Returns:
+        A :class:`StudentResult`.
+
+    Raises:
+        ValueError: on an unknown type, a config that differs from the one being resumed, or no usable anchor.
+    """
+    config = config or StudentTrainConfig()
+    _check_type(config.type)
+    pairs = pairs if isinstance(pairs, MinedPairs) else MinedPairs(pairs)
+    features, output_dir = Path(features), Path(output_dir)
+    dev = torch.device(device)
+    dims = int(pairs.params.get("dims") or 0)
+    store = VideoStore(features, pairs.video_ids, in_memory=config.in_memory, max_frames=config.max_frames)
+    if not dims:
+        dims = int(store[0].shape[-1])
+    train_anchors, val_anchors = split_anchors(pairs, config.validation_fraction, config.seed)
+    coarse = not is_fine(config.type)
+    train_set = TripletDataset(pairs, store, coarse_targets=coarse, augmentation=config.augmentation,
+                               seed=config.seed, anchors=train_anchors)
+    if not len(train_set):
+        raise ValueError(f"{pairs.path}: no anchor has both a positive and a negative; mine with more candidates")
+    val_set = TripletDataset(pairs, store, coarse_targets=coarse, augmentation=False, seed=config.seed,
+                             anchors=val_anchors) if val_anchors else None
+
+    torch.manual_seed(config.seed)
+    model = build_student(config.type, dims, **config.network)
+    init_info: dict[str, Any] = {}
+    if init_state is not None:
+        model.load_state_dict(init_state, strict=True)
+        init_info = {"init": "given state"}
+    elif config.type == "fg-bin":
+        init_info = _init_itq(model, config, features, dims)
+    model.to(dev).train()
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr(),
+                                 weight_decay=config.weight_decay)
+
+    cfg_json = {"network": network_config(config.type, dims, config.network), "training": asdict(config),
+                "teacher": pairs.params.get("teacher"), "pairs": str(pairs.path), "features": str(features),
+                **init_info}
+    start_epoch, global_step, history = 0, 0, []
+    best_score: float | None = None
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if resume and find_checkpoint(output_dir / "last") is not None:
+        meta = load_checkpoint_folder(output_dir / "last", model, optimizer)
+        if meta["config"]["training"] != cfg_json["training"] or meta["config"]["network"] != cfg_json["network"]:
+            raise ValueError(f"{output_dir}/last was trained with another config; "
+                             f"use another output folder or the same options")
+        start_epoch, global_step, history = meta["epoch"] + 1, meta["global_step"], meta["history"]
+        best_score = meta.get("best_score")
+        logger.info("resuming %s at epoch %d", output_dir, start_epoch)
+    elif resume:
+        logger.info("nothing to resume in %s; starting fresh", output_dir)
+
+    epochs_run = 0
+    with progress_bar(progress) as bar:
+        for epoch in range(start_epoch, config.epochs):
+            if stop_after_epochs is not None and epochs_run >= stop_after_epochs:
+                break
+            train_set.set_epoch(epoch)
+            nb = num_batches(len(train_set), config.batch_size)
+            task = bar.add_task(f"{config.type} epoch {epoch + 1}/{config.epochs}", total=nb)
+            sums = {"loss": 0.0, "distillation_loss": 0.0, "regularization_loss": 0.0}
+            t0, seen, steps = time.perf_counter(), 0, 0
+            model.train()
+            for batch in train_set.batches(config.batch_size):
+                b = batch.to(dev)
+                optimizer.zero_grad(set_to_none=True)
+                with _autocast(dev, config.amp):
+                    loss, distil, reg = triplet_step(model, config.type, b.videos, b.masks, b.similarities,
+                                                     config.r_parameter)
+                loss.backward()
+                optimizer.step()
+                global_step += 1
+                seen += b.similarities.shape[0]
+                sums["loss"] += float(loss.detach())
+                sums["distillation_loss"] += float(distil.detach())
+                sums["regularization_loss"] += float(reg.detach()) if reg is not None else 0.0
+                steps += 1
+                bar.update(task, advance=1, info=f"loss {float(loss.detach()):.4f} (avg {sums['loss'] / steps:.4f})")
+            record: dict[str, Any] = {k: v / nb for k, v in sums.items()}
+            record.update(epoch=epoch, global_step=global_step,
+                          triplets_per_second=seen / max(time.perf_counter() - t0, 1e-9))
+            score = None
+            if validator is not None:
+                model.eval()
+                val = validator(model)
+                model.train()
+                record.update({f"val_{k}": v for k, v in val.items()})
+                score = float(val["score"])
+            elif val_set is not None:
+                val = evaluate_triplets(model, config.type, val_set, config.batch_size, dev, config.amp)
+                record.update({f"val_{k}": v for k, v in val.items()})
+                score = -val["l1"]
+            history.append(record)
+            logger.info("%s epoch %d: %s", config.type, epoch,
+                        ", ".join(f"{k} {v:.4f}" for k, v in record.items() if isinstance(v, float)))
+            improved = score is not None and (best_score is None or score > best_score)
+            if improved:
+                best_score = score
+            state = {"epoch": epoch, "global_step": global_step, "history": history, "config": cfg_json,
+                     "best_score": best_score}
+            save_checkpoint(output_dir / "last", model, optimizer, state)
+            if improved:
+                save_checkpoint(output_dir / "best", model, None, state)
+            epochs_run += 1
+
+    finished = bool(history) and history[-1]["epoch"] == config.epochs - 1
+    final_from = output_dir / ("best" if best_score is not None and find_checkpoint(output_dir / "best")
+                               else "last")
+    if find_checkpoint(final_from) is not None and final_from.name == "best":
+        load_checkpoint_folder(final_from, model, None, restore_rng=False)
+    model = model.cpu().eval()
+    cfg_json.update(history=history, finished=finished, final_weights=final_from.name, best_score=best_score)
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()},
+              str(output_dir / "model.safetensors"))
+    (output_dir / "config.json").write_text(json.dumps(cfg_json, indent=1, sort_keys=True))
+    store.close()
+    return StudentResult(model, cfg_json, history, output_dir)
+
+
+def load_student(run_dir: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Load a trained student from a :func:`train_student` folder (``model.safetensors`` + ``config.json``).
+
+    Raises:
+        FileNotFoundError: when either file is missing.
+    """
+    from safetensors.torch import load_file
+
+    run_dir = Path(run_dir)
+    cfg_path, w_path = run_dir / "config.json", run_dir / "model.safetensors"
+    for p in (cfg_path, w_path):
+        if not p.is_file():
+            raise FileNotFoundError(f"{p} not found (is {run_dir} a student training folder?)")
+    cfg = json.loads(cfg_path.read_text())
+    model = network_from_config(cfg["network"])
+    model.load_state_dict(load_file(str(w_path)), strict=True)
+    return model.eval(), cfg
+
+
+@torch.no_grad()
+def pair_similarities(model: torch.nn.Module, kind: str, videos: Callable[[int], np.ndarray] | Sequence,
+                      pairs: np.ndarray, batch_size: int = 16, device: str = "cpu") -> np.ndarray:
+    """Similarities of a student for many (i, j) video pairs.
+
+    Args:
+        model: a student (put in eval mode here).
+        kind: its type (``fg-*``: ``calculate_video_similarity`` per pair; ``cg``: dot products
+            of per-video ``index_video`` vectors).
+        videos: index → ``[T, R, D]`` features (a :class:`~dnsvr.train.data.VideoStore` or a list).
+        pairs: ``[P, 2]`` int video indices.
+        batch_size: videos per ``index_video`` call.
+        device: where to run.
+
+    Returns:
+        float32 ``[P]`` similarities in the student's own range.
+    """
+    _check_type(kind)
+    dev = torch.device(device)
+    model = model.to(dev).eval()
+    get = videos if callable(videos) and not isinstance(videos, Sequence) else videos.__getitem__
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    needed = np.unique(pairs)
+    reps: dict[int, torch.Tensor] = {}
+    for s in range(0, len(needed), batch_size):
+        idx = [int(i) for i in needed[s:s + batch_size]]
+        vids = [get(i) for i in idx]
+        x, m = pad_videos(vids)
+        out = model.index_video(x.to(dev), m.to(dev))
+        for k, i in enumerate(idx):
+            reps[i] = out[k] if not is_fine(kind) else out[k, :len(vids[k])]
+    sims = np.zeros(len(pairs), dtype=np.float32)
+    if not is_fine(kind):
+        for r, (i, j) in enumerate(pairs):
+            sims[r] = float((reps[int(i)] * reps[int(j)]).sum())
+        return sims
+    # One comparator call per query video against all of its (padded) targets.
+    for i in np.unique(pairs[:, 0]):
+        rows = np.flatnonzero(pairs[:, 0] == i)
+        for s in range(0, len(rows), batch_size):
+            chunk = rows[s:s + batch_size]
+            targets = [reps[int(j)] for j in pairs[chunk, 1]]
+            t_max = max(int(t.shape[0]) for t in targets)
+            x = targets[0].new_zeros((len(targets), t_max, *targets[0].shape[1:]))
+            m = targets[0].new_zeros((len(targets), t_max))
+            for k, t in enumerate(targets):
+                x[k, :len(t)] = t
+                m[k, :len(t)] = 1
+            out = model.calculate_video_similarity(reps[int(i)], x, target_mask=m)
+            sims[chunk] = out.reshape(-1).float().cpu().numpy()
+    return sims

@@ -1,0 +1,86 @@
+"""Resume gives bit-identical weights to an uninterrupted run with the same seed (CPU); export layout."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+pytest.importorskip("dnsvr.nn")
+
+from train_synthetic import make_collection  # noqa: E402
+
+from dnsvr.train.mining import MiningParams, mine  # noqa: E402
+from dnsvr.train.students import StudentTrainConfig, load_student, train_student  # noqa: E402
+
+CG_NET = {"transformer_feedforward_dims": 32, "netvlad_clusters": 4, "netvlad_outdims": 16}
+
+
+@pytest.fixture(scope="module")
+def mined(tmp_path_factory):
+    d = tmp_path_factory.mktemp("resume")
+    make_collection(d / "f.h5", n_sources=4, copies=1, distractors=4, dims=16, frames=(6, 10), seed=5)
+    mine(d / "f.h5", d / "p.h5", "chamfer", MiningParams(candidates=4, positives=1, random_negatives=2),
+         progress=False)
+    return d
+
+
+@pytest.mark.parametrize("kind", ["fg-att", "fg-bin", "cg"])
+def test_resume_is_bit_exact(mined, tmp_path, kind):
+    cfg = StudentTrainConfig(type=kind, epochs=3, batch_size=4, seed=11,
+                             network=CG_NET if kind == "cg" else {})
+    full = train_student(mined / "p.h5", mined / "f.h5", tmp_path / "full", cfg, progress=False)
+    part = train_student(mined / "p.h5", mined / "f.h5", tmp_path / "part", cfg, progress=False,
+                         stop_after_epochs=1)
+    assert not part.config["finished"]
+    torch.manual_seed(999)  # a different global RNG state must not matter: resume restores it
+    resumed = train_student(mined / "p.h5", mined / "f.h5", tmp_path / "part", cfg, progress=False, resume=True)
+    assert resumed.config["finished"] and [h["epoch"] for h in resumed.history] == [0, 1, 2]
+    a = load_file(str(tmp_path / "full" / "model.safetensors"))
+    b = load_file(str(tmp_path / "part" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    changed = [k for k in a if not torch.equal(a[k], full.model.state_dict()[k])]
+    assert not changed
+    # the run really trained: weights differ from a fresh init with the same seed
+    torch.manual_seed(11)
+    from dnsvr.train.students import build_student
+    init = build_student(kind, 16, **cfg.network).state_dict()
+    assert any(not torch.equal(init[k], a[k]) for k in a)
+    assert [h["loss"] for h in full.history] == [h["loss"] for h in resumed.history]
+
+
+def test_resume_refuses_another_config(mined, tmp_path):
+    cfg = StudentTrainConfig(type="fg-att", epochs=2, batch_size=4)
+    train_student(mined / "p.h5", mined / "f.h5", tmp_path / "run", cfg, progress=False, stop_after_epochs=1)
+    with pytest.raises(ValueError, match="another config"):
+        train_student(mined / "p.h5", mined / "f.h5", tmp_path / "run",
+                      StudentTrainConfig(type="fg-att", epochs=2, batch_size=8), progress=False, resume=True)
+
+
+def test_export_reference_layout_and_student_as_teacher(mined, tmp_path):
+    from dnsvr.train.export import export_reference_checkpoint
+    from dnsvr.train.teachers import load_teacher
+
+    cfg = StudentTrainConfig(type="fg-att", epochs=1, batch_size=4)
+    run = train_student(mined / "p.h5", mined / "f.h5", tmp_path / "run", cfg, progress=False).output_dir
+    cfg_json = json.loads((run / "config.json").read_text())
+    assert cfg_json["teacher"] == {"kind": "chamfer"} and cfg_json["network"]["type"] == "fg-att"
+    pth = export_reference_checkpoint(run, tmp_path / "fg_att.pth")
+    ckpt = torch.load(pth, map_location="cpu", weights_only=True)
+    model, _ = load_student(run)
+    assert set(ckpt) == {"model"} and ckpt["model"].keys() == model.state_dict().keys()
+    # iterating: the trained student is the next teacher (from the run folder or the exported file)
+    for spec in (run, pth):
+        teacher = load_teacher(spec, dims=16)
+        assert teacher.identity["kind"] == "fg_att_student"
+    out = mine(mined / "f.h5", tmp_path / "p2.h5", str(run), MiningParams(candidates=4, positives=1,
+                                                                         random_negatives=2), progress=False)
+    from dnsvr.train.mining import MinedPairs
+
+    assert MinedPairs(out).params["teacher"]["kind"] == "fg_att_student"
+    with pytest.raises(ValueError, match="expects 16-d"):
+        load_teacher(run, dims=32)

@@ -1,0 +1,155 @@
+"""Unit tests of the training pieces: augmentation, mining (format, pools, resume), checkpoints, ITQ,
+resume determinism (bit-exact on CPU), selector labels, export."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from train_synthetic import make_collection
+
+from dnsvr.train import augment
+from dnsvr.train.checkpoint import optimizer_from_flat, optimizer_to_flat
+from dnsvr.train.itq import fit_itq
+from dnsvr.train.mining import (HARD_NEGATIVE, POSITIVE, RANDOM_NEGATIVE, MinedPairs, MiningError, MiningParams,
+                                mine)
+from dnsvr.train.selector import selector_labels
+
+
+def _frames(t: int) -> np.ndarray:
+    return np.arange(t, dtype=np.float32)[:, None, None] * np.ones((1, 9, 4), np.float32)
+
+
+def _ids(x: np.ndarray) -> list[int]:
+    return [int(v) for v in x[:, 0, 0]]
+
+
+def test_augment_operations():
+    rng = np.random.default_rng(0)
+    x = _frames(40)
+    for _ in range(20):
+        d = _ids(augment.drop_window(x, rng))
+        assert 40 - 16 <= len(d) <= 40 - 4 and d == sorted(d)
+        missing = sorted(set(range(40)) - set(d))
+        assert missing == list(range(missing[0], missing[-1] + 1))  # one contiguous window
+        s = _ids(augment.shuffle_window(x, rng))
+        assert sorted(s) == list(range(40))
+        moved = [i for i, v in enumerate(s) if v != i]
+        assert not moved or moved[-1] - moved[0] < 16
+    assert _ids(augment.keep_every_second(x, rng)) in (list(range(0, 40, 2)), list(range(1, 40, 2)))
+    assert _ids(augment.duplicate_frames(x, rng)) == [i // 2 for i in range(80)]
+    assert len(augment.duplicate_frames(_frames(200), rng)) == 200  # would exceed 300 frames
+    assert _ids(augment.reverse(x, rng)) == list(range(39, -1, -1))
+    assert len(augment.clip_length(_frames(500))) == augment.MAX_FRAMES
+
+
+def test_augment_video_is_repeatable_and_bounded():
+    x = _frames(350)
+    a = augment.augment_video(x, np.random.default_rng(7), probability=1.0)
+    b = augment.augment_video(x, np.random.default_rng(7), probability=1.0)
+    assert np.array_equal(a, b) and len(a) <= 300 and a.shape[1:] == (9, 4)
+    assert np.array_equal(augment.augment_video(_frames(1), np.random.default_rng(0), 1.0), _frames(1))
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        augment.augment_video(x, np.random.default_rng(0), operations=["zoom"])
+
+
+class _DotTeacher:
+    """A teacher that needs no network: mean frame vector dot product (deterministic)."""
+
+    identity = {"kind": "dot-test"}
+
+    def prepare(self, features):
+        v = features.reshape(-1, features.shape[-1]).mean(0)
+        return v / np.linalg.norm(v)
+
+    def similarities(self, query, targets):
+        return np.array([float(query @ t) for t in targets], np.float32)
+
+
+def test_mining_pools_and_format(tmp_path):
+    feats = tmp_path / "f.h5"
+    make_collection(feats, n_sources=5, copies=2, distractors=5, dims=16, seed=3)
+    params = MiningParams(candidates=6, positives=2, random_negatives=4, seed=1)
+    out = mine(feats, tmp_path / "p.h5", _DotTeacher(), params, progress=False)
+    mp = MinedPairs(out)
+    n = len(mp.video_ids)
+    assert mp.complete and len(mp) == n * (6 + 4)
+    with h5py.File(out, "r") as h5:
+        assert h5.attrs["format"] == "dnsvr-mined-pairs" and h5["done"][()].all()
+        cands = h5["candidates"][()]
+    for a in range(n):
+        rows = np.flatnonzero(mp.anchor == a)
+        kinds, others, sims = mp.kind[rows], mp.other[rows], mp.similarity[rows]
+        assert a not in others
+        assert (kinds == POSITIVE).sum() == 2 and (kinds == HARD_NEGATIVE).sum() == 4
+        assert set(others[kinds != RANDOM_NEGATIVE]) == set(cands[a])
+        assert not set(others[kinds == RANDOM_NEGATIVE]) & set(cands[a])
+        assert sims[kinds == POSITIVE].min() >= sims[kinds == HARD_NEGATIVE].max()
+    pools = mp.pools()
+    assert set(pools) == set(range(n))
+
+
+def test_mining_resume_equals_uninterrupted(tmp_path):
+    feats = tmp_path / "f.h5"
+    make_collection(feats, n_sources=4, copies=2, distractors=6, dims=16, seed=4)
+    params = MiningParams(candidates=5, positives=2, random_negatives=3, seed=2)
+    full = MinedPairs(mine(feats, tmp_path / "full.h5", _DotTeacher(), params, progress=False, chunk_size=4))
+
+    class Stop(Exception):
+        pass
+
+    def stop(done, total):
+        raise Stop
+
+    with pytest.raises(Stop):
+        mine(feats, tmp_path / "part.h5", _DotTeacher(), params, progress=False, chunk_size=4, on_chunk=stop)
+    assert not MinedPairs(tmp_path / "part.h5").complete
+    with pytest.raises(MiningError, match="other parameters"):
+        mine(feats, tmp_path / "part.h5", _DotTeacher(), MiningParams(candidates=4), progress=False)
+    part = MinedPairs(mine(feats, tmp_path / "part.h5", _DotTeacher(), params, progress=False, chunk_size=4))
+    order_f = np.lexsort((full.other, full.anchor))
+    order_p = np.lexsort((part.other, part.anchor))
+    for name in ("anchor", "other", "similarity", "kind"):
+        assert np.array_equal(getattr(full, name)[order_f], getattr(part, name)[order_p]), name
+
+
+def test_optimizer_state_roundtrip():
+    model = torch.nn.Linear(4, 3)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model(torch.randn(5, 4)).sum().backward()
+    opt.step()
+    tensors, meta = optimizer_to_flat(opt)
+    opt2 = torch.optim.Adam(model.parameters(), lr=1.0)
+    opt2.load_state_dict(optimizer_from_flat(tensors, meta))
+    a, b = opt.state_dict(), opt2.state_dict()
+    assert a["param_groups"] == b["param_groups"]
+    for k in a["state"]:
+        for name, v in a["state"][k].items():
+            assert torch.equal(v, b["state"][k][name])
+
+
+def test_itq_reduces_quantisation_error():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2000, 16)) @ rng.standard_normal((16, 16))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    w = fit_itq(x, bits=8, iterations=30)
+    assert w.shape == (16, 8)
+    assert np.allclose(w.T @ w, np.eye(8), atol=1e-5)
+
+    def loss(proj):
+        z = x @ proj
+        return float(np.mean((np.sign(z) - z) ** 2))
+
+    evals, evecs = np.linalg.eigh(x.T @ x)
+    pca = evecs[:, np.argsort(evals)[::-1][:8]]
+    assert loss(w) < loss(pca)
+    with pytest.raises(ValueError, match="bits"):
+        fit_itq(x, bits=32)
+
+
+def test_selector_labels():
+    fine = np.array([1.0, -1.0, 0.0, 0.5])
+    coarse = np.array([1.0, 0.5, 0.5, 0.5])
+    assert selector_labels(fine, coarse, 0.2).tolist() == [0.0, 1.0, 0.0, 1.0]

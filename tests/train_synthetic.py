@@ -1,0 +1,78 @@
+"""Synthetic feature collections for the training tests (features, not videos: fast on CPU).
+
+A *source* video is a sequence of 2–4 scenes; a scene has base region vectors
+``[9, D]`` and its frames are noisy copies of them. Near-duplicate *copies* of a
+source keep a random contiguous part of it, may change speed (every second frame,
+or each frame twice) and get frame noise plus a per-copy global shift of all
+regions (a photometric edit). *Distractors* are unrelated sources. Every region
+vector is L2-normalised, like PCA-whitened region features.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+
+def _normalize(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def _source(rng: np.random.Generator, dims: int, frames: tuple[int, int], topic: np.ndarray) -> np.ndarray:
+    n_scenes = int(rng.integers(2, 5))
+    length = int(rng.integers(frames[0], frames[1] + 1))
+    cuts = np.sort(rng.choice(np.arange(1, length), size=n_scenes - 1, replace=False))
+    out = []
+    for seg in np.split(np.arange(length), cuts):
+        base = rng.standard_normal((9, dims)) + 1.2 * topic
+        for _ in seg:
+            out.append(base + 0.4 * rng.standard_normal((9, dims)))
+    return _normalize(np.stack(out))
+
+
+def _copy(rng: np.random.Generator, src: np.ndarray) -> np.ndarray:
+    t = len(src)
+    keep = int(rng.integers(max(3, int(0.6 * t)), t + 1))
+    start = int(rng.integers(0, t - keep + 1))
+    x = src[start:start + keep]
+    speed = rng.random()
+    if speed < 0.25 and len(x) >= 8:
+        x = x[::2]
+    elif speed < 0.5:
+        x = np.repeat(x, 2, axis=0)
+    shift = 0.5 * rng.standard_normal((1, 1, src.shape[-1]))
+    return _normalize(x + 0.05 * rng.standard_normal(x.shape) * 8 + shift)
+
+
+def make_collection(path: str | Path, n_sources: int = 12, copies: int = 2, distractors: int = 12,
+                    dims: int = 32, frames: tuple[int, int] = (8, 16), topics: int = 3,
+                    seed: int = 0) -> dict[str, list[str]]:
+    """Write a feature file; return ``{source_id: [copy ids]}`` (the near-duplicate ground truth)."""
+    rng = np.random.default_rng(seed)
+    topic_vecs = rng.standard_normal((topics, dims))
+    truth: dict[str, list[str]] = {}
+    with h5py.File(path, "w") as h5:
+        for s in range(n_sources):
+            src = _source(rng, dims, frames, topic_vecs[s % topics])
+            sid = f"src{s:03d}"
+            h5.create_dataset(sid, data=src)
+            truth[sid] = []
+            for c in range(copies):
+                cid = f"src{s:03d}_copy{c}"
+                h5.create_dataset(cid, data=_copy(rng, src))
+                truth[sid].append(cid)
+        for d in range(distractors):
+            h5.create_dataset(f"dis{d:03d}", data=_source(rng, dims, frames, topic_vecs[d % topics]))
+    return truth
+
+
+def average_precision(ranked: list[str], relevant: set[str]) -> float:
+    """AP of one ranked list (every relevant item is assumed to appear in it)."""
+    hits, total = 0, 0.0
+    for i, vid in enumerate(ranked, start=1):
+        if vid in relevant:
+            hits += 1
+            total += hits / i
+    return total / max(len(relevant), 1)
