@@ -165,3 +165,17 @@ def test_conv2d_same_matches_tensorflow_padding(kernel: int, stride: int, groups
     with torch.inference_mode():
         torch.testing.assert_close(conv(x), 2 * (ref - conv.bias.view(1, -1, 1, 1)) + conv.bias.view(1, -1, 1, 1),
                                    atol=1e-4, rtol=1e-4)
+
+
+def test_resnet50_default_weights_come_from_the_registry_offline(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    from dnsvr.weights import WeightsUnavailableError
+
+    monkeypatch.setenv("DNSVR_OFFLINE", "1")
+    monkeypatch.setenv("DNSVR_CACHE", str(tmp_path))
+    monkeypatch.delenv("DNSVR_WEIGHTS_MIRROR", raising=False)
+    with pytest.raises(WeightsUnavailableError, match="resnet50-0676ba61.pth"):
+        FeatureExtractor("resnet50")
+    # an explicit state dict in torchvision layout is accepted as it is
+    sd = ResNet50().state_dict()
+    ex = FeatureExtractor("resnet50", weights=sd)
+    assert ex.weights_source == "state_dict"
