@@ -251,3 +251,12 @@ def test_skipping_unneeded_frames_is_exact(tmp_path, fps):
     np.testing.assert_array_equal(np.concatenate([c.timestamps for c in got]),
                                   np.concatenate([c.timestamps for c in ref]))
     assert full.n_decoded == 150 and fast.n_decoded < 0.8 * full.n_decoded
+
+
+def test_timestamp_jump_is_not_filled_with_copies(tmp_path):
+    times = [0.0, 0.5, 1.0, 400.0, 400.5, 401.0]           # a 399 s jump: broken timestamps, not a still
+    p = S.write_video(tmp_path / "jump.mkv", S.render_clip(5, size=(64, 48), timestamps=times), timestamps=times)
+    _, ts = V.read_frames(p, fps=1.0)
+    np.testing.assert_allclose(ts, [0.0, 1.0, 400.0, 401.0], atol=1e-3)
+    _, ts = V.read_frames(p, fps=1.0, max_repeat_seconds=1000)   # or a 399 s still image, if one says so
+    assert len(ts) == 402

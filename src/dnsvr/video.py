@@ -237,12 +237,22 @@ def _ffmpeg_message(exc: BaseException) -> str:
     return str(text).strip() or type(exc).__name__
 
 
+def _is_cover_art(stream: Any) -> bool:
+    try:
+        return bool(int(stream.disposition) & int(av.stream.Disposition.attached_pic))
+    except (AttributeError, TypeError, ValueError):
+        return False
+
+
 def _video_stream(container: Any, path: Path) -> Any:
-    if not container.streams.video:
+    videos = [s for s in container.streams.video if not _is_cover_art(s)]
+    if not videos:
         kinds = sorted({s.type for s in container.streams})
         have = f" (it has {', '.join(kinds)} streams only)" if kinds else " (it has no streams)"
+        if container.streams.video:
+            have = " (only a cover image)"
         raise NoVideoStreamError(path, "no video stream" + have)
-    return container.streams.video[0]
+    return videos[0]
 
 
 def _seconds(value: Any, time_base: Any) -> float | None:
@@ -351,6 +361,8 @@ class VideoReader:
             frame of the next tick (their timestamp is before it). Exact — the sampled frames are the
             same as with full decoding — and much faster at 1 fps; off only for debugging.
         interpolation: swscale interpolation for the resize (``"BILINEAR"``, ``"AREA"``, ``"BICUBIC"``...).
+        max_repeat_seconds: a frame covers the ticks of a timestamp gap up to this long (a still image in a
+            variable-frame-rate stream); a longer jump is taken as broken timestamps and sampled once.
 
     Raises:
         VideoError: (a subclass) on opening: missing, unreadable, not a video, no video stream, bad size.
@@ -360,7 +372,7 @@ class VideoReader:
     def __init__(self, path: str | Path, fps: float | None = 1.0, short_side: int | None = 256,
                  crop: int | None = 224, chunk_size: int = 32, threads: int = 0,
                  limits: DecodeLimits | None = None, max_decode_errors: int = 8, skip_unneeded: bool = True,
-                 interpolation: str = "BILINEAR") -> None:
+                 interpolation: str = "BILINEAR", max_repeat_seconds: float = 300.0) -> None:
         if fps is not None and (fps < 0 or not math.isfinite(fps)):
             raise ValueError(f"fps must be > 0 (or None/0 for every frame), got {fps}")
         if short_side is not None and short_side < 1:
@@ -379,6 +391,7 @@ class VideoReader:
         self.limits = limits or DecodeLimits()
         self.max_decode_errors = int(max_decode_errors)
         self.interpolation = interpolation
+        self.max_repeat_seconds = float(max_repeat_seconds)
         self.truncated = False
         self.damage: str | None = None
         self.n_frames = 0
@@ -551,6 +564,11 @@ class VideoReader:
                     continue
                 ticks = int(math.floor(rel * self.fps + eps)) + 1
                 repeats = max(ticks - self._next_tick, 1)
+                if repeats > self.max_repeat_seconds * self.fps + 1:
+                    # a timestamp jump (broken muxing), not a still frame: do not fill it with copies
+                    logger.info("%s: timestamps jump %.1f s at %.1f s; not repeating the frame over the gap",
+                                self.path, (ticks - self._next_tick) / self.fps, rel)
+                    repeats = 1
                 self._next_tick = ticks
             else:
                 repeats = 1
