@@ -37,6 +37,7 @@ from typing import Any, ClassVar
 import av
 import av.error
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 logger = logging.getLogger(__name__)
 
@@ -410,6 +411,7 @@ class VideoReader:
             self._container.close()
             raise
         self._geometry: _Geometry | None = None
+        self._reformatter = VideoReformatter()
         self._iterated = False
         # sampling state, shared with the packet loop (which uses it to skip unneeded frames)
         self._start: float | None = None
@@ -456,7 +458,10 @@ class VideoReader:
 
     def _convert(self, frame: Any, geometry: _Geometry, out: np.ndarray) -> None:
         sw, sh = geometry.scaled
-        rgb = frame.reformat(width=sw, height=sh, format="rgb24", interpolation=self.interpolation).to_ndarray()
+        # one reformatter per reader keeps its swscale context between frames (building one costs milliseconds),
+        # and a single thread: threading a 224-pixel image costs more than it saves
+        rgb = self._reformatter.reformat(frame, width=sw, height=sh, format="rgb24",
+                                         interpolation=self.interpolation, threads=1).to_ndarray()
         if geometry.box is not None:
             y0, y1, x0, x1 = geometry.box
             rgb = rgb[y0:y1, x0:x1]
@@ -470,7 +475,8 @@ class VideoReader:
         consecutive = 0
         packets = self._container.demux(self._stream)
         cc = self._stream.codec_context
-        tb = self._stream.time_base
+        tb = float(self._stream.time_base) if self._stream.time_base else None
+        fps = self.fps or 0.0
         skipping = False
         while True:
             try:
@@ -488,7 +494,7 @@ class VideoReader:
                 # decoded at all. (The tick only advances when a frame is output, so this is conservative.)
                 pts = packet.pts
                 unneeded = (pts is not None and tb is not None and self._start is not None
-                            and (float(pts * tb) - self._start) * self.fps + 1e-6 < self._next_tick)
+                            and (pts * tb - self._start) * fps + 1e-6 < self._next_tick)
                 if unneeded != skipping:
                     cc.skip_frame = "NONREF" if unneeded else "DEFAULT"
                     skipping = unneeded
@@ -547,9 +553,11 @@ class VideoReader:
             buf, times = None, []
             return chunk
 
+        tb = float(self._stream.time_base) if self._stream.time_base else None
         for frame in self._frames():
             self.n_decoded += 1
-            t = frame.time
+            pts = frame.pts
+            t = pts * tb if pts is not None and tb is not None else frame.time
             if t is None:
                 t = (last_t + 1.0 / rate) if last_t is not None else 0.0
             if self._start is None:
