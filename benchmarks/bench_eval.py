@@ -2,7 +2,8 @@
 
 Generates a similarity file with the real FIVR-200K ids (scores: label-correlated noise, six
 decimals), then times loading it into a SimilarityTable — the vectorised reader that
-``dnsvr evaluate`` uses, orjson + conversion, and (unless --skip-stdlib) the standard library —
+``dnsvr evaluate`` uses, the same similarities saved as .npz, orjson + conversion, and (unless
+--skip-stdlib) the standard library —
 and the FIVR-200K protocol, plus a plain-Python loop in the style of the reference protocol
 (sorted() + per-video set tests) on a few queries, extrapolated to 100. Wall and CPU times.
 
@@ -120,6 +121,10 @@ def main() -> None:
         loaders.append(("orjson", lambda: SimilarityTable(sim_module.load_similarities(path), consume=True)))
     if not args.skip_stdlib:
         loaders.append(("json", lambda: SimilarityTable(sim_module.load_similarities(path), consume=True)))
+    npz_path = Path(tempfile.mkdtemp()) / "sims.npz"
+    sim_module.save_similarities(SimilarityTable.from_file(path), npz_path)
+    result["input"]["npz_size_mib"] = round(npz_path.stat().st_size / 2**20, 1)
+    loaders.insert(1, ("npz", lambda: SimilarityTable.from_file(npz_path)))
     saved = sim_module._orjson
     for name, loader in loaders:
         sim_module._orjson = None if name == "json" else saved
@@ -127,12 +132,14 @@ def main() -> None:
         metrics, eval_wall, eval_cpu = timed(lambda: evaluate("FIVR-200K", table))
         result.setdefault("runs", {})[name] = {
             "load_wall_s": round(load_wall, 2), "load_cpu_s": round(load_cpu, 2),
-            "evaluate_wall_s": round(eval_wall, 2), "evaluate_cpu_s": round(eval_cpu, 2)}
+            "evaluate_wall_s": round(eval_wall, 2), "evaluate_cpu_s": round(eval_cpu, 2),
+            "peak_rss_gib_so_far": round(peak_rss_gib(), 2)}
         result["metrics"] = metrics
         print(f"[{name}] load {load_wall:.2f} s (cpu {load_cpu:.2f} s), evaluate {eval_wall:.2f} s "
               f"(cpu {eval_cpu:.2f} s); {metrics}")
         del table
     sim_module._orjson = saved
+    npz_path.unlink()
 
     if args.reference_queries > 0:
         sims = sim_module.load_similarities(path)

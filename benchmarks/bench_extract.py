@@ -11,6 +11,8 @@ the speed is the same). "frames/s" counts sampled frames, the ones the network s
 * end to end: ``dnsvr.extract.iter_video_features`` (decoder thread + batched network);
 * decode overhead: ``network-alone frames/s / end-to-end frames/s - 1`` (wall clock), and the same
   from process CPU time per frame, which is less sensitive to other processes on the machine;
+* the same for Lite0 on low-frame-rate sources (``--low-fps``), where decoding is cheap: what the
+  pipeline itself costs, apart from decoding;
 * memory: peak RSS of a fresh ``extract_videos`` process on a 1-minute and an N-minute video.
 
 Usage::
@@ -93,7 +95,7 @@ def bench_backbone(name: str, videos: list[Path], batch_size: int, repeats: int)
                                  batch_size=batch_size)
     frames = np.concatenate([c.frames for c in decode_frames(videos[0], fps=1.0)])
     pairs = [(f"v{i}", v) for i, v in enumerate(videos)]
-    total = sum(int(np.floor(_duration(v))) + 1 for v in videos)
+    total = len(frames) * len(videos)                  # the throughput videos are copies of one video
     pool = np.concatenate([frames] * (total // len(frames) + 1))[:total]
     extractor(pool[:batch_size])                       # warm-up (kernel selection)
     extractor(pool[: max(1, total % batch_size)])
@@ -172,12 +174,14 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=2, help="alternate network/end-to-end runs; best kept")
     ap.add_argument("--memory-minutes", type=float, default=10.0, help="long video for the memory test (0: skip)")
+    ap.add_argument("--low-fps", type=float, default=5.0,
+                    help="also run Lite0 on videos of this frame rate, where decoding is cheap (0: skip)")
     ap.add_argument("--quick", action="store_true", help="short smoke run")
     ap.add_argument("--workdir", type=Path, default=None, help="keep generated videos here")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "extract.json")
     args = ap.parse_args()
     if args.quick:
-        args.seconds, args.videos, args.repeats, args.memory_minutes = 30.0, 1, 1, 2.0
+        args.seconds, args.videos, args.repeats, args.memory_minutes, args.low_fps = 30.0, 1, 1, 2.0, 0.0
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="dnsvr_bench_extract_"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -205,6 +209,17 @@ def main() -> None:
         print(f"{name}: network alone {r['network_alone']['frames_per_s']} frames/s, end to end "
               f"{r['end_to_end']['frames_per_s']} frames/s, decode overhead {100 * r['decode_overhead_wall']:.0f}% "
               f"(wall) {100 * r['decode_overhead_cpu']:.0f}% (CPU time)", flush=True)
+
+    if args.low_fps > 0 and "efficientnet_lite0" in result["backbones"]:
+        low = make_video(workdir, args.seconds, args.low_fps)
+        result["low_fps_source"] = {"source_fps": args.low_fps, "decode": bench_decode([low] * args.videos, True),
+                                    "efficientnet_lite0": bench_backbone("efficientnet_lite0", [low] * args.videos,
+                                                                         args.batch_size, args.repeats)}
+        r = result["low_fps_source"]["efficientnet_lite0"]
+        print(f"efficientnet_lite0 on {args.low_fps:g} fps sources: network alone {r['network_alone']['frames_per_s']}"
+              f" frames/s, end to end {r['end_to_end']['frames_per_s']} frames/s, decode overhead "
+              f"{100 * r['decode_overhead_wall']:.0f}% (wall) {100 * r['decode_overhead_cpu']:.0f}% (CPU time)",
+              flush=True)
 
     if args.memory_minutes > 0:
         short = make_video(workdir, 60.0, args.source_fps)

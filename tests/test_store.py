@@ -16,6 +16,7 @@ from dnsvr.index import (
     IndexLockedError,
     IndexRecord,
     IndexStore,
+    IndexStoreError,
     ReadOnlyIndexError,
     RecordError,
     UnknownVideoError,
@@ -452,3 +453,28 @@ def test_purged_rows_in_derived_files_are_a_note(tmp_path: Path) -> None:
         assert report.ok and any("purged" in n for n in report.notes)
         hits = reader.coarse_search(recs[0].coarse, k=None)
         assert hits.ids.shape == (1, 9) and recs[0].video_id not in hits.ids[0].tolist()
+
+
+def test_snapshot_pins_a_state(tmp_path: Path) -> None:
+    recs = make_records(20, seed=51)
+    d = tmp_path / "idx"
+    with IndexStore.create(d, binary_config(shard_bytes=2000)) as store:
+        store.add(recs)
+    writer = IndexStore.open(d)
+    with IndexStore.open(d, readonly=True) as reader:
+        with reader.snapshot():
+            ids = reader.ids()
+            writer.remove(ids[:5])
+            writer.compact()  # deletes every shard file the snapshot mapped
+            writer.add(make_records(3, start=30, seed=52))
+            assert reader.ids() == ids
+            assert_matches(reader, recs)  # fine and coarse of the pinned state, from deleted files
+            assert reader.coarse_search(recs[0].coarse, k=1).ids[0, 0] == recs[0].video_id
+            with pytest.raises(IndexStoreError, match="verify"):
+                reader.verify()
+        assert len(reader) == 18 and recs[0].video_id not in reader  # outside: the new state
+        assert reader.verify().ok
+    with pytest.raises(IndexStoreError, match="snapshot"):
+        with writer.snapshot():
+            writer.add(make_records(1, start=60))
+    writer.close()

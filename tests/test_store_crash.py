@@ -234,3 +234,36 @@ def test_kill9_during_remove_and_compact(tmp_path: Path) -> None:
             check_exact(writer, sorted(present))
             names = {f for f, _ in writer._cat.shard_files.values()}
             assert {p.name for p in (d / "shards").iterdir()} == names
+
+
+@pytest.mark.slow
+def test_reader_during_remove_and_compact(tmp_path: Path) -> None:
+    d = tmp_path / "idx"
+    IndexStore.create(d, IndexConfig.binary(dims=512, coarse_dim=64, shard_bytes=300_000)).close()
+    rounds = 12
+    states = compactor_states(rounds)
+    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-c", COMPACTOR, str(d), str(rounds)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "open"
+        reads = 0
+        with IndexStore.open(d, readonly=True) as reader:
+            while proc.poll() is None or reads == 0:
+                with reader.snapshot():  # one committed state for several calls, whatever the writer does
+                    ids = reader.ids()
+                    assert set(ids) in states  # always a committed state, never a half-done one
+                    if ids:
+                        check_exact(reader, ids)  # shards deleted by a compaction meanwhile stay mapped
+                        hits = reader.coarse_search(make_record(int(ids[0][1:])).coarse, k=3)
+                        assert hits.ids[0, 0] == ids[0]
+                reads += 1
+            assert proc.wait() == 0, proc.stderr.read() if proc.stderr else ""
+            assert set(reader.ids()) == states[-1]
+            check_exact(reader, reader.ids())
+            assert reader.verify().ok
+        assert reads > 3
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()

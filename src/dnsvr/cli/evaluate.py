@@ -41,7 +41,7 @@ def evaluate_command(
     benchmark: str = typer.Option(..., "--benchmark", "-b",
                                   help="FIVR-5K, FIVR-200K, CC_WEB_VIDEO, SVD, EVVE, or custom."),
     similarities: Optional[Path] = typer.Option(
-        None, "--similarities", "-s", help="{query_id: {video_id: score}} as .json or .json.gz."),
+        None, "--similarities", "-s", help="{query_id: {video_id: score}} as .json or .json.gz (or a .npz written by dnsvr)."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object."),
     ground_truth: Optional[Path] = typer.Option(
         None, "--ground-truth", help="custom benchmark: {query_id: {video_id: label}} (.json/.json.gz)."),
@@ -61,7 +61,7 @@ def evaluate_command(
         Path("."), "--out", "-o", help="With --features: folder for the report JSON (and the dns curve PNG)."),
     batch_size: int = typer.Option(64, "--batch-size", help="With --features: database videos per fine batch."),
     save_similarities: Optional[Path] = typer.Option(
-        None, "--save-similarities", help="With --features: also write the similarities (.json or .json.gz)."),
+        None, "--save-similarities", help="With --features: also write the similarities (.json, .json.gz, or .npz: fastest to reload)."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bars (default: on a terminal)."),
 ) -> None:
     """Evaluate retrieval results on a benchmark with the reference protocol.
@@ -127,10 +127,12 @@ def _run_features(bench, name: str, features: Path, model: str, bundle: str, out
 
     if model not in MODELS:
         _fail(f"unknown --model {model!r}; choose one of {', '.join(MODELS)}")
+    from dnsvr.weights import WeightsUnavailableError
+
     try:
         report, table = evaluate_features(bench, features, model, bundle=bundle, batch_size=batch_size,
                                           progress=progress)
-    except (FileNotFoundError, ValueError) as exc:  # BundleError, FeatureFileError, WeightsUnavailableError
+    except (FileNotFoundError, ValueError, WeightsUnavailableError) as exc:  # incl. BundleError, FeatureFileError
         _fail(str(exc))
         return
     out.mkdir(parents=True, exist_ok=True)
@@ -141,7 +143,7 @@ def _run_features(bench, name: str, features: Path, model: str, bundle: str, out
         payload["plot"] = str(plot_curve(report, out / f"{stem}_curve.png"))
     report_path.write_text(json.dumps(payload, indent=2) + "\n")
     if save_similarities is not None:
-        write_similarities(table.to_dict(), save_similarities)
+        write_similarities(table, save_similarities)
     if as_json:
         typer.echo(json.dumps(payload))
         return

@@ -2,8 +2,8 @@
 
 ``{"query": {"video": number, ...}, ...}`` as written by the reference code or by
 ``json.dump``: one object of flat objects with numeric values. Each query's block is
-scanned with numpy: quote positions give the keys, and the bytes between one key and the
-next (``: number ,``) are laid side by side and parsed by numpy's C text reader, which is
+scanned with numpy: quote positions give the keys; with keys, quotes and colons blanked,
+what is left (``number , number , ...``) is read by numpy's C text reader, which is
 correctly rounded like Python's ``float``. Keys are decoded once per distinct key sequence: when a
 query's keys equal the previous query's (the usual "every query against the whole
 database" file), the previous list is reused.
@@ -44,28 +44,29 @@ class _Keys:
     raw: np.ndarray  # the key bytes, concatenated
 
 
-def _gather(sub: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """The bytes of the spans ``sub[starts[i]:starts[i] + lengths[i]]``, concatenated."""
+def _key_bytes(sub: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Positions of the bytes of the spans ``sub[starts[i]:starts[i] + lengths[i]]``, concatenated."""
     shift = starts - np.concatenate(([0], np.cumsum(lengths)[:-1]))
-    return sub[np.repeat(shift, lengths) + np.arange(int(lengths.sum()))]
+    return np.repeat(shift, lengths) + np.arange(int(lengths.sum()))
 
 
-def _parse_gaps(sub: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """The number in each gap ``sub[starts[i]:starts[i] + lengths[i]]`` (``: number ,``).
-
-    The gaps are laid side by side, colons blanked, and parsed by numpy's C text reader
-    (correctly rounded, like ``float``). Anything but whitespace, one colon, one number and
-    the separating comma makes the reader stop early, which is detected.
-    """
-    n = starts.size
-    width = int(lengths.max())
-    index = np.minimum(starts[:, None] + np.arange(width), sub.size - 1)
-    text = sub[index]
-    text[np.arange(width)[None, :] >= lengths[:, None]] = 32
-    colons = text == 58
-    if int(np.count_nonzero(colons)) != n or int(np.count_nonzero(text == 44)) != n - 1:
-        raise FastPathUnavailable("not one colon and one comma per entry")
-    text[colons] = 32
+def _parse_numbers(sub: np.ndarray, quotes: np.ndarray, key_index: np.ndarray, n: int) -> np.ndarray:
+    """The n numbers of a block: keys, quotes and colons blanked, the rest read by numpy's C
+    text reader (correctly rounded, like ``float``). Anything but whitespace, numbers and the
+    separating commas makes the reader stop early, which is detected."""
+    text = sub.copy()
+    text[key_index] = 32
+    text[quotes] = 32
+    colon_after_key = quotes[1::2] + 1
+    if colon_after_key[-1] < text.size and np.all(text[colon_after_key] == 58):
+        text[colon_after_key] = 32  # the usual '"key":' (no space before the colon)
+    else:
+        colons = text == 58
+        if int(np.count_nonzero(colons)) != n:
+            raise FastPathUnavailable("not one colon per key")
+        text[colons] = 32
+    if int(np.count_nonzero(text == 44)) != n - 1:
+        raise FastPathUnavailable("not one comma between entries")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         try:
@@ -95,17 +96,12 @@ def _parse_block(data: bytes, buf: np.ndarray, start: int, end: int,
         raise FastPathUnavailable("text before the first key")
     key_start = quotes[0::2] + 1
     key_end = quotes[1::2]
-    gap_start = key_end + 1
-    gap_len = np.concatenate((quotes[2::2], [sub.size])) - gap_start
-    scores = _parse_gaps(sub, gap_start, gap_len)
-
     lengths = key_end - key_start
-    if prev is not None and np.array_equal(lengths, prev.lengths):
-        raw = _gather(sub, key_start, lengths)
-        if np.array_equal(raw, prev.raw):
-            return prev, scores
-    else:
-        raw = _gather(sub, key_start, lengths)
+    key_index = _key_bytes(sub, key_start, lengths)
+    scores = _parse_numbers(sub, quotes, key_index, key_start.size)
+    raw = sub[key_index]
+    if prev is not None and np.array_equal(lengths, prev.lengths) and np.array_equal(raw, prev.raw):
+        return prev, scores
     try:
         keys = [data[start + a:start + b].decode("utf-8") for a, b in zip(key_start.tolist(), key_end.tolist())]
     except UnicodeDecodeError as exc:

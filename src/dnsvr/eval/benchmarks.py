@@ -121,13 +121,17 @@ class Benchmark(ABC):
     #: Metric names, in display order.
     metric_names: tuple[str, ...] = ()
 
-    @abstractmethod
+    #: Query and database ids, set by each subclass's constructor.
+    queries: list[str]
+    database: list[str]
+
     def get_queries(self) -> list[str]:
         """The benchmark's query ids."""
+        return list(self.queries)
 
-    @abstractmethod
     def get_database(self) -> list[str]:
         """The benchmark's database video ids."""
+        return list(self.database)
 
     @abstractmethod
     def evaluate_detailed(self, similarities: Similarities | SimilarityTable | str | Path,
@@ -230,12 +234,6 @@ class FIVR(Benchmark):
         self.queries: list[str] = list(data[version]["queries"])
         self.database: list[str] = list(data[version]["database"])
 
-    def get_queries(self) -> list[str]:
-        return list(self.queries)
-
-    def get_database(self) -> list[str]:
-        return list(self.database)
-
     def evaluate_detailed(self, similarities: Similarities | SimilarityTable | str | Path,
                           available: Collection[str] | None = None) -> EvaluationResult:
         """See :meth:`Benchmark.evaluate`. Metrics: DSVR, CSVR, ISVR, and DAVR over the
@@ -312,12 +310,7 @@ class CCWebVideo(Benchmark):
         self.excluded: list[set[int]] = [set(map(int, ex)) for ex in data["excluded"]]
         self.positive_labels = positive_labels
         self._size = max(self.index.values()) + 1
-
-    def get_queries(self) -> list[str]:
-        return list(self.queries)
-
-    def get_database(self) -> list[str]:
-        return list(self.index)
+        self.database = list(self.index)
 
     def evaluate_detailed(self, similarities: Similarities | SimilarityTable | str | Path,
                           available: Collection[str] | None = None) -> EvaluationResult:
@@ -371,12 +364,6 @@ class EVVE(Benchmark):
         self.queries: list[str] = list(data["queries"])
         self.database: list[str] = list(data["database"])
         self.query_to_event = {q: ev for ev, ann in self.events.items() for q in ann["queries"]}
-
-    def get_queries(self) -> list[str]:
-        return list(self.queries)
-
-    def get_database(self) -> list[str]:
-        return list(self.database)
 
     def evaluate_detailed(self, similarities: Similarities | SimilarityTable | str | Path,
                           available: Collection[str] | None = None) -> EvaluationResult:
@@ -435,12 +422,8 @@ class SVD(Benchmark):
         self.ground_truth: dict[str, dict[str, int]] = data["ground_truth"]
         self.include_unlabeled = include_unlabeled
         self.labelled = {t for targets in self.ground_truth.values() for t in targets}
-
-    def get_queries(self) -> list[str]:
-        return list(self.ground_truth)
-
-    def get_database(self) -> list[str]:
-        return list(dict.fromkeys(t for targets in self.ground_truth.values() for t in targets))
+        self.queries = list(self.ground_truth)
+        self.database = list(dict.fromkeys(t for targets in self.ground_truth.values() for t in targets))
 
     def evaluate_detailed(self, similarities: Similarities | SimilarityTable | str | Path,
                           available: Collection[str] | None = None) -> EvaluationResult:
@@ -519,6 +502,8 @@ class CustomBenchmark(Benchmark):
                              for q, targets in ground_truth.items()}
         self.positives = {q: {v for v, lab in targets.items() if _label_key(lab) in self.positive_labels}
                           for q, targets in self.ground_truth.items()}
+        self.queries = list(self.ground_truth)
+        self.database = list(dict.fromkeys(v for t in self.ground_truth.values() for v in t))
         if not any(self.positives.values()):
             labels = sorted({_label_key(lab) for t in self.ground_truth.values() for lab in t.values()})
             logger.warning("custom ground truth: no label in %s matches the positive labels %s",
@@ -537,12 +522,6 @@ class CustomBenchmark(Benchmark):
         except SimilarityFileError as exc:
             raise ValueError(str(exc)) from exc
         return cls(data, positive_labels, name=f"custom ({Path(path).name})")
-
-    def get_queries(self) -> list[str]:
-        return list(self.ground_truth)
-
-    def get_database(self) -> list[str]:
-        return list(dict.fromkeys(v for t in self.ground_truth.values() for v in t))
 
     def evaluate_detailed(self, similarities: Similarities | SimilarityTable | str | Path,
                           available: Collection[str] | None = None) -> EvaluationResult:

@@ -35,6 +35,8 @@ except ImportError:  # pragma: no cover - exercised when orjson is absent
 logger = logging.getLogger(__name__)
 
 Similarities = Mapping[str, Mapping[str, float]]
+#: ``format`` entry of a similarity table saved as ``.npz``.
+NPZ_FORMAT = "dnsvr-similarities-1"
 
 
 class SimilarityFileError(ValueError):
@@ -85,7 +87,7 @@ def load_json(path: str | Path) -> Any:
 
 
 def load_similarities(path: str | Path) -> dict[str, dict[str, float]]:
-    """Load a similarity file ``{query_id: {video_id: score}}`` (``.json`` or ``.json.gz``).
+    """Load a similarity file ``{query_id: {video_id: score}}`` (``.json``, ``.json.gz`` or ``.npz``).
 
     Args:
         path: the file.
@@ -101,18 +103,33 @@ def load_similarities(path: str | Path) -> dict[str, dict[str, float]]:
         >>> sims = load_similarities("fivr5k_sims.json.gz")   # doctest: +SKIP
         >>> evaluate("FIVR-5K", sims)                          # doctest: +SKIP
     """
+    if _is_npz(Path(path)):
+        return SimilarityTable.from_npz(path).to_dict()
     data = load_json(path)
     _check_shape(data, source=str(path))
     return data
 
 
-def save_similarities(similarities: Similarities, path: str | Path) -> Path:
-    """Write ``{query_id: {video_id: score}}`` as JSON (gzip-compressed when the name ends in ``.gz``).
+def _is_npz(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    with open(path, "rb") as fh:
+        return fh.read(4) == b"PK\x03\x04"  # a zip archive: numpy's .npz
+
+
+def save_similarities(similarities: Similarities | SimilarityTable, path: str | Path) -> Path:
+    """Write ``{query_id: {video_id: score}}`` as JSON (gzip-compressed when the name ends in
+    ``.gz``), or as a binary ``.npz`` (see :meth:`SimilarityTable.save_npz`; loads in a fraction
+    of the time).
 
     Returns:
         The written path.
     """
     path = Path(path)
+    if path.suffix == ".npz":
+        return as_table(similarities).save_npz(path)
+    if isinstance(similarities, SimilarityTable):
+        similarities = similarities.to_dict()
     plain = {str(q): {str(v): float(s) for v, s in res.items()} for q, res in similarities.items()}
     if _orjson is not None:
         text = _orjson.dumps(plain)
@@ -211,10 +228,10 @@ class SimilarityTable:
 
     @classmethod
     def from_file(cls, path: str | Path) -> SimilarityTable:
-        """Load a similarity file (``.json`` or ``.json.gz``) straight into a table.
+        """Load a similarity file (``.json``, ``.json.gz`` or ``.npz``) straight into a table.
 
-        The usual shape (flat objects of numbers, no escapes) is read by a vectorised reader
-        that creates no Python object per score; anything else goes through the JSON parser.
+        The usual shape of JSON (flat objects of numbers, no escapes) is read by a vectorised
+        reader that creates no Python object per score; anything else goes through the JSON parser.
 
         Raises:
             FileNotFoundError: if ``path`` does not exist.
@@ -223,6 +240,8 @@ class SimilarityTable:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"file not found: {path}")
+        if _is_npz(path):
+            return cls.from_npz(path)
         data = _read_bytes(path)
         try:
             rows = _fastjson.parse_similarities(data)
@@ -263,6 +282,63 @@ class SimilarityTable:
         keys = [str(v) for v in video_ids]
         for i, query in enumerate(queries):
             table._append(str(query), keys, np.ascontiguousarray(scores[i]))
+        return table
+
+    def save_npz(self, path: str | Path) -> Path:
+        """Write the table as ``.npz`` (no pickle): the id vocabulary, and per query its
+        positions and float64 scores, concatenated with offsets.
+
+        Returns:
+            The written path.
+        """
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lengths = [row.positions.size for row in self._rows]
+        with open(path, "wb") as fh:
+            np.savez(fh, format=np.array(NPZ_FORMAT), ids=np.array(self.ids, dtype=str),
+                     queries=np.array(self.queries, dtype=str),
+                     query_pos=np.array([row.query_pos for row in self._rows], dtype=np.int64),
+                     offsets=np.concatenate(([0], np.cumsum(lengths))).astype(np.int64),
+                     positions=np.concatenate([row.positions for row in self._rows] or [np.zeros(0, np.int64)]),
+                     scores=np.concatenate([row.scores for row in self._rows] or [np.zeros(0)]))
+        return path
+
+    @classmethod
+    def from_npz(cls, path: str | Path) -> SimilarityTable:
+        """Read a table written by :meth:`save_npz`.
+
+        Raises:
+            SimilarityFileError: if the file is not such a table.
+        """
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                if "format" not in npz or str(npz["format"]) != NPZ_FORMAT:
+                    raise SimilarityFileError(f"{path}: not a dnsvr similarity table ({NPZ_FORMAT})")
+                ids, queries = npz["ids"].tolist(), npz["queries"].tolist()
+                query_pos, offsets = npz["query_pos"], npz["offsets"]
+                positions, scores = npz["positions"], npz["scores"].astype(np.float64)
+        except (OSError, ValueError, KeyError) as exc:
+            raise SimilarityFileError(f"{path}: unreadable similarity table ({exc})") from exc
+        n = len(ids)
+        if (len(query_pos) != len(queries) or len(offsets) != len(queries) + 1 or positions.shape != scores.shape
+                or (positions.size and (positions.min() < 0 or positions.max() >= n)) or offsets[-1] != scores.size):
+            raise SimilarityFileError(f"{path}: inconsistent similarity table arrays")
+        if np.isnan(scores).any():
+            raise SimilarityFileError(f"{path}: NaN score")
+        table = cls()
+        table._index = {v: i for i, v in enumerate(ids)}
+        if len(table._index) != n:
+            raise SimilarityFileError(f"{path}: duplicate ids")
+        prev = None
+        for i, query in enumerate(queries):
+            pos = positions[offsets[i]:offsets[i + 1]]
+            if prev is not None and np.array_equal(pos, prev):
+                pos = prev  # share one array when the queries have the same results
+            prev = pos
+            if query in table._queries or ids[int(query_pos[i])] != query:
+                raise SimilarityFileError(f"{path}: query {query!r} duplicated or misplaced")
+            table._queries[query] = len(table._rows)
+            table._rows.append(QueryResults(query, int(query_pos[i]), pos, scores[offsets[i]:offsets[i + 1]]))
         return table
 
     def to_dict(self) -> dict[str, dict[str, float]]:

@@ -101,6 +101,7 @@ class CoarseCache:
         self.ann_rowids: np.ndarray | None = None
         self.ann_dirty = False
         self.ann_failed = False
+        self.pinned = False  # inside IndexStore.snapshot(): keep the current mapping
 
     # -- files --------------------------------------------------------------------------------
     def _read_current(self) -> dict[str, Any] | None:
@@ -114,6 +115,8 @@ class CoarseCache:
 
     def _map_files(self) -> None:
         """(Re)map the derived files if they changed (grew, or were replaced by a rewrite)."""
+        if self.pinned:
+            return
         cur = self._read_current()
         if not cur or not cur.get("vectors") or not cur.get("rowids"):
             self._names = None

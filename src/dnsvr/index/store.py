@@ -28,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -439,6 +440,7 @@ class IndexStore:
         self.readonly = readonly
         self._lock = lock
         self._mutex = threading.RLock()
+        self._pins = 0
         self._closed = False
         self._db = connect(directory / DB_NAME, readonly=readonly)
         self._dtype = np.dtype(self.config.fine_dtype)
@@ -598,6 +600,58 @@ class IndexStore:
         self._check_open()
         if self.readonly:
             raise ReadOnlyIndexError(f"index {self.directory} was opened readonly")
+        if self._pins:
+            raise IndexStoreError("cannot write inside snapshot(); leave the with-block first")
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[IndexStore]:
+        """Pin the current committed state for several read calls.
+
+        Outside a snapshot every call picks up new commits, so ids from one call may be gone
+        by the next if another process removes or compacts. Inside, every read sees the state
+        of its start: shard files and derived coarse files are mapped up front, so a concurrent
+        compaction that deletes them changes nothing here. Nested snapshots share the outer one.
+
+        Example:
+            >>> with store.snapshot():                                       # doctest: +SKIP
+            ...     hits = store.coarse_search(q, k=1000)
+            ...     fines = store.fine(hits.ids[0].tolist())   # never UnknownVideoError
+
+        Raises:
+            IndexStoreError: on a write call inside it.
+        """
+        with self._mutex:
+            self._check_open()
+            if not self._pins:
+                # One SQLite read transaction holds the state for the whole block (WAL snapshot);
+                # the catalog is loaded inside it. A compaction may delete files between the commit
+                # we see and our mapping them: then start again on the newer state.
+                for attempt in range(10):
+                    self._db.execute("BEGIN")
+                    try:
+                        self._load_catalog(force=attempt > 0)
+                        if self._reader.map_all({s: n for s, (_, n) in self._cat.shard_files.items()}):
+                            self._coarse.sync(self._cat.rowid)
+                            break
+                    except IndexStoreError:
+                        pass
+                    except BaseException:
+                        self._db.execute("COMMIT")
+                        raise
+                    self._db.execute("COMMIT")
+                else:
+                    raise IndexStoreError(f"could not pin a consistent state of {self.directory}: it keeps changing")
+                self._coarse.pinned = True
+            self._pins += 1
+        try:
+            yield self
+        finally:
+            with self._mutex:
+                self._pins -= 1
+                if not self._pins:
+                    self._coarse.pinned = False
+                    if not self._closed:
+                        self._db.execute("COMMIT")  # end the read transaction
 
     def _state(self) -> tuple[int, int]:
         rows = dict(self._db.execute("SELECT key, value FROM state").fetchall())
@@ -605,32 +659,39 @@ class IndexStore:
 
     def _refresh(self, force: bool = False) -> None:
         """Pick up commits made since the catalog was loaded (cheap when nothing changed)."""
-        cat = self._cat
-        gen, epoch = self._state()
-        if not force and gen == cat.generation:
+        if self._pins and not force:
+            return
+        gen, _ = self._state()
+        if not force and gen == self._cat.generation:
             return
         db = self._db
         db.execute("BEGIN")  # one snapshot for state, rows and shards
         try:
-            gen, epoch = self._state()
-            if force and cat.generation < 0:
-                saved = self._load_saved_catalog(gen, epoch)
-                if saved is not None:
-                    self._cat = cat = saved
-                    force = False
-            if not force and gen == cat.generation:
-                pass
-            elif not force and epoch == cat.epoch:
-                last = int(cat.rowid[-1]) if len(cat.rowid) else 0
-                rows = db.execute(f"SELECT {_ROW_COLS} FROM videos WHERE status = 0 AND rowid > ? ORDER BY rowid",
-                                  (last,)).fetchall()
-                cat.set_rows(rows, append=True)
-            else:
-                rows = db.execute(f"SELECT {_ROW_COLS} FROM videos WHERE status = 0 ORDER BY rowid").fetchall()
-                cat.set_rows(rows, append=False)
-            shards = db.execute("SELECT shard, file, committed FROM shards").fetchall()
+            self._load_catalog(force)
         finally:
             db.execute("COMMIT")
+
+    def _load_catalog(self, force: bool) -> None:
+        """Bring the catalog to the state of the current read transaction."""
+        db = self._db
+        cat = self._cat
+        gen, epoch = self._state()
+        if force and cat.generation < 0:
+            saved = self._load_saved_catalog(gen, epoch)
+            if saved is not None:
+                self._cat = cat = saved
+                force = False
+        if not force and gen == cat.generation:
+            pass
+        elif not force and epoch == cat.epoch:
+            last = int(cat.rowid[-1]) if len(cat.rowid) else 0
+            rows = db.execute(f"SELECT {_ROW_COLS} FROM videos WHERE status = 0 AND rowid > ? ORDER BY rowid",
+                              (last,)).fetchall()
+            cat.set_rows(rows, append=True)
+        else:
+            rows = db.execute(f"SELECT {_ROW_COLS} FROM videos WHERE status = 0 ORDER BY rowid").fetchall()
+            cat.set_rows(rows, append=False)
+        shards = db.execute("SELECT shard, file, committed FROM shards").fetchall()
         cat.shard_files = {int(s): (str(f), int(n)) for s, f, n in shards}
         cat.generation, cat.epoch = gen, epoch
         self._reader.set_files({s: f for s, (f, _) in cat.shard_files.items()})
@@ -726,7 +787,7 @@ class IndexStore:
                     return [view(s, o, n) for s, o, n in
                             zip(cat.shard[pos].tolist(), cat.offset[pos].tolist(), cat.n_frames[pos].tolist())]
                 except (FileNotFoundError, KeyError):
-                    if attempt:
+                    if attempt or self._pins:
                         raise
                     self._refresh(force=True)  # a compaction swapped the shards under us
             raise AssertionError("unreachable")
@@ -739,7 +800,8 @@ class IndexStore:
             max_frames: frames per block at most (a longer video gets a block of its own).
 
         Yields:
-            :class:`FineBlock` s covering every requested video exactly once.
+            :class:`FineBlock` s covering every requested video exactly once, from the state at the
+            first ``next()`` (its shard files are mapped then, so a later compaction does not matter).
 
         Raises:
             UnknownVideoError: some ids are not in the index.
@@ -747,6 +809,9 @@ class IndexStore:
         with self._mutex:
             self._check_open()
             self._refresh()
+            if not self._reader.map_all({s: n for s, (_, n) in self._cat.shard_files.items()}):
+                self._refresh(force=True)  # a compaction deleted files since the last refresh
+                self._reader.map_all({s: n for s, (_, n) in self._cat.shard_files.items()})
             cat = self._cat
             pos = np.arange(len(cat.ids)) if video_ids is None else self._positions(list(video_ids))
             order = np.lexsort((cat.offset[pos], cat.shard[pos]))
@@ -791,6 +856,7 @@ class IndexStore:
     def _load_coarse_rows(self, rowids: np.ndarray) -> np.ndarray:
         dim = self.config.coarse_dim
         out = np.empty((len(rowids), dim), dtype=np.float32)
+        found = np.zeros(len(rowids), dtype=bool)
         index = {int(r): i for i, r in enumerate(rowids.tolist())}
         for chunk in _chunks(rowids.tolist(), 20000):
             if len(chunk) > _SQL_CHUNK:  # a range scan beats a huge IN list
@@ -804,16 +870,29 @@ class IndexStore:
                 i = index.get(rowid)
                 if i is not None:
                     out[i] = np.frombuffer(blob, dtype="<f4", count=dim)
+                    found[i] = True
+        if not found.all():
+            raise IndexStoreError(f"{int((~found).sum())} coarse vectors are missing from SQLite (rows "
+                                  f"{rowids[~found][:5].tolist()}...): purged by a concurrent compaction, or damage")
         return out
+
+    def _sync_coarse(self) -> None:
+        try:
+            self._coarse.sync(self._cat.rowid)
+        except IndexStoreError:
+            if self._pins:
+                raise
+            self._refresh(force=True)  # a compaction purged rows since the catalog was read
+            self._coarse.sync(self._cat.rowid)
 
     def coarse_vectors(self, video_ids: Iterable[str] | str | None = None) -> np.ndarray:
         """Coarse vectors float32 ``[n, coarse_dim]`` (all videos, in :meth:`ids` order, when None)."""
         with self._mutex:
             self._check_open()
             self._refresh()
+            self._sync_coarse()
             cat = self._cat
             pos = np.arange(len(cat.ids)) if video_ids is None else self._positions(video_ids)
-            self._coarse.sync(cat.rowid)
             return self._coarse.vectors(pos)
 
     def coarse_search(
@@ -849,8 +928,8 @@ class IndexStore:
         with self._mutex:
             self._check_open()
             self._refresh()
+            self._sync_coarse()
             cat = self._cat
-            self._coarse.sync(cat.rowid)
             kk = None if k is None else min(int(k), len(cat.ids))
             if exact or kk is None:
                 pos, scores = self._coarse.exact(q, kk)
@@ -1305,6 +1384,8 @@ class IndexStore:
 
         with self._mutex:
             self._check_open()
+            if self._pins:
+                raise IndexStoreError("verify() reloads the catalog: call it outside snapshot()")
             self._refresh(force=True)
             db = self._db
             try:
