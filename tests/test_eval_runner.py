@@ -125,4 +125,12 @@ def test_errors(synth, random_bundle: Path) -> None:
     result = CliRunner().invoke(app, ["evaluate", "-b", "custom", "--ground-truth", str(synth.ground_truth_path),
                                       "-f", str(synth.features)])
     assert result.exit_code == 2 and "--model" in result.output
+
+
+def test_cli_reports_unavailable_weights(synth, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DNSVR_OFFLINE", "1")
+    monkeypatch.setenv("DNSVR_CACHE", str(tmp_path / "empty-cache"))
+    result = CliRunner().invoke(app, ["evaluate", "-b", "custom", "--ground-truth", str(synth.ground_truth_path),
+                                      "-f", str(synth.features), "-m", "fg_att", "--bundle", "paper"])
+    assert result.exit_code == 2 and "not cached" in result.output
     assert np.isfinite(FRACTIONS).all()

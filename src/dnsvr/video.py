@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +38,12 @@ from typing import Any, ClassVar
 import av
 import av.error
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 logger = logging.getLogger(__name__)
+
+#: Packets read ahead (at most) to find a keyframe before the next sampling tick.
+_LOOKAHEAD_PACKETS = 600
 
 #: File name extensions treated as videos when a directory is scanned.
 VIDEO_EXTENSIONS = frozenset({
@@ -346,7 +351,8 @@ class VideoReader:
 
     Opening checks the file (typed errors raised right away); iterating yields
     :class:`FrameChunk` s. After iteration: :attr:`truncated`, :attr:`damage`,
-    :attr:`n_frames`, :attr:`n_decoded`, :attr:`duration`, :attr:`info`.
+    :attr:`n_frames` (sampled), :attr:`n_decoded`, :attr:`n_dropped` (packets never decoded),
+    :attr:`duration`, :attr:`info`.
 
     Args:
         path: the video file.
@@ -357,9 +363,10 @@ class VideoReader:
         threads: FFmpeg decoding threads (0 = FFmpeg's choice).
         limits: accepted frame sizes.
         max_decode_errors: damaged packets skipped before decoding stops (counted as truncation).
-        skip_unneeded: let FFmpeg skip decoding non-reference frames (most B-frames) that cannot be the
-            frame of the next tick (their timestamp is before it). Exact — the sampled frames are the
-            same as with full decoding — and much faster at 1 fps; off only for debugging.
+        skip_unneeded: do not decode frames that cannot be sampled: non-reference frames (most B-frames)
+            before the next tick, and all packets before a keyframe that is at or before the next tick.
+            Exact — the sampled frames are the same as with full decoding — and much faster at 1 fps;
+            off only for debugging.
         interpolation: swscale interpolation for the resize (``"BILINEAR"``, ``"AREA"``, ``"BICUBIC"``...).
         max_repeat_seconds: a frame covers the ticks of a timestamp gap up to this long (a still image in a
             variable-frame-rate stream); a longer jump is taken as broken timestamps and sampled once.
@@ -396,6 +403,7 @@ class VideoReader:
         self.damage: str | None = None
         self.n_frames = 0
         self.n_decoded = 0
+        self.n_dropped = 0
         self.decode_errors = 0
         self.duration: float | None = None
         self._container = _open(self.path)
@@ -410,6 +418,7 @@ class VideoReader:
             self._container.close()
             raise
         self._geometry: _Geometry | None = None
+        self._reformatter = VideoReformatter()
         self._iterated = False
         # sampling state, shared with the packet loop (which uses it to skip unneeded frames)
         self._start: float | None = None
@@ -456,7 +465,10 @@ class VideoReader:
 
     def _convert(self, frame: Any, geometry: _Geometry, out: np.ndarray) -> None:
         sw, sh = geometry.scaled
-        rgb = frame.reformat(width=sw, height=sh, format="rgb24", interpolation=self.interpolation).to_ndarray()
+        # one reformatter per reader keeps its swscale context between frames (building one costs milliseconds),
+        # and a single thread: threading a 224-pixel image costs more than it saves
+        rgb = self._reformatter.reformat(frame, width=sw, height=sh, format="rgb24",
+                                         interpolation=self.interpolation, threads=1).to_ndarray()
         if geometry.box is not None:
             y0, y1, x0, x1 = geometry.box
             rgb = rgb[y0:y1, x0:x1]
@@ -465,30 +477,80 @@ class VideoReader:
         out[...] = rgb
 
     # -- iteration -----------------------------------------------------------------
-    def _frames(self) -> Iterator[Any]:
-        """Decoded frames in presentation order; stops (recording the damage) on a broken stream."""
-        consecutive = 0
+    def _packets(self) -> Iterator[Any]:
+        """Demuxed packets of the video stream; a read failure ends them and is recorded as damage."""
         packets = self._container.demux(self._stream)
-        cc = self._stream.codec_context
-        tb = self._stream.time_base
-        skipping = False
         while True:
             try:
                 packet = next(packets)
-            except StopIteration:
-                break
-            except av.error.EOFError:
-                break
+            except (StopIteration, av.error.EOFError):
+                return
             except (av.error.FFmpegError, OSError) as exc:
                 self._damaged(f"reading failed ({_ffmpeg_message(exc)})")
-                break
+                return
+            yield packet
+
+    def _frames(self) -> Iterator[Any]:
+        """Decoded frames in presentation order; stops (recording the damage) on a broken stream.
+
+        With ``skip_unneeded``, two exact shortcuts, both driven by the next tick not served yet
+        (ticks advance only when a frame is output, so it is never ahead of the truth):
+
+        * a packet whose timestamp is before that tick cannot be sampled (frames come out in
+          presentation order); if it is a non-reference frame, FFmpeg need not decode it;
+        * when a keyframe whose timestamp is at or before that tick is coming (a short look-ahead over
+          the demuxed packets), the packets before it cannot be sampled either, and nothing from the
+          keyframe on refers back to them (a random-access point): they are not decoded at all.
+        """
+        consecutive = 0
+        cc = self._stream.codec_context
+        tb = float(self._stream.time_base) if self._stream.time_base else None
+        fps = self.fps or 0.0
+        skipping = False
+        source = self._packets()
+        ahead: deque[Any] = deque()
+        exhausted = False
+        horizon = 1.0 / fps + 0.5 if fps else 0.0
+
+        def rel_ticks(pts: int | None) -> float | None:
+            if pts is None or tb is None or self._start is None:
+                return None
+            return (pts * tb - self._start) * fps
+
+        while True:
+            if not ahead:
+                if exhausted:
+                    break
+                try:
+                    ahead.append(next(source))
+                except StopIteration:
+                    break
+            if self.skip_unneeded and self._start is not None and tb is not None:
+                # look ahead to about one tick past the next one (bounded), then drop what precedes the
+                # last keyframe that is at or before the next tick
+                while not exhausted and len(ahead) < _LOOKAHEAD_PACKETS:
+                    last = rel_ticks(ahead[-1].pts)
+                    if last is not None and last > self._next_tick + horizon * fps:
+                        break
+                    try:
+                        ahead.append(next(source))
+                    except StopIteration:
+                        exhausted = True
+                cut = 0
+                for j in range(len(ahead) - 1, 0, -1):
+                    pkt = ahead[j]
+                    if pkt.is_keyframe:
+                        r = rel_ticks(pkt.pts)
+                        if r is not None and r <= self._next_tick + 1e-6:
+                            cut = j
+                            break
+                for _ in range(cut):
+                    ahead.popleft()
+                self.n_dropped += cut
+            packet = ahead.popleft()
             if self.skip_unneeded:
-                # Frames come out in presentation order, so a frame whose timestamp is before the next
-                # unserved tick can never be sampled; if no other frame references it, it need not be
-                # decoded at all. (The tick only advances when a frame is output, so this is conservative.)
-                pts = packet.pts
-                unneeded = (pts is not None and tb is not None and self._start is not None
-                            and (float(pts * tb) - self._start) * self.fps + 1e-6 < self._next_tick)
+                r = rel_ticks(packet.pts)
+                unneeded = r is not None and r + 1e-6 < self._next_tick
                 if unneeded != skipping:
                     cc.skip_frame = "NONREF" if unneeded else "DEFAULT"
                     skipping = unneeded
@@ -547,9 +609,11 @@ class VideoReader:
             buf, times = None, []
             return chunk
 
+        tb = float(self._stream.time_base) if self._stream.time_base else None
         for frame in self._frames():
             self.n_decoded += 1
-            t = frame.time
+            pts = frame.pts
+            t = pts * tb if pts is not None and tb is not None else frame.time
             if t is None:
                 t = (last_t + 1.0 / rate) if last_t is not None else 0.0
             if self._start is None:

@@ -127,10 +127,12 @@ def _run_features(bench, name: str, features: Path, model: str, bundle: str, out
 
     if model not in MODELS:
         _fail(f"unknown --model {model!r}; choose one of {', '.join(MODELS)}")
+    from dnsvr.weights import WeightsUnavailableError
+
     try:
         report, table = evaluate_features(bench, features, model, bundle=bundle, batch_size=batch_size,
                                           progress=progress)
-    except (FileNotFoundError, ValueError) as exc:  # BundleError, FeatureFileError, WeightsUnavailableError
+    except (FileNotFoundError, ValueError, WeightsUnavailableError) as exc:  # incl. BundleError, FeatureFileError
         _fail(str(exc))
         return
     out.mkdir(parents=True, exist_ok=True)
