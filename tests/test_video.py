@@ -238,11 +238,13 @@ def test_corrupted_middle_is_reported(tmp_path):
     np.testing.assert_array_equal(first[:1], full[:1])
 
 
-@pytest.mark.parametrize("fps", [1.0, 2.5])
-def test_skipping_unneeded_frames_is_exact(tmp_path, fps):
-    # B-frames (x264's default) are what can be skipped; the sampled frames must not change
-    frames = S.render_clip(12, seconds=6.0, fps=25, size=(128, 72))
-    p = S.write_video(tmp_path / "b.mp4", frames, fps=25, preset="medium")
+@pytest.mark.parametrize("fps,gop,name", [(1.0, None, "b.mp4"), (2.5, None, "b.mp4"), (1.0, 12, "b.mp4"),
+                                           (0.5, 20, "b.mkv"), (2.0, 7, "b.mp4")])
+def test_skipping_unneeded_frames_is_exact(tmp_path, fps, gop, name):
+    # non-reference B-frames, and whole stretches before a keyframe, are what can be skipped;
+    # the sampled frames must be exactly those of a full decode
+    frames = S.render_clip(12, seconds=9.0, fps=25, size=(128, 72))
+    p = S.write_video(tmp_path / name, frames, fps=25, preset="medium", gop=gop)
     fast = V.decode_frames(p, fps=fps)
     got = list(fast)
     full = V.decode_frames(p, fps=fps, skip_unneeded=False)
@@ -250,7 +252,21 @@ def test_skipping_unneeded_frames_is_exact(tmp_path, fps):
     np.testing.assert_array_equal(np.concatenate([c.frames for c in got]), np.concatenate([c.frames for c in ref]))
     np.testing.assert_array_equal(np.concatenate([c.timestamps for c in got]),
                                   np.concatenate([c.timestamps for c in ref]))
-    assert full.n_decoded == 150 and fast.n_decoded < 0.8 * full.n_decoded
+    assert full.n_decoded == 225 and fast.n_decoded < 0.8 * full.n_decoded and not fast.damaged
+    if gop is not None and gop <= 12 and fps <= 1.0:
+        assert fast.n_dropped > 0
+
+
+def test_skipping_is_exact_on_variable_frame_rate(tmp_path):
+    rng = np.random.default_rng(3)
+    times = np.cumsum(rng.uniform(0.01, 0.12, size=120)).round(3)
+    times = np.unique(times)
+    p = S.write_video(tmp_path / "vfr.mp4", S.render_clip(4, size=(96, 64), timestamps=times), timestamps=times,
+                      preset="medium", gop=10)
+    a, ta = V.read_frames(p, fps=1.0)
+    b, tb = V.read_frames(p, fps=1.0, skip_unneeded=False)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(ta, tb)
 
 
 def test_timestamp_jump_is_not_filled_with_copies(tmp_path):

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,9 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 logger = logging.getLogger(__name__)
+
+#: Packets read ahead (at most) to find a keyframe before the next sampling tick.
+_LOOKAHEAD_PACKETS = 600
 
 #: File name extensions treated as videos when a directory is scanned.
 VIDEO_EXTENSIONS = frozenset({
@@ -347,7 +351,8 @@ class VideoReader:
 
     Opening checks the file (typed errors raised right away); iterating yields
     :class:`FrameChunk` s. After iteration: :attr:`truncated`, :attr:`damage`,
-    :attr:`n_frames`, :attr:`n_decoded`, :attr:`duration`, :attr:`info`.
+    :attr:`n_frames` (sampled), :attr:`n_decoded`, :attr:`n_dropped` (packets never decoded),
+    :attr:`duration`, :attr:`info`.
 
     Args:
         path: the video file.
@@ -358,9 +363,10 @@ class VideoReader:
         threads: FFmpeg decoding threads (0 = FFmpeg's choice).
         limits: accepted frame sizes.
         max_decode_errors: damaged packets skipped before decoding stops (counted as truncation).
-        skip_unneeded: let FFmpeg skip decoding non-reference frames (most B-frames) that cannot be the
-            frame of the next tick (their timestamp is before it). Exact — the sampled frames are the
-            same as with full decoding — and much faster at 1 fps; off only for debugging.
+        skip_unneeded: do not decode frames that cannot be sampled: non-reference frames (most B-frames)
+            before the next tick, and all packets before a keyframe that is at or before the next tick.
+            Exact — the sampled frames are the same as with full decoding — and much faster at 1 fps;
+            off only for debugging.
         interpolation: swscale interpolation for the resize (``"BILINEAR"``, ``"AREA"``, ``"BICUBIC"``...).
         max_repeat_seconds: a frame covers the ticks of a timestamp gap up to this long (a still image in a
             variable-frame-rate stream); a longer jump is taken as broken timestamps and sampled once.
@@ -397,6 +403,7 @@ class VideoReader:
         self.damage: str | None = None
         self.n_frames = 0
         self.n_decoded = 0
+        self.n_dropped = 0
         self.decode_errors = 0
         self.duration: float | None = None
         self._container = _open(self.path)
@@ -470,31 +477,80 @@ class VideoReader:
         out[...] = rgb
 
     # -- iteration -----------------------------------------------------------------
-    def _frames(self) -> Iterator[Any]:
-        """Decoded frames in presentation order; stops (recording the damage) on a broken stream."""
-        consecutive = 0
+    def _packets(self) -> Iterator[Any]:
+        """Demuxed packets of the video stream; a read failure ends them and is recorded as damage."""
         packets = self._container.demux(self._stream)
+        while True:
+            try:
+                packet = next(packets)
+            except (StopIteration, av.error.EOFError):
+                return
+            except (av.error.FFmpegError, OSError) as exc:
+                self._damaged(f"reading failed ({_ffmpeg_message(exc)})")
+                return
+            yield packet
+
+    def _frames(self) -> Iterator[Any]:
+        """Decoded frames in presentation order; stops (recording the damage) on a broken stream.
+
+        With ``skip_unneeded``, two exact shortcuts, both driven by the next tick not served yet
+        (ticks advance only when a frame is output, so it is never ahead of the truth):
+
+        * a packet whose timestamp is before that tick cannot be sampled (frames come out in
+          presentation order); if it is a non-reference frame, FFmpeg need not decode it;
+        * when a keyframe whose timestamp is at or before that tick is coming (a short look-ahead over
+          the demuxed packets), the packets before it cannot be sampled either, and nothing from the
+          keyframe on refers back to them (a random-access point): they are not decoded at all.
+        """
+        consecutive = 0
         cc = self._stream.codec_context
         tb = float(self._stream.time_base) if self._stream.time_base else None
         fps = self.fps or 0.0
         skipping = False
+        source = self._packets()
+        ahead: deque[Any] = deque()
+        exhausted = False
+        horizon = 1.0 / fps + 0.5 if fps else 0.0
+
+        def rel_ticks(pts: int | None) -> float | None:
+            if pts is None or tb is None or self._start is None:
+                return None
+            return (pts * tb - self._start) * fps
+
         while True:
-            try:
-                packet = next(packets)
-            except StopIteration:
-                break
-            except av.error.EOFError:
-                break
-            except (av.error.FFmpegError, OSError) as exc:
-                self._damaged(f"reading failed ({_ffmpeg_message(exc)})")
-                break
+            if not ahead:
+                if exhausted:
+                    break
+                try:
+                    ahead.append(next(source))
+                except StopIteration:
+                    break
+            if self.skip_unneeded and self._start is not None and tb is not None:
+                # look ahead to about one tick past the next one (bounded), then drop what precedes the
+                # last keyframe that is at or before the next tick
+                while not exhausted and len(ahead) < _LOOKAHEAD_PACKETS:
+                    last = rel_ticks(ahead[-1].pts)
+                    if last is not None and last > self._next_tick + horizon * fps:
+                        break
+                    try:
+                        ahead.append(next(source))
+                    except StopIteration:
+                        exhausted = True
+                cut = 0
+                for j in range(len(ahead) - 1, 0, -1):
+                    pkt = ahead[j]
+                    if pkt.is_keyframe:
+                        r = rel_ticks(pkt.pts)
+                        if r is not None and r <= self._next_tick + 1e-6:
+                            cut = j
+                            break
+                for _ in range(cut):
+                    ahead.popleft()
+                self.n_dropped += cut
+            packet = ahead.popleft()
             if self.skip_unneeded:
-                # Frames come out in presentation order, so a frame whose timestamp is before the next
-                # unserved tick can never be sampled; if no other frame references it, it need not be
-                # decoded at all. (The tick only advances when a frame is output, so this is conservative.)
-                pts = packet.pts
-                unneeded = (pts is not None and tb is not None and self._start is not None
-                            and (pts * tb - self._start) * fps + 1e-6 < self._next_tick)
+                r = rel_ticks(packet.pts)
+                unneeded = r is not None and r + 1e-6 < self._next_tick
                 if unneeded != skipping:
                     cc.skip_frame = "NONREF" if unneeded else "DEFAULT"
                     skipping = unneeded

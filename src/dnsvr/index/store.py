@@ -800,7 +800,8 @@ class IndexStore:
             max_frames: frames per block at most (a longer video gets a block of its own).
 
         Yields:
-            :class:`FineBlock` s covering every requested video exactly once.
+            :class:`FineBlock` s covering every requested video exactly once, from the state at the
+            first ``next()`` (its shard files are mapped then, so a later compaction does not matter).
 
         Raises:
             UnknownVideoError: some ids are not in the index.
@@ -808,6 +809,9 @@ class IndexStore:
         with self._mutex:
             self._check_open()
             self._refresh()
+            if not self._reader.map_all({s: n for s, (_, n) in self._cat.shard_files.items()}):
+                self._refresh(force=True)  # a compaction deleted files since the last refresh
+                self._reader.map_all({s: n for s, (_, n) in self._cat.shard_files.items()})
             cat = self._cat
             pos = np.arange(len(cat.ids)) if video_ids is None else self._positions(list(video_ids))
             order = np.lexsort((cat.offset[pos], cat.shard[pos]))
