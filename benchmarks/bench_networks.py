@@ -7,7 +7,10 @@ for one pair per call and amortised over a batch of candidates per call. A matmu
 same run makes numbers comparable across machines.
 
 Usage:
-    PYTHONPATH=src python benchmarks/bench_networks.py [--threads 2] [--frames 60 120] [--batch 32] [--quick]
+    PYTHONPATH=src python benchmarks/bench_networks.py [--threads 2 [1 ...]] [--frames 60 120] [--batch 32] [--quick]
+
+Several ``--threads`` values run the whole set once per value (the first is the headline; the calibration is
+repeated for each, since thread count changes it).
 
 Prints a table and writes ``benchmarks/results/networks.json``.
 """
@@ -129,7 +132,7 @@ def bench(frames: list[int], batch: int, reps: int, min_seconds: float) -> list[
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, nargs="+", default=[2])
     parser.add_argument("--frames", type=int, nargs="+", default=[60, 120])
     parser.add_argument("--batch", type=int, default=32, help="candidates per call for the batched timings")
     parser.add_argument("--reps", type=int, default=5)
@@ -139,26 +142,28 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.reps, args.min_seconds = 2, 0.0
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs visible")
-    cal = calibrate(args.reps)
-    for k, v in cal.items():
-        print(f"calibration {k}: {v:.1f}")
-    rows = bench(args.frames, args.batch, args.reps, args.min_seconds)
-    cal_after = calibrate(args.reps)  # a second calibration shows how much the machine's load drifted
+    runs = []
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        torch.manual_seed(0)
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs visible, "
+              f"load average {os.getloadavg()[0]:.1f}")
+        cal = calibrate(args.reps)
+        for k, v in cal.items():
+            print(f"calibration {k}: {v:.1f}")
+        rows = bench(args.frames, args.batch, args.reps, args.min_seconds)
+        cal_after = calibrate(args.reps)  # a second calibration shows how much the machine's load drifted
+        runs.append({"threads": threads, "load_average_1min": os.getloadavg()[0], "calibration": cal,
+                     "calibration_after": cal_after, "results": rows})
     result = {
         "benchmark": "networks",
         "command": "PYTHONPATH=src python benchmarks/bench_networks.py " + " ".join(argv or sys.argv[1:]),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
         "cpus_visible": os.cpu_count(),
         "weights": "random, published default sizes",
-        "calibration": cal,
-        "calibration_after": cal_after,
-        "results": rows,
+        "runs": runs,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")

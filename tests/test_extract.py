@@ -8,15 +8,12 @@ EfficientNet-Lite0 end to end through the CLI.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import h5py
 import numpy as np
 import pytest
@@ -149,25 +146,13 @@ def test_float16_and_other_fps(tmp_path):
 
 # -- bad input never stops the batch ---------------------------------------------------------
 
-def _garbage_video(path: Path) -> Path:
-    rng = np.random.default_rng(0)
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("h264", rate=25)
-        s.width, s.height, s.pix_fmt = 64, 64, "yuv420p"
-        for i in range(20):
-            pkt = av.Packet(rng.integers(0, 256, 400, dtype=np.uint8).tobytes())
-            pkt.stream, pkt.pts, pkt.dts, pkt.time_base = s, i, i, Fraction(1, 25)
-            c.mux(pkt)
-    return path
-
-
 def test_bad_inputs_are_reported_and_the_rest_extracted(tmp_path, monkeypatch):
     good = make_videos(tmp_path / "good", n=2)
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "text.mp4").write_text("not a video at all\n" * 20)
     S.write_audio(bad / "audio.mp4", seconds=0.5)
-    _garbage_video(bad / "noframes.mkv")
+    S.write_undecodable_video(bad / "noframes.mkv")
     full = S.write_video(bad / "full.mkv", S.render_clip(7, seconds=6.0, fps=25, size=(96, 64)), fps=25)
     data = full.read_bytes()
     (bad / "truncated.mkv").write_bytes(data[: len(data) // 2])
@@ -415,3 +400,25 @@ def test_cli_extract_lite0(tmp_path):
 def test_report_summary_is_clean_when_ok():
     r = ExtractionReport()
     assert r.ok and "0 failed" in r.summary()
+
+
+def test_parallel_decoders_progress_bar_and_early_stop(tmp_path):
+    import threading
+
+    videos = make_videos(tmp_path / "videos", n=4, seconds=2.0, size=(64, 48))
+    ex = FakeExtractor()
+    out = tmp_path / "f.h5"
+    report = extract_videos(list(videos.values()), out, ex, batch_size=3, decode_workers=2, progress=True)
+    assert report.ok and len(report.extracted) == 4
+    with FeatureFile(out) as ff:
+        for vid, path in videos.items():
+            np.testing.assert_allclose(ff.read(vid), expected_features(ex, path), atol=1e-6)
+    before = threading.active_count()
+    stream = iter_video_features(list(videos.values()), ex, batch_size=2)
+    first = next(stream)
+    assert first[0] == "v0"
+    stream.close()                                  # the consumer stops early: decoder threads must end
+    deadline = time.monotonic() + 5
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert threading.active_count() <= before

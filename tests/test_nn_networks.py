@@ -162,3 +162,19 @@ def test_construction_errors_and_device() -> None:
     # numpy inputs are accepted and moved to the model's device
     out = model.index_video(_feats(3).numpy())
     assert isinstance(out, torch.Tensor) and out.device == model.device
+
+
+def test_short_videos_are_padded_with_zero_frames() -> None:
+    """Fewer than 4 frames: the reference comparator fails; we pad with zero frames, as an unmasked padded batch."""
+    fg = FineGrainedStudent(attention=True).eval()
+    sel = SelectorNetwork().eval()
+    q, t = _feats(2, seed=1), _feats(6, seed=2)
+    padded = torch.cat([q, torch.zeros(2, 9, 512)])
+    with torch.no_grad():
+        short = fg.calculate_video_similarity(fg.index_video(q), fg.index_video(t))
+        expected = fg.calculate_video_similarity(fg.index_video(padded), fg.index_video(t))
+        assert torch.isfinite(short).all()
+        torch.testing.assert_close(short, expected)
+        torch.testing.assert_close(sel.index_video(q), sel.index_video(padded))
+        pos, neg, _ = fg(fg.index_video(q[None]), fg.index_video(t[None]), fg.index_video(t[None]))
+    assert pos.shape == (1, 1) and torch.isfinite(pos).all()

@@ -97,3 +97,11 @@ def test_shape_errors_name_the_shapes() -> None:
         chamfer_video_similarity(_video(3, 0), torch.zeros(4, 9, 8))
     with pytest.raises(ValueError, match="query must be one video"):
         chamfer_video_similarity(torch.zeros(2, 3, 9, 16), _video(3, 0))
+
+
+def test_half_precision_inputs_are_computed_in_float32_on_cpu() -> None:
+    q, t = _video(5, 30), torch.stack([_video(7, 31), _video(7, 32)])
+    expected = chamfer_video_similarity(q, t)
+    got = chamfer_video_similarity(q.half().numpy(), t.half())
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, atol=2e-3, rtol=0)

@@ -16,6 +16,7 @@ from dnsvr.index import (
     IndexLockedError,
     IndexRecord,
     IndexStore,
+    IndexStoreError,
     ReadOnlyIndexError,
     RecordError,
     UnknownVideoError,
@@ -257,7 +258,7 @@ def test_verify_detects_corruption(tmp_path: Path) -> None:
         store.add(recs)
         store.coarse_search(recs[0].coarse, k=3)
         entry = store.get("vid0006")
-    assert (d / "coarse" / "current.json").is_file()  # the writer saved the derived matrix on close
+    assert (d / "coarse" / "current.json").is_file()  # the writer appended to the derived matrix
     shard = d / "shards" / "fine-000000.bin"
     with open(shard, "r+b") as fh:
         fh.seek(entry.offset + 5)
@@ -272,9 +273,10 @@ def test_verify_detects_corruption(tmp_path: Path) -> None:
         assert store.verify(checksums=False).ok
     # a damaged derived matrix is reported too, and deleting coarse/ repairs it
     cur = json.loads((d / "coarse" / "current.json").read_text())
-    vec = np.load(d / "coarse" / cur["vectors"])
+    vec = np.fromfile(d / "coarse" / cur["vectors"], dtype="<f4").reshape(-1, DC)
+    assert len(vec) == 10
     vec[3, 0] += 1.0
-    np.save(d / "coarse" / cur["vectors"], vec)
+    vec.tofile(d / "coarse" / cur["vectors"])
     with IndexStore.open(d, readonly=True) as store:
         kinds = {p["kind"] for p in store.verify(checksums=False).problems}
         assert kinds == {"derived"}
@@ -342,3 +344,137 @@ def test_attrs_and_info(tmp_path: Path) -> None:
     with IndexStore.open(tmp_path / "idx", readonly=True) as store:
         assert store.attrs() == {"whitening": {"fitted_on": 3, "dims": [1, 2]}}
         assert store.config.extra == {"bundle": "lite"}
+
+
+def test_saved_catalog_is_used_only_when_current(tmp_path: Path) -> None:
+    recs = make_records(30, seed=21)
+    d = tmp_path / "idx"
+    with IndexStore.create(d, binary_config()) as store:
+        store.add(recs[:20])
+    assert (d / "catalog.npz").is_file()
+    with IndexStore.open(d, readonly=True) as reader:
+        assert_matches(reader, recs[:20])
+        assert reader.verify().ok
+    # commits after the save (as after a kill -9 of a writer, which saves nothing)
+    writer = IndexStore.open(d)
+    writer.add(recs[20:])
+    writer.remove(["vid0003"])
+    with IndexStore.open(d, readonly=True) as reader:  # the saved catalog is of an older epoch: SQLite wins
+        assert_matches(reader, [r for r in recs if r.video_id != "vid0003"])
+    writer.close()
+    with IndexStore.open(d) as writer:
+        writer.add(make_records(2, start=40, seed=22))  # same epoch: saved catalog + the new rows
+    writer2 = IndexStore.open(d)
+    writer2.add(make_records(1, start=50, seed=23))
+    want = [r for r in recs if r.video_id != "vid0003"] + make_records(2, start=40, seed=22) + make_records(
+        1, start=50, seed=23)
+    with IndexStore.open(d, readonly=True) as reader:
+        assert_matches(reader, want)
+    writer2.close()
+    (d / "catalog.npz").write_bytes(b"garbage")
+    with IndexStore.open(d, readonly=True) as reader:
+        assert_matches(reader, want)
+        assert reader.verify().ok
+
+
+def _derived(d: Path) -> tuple[np.ndarray, np.ndarray]:
+    cur = json.loads((d / "coarse" / "current.json").read_text())
+    rowids = np.fromfile(d / "coarse" / cur["rowids"], dtype="<i8")
+    vectors = np.fromfile(d / "coarse" / cur["vectors"], dtype="<f4").reshape(-1, DC)
+    return rowids, vectors
+
+
+def test_derived_coarse_files_follow_adds_and_survive_damage(tmp_path: Path) -> None:
+    import shutil
+
+    recs = make_records(40, seed=31)
+    d = tmp_path / "idx"
+    q = np.stack([r.coarse for r in recs[:4]])
+    with IndexStore.create(d, binary_config()) as store:
+        store.add(recs[:10])
+        store.add(recs[10:25], batch_size=4)
+        rowids, vectors = _derived(d)  # appended at each commit, before any search
+        assert len(rowids) == 25 and (np.diff(rowids) > 0).all()
+        np.testing.assert_array_equal(vectors, np.stack([r.coarse for r in recs[:25]]))
+        ref = store.coarse_search(q, k=None)
+        assert store._coarse.missing == 0  # nothing read from SQLite
+    # the derived files lost their last rows (as if the writer died between commit and append) and
+    # gained a torn partial row: readers fill the gap from SQLite, the next writer rewrites the files
+    cur = json.loads((d / "coarse" / "current.json").read_text())
+    with open(d / "coarse" / cur["rowids"], "r+b") as fh:
+        fh.truncate(20 * 8)
+    with open(d / "coarse" / cur["vectors"], "ab") as fh:
+        fh.write(b"\x01" * 100)
+    with IndexStore.open(d, readonly=True) as reader:
+        hits = reader.coarse_search(q, k=None)
+        assert hits.ids.tolist() == ref.ids.tolist()
+        np.testing.assert_array_equal(hits.scores, ref.scores)
+        assert reader._coarse.missing == 5 and reader.verify(checksums=False).ok
+    with IndexStore.open(d) as writer:
+        writer.add(recs[25:30])
+    rowids, vectors = _derived(d)
+    assert len(rowids) == 30
+    np.testing.assert_array_equal(vectors, np.stack([r.coarse for r in recs[:30]]))
+    # no derived data at all: searches still exact, the writer rebuilds it
+    shutil.rmtree(d / "coarse")
+    with IndexStore.open(d, readonly=True) as reader:
+        truth = q @ np.stack([r.coarse for r in recs[:30]]).T
+        hits = reader.coarse_search(q, k=None)
+        np.testing.assert_allclose(hits.scores, -np.sort(-truth, axis=1), rtol=1e-5, atol=1e-6)
+        assert reader.verify().ok
+    with IndexStore.open(d) as writer:
+        writer.remove([r.video_id for r in recs[:8]])
+        hits = writer.coarse_search(q, k=5)
+        assert not {r.video_id for r in recs[:8]} & {v for row in hits.ids for v in row}
+    rowids, vectors = _derived(d)
+    assert len(rowids) == 22  # the rebuild at close kept only the active rows
+    with IndexStore.open(d) as writer:
+        writer.remove([r.video_id for r in recs[8:12]])
+        writer.compact()
+        rowids, _ = _derived(d)
+        assert len(rowids) == 18 and writer.verify().ok
+
+
+def test_purged_rows_in_derived_files_are_a_note(tmp_path: Path) -> None:
+    """A compaction that stopped after its commit leaves purged rows in the derived files: harmless."""
+    recs = make_records(12, seed=41)
+    d = tmp_path / "idx"
+    with IndexStore.create(d, binary_config()) as store:
+        store.add(recs)
+        store.remove([r.video_id for r in recs[:3]])
+        saved = {p.name: p.read_bytes() for p in (d / "coarse").iterdir()}
+        store.compact()
+    for p in (d / "coarse").iterdir():
+        p.unlink()
+    for name, data in saved.items():
+        (d / "coarse" / name).write_bytes(data)
+    with IndexStore.open(d, readonly=True) as reader:
+        report = reader.verify()
+        assert report.ok and any("purged" in n for n in report.notes)
+        hits = reader.coarse_search(recs[0].coarse, k=None)
+        assert hits.ids.shape == (1, 9) and recs[0].video_id not in hits.ids[0].tolist()
+
+
+def test_snapshot_pins_a_state(tmp_path: Path) -> None:
+    recs = make_records(20, seed=51)
+    d = tmp_path / "idx"
+    with IndexStore.create(d, binary_config(shard_bytes=2000)) as store:
+        store.add(recs)
+    writer = IndexStore.open(d)
+    with IndexStore.open(d, readonly=True) as reader:
+        with reader.snapshot():
+            ids = reader.ids()
+            writer.remove(ids[:5])
+            writer.compact()  # deletes every shard file the snapshot mapped
+            writer.add(make_records(3, start=30, seed=52))
+            assert reader.ids() == ids
+            assert_matches(reader, recs)  # fine and coarse of the pinned state, from deleted files
+            assert reader.coarse_search(recs[0].coarse, k=1).ids[0, 0] == recs[0].video_id
+            with pytest.raises(IndexStoreError, match="verify"):
+                reader.verify()
+        assert len(reader) == 18 and recs[0].video_id not in reader  # outside: the new state
+        assert reader.verify().ok
+    with pytest.raises(IndexStoreError, match="snapshot"):
+        with writer.snapshot():
+            writer.add(make_records(1, start=60))
+    writer.close()

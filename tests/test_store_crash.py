@@ -166,3 +166,104 @@ def test_second_writer_process_is_refused(tmp_path: Path) -> None:
     with pytest.raises(IndexLockedError):
         with IndexStore.open(d):
             IndexStore.open(d)
+
+
+COMPACTOR = GEN + textwrap.dedent(
+    """
+    import sys
+    from dnsvr.index import IndexStore
+    directory, rounds = sys.argv[1], int(sys.argv[2])
+    store = IndexStore.open(directory)
+    print("open", flush=True)
+    op = 0
+    for r in range(rounds):
+        store.add([make_record(j) for j in range(5 * r, 5 * r + 5)])
+        op += 1
+        print(op, flush=True)
+        store.remove([f"v{j:05d}" for j in range(5 * r, 5 * r + 2)])
+        op += 1
+        print(op, flush=True)
+        store.compact()
+        op += 1
+        print(op, flush=True)
+    """
+)
+
+
+def compactor_states(rounds: int) -> list[set[str]]:
+    """The active set after each operation of COMPACTOR (index 0: before any)."""
+    states: list[set[str]] = [set()]
+    active: set[str] = set()
+    for r in range(rounds):
+        active = active | {f"v{j:05d}" for j in range(5 * r, 5 * r + 5)}
+        states.append(set(active))
+        active = active - {f"v{j:05d}" for j in range(5 * r, 5 * r + 2)}
+        states.append(set(active))
+        states.append(set(active))
+    return states
+
+
+@pytest.mark.slow
+def test_kill9_during_remove_and_compact(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    rounds = 200
+    states = compactor_states(rounds)
+    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    for trial in range(3):
+        d = tmp_path / f"idx{trial}"
+        IndexStore.create(d, IndexConfig.binary(dims=512, coarse_dim=64, shard_bytes=300_000)).close()
+        proc = subprocess.Popen([sys.executable, "-c", COMPACTOR, str(d), str(rounds)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "open"
+        last = 0
+        for _ in range(int(rng.integers(6, 30))):
+            last = int(proc.stdout.readline())
+        time.sleep(float(rng.uniform(0.0, 0.03)))
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        out, _ = proc.communicate()
+        done = [int(x) for x in out.split()]
+        last = max([last, *done])
+        with IndexStore.open(d, readonly=True) as reader:
+            report = reader.verify()
+            assert report.ok, report.problems
+            present = set(reader.ids())
+        assert present in (states[last], states[last + 1]), (last, sorted(present ^ states[last]))
+        with IndexStore.open(d) as writer:  # recovery deletes the half-written compaction, if any
+            assert writer.verify().ok
+            check_exact(writer, sorted(present))
+            names = {f for f, _ in writer._cat.shard_files.values()}
+            assert {p.name for p in (d / "shards").iterdir()} == names
+
+
+@pytest.mark.slow
+def test_reader_during_remove_and_compact(tmp_path: Path) -> None:
+    d = tmp_path / "idx"
+    IndexStore.create(d, IndexConfig.binary(dims=512, coarse_dim=64, shard_bytes=300_000)).close()
+    rounds = 12
+    states = compactor_states(rounds)
+    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-c", COMPACTOR, str(d), str(rounds)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "open"
+        reads = 0
+        with IndexStore.open(d, readonly=True) as reader:
+            while proc.poll() is None or reads == 0:
+                with reader.snapshot():  # one committed state for several calls, whatever the writer does
+                    ids = reader.ids()
+                    assert set(ids) in states  # always a committed state, never a half-done one
+                    if ids:
+                        check_exact(reader, ids)  # shards deleted by a compaction meanwhile stay mapped
+                        hits = reader.coarse_search(make_record(int(ids[0][1:])).coarse, k=3)
+                        assert hits.ids[0, 0] == ids[0]
+                reads += 1
+            assert proc.wait() == 0, proc.stderr.read() if proc.stderr else ""
+            assert set(reader.ids()) == states[-1]
+            check_exact(reader, reader.ids())
+            assert reader.verify().ok
+        assert reads > 3
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()

@@ -107,3 +107,17 @@ def test_make_collection(tmp_path):
     assert again.videos == col.videos and again.positives == col.positives
     lines = col.list_file().read_text().splitlines()
     assert lines[0].split("\t") == ["orig_0", str(col.videos["orig_0"])]
+
+
+def test_loop_video_remuxes(tmp_path):
+    frames = S.render_clip(3, seconds=2.0, fps=10, size=(64, 48))
+    src = S.write_video(tmp_path / "a.mp4", frames, fps=10)
+    dst = S.loop_video(src, tmp_path / "b.mp4", 3)
+    with av.open(str(dst)) as c:
+        decoded = [(f.time, f.to_ndarray(format="rgb24")) for f in c.decode(video=0)]
+    assert len(decoded) == 60
+    times = [t for t, _ in decoded]
+    assert all(b > a for a, b in zip(times, times[1:])) and 5.9 <= times[-1] < 6.5
+    np.testing.assert_array_equal(decoded[0][1], decoded[20][1])     # the same packets again
+    with pytest.raises(ValueError, match="repeats"):
+        S.loop_video(src, tmp_path / "c.mp4", 0)

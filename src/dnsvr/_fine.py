@@ -53,6 +53,10 @@ _COMPARATOR_KEYS = ("conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias",
 # ±1 int8 value of every bit of every byte (big-endian bit order, as np.packbits writes).
 _BIT_LUT = torch.from_numpy(
     (np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).astype(np.int8) * 2 - 1))
+# the same for byte pairs read as one little-endian uint16 (1 MiB; half the gather operations)
+_v16 = torch.arange(65536)
+_BIT_LUT16 = torch.cat([_BIT_LUT[_v16 & 255], _BIT_LUT[_v16 >> 8]], 1).contiguous()
+del _v16
 
 
 class FineComparator:
@@ -80,6 +84,8 @@ class FineComparator:
         if missing:
             raise KeyError(f"comparator weights missing: {missing} (have {sorted(state)[:12]}...)")
         self.w = found
+        self._w2 = found["conv2.weight"].contiguous(memory_format=torch.channels_last)
+        self._w3 = found["conv3.weight"].contiguous(memory_format=torch.channels_last)
 
     def __call__(self, sim: torch.Tensor, widths: torch.Tensor) -> torch.Tensor:
         """Run the comparator over a padded batch of frame-to-frame matrices.
@@ -101,17 +107,17 @@ class FineComparator:
             m = (cols[:n][None, :] < valid[:, None]).to(t.dtype)  # [B, n]
             return t * m[:, None, None, :]
 
+        # ReLU and 2×2 max-pooling commute, and a pooled position inside a pair's valid area only
+        # reads valid positions: pooling first, then ReLU and the mask, gives the per-pair result
+        # with a quarter of the elementwise work.
         x = F.conv2d(x, w["conv1.weight"], w["conv1.bias"], padding=1)
-        x = F.relu(colmask(x, widths))
-        x = F.max_pool2d(x, 2, 2)
         w1 = widths // 2
-        x = colmask(x, w1)
-        x = F.conv2d(x, w["conv2.weight"], w["conv2.bias"], padding=1)
-        x = F.relu(colmask(x, w1))
-        x = F.max_pool2d(x, 2, 2)
+        x = colmask(F.relu(F.max_pool2d(x, 2, 2)), w1)
+        x = x.contiguous(memory_format=torch.channels_last)  # oneDNN's fast layout for the 32/64-channel convs
+        x = F.conv2d(x, self._w2, w["conv2.bias"], padding=1)
         w2 = w1 // 2
-        x = colmask(x, w2)
-        x = F.conv2d(x, w["conv3.weight"], w["conv3.bias"], padding=1)
+        x = colmask(F.relu(F.max_pool2d(x, 2, 2)), w2)
+        x = F.conv2d(x, self._w3, w["conv3.bias"], padding=1)
         x = F.relu(x)
         x = F.conv2d(x, w["fconv.weight"], w["fconv.bias"])
         return F.hardtanh(x.squeeze(1))
@@ -119,10 +125,45 @@ class FineComparator:
 
 @dataclass
 class _Prepared:
-    """A video's regions flattened for the matrix product: ``[T*9, D]`` (float32 or int8)."""
+    """A stored representation, viewed (not converted): ``raw`` [T, R, D or D/8] in its stored dtype.
 
-    mat: torch.Tensor
+    ``frames`` counts the zero frames appended to videos shorter than 4 frames (learned comparator);
+    :meth:`fill` converts straight into a block's buffer (float16 → float32, packed bits → ±1 int8),
+    so a block of candidates costs one pass over their bytes.
+    """
+
+    raw: torch.Tensor
     frames: int
+    regions: int
+    dims: int
+    fine_type: str
+
+    @property
+    def rows(self) -> int:
+        return self.frames * self.regions
+
+    def fill(self, dst: torch.Tensor) -> None:
+        """Write the ``[rows, dims]`` matrix into ``dst`` (contiguous, float32 or int8)."""
+        n = self.raw.shape[0] * self.regions
+        if n < dst.shape[0]:
+            dst[n:].zero_()
+        part = dst[:n]
+        if self.fine_type == "bin" and self.raw.dtype == torch.uint8:
+            if self.raw.shape[-1] % 2 == 0 and self.raw.is_contiguous():
+                idx = (self.raw.view(torch.int16).int() & 0xFFFF).reshape(-1)
+                torch.index_select(_BIT_LUT16, 0, idx, out=part.view(-1, 16))
+            else:
+                part.copy_(unpack_codes(self.raw).reshape(n, self.dims))
+        elif self.fine_type == "bin":
+            part.copy_(torch.where(self.raw > 0, 1, -1).reshape(n, self.dims))
+        else:
+            part.copy_(self.raw.reshape(n, self.dims))
+
+    def matrix(self) -> torch.Tensor:
+        """A fresh ``[rows, dims]`` matrix (float32, or int8 for codes)."""
+        out = torch.empty((self.rows, self.dims), dtype=torch.int8 if self.fine_type == "bin" else torch.float32)
+        self.fill(out)
+        return out
 
 
 def unpack_codes(packed: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -137,7 +178,10 @@ def unpack_codes(packed: np.ndarray | torch.Tensor) -> torch.Tensor:
     t = torch.as_tensor(np.ascontiguousarray(packed))
     if t.dtype != torch.uint8:
         raise TypeError(f"packed codes must be uint8, got {t.dtype} shape {tuple(t.shape)}")
-    return _BIT_LUT[t.long()].reshape(*t.shape[:-1], t.shape[-1] * 8)
+    if t.shape[-1] % 2 == 0 and t.is_contiguous():
+        idx = t.view(torch.int16).int() & 0xFFFF
+        return _BIT_LUT16[idx].reshape(*t.shape[:-1], t.shape[-1] * 8)
+    return _BIT_LUT[t.int()].reshape(*t.shape[:-1], t.shape[-1] * 8)
 
 
 def pack_codes(codes: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -149,7 +193,7 @@ def pack_codes(codes: np.ndarray | torch.Tensor) -> np.ndarray:
 
 
 def _prepare(video: np.ndarray | torch.Tensor, fine_type: str) -> _Prepared:
-    """Flatten one stored representation for the product; pad videos shorter than 4 frames."""
+    """View one stored representation (no copy); note the padding of videos shorter than 4 frames."""
     if isinstance(video, torch.Tensor):
         t = video.detach().cpu()
     else:
@@ -159,47 +203,46 @@ def _prepare(video: np.ndarray | torch.Tensor, fine_type: str) -> _Prepared:
             t = torch.from_numpy(np.ascontiguousarray(video))
     if t.ndim != 3:
         raise ValueError(f"a fine representation must be [T, regions, D], got shape {tuple(t.shape)}")
-    if fine_type == "bin":
-        if t.dtype == torch.uint8:
-            t = unpack_codes(t)
-        else:
-            t = torch.where(t > 0, 1, -1).to(torch.int8)
-    else:
-        t = t.float()
+    dims = t.shape[2] * 8 if (fine_type == "bin" and t.dtype == torch.uint8) else t.shape[2]
     frames = t.shape[0]
     if frames < MIN_FRAMES and fine_type != "chamfer":
-        pad = torch.zeros((MIN_FRAMES - frames, *t.shape[1:]), dtype=t.dtype)
-        t = torch.cat([t, pad], 0)
         frames = MIN_FRAMES
-    return _Prepared(t.reshape(frames * t.shape[1], t.shape[2]).contiguous(), frames)
+    return _Prepared(t, frames, int(t.shape[1]), int(dims), fine_type)
 
 
-def _region_chamfer(query: _Prepared, cands: list[_Prepared], regions: int, fine_type: str,
+def _region_chamfer(query: torch.Tensor, q_frames: int, cands: list[_Prepared], regions: int, fine_type: str,
                     block_elements: int) -> list[torch.Tensor]:
-    """Frame-to-frame matrices ``[T1, T2_i]``: region dot products, max over target regions, mean over query regions."""
-    qrows = query.mat.shape[0]
+    """Frame-to-frame matrices ``[T1, T2_i]``: region dot products, max over target regions, mean over query regions.
+
+    ``query`` is the query's ``[T1·R, D]`` matrix; candidates are converted straight into one block buffer.
+    """
+    qrows = query.shape[0]
+    dtype = torch.int8 if fine_type == "bin" else torch.float32
     out: list[torch.Tensor] = []
-    # query rows per piece: whole frames, bounded so that one candidate fits a block
     i = 0
     while i < len(cands):
         cols = 0
         j = i
-        while j < len(cands) and (j == i or (cols + cands[j].mat.shape[0]) * qrows <= block_elements):
-            cols += cands[j].mat.shape[0]
+        while j < len(cands) and (j == i or (cols + cands[j].rows) * qrows <= block_elements):
+            cols += cands[j].rows
             j += 1
-        target = torch.cat([c.mat for c in cands[i:j]], 0) if j - i > 1 else cands[i].mat
+        target = torch.empty((cols, query.shape[1]), dtype=dtype)
+        start = 0
+        for c in cands[i:j]:
+            c.fill(target[start:start + c.rows])
+            start += c.rows
         frame_rows = max(1, block_elements // max(1, cols * regions))
+        target_t = target.T.contiguous() if fine_type == "bin" else target.T
         pieces = []
-        for f0 in range(0, query.frames, frame_rows):
-            q = query.mat[f0 * regions:min(query.frames, f0 + frame_rows) * regions]
+        for f0 in range(0, q_frames, frame_rows):
+            q = query[f0 * regions:min(q_frames, f0 + frame_rows) * regions]
             if fine_type == "bin":
-                s = torch._int_mm(q, target.T.contiguous()) if q.shape[0] > 16 else (
-                    q.int() @ target.T.int())
-                s = s.float()
+                s = torch._int_mm(q, target_t) if q.shape[0] > 16 else q.int() @ target_t.int()
             else:
-                s = q @ target.T
+                s = q @ target_t
             nq = q.shape[0] // regions
-            s = s.view(nq, regions, cols // regions, regions).amax(3).mean(1)  # [nq, sum T2]
+            # max over target regions (exact in int32 for codes), then mean over query regions
+            s = s.view(nq, regions, cols // regions, regions).amax(3).float().mean(1)  # [nq, sum T2]
             pieces.append(s)
         full = torch.cat(pieces, 0) if len(pieces) > 1 else pieces[0]
         start = 0
@@ -208,7 +251,7 @@ def _region_chamfer(query: _Prepared, cands: list[_Prepared], regions: int, fine
             start += c.frames
         i = j
     if fine_type == "bin":
-        dims = query.mat.shape[1]
+        dims = query.shape[1]
         out = [o / dims for o in out]
     return out
 
@@ -271,10 +314,11 @@ def fine_similarities(query: np.ndarray | torch.Tensor,
         return np.zeros(0, dtype=np.float32), ([] if return_matrices else None)
     with torch.inference_mode():
         q = _prepare(query, fine_type)
-        regions = int(query.shape[1])
+        q_mat = q.matrix()
+        regions = q.regions
         cands = [_prepare(c, fine_type) for c in candidates]
         for k, c in enumerate(cands):
-            if c.mat.shape[1] != q.mat.shape[1] or c.mat.shape[0] != c.frames * regions:
+            if c.dims != q.dims or c.regions != regions:
                 raise ValueError(f"candidate {k} has shape {tuple(candidates[k].shape)}, "
                                  f"query {tuple(query.shape)}: region count/dims differ")
         scores = np.zeros(n, dtype=np.float32)
@@ -282,7 +326,7 @@ def fine_similarities(query: np.ndarray | torch.Tensor,
         # process candidates in groups of similar length: region product then comparator
         lengths = [c.frames for c in cands]
         for group in _buckets(lengths, q.frames, cnn_elements):
-            mats = _region_chamfer(q, [cands[k] for k in group], regions, fine_type, block_elements)
+            mats = _region_chamfer(q_mat, q.frames, [cands[k] for k in group], regions, fine_type, block_elements)
             if matrices is not None:
                 for k, m in zip(group, mats):
                     matrices[k] = m[:query.shape[0], :candidates[k].shape[0]].numpy().copy()

@@ -334,7 +334,7 @@ class _Options:
     decode_threads: int = 0
     queue_chunks: int = 8
     limits: DecodeLimits | None = None
-    skip_nonref: bool = False
+    skip_unneeded: bool = True
     interpolation: str = "BILINEAR"
 
 
@@ -375,7 +375,7 @@ def _decode_worker(jobs: queue.Queue, out: queue.Queue, opts: _Options, stop: th
             try:
                 reader = VideoReader(video.path, fps=opts.fps, short_side=opts.short_side, crop=opts.crop,
                                      chunk_size=opts.chunk_size, threads=opts.decode_threads, limits=opts.limits,
-                                     skip_nonref=opts.skip_nonref, interpolation=opts.interpolation)
+                                     skip_unneeded=opts.skip_unneeded, interpolation=opts.interpolation)
                 with reader:
                     for chunk in reader:
                         _put(out, ("chunk", video.idx, chunk), stop)
@@ -582,7 +582,7 @@ def _progress(enabled: bool | None, total: int, label: str) -> Iterator[_NoProgr
 # ---------------------------------------------------------------------------
 
 def _options(extractor: Extractor, fps: float | None, short_side: int | None, crop: int | None, batch_size: int,
-             decode_workers: int, decode_threads: int, limits: DecodeLimits | None, skip_nonref: bool) -> _Options:
+             decode_workers: int, decode_threads: int, limits: DecodeLimits | None, skip_unneeded: bool) -> _Options:
     pre = getattr(extractor, "preprocessing", None) or {}
     if short_side is None:
         short_side = pre.get("resize_short_side", 256)
@@ -595,7 +595,7 @@ def _options(extractor: Extractor, fps: float | None, short_side: int | None, cr
     return _Options(fps=fps, short_side=int(short_side) if short_side else None, crop=int(crop) if crop else None,
                     batch_size=int(batch_size), chunk_size=max(1, min(16, int(batch_size))),
                     decode_workers=int(decode_workers), decode_threads=int(decode_threads), limits=limits,
-                    skip_nonref=skip_nonref, interpolation=str(pre.get("interpolation", "bilinear")).upper())
+                    skip_unneeded=skip_unneeded, interpolation=str(pre.get("interpolation", "bilinear")).upper())
 
 
 def _whitening_identity(white: Any, extractor: Extractor) -> str:
@@ -609,7 +609,7 @@ def iter_video_features(inputs: Any, extractor: Extractor, fps: float | None = 1
                         short_side: int | None = None, crop: int | None = None, batch_size: int = 32,
                         skip: Iterable[str] = (), failures: list[VideoFailure] | None = None,
                         whitening: Any = None, decode_workers: int = 1, decode_threads: int = 0,
-                        limits: DecodeLimits | None = None, skip_nonref: bool = False,
+                        limits: DecodeLimits | None = None, skip_unneeded: bool = True,
                         progress: bool | None = False) -> Iterator[tuple[str, np.ndarray, dict[str, Any]]]:
     """Extract features video by video, in process (nothing written to disk).
 
@@ -626,7 +626,7 @@ def iter_video_features(inputs: Any, extractor: Extractor, fps: float | None = 1
         decode_workers: decoder threads (each decodes different videos).
         decode_threads: FFmpeg threads per decoder (0: FFmpeg's choice).
         limits: accepted frame sizes.
-        skip_nonref: decode faster by skipping non-reference frames (ticks may take a nearby frame).
+        skip_unneeded: skip decoding frames that cannot be sampled (exact; see :class:`dnsvr.video.VideoReader`).
         progress: show a progress bar (None: when stderr is a terminal).
 
     Yields:
@@ -634,7 +634,7 @@ def iter_video_features(inputs: Any, extractor: Extractor, fps: float | None = 1
         ``whitening``, ``duration``, ``timestamps`` (float64 [T]), ``frames``, ``width``, ``height``,
         ``rotation``, ``truncated``, ``damage``.
     """
-    opts = _options(extractor, fps, short_side, crop, batch_size, decode_workers, decode_threads, limits, skip_nonref)
+    opts = _options(extractor, fps, short_side, crop, batch_size, decode_workers, decode_threads, limits, skip_unneeded)
     sink: list[VideoFailure] = failures if failures is not None else []
     n_before = len(sink)
     entries = resolve_inputs(inputs, sink)
@@ -714,7 +714,7 @@ def extract_videos(inputs: Any, output_h5: str | Path, extractor: Extractor, fps
                    fit_frames: int = 20000, whitening_file: str | Path | None = None,
                    dtype: str | np.dtype | type = "float32", short_side: int | None = None,
                    crop: int | None = None, batch_size: int = 32, decode_workers: int = 1,
-                   decode_threads: int = 0, limits: DecodeLimits | None = None, skip_nonref: bool = False,
+                   decode_threads: int = 0, limits: DecodeLimits | None = None, skip_unneeded: bool = True,
                    checkpoint_interval: float = 30.0, fsync: bool = True, progress: bool | None = None,
                    failures_json: str | Path | None = None) -> ExtractionReport:
     """Extract videos into an HDF5 feature file (one ``[T, 9, D]`` dataset per video id).
@@ -743,7 +743,7 @@ def extract_videos(inputs: Any, output_h5: str | Path, extractor: Extractor, fps
         batch_size: frames per network call.
         decode_workers: decoder threads; decode_threads: FFmpeg threads per decoder.
         limits: accepted frame sizes.
-        skip_nonref: faster decoding by skipping non-reference frames (approximate ticks).
+        skip_unneeded: skip decoding frames that cannot be sampled (exact; see :class:`dnsvr.video.VideoReader`).
         checkpoint_interval: seconds between checkpoints of the feature file.
         fsync: make every finished video durable on disk.
         progress: progress bar (None: when stderr is a terminal).
@@ -758,7 +758,7 @@ def extract_videos(inputs: Any, output_h5: str | Path, extractor: Extractor, fps
     """
     started = time.monotonic()
     output_h5 = Path(output_h5)
-    opts = _options(extractor, fps, short_side, crop, batch_size, decode_workers, decode_threads, limits, skip_nonref)
+    opts = _options(extractor, fps, short_side, crop, batch_size, decode_workers, decode_threads, limits, skip_unneeded)
     if whitening is not None and not (isinstance(whitening, str) and whitening.lower() == "none") \
             and getattr(extractor, "whitening", None) is not None:
         raise ValueError("the extractor already whitens its output; pass whitening=None or an extractor without one")

@@ -445,7 +445,7 @@ class FeatureWriter:
                 for video_id, part in sorted(self._pending.items()):
                     with h5py.File(part, "r") as src:
                         ds = src["features"]
-                        self._add(out, video_id, ds[()], dict(ds.attrs))
+                        self._add(out, video_id, ds, dict(ds.attrs))
                     merged.append(part)
             if self.fsync:
                 _fsync_file(tmp)
@@ -465,14 +465,18 @@ class FeatureWriter:
         logger.debug("%s: checkpoint of %d videos in %.3f s", self.path, len(merged), self._last_merge_seconds)
 
     @staticmethod
-    def _add(out: h5py.File, video_id: str, data: np.ndarray, attrs: dict[str, Any]) -> None:
+    def _add(out: h5py.File, video_id: str, data: h5py.Dataset, attrs: dict[str, Any]) -> None:
         if video_id in out:
             del out[video_id]                      # an older copy (re-extracted) or an unfinished write
         parent = video_id.rsplit("/", 1)[0] if "/" in video_id else None
         if parent:
             out.require_group(parent)
-        ds = out.create_dataset(video_id, data=data)
+        # contiguous, as in the published files; copied in blocks so memory does not grow with the video
+        ds = out.create_dataset(video_id, shape=data.shape, dtype=data.dtype)
         ds.attrs[COMPLETE_ATTR] = False
+        step = max(1, (16 << 20) // max(1, int(np.prod(data.shape[1:])) * data.dtype.itemsize))
+        for start in range(0, data.shape[0], step):
+            ds[start:start + step] = data[start:start + step]
         for key, value in attrs.items():
             if key != "video_id":
                 ds.attrs[key] = value

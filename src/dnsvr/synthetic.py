@@ -369,6 +369,63 @@ def write_audio(path: str | Path, seconds: float = 2.0, rate: int = 16000) -> Pa
     return path
 
 
+def loop_video(src: str | Path, dst: str | Path, repeats: int) -> Path:
+    """Write ``src`` played ``repeats`` times in a row, without re-encoding (packets are remuxed).
+
+    A cheap way to make long videos (benchmarks of memory and speed on a 10-minute video):
+    the cost is a file copy, not an encode. Decoding it costs what decoding any video of
+    that length, size and codec costs.
+
+    Raises:
+        ValueError: if ``repeats < 1`` or ``src`` has no video packets with timestamps.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    src, dst = Path(src), Path(dst)
+    with av.open(str(src)) as inp:
+        ist = inp.streams.video[0]
+        dts: list[int] = []
+        pts: list[int] = []
+        step = 0
+        for pkt in inp.demux(ist):
+            if pkt.dts is None or pkt.pts is None:
+                continue
+            dts.append(int(pkt.dts))
+            pts.append(int(pkt.pts))
+            step = max(step, int(pkt.duration or 0))
+        if not dts:
+            raise ValueError(f"{src}: no video packets with timestamps")
+        # one segment's length, so that decode timestamps keep increasing across segments
+        span = max(max(pts) + step - min(pts), max(dts) - min(dts) + step)
+        with av.open(str(dst), "w") as out:
+            ost = out.add_stream_from_template(ist)
+            for k in range(repeats):
+                inp.seek(0)
+                for pkt in inp.demux(ist):
+                    if pkt.dts is None or pkt.pts is None:
+                        continue
+                    pkt.pts += k * span
+                    pkt.dts += k * span
+                    pkt.stream = ost
+                    out.mux(pkt)
+    return dst
+
+
+def write_undecodable_video(path: str | Path, packets: int = 20, seed: int = 0) -> Path:
+    """Write a container with an H.264 video stream whose packets are random bytes: a file that opens
+    as a video but yields no decodable frame (for tests of error handling)."""
+    path = Path(path)
+    rng = np.random.default_rng(seed)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("h264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        for i in range(packets):
+            packet = av.Packet(rng.integers(0, 256, 400, dtype=np.uint8).tobytes())
+            packet.stream, packet.pts, packet.dts, packet.time_base = stream, i, i, Fraction(1, 25)
+            container.mux(packet)
+    return path
+
+
 # ---------------------------------------------------------------------------
 # Transformations (array level: they take and return uint8 [N, H, W, 3])
 # ---------------------------------------------------------------------------

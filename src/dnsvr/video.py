@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +38,12 @@ from typing import Any, ClassVar
 import av
 import av.error
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 logger = logging.getLogger(__name__)
+
+#: Packets read ahead (at most) to find a keyframe before the next sampling tick.
+_LOOKAHEAD_PACKETS = 600
 
 #: File name extensions treated as videos when a directory is scanned.
 VIDEO_EXTENSIONS = frozenset({
@@ -237,12 +242,22 @@ def _ffmpeg_message(exc: BaseException) -> str:
     return str(text).strip() or type(exc).__name__
 
 
+def _is_cover_art(stream: Any) -> bool:
+    try:
+        return bool(int(stream.disposition) & int(av.stream.Disposition.attached_pic))
+    except (AttributeError, TypeError, ValueError):
+        return False
+
+
 def _video_stream(container: Any, path: Path) -> Any:
-    if not container.streams.video:
+    videos = [s for s in container.streams.video if not _is_cover_art(s)]
+    if not videos:
         kinds = sorted({s.type for s in container.streams})
         have = f" (it has {', '.join(kinds)} streams only)" if kinds else " (it has no streams)"
+        if container.streams.video:
+            have = " (only a cover image)"
         raise NoVideoStreamError(path, "no video stream" + have)
-    return container.streams.video[0]
+    return videos[0]
 
 
 def _seconds(value: Any, time_base: Any) -> float | None:
@@ -336,7 +351,8 @@ class VideoReader:
 
     Opening checks the file (typed errors raised right away); iterating yields
     :class:`FrameChunk` s. After iteration: :attr:`truncated`, :attr:`damage`,
-    :attr:`n_frames`, :attr:`n_decoded`, :attr:`duration`, :attr:`info`.
+    :attr:`n_frames` (sampled), :attr:`n_decoded`, :attr:`n_dropped` (packets never decoded),
+    :attr:`duration`, :attr:`info`.
 
     Args:
         path: the video file.
@@ -347,9 +363,13 @@ class VideoReader:
         threads: FFmpeg decoding threads (0 = FFmpeg's choice).
         limits: accepted frame sizes.
         max_decode_errors: damaged packets skipped before decoding stops (counted as truncation).
-        skip_nonref: let FFmpeg skip non-reference frames (B-frames): faster, but a tick may then take a
-            frame a little after it. Off by default.
+        skip_unneeded: do not decode frames that cannot be sampled: non-reference frames (most B-frames)
+            before the next tick, and all packets before a keyframe that is at or before the next tick.
+            Exact — the sampled frames are the same as with full decoding — and much faster at 1 fps;
+            off only for debugging.
         interpolation: swscale interpolation for the resize (``"BILINEAR"``, ``"AREA"``, ``"BICUBIC"``...).
+        max_repeat_seconds: a frame covers the ticks of a timestamp gap up to this long (a still image in a
+            variable-frame-rate stream); a longer jump is taken as broken timestamps and sampled once.
 
     Raises:
         VideoError: (a subclass) on opening: missing, unreadable, not a video, no video stream, bad size.
@@ -358,8 +378,8 @@ class VideoReader:
 
     def __init__(self, path: str | Path, fps: float | None = 1.0, short_side: int | None = 256,
                  crop: int | None = 224, chunk_size: int = 32, threads: int = 0,
-                 limits: DecodeLimits | None = None, max_decode_errors: int = 8, skip_nonref: bool = False,
-                 interpolation: str = "BILINEAR") -> None:
+                 limits: DecodeLimits | None = None, max_decode_errors: int = 8, skip_unneeded: bool = True,
+                 interpolation: str = "BILINEAR", max_repeat_seconds: float = 300.0) -> None:
         if fps is not None and (fps < 0 or not math.isfinite(fps)):
             raise ValueError(f"fps must be > 0 (or None/0 for every frame), got {fps}")
         if short_side is not None and short_side < 1:
@@ -378,10 +398,12 @@ class VideoReader:
         self.limits = limits or DecodeLimits()
         self.max_decode_errors = int(max_decode_errors)
         self.interpolation = interpolation
+        self.max_repeat_seconds = float(max_repeat_seconds)
         self.truncated = False
         self.damage: str | None = None
         self.n_frames = 0
         self.n_decoded = 0
+        self.n_dropped = 0
         self.decode_errors = 0
         self.duration: float | None = None
         self._container = _open(self.path)
@@ -391,13 +413,16 @@ class VideoReader:
             self.limits.check(self.path, self.info.width, self.info.height)
             self._stream.thread_type = "AUTO"
             self._stream.thread_count = int(threads)
-            if skip_nonref:
-                self._stream.codec_context.skip_frame = "NONREF"
+            self.skip_unneeded = bool(skip_unneeded) and self.fps is not None
         except BaseException:
             self._container.close()
             raise
         self._geometry: _Geometry | None = None
+        self._reformatter = VideoReformatter()
         self._iterated = False
+        # sampling state, shared with the packet loop (which uses it to skip unneeded frames)
+        self._start: float | None = None
+        self._next_tick = 0
 
     # -- lifecycle ----------------------------------------------------------------
     def close(self) -> None:
@@ -440,7 +465,10 @@ class VideoReader:
 
     def _convert(self, frame: Any, geometry: _Geometry, out: np.ndarray) -> None:
         sw, sh = geometry.scaled
-        rgb = frame.reformat(width=sw, height=sh, format="rgb24", interpolation=self.interpolation).to_ndarray()
+        # one reformatter per reader keeps its swscale context between frames (building one costs milliseconds),
+        # and a single thread: threading a 224-pixel image costs more than it saves
+        rgb = self._reformatter.reformat(frame, width=sw, height=sh, format="rgb24",
+                                         interpolation=self.interpolation, threads=1).to_ndarray()
         if geometry.box is not None:
             y0, y1, x0, x1 = geometry.box
             rgb = rgb[y0:y1, x0:x1]
@@ -449,20 +477,83 @@ class VideoReader:
         out[...] = rgb
 
     # -- iteration -----------------------------------------------------------------
-    def _frames(self) -> Iterator[Any]:
-        """Decoded frames in presentation order; stops (recording the damage) on a broken stream."""
-        consecutive = 0
+    def _packets(self) -> Iterator[Any]:
+        """Demuxed packets of the video stream; a read failure ends them and is recorded as damage."""
         packets = self._container.demux(self._stream)
         while True:
             try:
                 packet = next(packets)
-            except StopIteration:
-                break
-            except av.error.EOFError:
-                break
+            except (StopIteration, av.error.EOFError):
+                return
             except (av.error.FFmpegError, OSError) as exc:
                 self._damaged(f"reading failed ({_ffmpeg_message(exc)})")
-                break
+                return
+            yield packet
+
+    def _frames(self) -> Iterator[Any]:
+        """Decoded frames in presentation order; stops (recording the damage) on a broken stream.
+
+        With ``skip_unneeded``, two exact shortcuts, both driven by the next tick not served yet
+        (ticks advance only when a frame is output, so it is never ahead of the truth):
+
+        * a packet whose timestamp is before that tick cannot be sampled (frames come out in
+          presentation order); if it is a non-reference frame, FFmpeg need not decode it;
+        * when a keyframe whose timestamp is at or before that tick is coming (a short look-ahead over
+          the demuxed packets), the packets before it cannot be sampled either, and nothing from the
+          keyframe on refers back to them (a random-access point): they are not decoded at all.
+        """
+        consecutive = 0
+        cc = self._stream.codec_context
+        tb = float(self._stream.time_base) if self._stream.time_base else None
+        fps = self.fps or 0.0
+        skipping = False
+        source = self._packets()
+        ahead: deque[Any] = deque()
+        exhausted = False
+        horizon = 1.0 / fps + 0.5 if fps else 0.0
+
+        def rel_ticks(pts: int | None) -> float | None:
+            if pts is None or tb is None or self._start is None:
+                return None
+            return (pts * tb - self._start) * fps
+
+        while True:
+            if not ahead:
+                if exhausted:
+                    break
+                try:
+                    ahead.append(next(source))
+                except StopIteration:
+                    break
+            if self.skip_unneeded and self._start is not None and tb is not None:
+                # look ahead to about one tick past the next one (bounded), then drop what precedes the
+                # last keyframe that is at or before the next tick
+                while not exhausted and len(ahead) < _LOOKAHEAD_PACKETS:
+                    last = rel_ticks(ahead[-1].pts)
+                    if last is not None and last > self._next_tick + horizon * fps:
+                        break
+                    try:
+                        ahead.append(next(source))
+                    except StopIteration:
+                        exhausted = True
+                cut = 0
+                for j in range(len(ahead) - 1, 0, -1):
+                    pkt = ahead[j]
+                    if pkt.is_keyframe:
+                        r = rel_ticks(pkt.pts)
+                        if r is not None and r <= self._next_tick + 1e-6:
+                            cut = j
+                            break
+                for _ in range(cut):
+                    ahead.popleft()
+                self.n_dropped += cut
+            packet = ahead.popleft()
+            if self.skip_unneeded:
+                r = rel_ticks(packet.pts)
+                unneeded = r is not None and r + 1e-6 < self._next_tick
+                if unneeded != skipping:
+                    cc.skip_frame = "NONREF" if unneeded else "DEFAULT"
+                    skipping = unneeded
             try:
                 decoded = packet.decode()
                 consecutive = 0
@@ -502,9 +593,7 @@ class VideoReader:
     def _chunks(self) -> Iterator[FrameChunk]:
         period = 1.0 / self.fps if self.fps else None
         rate = self.info.fps or 25.0
-        start: float | None = None
         last_t: float | None = None
-        next_tick = 0
         rotation: int | None = None
         buf: np.ndarray | None = None
         times: list[float] = []
@@ -520,23 +609,31 @@ class VideoReader:
             buf, times = None, []
             return chunk
 
+        tb = float(self._stream.time_base) if self._stream.time_base else None
         for frame in self._frames():
             self.n_decoded += 1
-            t = frame.time
+            pts = frame.pts
+            t = pts * tb if pts is not None and tb is not None else frame.time
             if t is None:
                 t = (last_t + 1.0 / rate) if last_t is not None else 0.0
-            if start is None:
-                start = float(t)
+            if self._start is None:
+                self._start = float(t)
+            start = self._start
             rel = float(t) - start
             if last_t is not None and rel + start < last_t - eps:
                 continue  # out-of-order timestamp in a broken stream: ignore the frame
             last_t = rel + start
             if period is not None:
-                if rel * self.fps + eps < next_tick:
+                if rel * self.fps + eps < self._next_tick:
                     continue
                 ticks = int(math.floor(rel * self.fps + eps)) + 1
-                repeats = max(ticks - next_tick, 1)
-                next_tick = ticks
+                repeats = max(ticks - self._next_tick, 1)
+                if repeats > self.max_repeat_seconds * self.fps + 1:
+                    # a timestamp jump (broken muxing), not a still frame: do not fill it with copies
+                    logger.info("%s: timestamps jump %.1f s at %.1f s; not repeating the frame over the gap",
+                                self.path, (ticks - self._next_tick) / self.fps, rel)
+                    repeats = 1
+                self._next_tick = ticks
             else:
                 repeats = 1
             if rotation is None:
@@ -574,8 +671,8 @@ class VideoReader:
             if pending is not None:
                 yield pending
             pending = done
-        if last_t is not None and start is not None:
-            self.duration = (last_t - start) + 1.0 / rate
+        if last_t is not None and self._start is not None:
+            self.duration = (last_t - self._start) + 1.0 / rate
         self._check_complete()
         if pending is None:
             if self.truncated:
@@ -619,7 +716,7 @@ def decode_frames(path: str | Path, fps: float | None = 1.0, short_side: int | N
         short_side: short side after resizing (``None``: no resize).
         crop: centre square crop side (``None``: no crop).
         chunk_size: frames per chunk.
-        **kwargs: more :class:`VideoReader` options (``threads``, ``limits``, ``skip_nonref``, ...).
+        **kwargs: more :class:`VideoReader` options (``threads``, ``limits``, ``skip_unneeded``, ...).
 
     Returns:
         A :class:`VideoReader`: iterate it for :class:`FrameChunk` s, then read ``.truncated``/``.damage``.

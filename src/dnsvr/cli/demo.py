@@ -15,14 +15,15 @@ from rich.console import Console
 from dnsvr.cli.index import cli_errors
 from dnsvr.cli.search import results_table, segment_text
 
-_out = Console()
+# piped output gets room for the result columns (rich assumes 80 when it cannot ask a terminal)
+_out = Console(width=None if sys.stdout.isatty() else 100)
 
 
 def demo_command(
     workdir: Path = typer.Option(None, "--workdir", help="Keep the videos and the index here "
                                                          "(default: a temporary folder, removed at the end)."),
-    originals: int = typer.Option(4, "--originals", help="Query videos (each gets 5 transformed copies)."),
-    distractors: int = typer.Option(6, "--distractors", help="Unrelated videos in the index."),
+    originals: int = typer.Option(3, "--originals", help="Query videos (each gets 5 transformed copies)."),
+    distractors: int = typer.Option(4, "--distractors", help="Unrelated videos in the index."),
     top_k: int = typer.Option(8, "--top-k", "-k", help="Results shown per query."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON document instead of tables."),
 ) -> None:

@@ -41,7 +41,7 @@ def evaluate_command(
     benchmark: str = typer.Option(..., "--benchmark", "-b",
                                   help="FIVR-5K, FIVR-200K, CC_WEB_VIDEO, SVD, EVVE, or custom."),
     similarities: Optional[Path] = typer.Option(
-        None, "--similarities", "-s", help="{query_id: {video_id: score}} as .json or .json.gz."),
+        None, "--similarities", "-s", help="{query_id: {video_id: score}} as .json or .json.gz (or a .npz written by dnsvr)."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object."),
     ground_truth: Optional[Path] = typer.Option(
         None, "--ground-truth", help="custom benchmark: {query_id: {video_id: label}} (.json/.json.gz)."),
@@ -51,16 +51,32 @@ def evaluate_command(
     annotation: Optional[Path] = typer.Option(
         None, "--annotation",
         help="FIVR only: an annotation.json {query: {ND/DS/CS/IS/DA: [ids]}} replacing the shipped one."),
+    features: Optional[Path] = typer.Option(
+        None, "--features", "-f", help="HDF5 feature file (published layout) to run --model over."),
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", help="With --features: teacher, fg_att, fg_bin, cg or dns."),
+    bundle: str = typer.Option(
+        "paper", "--bundle", help="With --features: paper (paper-bin for fg_bin), lite, or a bundle folder."),
+    out: Path = typer.Option(
+        Path("."), "--out", "-o", help="With --features: folder for the report JSON (and the dns curve PNG)."),
+    batch_size: int = typer.Option(64, "--batch-size", help="With --features: database videos per fine batch."),
+    save_similarities: Optional[Path] = typer.Option(
+        None, "--save-similarities", help="With --features: also write the similarities (.json, .json.gz, or .npz: fastest to reload)."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bars (default: on a terminal)."),
 ) -> None:
     """Evaluate retrieval results on a benchmark with the reference protocol.
 
-    The available videos are every id in the similarity file (queries and results).
+    Either --similarities FILE ({query: {video: score}}; the available videos are every id in
+    it), or --features FILE.hdf5 --model M to run the networks and report mAP, time per query,
+    storage per video, and for dns the curve of mAP against the fraction of pairs re-scored.
     """
     from dnsvr.eval import get_benchmark
     from dnsvr.eval.similarities import SimilarityFileError, SimilarityTable
 
-    if similarities is None:
-        _fail("give --similarities FILE")
+    if (similarities is None) == (features is None):
+        _fail("give either --similarities FILE or --features FILE.hdf5 --model M")
+    if features is not None and model is None:
+        _fail("--features needs --model (teacher, fg_att, fg_bin, cg or dns)")
     kwargs = {}
     if benchmark.strip().lower() == "custom":
         if ground_truth is None:
@@ -72,9 +88,18 @@ def evaluate_command(
         if not benchmark.upper().startswith("FIVR"):
             _fail("--annotation applies to FIVR-5K/FIVR-200K only")
         kwargs["annotation"] = annotation
+    if features is not None:
+        try:
+            bench = get_benchmark(benchmark, **kwargs)
+        except (FileNotFoundError, ValueError) as exc:
+            _fail(str(exc))
+            return
+        _run_features(bench, benchmark, features, str(model), bundle, out, batch_size, save_similarities,
+                      as_json, progress)
+        return
     try:
         bench = get_benchmark(benchmark, **kwargs)
-        table = SimilarityTable.from_file(similarities)
+        table = SimilarityTable.from_file(similarities)  # type: ignore[arg-type]
         result = bench.evaluate_detailed(table)
     except (FileNotFoundError, ValueError, SimilarityFileError) as exc:
         _fail(str(exc))
@@ -89,3 +114,54 @@ def evaluate_command(
     for metric, queries in result.skipped.items():
         rows.append((f"{metric}: queries without positives", str(len(queries))))
     _print_table(result.benchmark, rows)
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text).strip("_") or "benchmark"
+
+
+def _run_features(bench, name: str, features: Path, model: str, bundle: str, out: Path, batch_size: int,
+                  save_similarities: Optional[Path], as_json: bool, progress: Optional[bool]) -> None:
+    from dnsvr.eval.runner import MODELS, evaluate_features, plot_curve
+    from dnsvr.eval.similarities import save_similarities as write_similarities
+
+    if model not in MODELS:
+        _fail(f"unknown --model {model!r}; choose one of {', '.join(MODELS)}")
+    from dnsvr.weights import WeightsUnavailableError
+
+    try:
+        report, table = evaluate_features(bench, features, model, bundle=bundle, batch_size=batch_size,
+                                          progress=progress)
+    except (FileNotFoundError, ValueError, WeightsUnavailableError) as exc:  # incl. BundleError, FeatureFileError
+        _fail(str(exc))
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{_slug(name)}_{model}"
+    report_path = out / f"{stem}.json"
+    payload = report.to_dict()
+    if model == "dns":
+        payload["plot"] = str(plot_curve(report, out / f"{stem}_curve.png"))
+    report_path.write_text(json.dumps(payload, indent=2) + "\n")
+    if save_similarities is not None:
+        write_similarities(table, save_similarities)
+    if as_json:
+        typer.echo(json.dumps(payload))
+        return
+    rows = [(k, f"{v:.4f}") for k, v in report.metrics.items()]
+    rows += [(f"time per query: {k} (s)", f"{v:.4g}") for k, v in report.time_per_query_s.items()]
+    rows += [(f"storage per video: {k} (KiB)", f"{v:.4g}") for k, v in report.storage_per_video_kb.items()]
+    rows += [("queries", str(report.n_queries)), ("database videos", str(report.n_database))]
+    _print_table(f"{report.benchmark} — {model}" + (f" ({report.bundle})" if report.bundle else ""), rows)
+    if report.curve:
+        from rich.console import Console
+        from rich.table import Table
+
+        metrics = list(report.curve[0]["metrics"])
+        curve = Table(title="DnS: mAP against the pairs re-scored by the fine student", header_style="bold")
+        for col in ["pairs %", "pairs/query", "s/query", *metrics]:
+            curve.add_column(col, justify="right")
+        for point in report.curve:
+            curve.add_row(f"{100 * point['fraction']:.0f}%", str(point["pairs"]), f"{point['time_per_query_s']:.4g}",
+                          *(f"{point['metrics'].get(m, float('nan')):.4f}" for m in metrics))
+        Console().print(curve)
+    typer.echo(f"report: {report_path}" + (f"; plot: {payload['plot']}" if "plot" in payload else ""))

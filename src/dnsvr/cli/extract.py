@@ -52,6 +52,7 @@ def extract_command(
     from dnsvr.backbones import BACKBONES, FeatureExtractor
     from dnsvr.extract import extract_videos
     from dnsvr.features import FeatureFileError
+    from dnsvr.weights import WeightsUnavailableError
 
     if backbone not in BACKBONES:
         _fail(f"unknown backbone {backbone!r}; choose one of {', '.join(sorted(BACKBONES))}")
@@ -69,7 +70,7 @@ def extract_command(
             whitening_file=whitening_file, dtype=dtype, short_side=short_side, crop=crop, batch_size=batch_size,
             decode_workers=workers, checkpoint_interval=checkpoint_interval,
             progress=None if progress else False, failures_json=failures_json)
-    except (FeatureFileError, FileNotFoundError, ValueError) as exc:
+    except (FeatureFileError, FileNotFoundError, ValueError, WeightsUnavailableError) as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
         typer.echo(f"interrupted: every finished video is in {output}; run the same command to resume", err=True)

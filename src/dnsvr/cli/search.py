@@ -14,7 +14,8 @@ from rich.table import Table
 
 from dnsvr.cli.index import cli_errors
 
-_out = Console()
+# piped output gets room for the result columns (rich assumes 80 when it cannot ask a terminal)
+_out = Console(width=None if sys.stdout.isatty() else 100)
 
 
 def _fmt(value: float | None) -> str:

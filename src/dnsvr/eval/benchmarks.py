@@ -43,7 +43,12 @@ from typing import Any
 
 import numpy as np
 
-from dnsvr.eval.metrics import average_precision, rank_order, step_average_precision, trapezoid_average_precision
+from dnsvr.eval.metrics import (
+    average_precision_from_ranks,
+    positive_ranks,
+    step_average_precision,
+    trapezoid_average_precision,
+)
 from dnsvr.eval.similarities import (
     SimilarityFileError,
     SimilarityTable,
@@ -116,13 +121,17 @@ class Benchmark(ABC):
     #: Metric names, in display order.
     metric_names: tuple[str, ...] = ()
 
-    @abstractmethod
+    #: Query and database ids, set by each subclass's constructor.
+    queries: list[str]
+    database: list[str]
+
     def get_queries(self) -> list[str]:
         """The benchmark's query ids."""
+        return list(self.queries)
 
-    @abstractmethod
     def get_database(self) -> list[str]:
         """The benchmark's database video ids."""
+        return list(self.database)
 
     @abstractmethod
     def evaluate_detailed(self, similarities: Similarities | SimilarityTable | str | Path,
@@ -155,28 +164,36 @@ class Benchmark(ABC):
         return missing
 
 
-def _kept_ranking(table: SimilarityTable, query: str, keep_mask: np.ndarray) -> np.ndarray:
-    """Vocabulary positions of the query's results, best first, without the query itself
-    and without positions where ``keep_mask`` is False."""
-    row = table[query]
-    ranked = row.positions[rank_order(row.scores)]
-    return ranked[keep_mask[ranked] & (ranked != row.query_pos)]
+def _marked_ranks(table: SimilarityTable, query: str, keep_mask: np.ndarray, marks: np.ndarray,
+                  skip_query: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Ranks of the marked results of one query among its kept results.
 
+    Args:
+        keep_mask: bool over the vocabulary: results ranked at all (others are skipped).
+        marks: int8 over the vocabulary, non-zero for the positives (the value says which sets).
+        skip_query: drop the query itself from the ranking.
 
-def _level_aps(ranked: np.ndarray, level: np.ndarray, thresholds: Mapping[str, int],
-               n_positives: Mapping[str, int]) -> dict[str, float]:
-    """AP of one ranking for several nested positive sets at once.
-
-    ``level`` assigns each vocabulary position a small int (0 = negative); the
-    positive set of metric m is ``1 <= level <= thresholds[m]``. Metrics whose
-    ``n_positives`` is 0 are left out.
+    Returns:
+        (ranks, marks) of the kept positives, ranks 0-based in the stable descending order.
     """
-    lev = level[ranked]
+    row = table[query]
+    keep = keep_mask[row.positions]
+    if skip_query:
+        keep &= row.positions != row.query_pos
+    kept_marks = marks[row.positions[keep]]
+    is_pos = kept_marks != 0
+    return positive_ranks(row.scores[keep], is_pos), kept_marks[is_pos]
+
+
+def _nested_aps(ranks: np.ndarray, marks: np.ndarray, thresholds: Mapping[str, int],
+                n_positives: Mapping[str, int]) -> dict[str, float]:
+    """AP for several nested positive sets at once: metric m's positives are ``1 <= mark <= thresholds[m]``.
+    Metrics whose ``n_positives`` is 0 are left out."""
     out = {}
     for metric, top in thresholds.items():
         n = n_positives[metric]
         if n > 0:
-            out[metric] = average_precision((lev >= 1) & (lev <= top), n)
+            out[metric] = average_precision_from_ranks(ranks[(marks >= 1) & (marks <= top)], n)
     return out
 
 
@@ -217,12 +234,6 @@ class FIVR(Benchmark):
         self.queries: list[str] = list(data[version]["queries"])
         self.database: list[str] = list(data[version]["database"])
 
-    def get_queries(self) -> list[str]:
-        return list(self.queries)
-
-    def get_database(self) -> list[str]:
-        return list(self.database)
-
     def evaluate_detailed(self, similarities: Similarities | SimilarityTable | str | Path,
                           available: Collection[str] | None = None) -> EvaluationResult:
         """See :meth:`Benchmark.evaluate`. Metrics: DSVR, CSVR, ISVR, and DAVR over the
@@ -254,9 +265,11 @@ class FIVR(Benchmark):
             da = table.positions_of(gt.get("DA", []))
             audio[da] = 1
             n_pos["DAVR"] = len(set(gt.get("DA", [])) & all_db)
-            ranked = _kept_ranking(table, row.query, keep_mask)
-            aps = _level_aps(ranked, level, self._TASKS, n_pos)
-            aps.update(_level_aps(ranked, audio, {"DAVR": 1}, n_pos))
+            ranks, marks = _marked_ranks(table, row.query, keep_mask, level, skip_query=True)
+            aps = _nested_aps(ranks, marks, self._TASKS, n_pos)
+            if n_pos["DAVR"]:
+                ranks, marks = _marked_ranks(table, row.query, keep_mask, audio, skip_query=True)
+                aps.update(_nested_aps(ranks, marks, {"DAVR": 1}, n_pos))
             for pos in touched:
                 level[pos] = 0
             audio[da] = 0
@@ -297,12 +310,7 @@ class CCWebVideo(Benchmark):
         self.excluded: list[set[int]] = [set(map(int, ex)) for ex in data["excluded"]]
         self.positive_labels = positive_labels
         self._size = max(self.index.values()) + 1
-
-    def get_queries(self) -> list[str]:
-        return list(self.queries)
-
-    def get_database(self) -> list[str]:
-        return list(self.index)
+        self.database = list(self.index)
 
     def evaluate_detailed(self, similarities: Similarities | SimilarityTable | str | Path,
                           available: Collection[str] | None = None) -> EvaluationResult:
@@ -318,8 +326,8 @@ class CCWebVideo(Benchmark):
             if query not in table:
                 continue
             row = table[query]
-            nums = number[row.positions[rank_order(row.scores)]]
-            nums = nums[nums > 0]  # ids outside the dataset index are skipped
+            nums = number[row.positions]
+            in_index = nums > 0  # ids outside the dataset index are skipped
             labelled = np.zeros(self._size, dtype=bool)
             positive = np.zeros(self._size, dtype=bool)
             excluded = np.zeros(self._size, dtype=bool)
@@ -328,14 +336,14 @@ class CCWebVideo(Benchmark):
                 positive[video] = label in self.positive_labels
             excluded[list(self.excluded[qset])] = True
             for metric, (all_videos, clean) in variants.items():
-                keep = np.ones(nums.size, dtype=bool) if all_videos else labelled[nums]
+                keep = in_index if all_videos else in_index & labelled[nums]
                 if clean:
-                    keep &= ~excluded[nums]
+                    keep = keep & ~excluded[nums]
+                ranks = positive_ranks(row.scores[keep], positive[nums[keep]])
+                # n_pos counts every labelled positive, available or not, like the reference.
                 n_pos = sum(1 for video, label in labels.items()
                             if label in self.positive_labels and (not clean or video not in self.excluded[qset]))
-                rel = positive[nums[keep]]
-                # n_pos counts every labelled positive, available or not, like the reference.
-                per_query[metric][query] = average_precision(rel, n_pos) if n_pos else float("nan")
+                per_query[metric][query] = average_precision_from_ranks(ranks, n_pos) if n_pos else float("nan")
         n = len(set(self.queries).intersection(table.queries))
         if n == 0:
             raise ValueError(f"{self.name}: none of the {len(self.queries)} queries is in the similarities")
@@ -357,12 +365,6 @@ class EVVE(Benchmark):
         self.database: list[str] = list(data["database"])
         self.query_to_event = {q: ev for ev, ann in self.events.items() for q in ann["queries"]}
 
-    def get_queries(self) -> list[str]:
-        return list(self.queries)
-
-    def get_database(self) -> list[str]:
-        return list(self.database)
-
     def evaluate_detailed(self, similarities: Similarities | SimilarityTable | str | Path,
                           available: Collection[str] | None = None) -> EvaluationResult:
         """See :meth:`Benchmark.evaluate`. ``mAP`` is the mean AP over the evaluated
@@ -370,26 +372,23 @@ class EVVE(Benchmark):
         the event's queries that are available)."""
         table = as_table(similarities)
         all_db = self._available(table, available)
-        external = ~table.mask(all_db)
+        if not all_db:
+            raise ValueError("EVVE: the set of available videos is empty")
+        available_mask = table.mask(all_db)
         results: dict[str, dict[str, float]] = {ev: {} for ev in self.events}
         positive = np.zeros(len(table.ids), dtype=bool)
         for query in self.queries:
             if query not in table:
                 continue
             event = self.query_to_event[query]
-            pos = set(self.events[event]["positives"])
-            if all_db:
-                pos &= all_db
+            pos = set(self.events[event]["positives"]) & all_db
             row = table[query]
-            ranked = row.positions[rank_order(row.scores)]
-            ext = external[ranked]
+            keep = available_mask[row.positions]
             pos_idx = table.positions_of(pos)
             positive[pos_idx] = True
-            hit = np.flatnonzero(positive[ranked])
+            # Unavailable videos are taken out of the ranks; the query itself is not.
+            ranks = np.sort(positive_ranks(row.scores[keep], positive[row.positions[keep]]))
             positive[pos_idx] = False
-            # A positive's rank discounts the unavailable videos ranked above it.
-            ext_before = np.cumsum(ext) - ext
-            ranks = hit - ext_before[hit]
             results[event][query] = trapezoid_average_precision(ranks, len(pos))
         per_query = {"mAP": {q: ap for ev in sorted(self.events) for q, ap in results[ev].items()}}
         if not per_query["mAP"]:
@@ -423,12 +422,8 @@ class SVD(Benchmark):
         self.ground_truth: dict[str, dict[str, int]] = data["ground_truth"]
         self.include_unlabeled = include_unlabeled
         self.labelled = {t for targets in self.ground_truth.values() for t in targets}
-
-    def get_queries(self) -> list[str]:
-        return list(self.ground_truth)
-
-    def get_database(self) -> list[str]:
-        return list(dict.fromkeys(t for targets in self.ground_truth.values() for t in targets))
+        self.queries = list(self.ground_truth)
+        self.database = list(dict.fromkeys(t for targets in self.ground_truth.values() for t in targets))
 
     def evaluate_detailed(self, similarities: Similarities | SimilarityTable | str | Path,
                           available: Collection[str] | None = None) -> EvaluationResult:
@@ -507,6 +502,8 @@ class CustomBenchmark(Benchmark):
                              for q, targets in ground_truth.items()}
         self.positives = {q: {v for v, lab in targets.items() if _label_key(lab) in self.positive_labels}
                           for q, targets in self.ground_truth.items()}
+        self.queries = list(self.ground_truth)
+        self.database = list(dict.fromkeys(v for t in self.ground_truth.values() for v in t))
         if not any(self.positives.values()):
             labels = sorted({_label_key(lab) for t in self.ground_truth.values() for lab in t.values()})
             logger.warning("custom ground truth: no label in %s matches the positive labels %s",
@@ -526,12 +523,6 @@ class CustomBenchmark(Benchmark):
             raise ValueError(str(exc)) from exc
         return cls(data, positive_labels, name=f"custom ({Path(path).name})")
 
-    def get_queries(self) -> list[str]:
-        return list(self.ground_truth)
-
-    def get_database(self) -> list[str]:
-        return list(dict.fromkeys(v for t in self.ground_truth.values() for v in t))
-
     def evaluate_detailed(self, similarities: Similarities | SimilarityTable | str | Path,
                           available: Collection[str] | None = None) -> EvaluationResult:
         """See :meth:`Benchmark.evaluate`. Metric: ``mAP``."""
@@ -547,7 +538,8 @@ class CustomBenchmark(Benchmark):
             pos_idx = table.positions_of(pos)
             level[pos_idx] = 1
             n = len((pos & all_db) - {query})
-            ap = _level_aps(_kept_ranking(table, query, keep_mask), level, {"mAP": 1}, {"mAP": n})
+            ranks, marks = _marked_ranks(table, query, keep_mask, level, skip_query=True)
+            ap = _nested_aps(ranks, marks, {"mAP": 1}, {"mAP": n})
             level[pos_idx] = 0
             if "mAP" in ap:
                 aps[query] = ap["mAP"]

@@ -45,6 +45,67 @@ def rank_order(scores: np.ndarray) -> np.ndarray:
     return np.argsort(-scores, kind="stable")
 
 
+def positive_ranks(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
+    """0-based ranks of the positive items in the stable descending order of ``scores``.
+
+    Equivalent to ``np.flatnonzero(positive[rank_order(scores)])`` mapped back to the
+    positives, without a full stable sort: an unstable sort plus binary search counts the
+    items scored higher; only when a positive's score is tied with another item does it fall
+    back to the stable sort (ties are decided by input order).
+
+    Args:
+        scores: float [n] scores of the ranked items, in input (file) order.
+        positive: bool [n], True for the positives.
+
+    Returns:
+        int64 [k] ranks of the ``k`` positives, in their input order (not sorted).
+
+    Raises:
+        ValueError: if the arrays differ in shape.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    positive = np.asarray(positive, dtype=bool)
+    if scores.shape != positive.shape or scores.ndim != 1:
+        raise ValueError(f"scores {scores.shape} and positive {positive.shape} must be 1-d of equal length")
+    pos_scores = scores[positive]
+    if pos_scores.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    ascending = np.sort(scores)
+    right = np.searchsorted(ascending, pos_scores, side="right")
+    ranks = (scores.size - right).astype(np.int64)  # items scored strictly higher
+    tied = np.flatnonzero(right - np.searchsorted(ascending, pos_scores, side="left") > 1)
+    if tied.size:
+        # A positive tied with other items: those before it in input order rank above it.
+        tied_values = np.unique(pos_scores[tied])
+        slot = np.minimum(np.searchsorted(tied_values, scores), tied_values.size - 1)
+        cand = np.flatnonzero(tied_values[slot] == scores)
+        pos_index = np.flatnonzero(positive)[tied]
+        if tied.size * cand.size > 20_000_000:  # massive ties: one stable sort is cheaper
+            rank_of = np.empty(scores.size, dtype=np.int64)
+            rank_of[rank_order(scores)] = np.arange(scores.size)
+            return rank_of[positive]
+        before = (scores[cand][None, :] == pos_scores[tied][:, None]) & (cand[None, :] < pos_index[:, None])
+        ranks[tied] += before.sum(axis=1)
+    return ranks
+
+
+def average_precision_from_ranks(ranks: np.ndarray, n_positives: int) -> float:
+    """:func:`average_precision` given the 0-based ranks of the retrieved positives (any order).
+
+    Raises:
+        ValueError: as :func:`average_precision`.
+    """
+    ranks = np.sort(np.asarray(ranks, dtype=np.int64))
+    if n_positives <= 0:
+        raise ValueError(f"n_positives must be positive, got {n_positives}")
+    if ranks.size > n_positives:
+        raise ValueError(f"{ranks.size} retrieved positives exceed n_positives={n_positives}")
+    if ranks.size == 0:
+        return 0.0
+    precisions = np.arange(1, ranks.size + 1, dtype=np.float64) / (ranks + 1).astype(np.float64)
+    return float(precisions.sum() / n_positives)
+
+
 def average_precision(relevant_ranked: np.ndarray, n_positives: int) -> float:
     """Non-interpolated average precision of one ranked list.
 
@@ -67,15 +128,7 @@ def average_precision(relevant_ranked: np.ndarray, n_positives: int) -> float:
         >>> average_precision(np.array([False, True]), 1)
         0.5
     """
-    hits = np.flatnonzero(np.asarray(relevant_ranked, dtype=bool))
-    if n_positives <= 0:
-        raise ValueError(f"n_positives must be positive, got {n_positives}")
-    if hits.size > n_positives:
-        raise ValueError(f"{hits.size} retrieved positives exceed n_positives={n_positives}")
-    if hits.size == 0:
-        return 0.0
-    precisions = np.arange(1, hits.size + 1, dtype=np.float64) / (hits + 1).astype(np.float64)
-    return float(precisions.sum() / n_positives)
+    return average_precision_from_ranks(np.flatnonzero(np.asarray(relevant_ranked, dtype=bool)), n_positives)
 
 
 def trapezoid_average_precision(positive_ranks: np.ndarray, n_positives: int) -> float:

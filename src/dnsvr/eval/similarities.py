@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from dnsvr.eval import _fastjson
+
 try:  # optional speed-up: 3-5x faster parsing of large files
     import orjson as _orjson
 except ImportError:  # pragma: no cover - exercised when orjson is absent
@@ -33,6 +35,8 @@ except ImportError:  # pragma: no cover - exercised when orjson is absent
 logger = logging.getLogger(__name__)
 
 Similarities = Mapping[str, Mapping[str, float]]
+#: ``format`` entry of a similarity table saved as ``.npz``.
+NPZ_FORMAT = "dnsvr-similarities-1"
 
 
 class SimilarityFileError(ValueError):
@@ -83,7 +87,7 @@ def load_json(path: str | Path) -> Any:
 
 
 def load_similarities(path: str | Path) -> dict[str, dict[str, float]]:
-    """Load a similarity file ``{query_id: {video_id: score}}`` (``.json`` or ``.json.gz``).
+    """Load a similarity file ``{query_id: {video_id: score}}`` (``.json``, ``.json.gz`` or ``.npz``).
 
     Args:
         path: the file.
@@ -99,18 +103,33 @@ def load_similarities(path: str | Path) -> dict[str, dict[str, float]]:
         >>> sims = load_similarities("fivr5k_sims.json.gz")   # doctest: +SKIP
         >>> evaluate("FIVR-5K", sims)                          # doctest: +SKIP
     """
+    if _is_npz(Path(path)):
+        return SimilarityTable.from_npz(path).to_dict()
     data = load_json(path)
     _check_shape(data, source=str(path))
     return data
 
 
-def save_similarities(similarities: Similarities, path: str | Path) -> Path:
-    """Write ``{query_id: {video_id: score}}`` as JSON (gzip-compressed when the name ends in ``.gz``).
+def _is_npz(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    with open(path, "rb") as fh:
+        return fh.read(4) == b"PK\x03\x04"  # a zip archive: numpy's .npz
+
+
+def save_similarities(similarities: Similarities | SimilarityTable, path: str | Path) -> Path:
+    """Write ``{query_id: {video_id: score}}`` as JSON (gzip-compressed when the name ends in
+    ``.gz``), or as a binary ``.npz`` (see :meth:`SimilarityTable.save_npz`; loads in a fraction
+    of the time).
 
     Returns:
         The written path.
     """
     path = Path(path)
+    if path.suffix == ".npz":
+        return as_table(similarities).save_npz(path)
+    if isinstance(similarities, SimilarityTable):
+        similarities = similarities.to_dict()
     plain = {str(q): {str(v): float(s) for v, s in res.items()} for q, res in similarities.items()}
     if _orjson is not None:
         text = _orjson.dumps(plain)
@@ -165,25 +184,19 @@ class SimilarityTable:
         SimilarityFileError: if a score is not a number, naming the query and video.
     """
 
-    def __init__(self, similarities: Similarities, *, consume: bool = False) -> None:
-        index: dict[str, int] = {}
+    def __init__(self, similarities: Similarities | None = None, *, consume: bool = False) -> None:
+        self._index: dict[str, int] = {}
         self._rows: list[QueryResults] = []
-        prev_keys: list[str] | None = None
-        prev_pos: np.ndarray | None = None
-        queries = list(similarities.keys())
-        for query in queries:
+        self._queries: dict[str, int] = {}
+        self._prev_keys: list[str] | None = None
+        self._prev_pos: np.ndarray | None = None
+        if similarities is None:
+            return
+        for query in list(similarities.keys()):
             res = similarities[query]
             if not isinstance(res, Mapping):
                 raise SimilarityFileError(f"results of query {query!r} must be a mapping, got {type(res).__name__}")
-            query = str(query)
-            qpos = index.setdefault(query, len(index))
             keys = list(res)
-            if prev_keys is not None and keys == prev_keys:
-                positions = prev_pos
-            else:
-                setdefault = index.setdefault
-                positions = np.fromiter((setdefault(k, len(index)) for k in keys), dtype=np.int64, count=len(keys))
-                prev_keys, prev_pos = keys, positions
             try:
                 scores = np.fromiter(res.values(), dtype=np.float64, count=len(keys))
                 valid = not np.isnan(scores).any()  # None also becomes NaN here
@@ -194,22 +207,150 @@ class SimilarityTable:
                             if not isinstance(v, (int, float)) or v != v), "?")
                 raise SimilarityFileError(
                     f"score of video {bad!r} for query {query!r} is not a number: {res.get(bad)!r}")
-            self._rows.append(QueryResults(query, qpos, positions, scores))
+            self._append(str(query), keys, scores)
             if consume:
                 del similarities[query]  # type: ignore[attr-defined]
-        self._index = index
-        self._ids = list(index)
-        self._queries = {row.query: i for i, row in enumerate(self._rows)}
+
+    def _append(self, query: str, keys: list[str], scores: np.ndarray) -> None:
+        if query in self._queries:
+            raise SimilarityFileError(f"query {query!r} appears twice")
+        index = self._index
+        qpos = index.setdefault(query, len(index))
+        if self._prev_keys is not None and (keys is self._prev_keys or keys == self._prev_keys):
+            positions = self._prev_pos
+        else:
+            missing = [k for k in dict.fromkeys(keys) if k not in index]
+            index.update(zip(missing, range(len(index), len(index) + len(missing))))
+            positions = np.fromiter(map(index.__getitem__, keys), dtype=np.int64, count=len(keys))
+            self._prev_keys, self._prev_pos = keys, positions
+        self._queries[query] = len(self._rows)
+        self._rows.append(QueryResults(query, qpos, positions, scores))
 
     @classmethod
     def from_file(cls, path: str | Path) -> SimilarityTable:
-        """Load a similarity file straight into a table (the parsed dict is freed as it is converted)."""
-        return cls(load_similarities(path), consume=True)
+        """Load a similarity file (``.json``, ``.json.gz`` or ``.npz``) straight into a table.
+
+        The usual shape of JSON (flat objects of numbers, no escapes) is read by a vectorised
+        reader that creates no Python object per score; anything else goes through the JSON parser.
+
+        Raises:
+            FileNotFoundError: if ``path`` does not exist.
+            SimilarityFileError: if the content is not ``{query_id: {video_id: number}}``.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"file not found: {path}")
+        if _is_npz(path):
+            return cls.from_npz(path)
+        data = _read_bytes(path)
+        try:
+            rows = _fastjson.parse_similarities(data)
+        except _fastjson.FastPathUnavailable as exc:
+            logger.info("%s: general JSON parser (%s)", path, exc)
+        else:
+            table = cls()
+            for query, keys, scores in rows:
+                if np.isnan(scores).any():
+                    raise SimilarityFileError(f"{path}: NaN score for query {query!r}")
+                table._append(query, keys, scores)
+            return table
+        sims = parse_json_bytes(data, source=str(path))
+        del data
+        _check_shape(sims, source=str(path))
+        return cls(sims, consume=True)
+
+    @classmethod
+    def from_arrays(cls, queries: list[str], video_ids: list[str], scores: np.ndarray) -> SimilarityTable:
+        """A table from a dense score matrix: every query scored against the same videos.
+
+        Args:
+            queries: ``nq`` query ids.
+            video_ids: ``n`` video ids (the columns).
+            scores: ``[nq, n]`` scores.
+
+        Raises:
+            SimilarityFileError: on a shape mismatch or a NaN score.
+        """
+        scores = np.asarray(scores, dtype=np.float64)
+        if scores.shape != (len(queries), len(video_ids)):
+            raise SimilarityFileError(f"scores of shape {scores.shape} for {len(queries)} queries and "
+                                      f"{len(video_ids)} videos")
+        if np.isnan(scores).any():
+            bad = np.argwhere(np.isnan(scores))[0]
+            raise SimilarityFileError(f"NaN score for query {queries[bad[0]]!r} and video {video_ids[bad[1]]!r}")
+        table = cls()
+        keys = [str(v) for v in video_ids]
+        for i, query in enumerate(queries):
+            table._append(str(query), keys, np.ascontiguousarray(scores[i]))
+        return table
+
+    def save_npz(self, path: str | Path) -> Path:
+        """Write the table as ``.npz`` (no pickle): the id vocabulary, and per query its
+        positions and float64 scores, concatenated with offsets.
+
+        Returns:
+            The written path.
+        """
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lengths = [row.positions.size for row in self._rows]
+        with open(path, "wb") as fh:
+            np.savez(fh, format=np.array(NPZ_FORMAT), ids=np.array(self.ids, dtype=str),
+                     queries=np.array(self.queries, dtype=str),
+                     query_pos=np.array([row.query_pos for row in self._rows], dtype=np.int64),
+                     offsets=np.concatenate(([0], np.cumsum(lengths))).astype(np.int64),
+                     positions=np.concatenate([row.positions for row in self._rows] or [np.zeros(0, np.int64)]),
+                     scores=np.concatenate([row.scores for row in self._rows] or [np.zeros(0)]))
+        return path
+
+    @classmethod
+    def from_npz(cls, path: str | Path) -> SimilarityTable:
+        """Read a table written by :meth:`save_npz`.
+
+        Raises:
+            SimilarityFileError: if the file is not such a table.
+        """
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                if "format" not in npz or str(npz["format"]) != NPZ_FORMAT:
+                    raise SimilarityFileError(f"{path}: not a dnsvr similarity table ({NPZ_FORMAT})")
+                ids, queries = npz["ids"].tolist(), npz["queries"].tolist()
+                query_pos, offsets = npz["query_pos"], npz["offsets"]
+                positions, scores = npz["positions"], npz["scores"].astype(np.float64)
+        except (OSError, ValueError, KeyError) as exc:
+            raise SimilarityFileError(f"{path}: unreadable similarity table ({exc})") from exc
+        n = len(ids)
+        if (len(query_pos) != len(queries) or len(offsets) != len(queries) + 1 or positions.shape != scores.shape
+                or (positions.size and (positions.min() < 0 or positions.max() >= n)) or offsets[-1] != scores.size):
+            raise SimilarityFileError(f"{path}: inconsistent similarity table arrays")
+        if np.isnan(scores).any():
+            raise SimilarityFileError(f"{path}: NaN score")
+        table = cls()
+        table._index = {v: i for i, v in enumerate(ids)}
+        if len(table._index) != n:
+            raise SimilarityFileError(f"{path}: duplicate ids")
+        prev = None
+        for i, query in enumerate(queries):
+            pos = positions[offsets[i]:offsets[i + 1]]
+            if prev is not None and np.array_equal(pos, prev):
+                pos = prev  # share one array when the queries have the same results
+            prev = pos
+            if query in table._queries or ids[int(query_pos[i])] != query:
+                raise SimilarityFileError(f"{path}: query {query!r} duplicated or misplaced")
+            table._queries[query] = len(table._rows)
+            table._rows.append(QueryResults(query, int(query_pos[i]), pos, scores[offsets[i]:offsets[i + 1]]))
+        return table
+
+    def to_dict(self) -> dict[str, dict[str, float]]:
+        """Back to ``{query_id: {video_id: score}}``."""
+        ids = self.ids
+        return {row.query: {ids[p]: float(s) for p, s in zip(row.positions.tolist(), row.scores.tolist())}
+                for row in self._rows}
 
     @property
     def ids(self) -> list[str]:
         """Every id in the table (queries and result videos): the available videos."""
-        return list(self._ids)
+        return list(self._index)
 
     @property
     def index(self) -> Mapping[str, int]:
@@ -238,12 +379,13 @@ class SimilarityTable:
 
     def mask(self, ids: set[str] | frozenset[str]) -> np.ndarray:
         """Boolean array over the vocabulary: True where the id is in ``ids``."""
-        out = np.zeros(len(self._ids), dtype=bool)
-        if len(ids) < len(self._ids):
+        size = len(self._index)
+        out = np.zeros(size, dtype=bool)
+        if len(ids) < size:
             pos = [self._index[i] for i in ids if i in self._index]
             out[pos] = True
         else:
-            out[:] = np.fromiter((i in ids for i in self._ids), dtype=bool, count=len(self._ids))
+            out[:] = np.fromiter((i in ids for i in self._index), dtype=bool, count=size)
         return out
 
     def positions_of(self, ids: Iterator[str] | list[str] | set[str]) -> np.ndarray:

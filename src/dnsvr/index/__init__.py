@@ -6,6 +6,8 @@ memory-mapped shards and coarse vectors for exact or ANN search (derived, rebuil
 
 from __future__ import annotations
 
+from typing import Any
+
 from dnsvr.index.store import (
     AddResult,
     CoarseHits,
@@ -24,7 +26,19 @@ from dnsvr.index.store import (
     VerifyReport,
     VideoEntry,
 )
-from dnsvr.index.video_index import AddReport, VideoIndex, VideoIndexError, open_index
+
+# The facade pulls in torch and the networks; import it on first use so that store-only
+# users (readers, benchmarks, subprocess workers) start fast.
+_FACADE = {"AddReport", "VideoIndex", "VideoIndexError", "open_index"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FACADE:
+        from dnsvr.index import video_index  # noqa: PLC0415
+
+        return getattr(video_index, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "AddReport",

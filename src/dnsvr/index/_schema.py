@@ -6,7 +6,8 @@ Layout (format version 1)::
       manifest.json        format name + version, the index config, versions that wrote it
       meta.sqlite          SQLite in WAL mode: the source of truth (+ meta.sqlite-wal/-shm)
       shards/fine-NNNNNN.bin   append-only fine-grained representations (raw C-order bytes)
-      coarse/              derived: cached coarse matrix (+ ANN index), rebuilt from SQLite when stale
+      coarse/              derived: appended copy of the coarse vectors (+ ANN index), rebuilt when stale
+      catalog.npz          derived: the active rows' ids and locations, saved by the writer at close
       write.lock           single-writer fcntl lock (holds the writer's pid)
 """
 
@@ -43,7 +44,6 @@ CREATE TABLE IF NOT EXISTS videos (
     offset     INTEGER NOT NULL,                   -- byte offset in the shard file
     nbytes     INTEGER NOT NULL,
     crc32      INTEGER NOT NULL,                   -- zlib.crc32 of the fine bytes
-    coarse     BLOB    NOT NULL,                   -- float32 [coarse_dim], little endian
     selector   REAL,                               -- selector self-similarity, NULL if none
     duration   REAL,
     source     TEXT,
@@ -55,6 +55,12 @@ CREATE TABLE IF NOT EXISTS videos (
     meta       TEXT                                -- JSON object, NULL if empty
 );
 CREATE UNIQUE INDEX IF NOT EXISTS videos_active_id ON videos(video_id) WHERE status = 0;
+-- Coarse vectors live in their own table so that the videos table stays small: opening an index
+-- reads every active row of `videos`, and 4 KiB blobs between them would make that a full scan.
+CREATE TABLE IF NOT EXISTS coarse (
+    video_row  INTEGER PRIMARY KEY,                -- videos.rowid
+    vector     BLOB    NOT NULL                    -- float32 [coarse_dim], little endian
+);
 CREATE TABLE IF NOT EXISTS shards (
     shard      INTEGER PRIMARY KEY,
     file       TEXT    NOT NULL,

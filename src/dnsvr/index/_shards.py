@@ -71,6 +71,22 @@ class ShardReader:
         self._maps[shard] = (mm, size)
         return mm
 
+    def map_all(self, lengths: dict[int, int]) -> bool:
+        """Map every shard up to its committed length now (files deleted later stay readable).
+
+        Returns False when a shard file is gone (a compaction committed since the catalog was read).
+        """
+        ok = True
+        for shard, end in lengths.items():
+            if end:
+                try:
+                    self._map(shard, end)
+                except FileNotFoundError:
+                    ok = False
+                except (OSError, KeyError) as exc:
+                    logger.warning("cannot map shard %d: %s", shard, exc)
+        return ok
+
     def view(self, shard: int, offset: int, n_frames: int) -> np.ndarray:
         """A read-only array ``[n_frames, *frame_shape]`` over the mapped bytes (no copy)."""
         nbytes = n_frames * self.frame_bytes

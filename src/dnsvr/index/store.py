@@ -8,8 +8,9 @@ An index is a directory (see :mod:`dnsvr.index._schema` for the file list):
   the time it was added and free JSON metadata;
 - ``shards/fine-NNNNNN.bin`` hold the fine representations, appended, never rewritten
   in place (``compact`` writes new shards and swaps them in with one SQLite commit);
-- ``coarse/`` holds derived data only (the coarse matrix for exact search and an
-  optional FAISS ANN index), rebuilt from SQLite whenever missing or stale.
+- ``coarse/`` and ``catalog.npz`` hold derived data only (an appended copy of the coarse
+  vectors for exact search, an optional FAISS ANN index, a snapshot of the active rows),
+  checked against SQLite and rebuilt whenever missing or stale.
 
 Commit protocol of :meth:`IndexStore.add`: the fine bytes are appended past the
 committed end of a shard and fsynced, then the rows and the shards' new committed
@@ -27,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -86,6 +88,7 @@ __all__ = [
 _FINE_DTYPES = ("uint8", "float16", "float32", "int8")
 _SQL_CHUNK = 900  # stay below SQLite's host-parameter limit
 _MAX_ID_LEN = 1024
+_DERIVED_APPEND_MAX = 50_000  # coarse vectors held per transaction for the derived files (200 MB at 1024-d)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -378,10 +381,46 @@ class _Catalog:
         else:
             self.rowid, self.ids, self.shard, self.offset, self.n_frames, self.selector = (
                 rowid, ids, shard, offset, nfr, sel)
-            self.pos = {vid: i for i, vid in enumerate(ids.tolist())}
+            self.pos = dict(zip(ids.tolist(), range(len(ids))))
+
+    # A snapshot of the catalog saved by the writer at close (derived data, like coarse/): opening
+    # a large index then reads a few arrays instead of turning 100k SQLite rows into Python objects.
+    _ARRAYS = ("rowid", "shard", "offset", "n_frames", "selector")
+
+    def save(self, path: Path) -> None:
+        ids = self.ids.tolist()
+        blob = np.frombuffer("\x00".join(ids).encode("utf-8"), dtype=np.uint8)
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        with open(tmp, "wb") as fh:
+            np.savez(fh, generation=np.int64(self.generation), epoch=np.int64(self.epoch), ids=blob,
+                     n=np.int64(len(ids)), **{k: getattr(self, k) for k in self._ARRAYS})
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> _Catalog | None:
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                cat = cls()
+                cat.generation, cat.epoch, n = int(z["generation"]), int(z["epoch"]), int(z["n"])
+                for k in cls._ARRAYS:
+                    arr = z[k]
+                    if arr.shape != (n,):
+                        return None
+                    setattr(cat, k, arr)
+                text = z["ids"].tobytes().decode("utf-8")
+        except (OSError, ValueError, KeyError, UnicodeDecodeError):
+            return None
+        ids = text.split("\x00") if n else []
+        if len(ids) != n:
+            return None
+        cat.ids = np.empty(n, dtype=object)
+        cat.ids[:] = ids
+        cat.pos = dict(zip(ids, range(n)))
+        return cat
 
 
 _ROW_COLS = "rowid, video_id, shard, offset, n_frames, selector"
+CATALOG_NAME = "catalog.npz"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -401,6 +440,7 @@ class IndexStore:
         self.readonly = readonly
         self._lock = lock
         self._mutex = threading.RLock()
+        self._pins = 0
         self._closed = False
         self._db = connect(directory / DB_NAME, readonly=readonly)
         self._dtype = np.dtype(self.config.fine_dtype)
@@ -447,12 +487,13 @@ class IndexStore:
         try:
             (directory / SHARD_DIR).mkdir(exist_ok=True)
             (directory / COARSE_DIR).mkdir(exist_ok=True)
-            # 16 KiB pages hold several rows with their 4 KiB coarse blob inline (4 KiB pages would need
-            # an overflow page per row, doubling the size); incremental vacuum lets compact() return the
-            # space of purged rows. Both must be set before the database switches to WAL mode.
+            # 64 KiB pages hold 15 coarse vectors of 4 KiB (+ cell headers) each with 6% slack; 16 KiB
+            # pages hold only 3 (25% slack) and 4 KiB pages need an overflow page per vector (50%).
+            # Incremental vacuum lets compact() return the space of purged rows. Both must be set
+            # before the database switches to WAL mode.
             raw = sqlite3.connect(str(directory / DB_NAME), isolation_level=None)
             try:
-                raw.execute("PRAGMA page_size = 16384")
+                raw.execute("PRAGMA page_size = 65536")
                 raw.execute("PRAGMA auto_vacuum = INCREMENTAL")
                 raw.execute("VACUUM")
             finally:
@@ -512,14 +553,19 @@ class IndexStore:
                 return
             self._closed = True
             try:
-                if not self.readonly and self._coarse.matrix is not None:
+                if not self.readonly:
                     try:
                         self._refresh()
-                        self._coarse.sync(self._cat.rowid)
-                        self._coarse.persist(self._cat.generation)
+                        self._coarse.persist(self._cat.rowid, self._cat.generation)
                     except (OSError, sqlite3.Error) as exc:
-                        logger.warning("could not save the coarse cache of %s (%s); it will be rebuilt",
+                        logger.warning("could not save the derived coarse data of %s (%s); it will be rebuilt",
                                        self.directory, exc)
+                if not self.readonly:
+                    try:
+                        self._refresh()
+                        self._cat.save(self.directory / CATALOG_NAME)
+                    except (OSError, sqlite3.Error) as exc:
+                        logger.warning("could not save the catalog of %s (%s)", self.directory, exc)
                 self._coarse.close()
                 self._reader.close()
                 if self._appender is not None:
@@ -554,6 +600,58 @@ class IndexStore:
         self._check_open()
         if self.readonly:
             raise ReadOnlyIndexError(f"index {self.directory} was opened readonly")
+        if self._pins:
+            raise IndexStoreError("cannot write inside snapshot(); leave the with-block first")
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[IndexStore]:
+        """Pin the current committed state for several read calls.
+
+        Outside a snapshot every call picks up new commits, so ids from one call may be gone
+        by the next if another process removes or compacts. Inside, every read sees the state
+        of its start: shard files and derived coarse files are mapped up front, so a concurrent
+        compaction that deletes them changes nothing here. Nested snapshots share the outer one.
+
+        Example:
+            >>> with store.snapshot():                                       # doctest: +SKIP
+            ...     hits = store.coarse_search(q, k=1000)
+            ...     fines = store.fine(hits.ids[0].tolist())   # never UnknownVideoError
+
+        Raises:
+            IndexStoreError: on a write call inside it.
+        """
+        with self._mutex:
+            self._check_open()
+            if not self._pins:
+                # One SQLite read transaction holds the state for the whole block (WAL snapshot);
+                # the catalog is loaded inside it. A compaction may delete files between the commit
+                # we see and our mapping them: then start again on the newer state.
+                for attempt in range(10):
+                    self._db.execute("BEGIN")
+                    try:
+                        self._load_catalog(force=attempt > 0)
+                        if self._reader.map_all({s: n for s, (_, n) in self._cat.shard_files.items()}):
+                            self._coarse.sync(self._cat.rowid)
+                            break
+                    except IndexStoreError:
+                        pass
+                    except BaseException:
+                        self._db.execute("COMMIT")
+                        raise
+                    self._db.execute("COMMIT")
+                else:
+                    raise IndexStoreError(f"could not pin a consistent state of {self.directory}: it keeps changing")
+                self._coarse.pinned = True
+            self._pins += 1
+        try:
+            yield self
+        finally:
+            with self._mutex:
+                self._pins -= 1
+                if not self._pins:
+                    self._coarse.pinned = False
+                    if not self._closed:
+                        self._db.execute("COMMIT")  # end the read transaction
 
     def _state(self) -> tuple[int, int]:
         rows = dict(self._db.execute("SELECT key, value FROM state").fetchall())
@@ -561,28 +659,59 @@ class IndexStore:
 
     def _refresh(self, force: bool = False) -> None:
         """Pick up commits made since the catalog was loaded (cheap when nothing changed)."""
-        cat = self._cat
-        gen, epoch = self._state()
-        if not force and gen == cat.generation:
+        if self._pins and not force:
+            return
+        gen, _ = self._state()
+        if not force and gen == self._cat.generation:
             return
         db = self._db
         db.execute("BEGIN")  # one snapshot for state, rows and shards
         try:
-            gen, epoch = self._state()
-            if not force and epoch == cat.epoch:
-                last = int(cat.rowid[-1]) if len(cat.rowid) else 0
-                rows = db.execute(f"SELECT {_ROW_COLS} FROM videos WHERE status = 0 AND rowid > ? ORDER BY rowid",
-                                  (last,)).fetchall()
-                cat.set_rows(rows, append=True)
-            else:
-                rows = db.execute(f"SELECT {_ROW_COLS} FROM videos WHERE status = 0 ORDER BY rowid").fetchall()
-                cat.set_rows(rows, append=False)
-            shards = db.execute("SELECT shard, file, committed FROM shards").fetchall()
+            self._load_catalog(force)
         finally:
             db.execute("COMMIT")
+
+    def _load_catalog(self, force: bool) -> None:
+        """Bring the catalog to the state of the current read transaction."""
+        db = self._db
+        cat = self._cat
+        gen, epoch = self._state()
+        if force and cat.generation < 0:
+            saved = self._load_saved_catalog(gen, epoch)
+            if saved is not None:
+                self._cat = cat = saved
+                force = False
+        if not force and gen == cat.generation:
+            pass
+        elif not force and epoch == cat.epoch:
+            last = int(cat.rowid[-1]) if len(cat.rowid) else 0
+            rows = db.execute(f"SELECT {_ROW_COLS} FROM videos WHERE status = 0 AND rowid > ? ORDER BY rowid",
+                              (last,)).fetchall()
+            cat.set_rows(rows, append=True)
+        else:
+            rows = db.execute(f"SELECT {_ROW_COLS} FROM videos WHERE status = 0 ORDER BY rowid").fetchall()
+            cat.set_rows(rows, append=False)
+        shards = db.execute("SELECT shard, file, committed FROM shards").fetchall()
         cat.shard_files = {int(s): (str(f), int(n)) for s, f, n in shards}
         cat.generation, cat.epoch = gen, epoch
         self._reader.set_files({s: f for s, (f, _) in cat.shard_files.items()})
+
+    def _load_saved_catalog(self, gen: int, epoch: int) -> _Catalog | None:
+        """The writer's saved catalog if it describes this state (or an earlier one of the same epoch)."""
+        path = self.directory / CATALOG_NAME
+        if not path.is_file():
+            return None
+        saved = _Catalog.load(path)
+        if saved is None or saved.epoch != epoch or saved.generation > gen:
+            logger.debug("saved catalog of %s is stale or unreadable; reading SQLite", self.directory)
+            return None
+        if saved.generation == gen:
+            # cheap cross-check against SQLite (the partial index makes the count an index scan)
+            n, last = self._db.execute("SELECT COUNT(*), MAX(rowid) FROM videos WHERE status = 0").fetchone()
+            if n != len(saved.ids) or (n and int(last) != int(saved.rowid[-1])):
+                logger.warning("saved catalog of %s disagrees with SQLite; ignoring it", self.directory)
+                return None
+        return saved
 
     def refresh(self) -> None:
         """Load commits made by another process now (every read call does this itself)."""
@@ -658,7 +787,7 @@ class IndexStore:
                     return [view(s, o, n) for s, o, n in
                             zip(cat.shard[pos].tolist(), cat.offset[pos].tolist(), cat.n_frames[pos].tolist())]
                 except (FileNotFoundError, KeyError):
-                    if attempt:
+                    if attempt or self._pins:
                         raise
                     self._refresh(force=True)  # a compaction swapped the shards under us
             raise AssertionError("unreachable")
@@ -671,7 +800,8 @@ class IndexStore:
             max_frames: frames per block at most (a longer video gets a block of its own).
 
         Yields:
-            :class:`FineBlock` s covering every requested video exactly once.
+            :class:`FineBlock` s covering every requested video exactly once, from the state at the
+            first ``next()`` (its shard files are mapped then, so a later compaction does not matter).
 
         Raises:
             UnknownVideoError: some ids are not in the index.
@@ -679,6 +809,9 @@ class IndexStore:
         with self._mutex:
             self._check_open()
             self._refresh()
+            if not self._reader.map_all({s: n for s, (_, n) in self._cat.shard_files.items()}):
+                self._refresh(force=True)  # a compaction deleted files since the last refresh
+                self._reader.map_all({s: n for s, (_, n) in self._cat.shard_files.items()})
             cat = self._cat
             pos = np.arange(len(cat.ids)) if video_ids is None else self._positions(list(video_ids))
             order = np.lexsort((cat.offset[pos], cat.shard[pos]))
@@ -723,31 +856,44 @@ class IndexStore:
     def _load_coarse_rows(self, rowids: np.ndarray) -> np.ndarray:
         dim = self.config.coarse_dim
         out = np.empty((len(rowids), dim), dtype=np.float32)
+        found = np.zeros(len(rowids), dtype=bool)
         index = {int(r): i for i, r in enumerate(rowids.tolist())}
         for chunk in _chunks(rowids.tolist(), 20000):
             if len(chunk) > _SQL_CHUNK:  # a range scan beats a huge IN list
                 lo, hi = min(chunk), max(chunk)
-                cur = self._db.execute("SELECT rowid, coarse FROM videos WHERE rowid BETWEEN ? AND ?", (lo, hi))
+                cur = self._db.execute("SELECT video_row, vector FROM coarse WHERE video_row BETWEEN ? AND ?",
+                                       (lo, hi))
             else:
                 marks = ",".join("?" * len(chunk))
-                cur = self._db.execute(f"SELECT rowid, coarse FROM videos WHERE rowid IN ({marks})", chunk)
+                cur = self._db.execute(f"SELECT video_row, vector FROM coarse WHERE video_row IN ({marks})", chunk)
             for rowid, blob in cur:
                 i = index.get(rowid)
                 if i is not None:
                     out[i] = np.frombuffer(blob, dtype="<f4", count=dim)
+                    found[i] = True
+        if not found.all():
+            raise IndexStoreError(f"{int((~found).sum())} coarse vectors are missing from SQLite (rows "
+                                  f"{rowids[~found][:5].tolist()}...): purged by a concurrent compaction, or damage")
         return out
+
+    def _sync_coarse(self) -> None:
+        try:
+            self._coarse.sync(self._cat.rowid)
+        except IndexStoreError:
+            if self._pins:
+                raise
+            self._refresh(force=True)  # a compaction purged rows since the catalog was read
+            self._coarse.sync(self._cat.rowid)
 
     def coarse_vectors(self, video_ids: Iterable[str] | str | None = None) -> np.ndarray:
         """Coarse vectors float32 ``[n, coarse_dim]`` (all videos, in :meth:`ids` order, when None)."""
         with self._mutex:
             self._check_open()
             self._refresh()
+            self._sync_coarse()
             cat = self._cat
             pos = np.arange(len(cat.ids)) if video_ids is None else self._positions(video_ids)
-            if video_ids is None or (self._coarse.rowids is not None and len(self._coarse.rowids)):
-                self._coarse.sync(cat.rowid)
-                return np.array(self._coarse.matrix[pos], dtype=np.float32)
-            return self._load_coarse_rows(cat.rowid[pos])
+            return self._coarse.vectors(pos)
 
     def coarse_search(
         self, queries: np.ndarray, k: int | None = None, *, exact: bool = False, params: str | None = None
@@ -782,8 +928,8 @@ class IndexStore:
         with self._mutex:
             self._check_open()
             self._refresh()
+            self._sync_coarse()
             cat = self._cat
-            self._coarse.sync(cat.rowid)
             kk = None if k is None else min(int(k), len(cat.ids))
             if exact or kk is None:
                 pos, scores = self._coarse.exact(q, kk)
@@ -977,13 +1123,21 @@ class IndexStore:
             n_in_batch = 0
             now = time.time()
 
+            coarse_rows: list[tuple] = []
+            next_rowid = 0
+            # vectors of this transaction, appended to the derived coarse files after the commit
+            txn_rowids: list[int] = []
+            txn_vectors: list[np.ndarray] = []
+
             def flush_rows() -> None:
                 if rows:
                     db.executemany(
-                        "INSERT INTO videos(video_id, status, n_frames, shard, offset, nbytes, crc32, coarse, "
+                        "INSERT INTO videos(rowid, video_id, status, n_frames, shard, offset, nbytes, crc32, "
                         "selector, duration, source, ts_start, ts_step, ts_blob, added, meta) "
-                        "VALUES (?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                        "VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                    db.executemany("INSERT INTO coarse(video_row, vector) VALUES (?, ?)", coarse_rows)
                     rows.clear()
+                    coarse_rows.clear()
 
             def commit() -> None:
                 nonlocal in_txn, n_in_batch
@@ -1001,6 +1155,15 @@ class IndexStore:
                 in_txn = False
                 appender.committed()
                 n_in_batch = 0
+                if txn_rowids:
+                    try:
+                        self._coarse.append(np.asarray(txn_rowids, dtype=np.int64), np.stack(txn_vectors),
+                                            self._cat.generation + 1)
+                    except OSError as exc:  # derived data: searches read the rows from SQLite instead
+                        logger.warning("could not append to the derived coarse files of %s: %s", self.directory,
+                                       exc)
+                txn_rowids.clear()
+                txn_vectors.clear()
 
             try:
                 for record in records:
@@ -1021,6 +1184,10 @@ class IndexStore:
                     if not in_txn:
                         db.execute("BEGIN IMMEDIATE")
                         in_txn = True
+                        # rowids are assigned here (AUTOINCREMENT semantics: never reused) so that the
+                        # coarse table can be filled by the same executemany batches
+                        seq = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'videos'").fetchone()
+                        next_rowid = (int(seq[0]) if seq else 0) + 1
                     if old is not None:  # replace: tombstone the old row in this transaction
                         flush_rows()
                         rid = int(self._cat.rowid[old])
@@ -1030,9 +1197,16 @@ class IndexStore:
                         result.replaced.append(vid)
                     buf = memoryview(p.fine).cast("B")
                     shard, offset = appender.append(buf)
-                    rows.append((vid, p.fine.shape[0], shard, offset, buf.nbytes, zlib.crc32(buf),
-                                 p.coarse.tobytes(), p.selector, p.duration, p.source, p.ts_start, p.ts_step,
-                                 p.ts_blob, now, p.meta_json))
+                    rows.append((next_rowid, vid, p.fine.shape[0], shard, offset, buf.nbytes, zlib.crc32(buf),
+                                 p.selector, p.duration, p.source, p.ts_start, p.ts_step, p.ts_blob, now,
+                                 p.meta_json))
+                    coarse_rows.append((next_rowid, p.coarse.tobytes()))
+                    if len(txn_rowids) < _DERIVED_APPEND_MAX:
+                        txn_rowids.append(next_rowid)
+                        txn_vectors.append(p.coarse)
+                    # else: a huge single transaction; its later rows are read from SQLite when
+                    # searched and written to the derived files at the writer's close
+                    next_rowid += 1
                     result.added.append(vid)
                     n_in_batch += 1
                     if len(rows) >= 1000:
@@ -1138,6 +1312,7 @@ class IndexStore:
                 db.execute("BEGIN IMMEDIATE")
                 try:
                     db.executemany("UPDATE videos SET shard = ?, offset = ? WHERE rowid = ?", updates)
+                    db.execute("DELETE FROM coarse WHERE video_row IN (SELECT rowid FROM videos WHERE status != 0)")
                     db.execute("DELETE FROM videos WHERE status != 0")
                     db.execute("DELETE FROM shards")
                     db.executemany("INSERT INTO shards(shard, file, committed) VALUES (?, ?, ?)",
@@ -1167,9 +1342,7 @@ class IndexStore:
             self._refresh(force=True)
             self._appender = ShardAppender(self.directory / SHARD_DIR, self._cat.shard_files,
                                            self.config.shard_bytes)
-            if self._coarse.matrix is not None:
-                self._coarse.sync(self._cat.rowid)
-                self._coarse.persist(self._cat.generation)
+            self._coarse.persist(self._cat.rowid, self._cat.generation, force_rewrite=True)
             bytes_after = sum(n for _, n in self._cat.shard_files.values())
             report = CompactReport(int(n_removed), bytes_before, bytes_after, len(old_shards),
                                    len(self._cat.shard_files), time.perf_counter() - t0)
@@ -1185,7 +1358,7 @@ class IndexStore:
             self._coarse.sync(self._cat.rowid)
             if not is_exact_spec(self.config.coarse_index):
                 self._coarse._ann_ready()
-            self._coarse.persist(self._cat.generation)
+            self._coarse.persist(self._cat.rowid, self._cat.generation)
 
     # -- checks ----------------------------------------------------------------------------
     def verify(self, checksums: bool = True) -> VerifyReport:
@@ -1211,6 +1384,8 @@ class IndexStore:
 
         with self._mutex:
             self._check_open()
+            if self._pins:
+                raise IndexStoreError("verify() reloads the catalog: call it outside snapshot()")
             self._refresh(force=True)
             db = self._db
             try:
@@ -1237,8 +1412,9 @@ class IndexStore:
             n_checked = n_removed = n_active = 0
             ranges: dict[int, list[tuple[int, int, str]]] = {}
             all_rowids = []
-            cur = db.execute("SELECT rowid, video_id, status, n_frames, shard, offset, nbytes, crc32, coarse, "
-                             "ts_start, ts_step, ts_blob FROM videos")
+            cur = db.execute("SELECT v.rowid, v.video_id, v.status, v.n_frames, v.shard, v.offset, v.nbytes, "
+                             "v.crc32, c.vector, v.ts_start, v.ts_step, v.ts_blob "
+                             "FROM videos v LEFT JOIN coarse c ON c.video_row = v.rowid")
             for rowid, vid, status, nfr, shard, offset, nbytes, crc, coarse, t0_, dt_, ts_blob in cur:
                 all_rowids.append(rowid)
                 if status == STATUS_ACTIVE:
@@ -1279,6 +1455,17 @@ class IndexStore:
                 for (_, end_a, vid_a), (start_b, _, vid_b) in zip(rs, rs[1:]):
                     if start_b < end_a:
                         bad("overlap", f"fine ranges of {vid_a!r} and {vid_b!r} overlap in shard {shard}", vid_b)
+            saved = _Catalog.load(self.directory / CATALOG_NAME) if (self.directory / CATALOG_NAME).is_file() else None
+            if saved is not None and saved.generation == self._cat.generation:
+                same = saved.ids.tolist() == self._cat.ids.tolist() and all(
+                    np.array_equal(getattr(saved, k), getattr(self._cat, k), equal_nan=(k == "selector"))
+                    for k in _Catalog._ARRAYS)
+                if not same:
+                    bad("derived", f"{CATALOG_NAME} disagrees with SQLite (delete it; it is rebuilt on close)")
+            orphans = db.execute("SELECT COUNT(*) FROM coarse WHERE video_row NOT IN (SELECT rowid FROM videos)"
+                                 ).fetchone()[0]
+            if orphans:
+                bad("coarse", f"{orphans} coarse vectors belong to no video row")
             dup = db.execute("SELECT video_id, COUNT(*) FROM videos WHERE status = 0 GROUP BY video_id "
                              "HAVING COUNT(*) > 1").fetchall()
             for vid, n in dup:
@@ -1292,34 +1479,10 @@ class IndexStore:
         return report
 
     def _verify_coarse(self, all_rowids: np.ndarray, bad: Any, notes: list[str]) -> None:
-        cache = self._coarse
-        persisted = cache._load_persisted()
-        sources = []
-        if persisted is not None:
-            sources.append(("saved coarse matrix", persisted[0], persisted[1]))
-        if cache.matrix is not None and cache.rowids is not None:
-            sources.append(("in-memory coarse matrix", cache.rowids, cache.matrix))
-        for what, rowids, matrix in sources:
-            if len(rowids) and (np.any(np.diff(rowids) <= 0)):
-                bad("derived", f"{what}: row ids are not ascending (delete {COARSE_DIR}/ to rebuild)")
-                continue
-            known = np.isin(rowids, all_rowids)
-            if not known.all():
-                bad("derived", f"{what}: {int((~known).sum())} rows unknown to SQLite (delete {COARSE_DIR}/ to rebuild)")
-                continue
-            truth = self._load_coarse_rows(rowids)
-            diff = np.flatnonzero(~(truth == np.asarray(matrix)).all(axis=1))
-            if len(diff):
-                bad("derived", f"{what}: {len(diff)} vectors differ from SQLite (delete {COARSE_DIR}/ to rebuild)")
-            if what.startswith("saved") and not np.array_equal(rowids, self._cat.rowid):
-                notes.append(f"{what} is stale ({len(rowids)} rows, {len(self._cat.rowid)} active); "
-                             f"it is updated on the next search")
-        if cache.ann is not None and cache.ann_rowids is not None:
-            if cache.ann.ntotal != len(cache.ann_rowids) or cache.ann.d != self.config.coarse_dim:
-                bad("derived", f"ANN index holds {cache.ann.ntotal} vectors of {cache.ann.d} dims for "
-                               f"{len(cache.ann_rowids)} row ids")
-            elif not np.isin(cache.ann_rowids, all_rowids).all():
-                bad("derived", "ANN index refers to rows unknown to SQLite")
+        problems, more = self._coarse.check(all_rowids, self._load_coarse_rows)
+        for message in problems:
+            bad("derived", message)
+        notes.extend(more)
 
     def info(self) -> dict[str, Any]:
         """Counts, bytes on disk per stage and per video, config and versions (JSON-ready)."""

@@ -53,6 +53,26 @@ def check_dims(features: Tensor, mask: Tensor | None = None, name: str = "video"
     return features, mask
 
 
+#: Shortest video the video comparator CNN accepts (its two 2×2 max-poolings).
+MIN_COMPARATOR_FRAMES = 4
+
+
+def pad_min_frames(x: Tensor, mask: Tensor | None, min_frames: int = MIN_COMPARATOR_FRAMES
+                   ) -> tuple[Tensor, Tensor | None]:
+    """Zero-pad videos [B, T, R, D] shorter than ``min_frames`` with *valid* zero frames (mask 1).
+
+    The reference comparator fails on fewer than 4 frames; a zero frame has similarity 0 to everything, which is
+    what the reference computes for zero padding it is not told about (and what ``dnsvr._fine`` does).
+    """
+    short = min_frames - x.shape[1]
+    if short <= 0:
+        return x, mask
+    x = torch.cat([x, x.new_zeros(x.shape[0], short, *x.shape[2:])], 1)
+    if mask is not None:
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], short)], 1)
+    return x, mask
+
+
 def module_device(module: nn.Module) -> torch.device:
     """The device of a module's first parameter (CPU for parameter-free modules)."""
     for p in module.parameters():
@@ -74,3 +94,27 @@ def load_pretrained(module: nn.Module, name: str, weights_path: str | Path | Non
     device = module_device(module)
     module.load_state_dict({k: v.to(device) for k, v in state.items()}, strict=True)
     logger.info("loaded %s weights from %s", name, path)
+
+
+class Network(nn.Module):
+    """Base of the dnsvr networks: a ``device`` property and the common end of construction."""
+
+    @property
+    def device(self) -> torch.device:
+        """The device the network's parameters live on (inputs are moved there)."""
+        return module_device(self)
+
+    def _finish_init(
+        self,
+        device: str | torch.device | None,
+        ignored: dict[str, Any],
+        weights_name: str | None = None,
+        weights_path: str | Path | None = None,
+    ) -> None:
+        """Log ignored reference arguments, move to ``device``, load ``weights_name`` strictly when given."""
+        if ignored:
+            logger.debug("%s ignores arguments %s", type(self).__name__, sorted(ignored))
+        if device is not None:
+            self.to(device)
+        if weights_name is not None:
+            load_pretrained(self, weights_name, weights_path)

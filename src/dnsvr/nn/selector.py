@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dnsvr.nn._utils import as_mask, as_tensor, check_dims, load_pretrained, module_device
+from dnsvr.nn._utils import Network, as_mask, as_tensor, check_dims, pad_min_frames
 from dnsvr.nn.layers import Attention, VideoComparator
 from dnsvr.nn.similarity import pair_mask_paired, region_similarity_paired
 
@@ -44,7 +44,7 @@ class MetadataModel(nn.Module):
         return self.model(x)
 
 
-class SelectorNetwork(nn.Module):
+class SelectorNetwork(Network):
     """Selector network of DnS.
 
     Args:
@@ -80,28 +80,19 @@ class SelectorNetwork(nn.Module):
         **kwargs: Any,
     ) -> None:
         super().__init__()
-        if kwargs:
-            logger.debug("SelectorNetwork ignores arguments %s", sorted(kwargs))
         self.attention = Attention(dims, norm=False)
         self.visil_head = VideoComparator(padding="zero")
         self.mlp = MetadataModel(3, hidden_size, num_layers)
-        if device is not None:
-            self.to(device)
+        name = None
         if pretrained or weights_path is not None:
-            if attention:
+            if attention or (weights_path is not None and not binarization):
                 name = "dns_selector_cg-fg_att"
             elif binarization:
                 name = "dns_selector_cg-fg_bin"
-            elif weights_path is not None:
-                name = "dns_selector_cg-fg_att"
             else:
                 raise ValueError("SelectorNetwork(pretrained=True) needs attention=True (dns_selector_cg-fg_att) "
                                  "or binarization=True (dns_selector_cg-fg_bin)")
-            load_pretrained(self, name, weights_path)
-
-    @property
-    def device(self) -> torch.device:
-        return module_device(self)
+        self._finish_init(device, kwargs, name, weights_path)
 
     def get_network_name(self) -> str:
         return "selector_network"
@@ -124,6 +115,7 @@ class SelectorNetwork(nn.Module):
         x = as_tensor(x, self.device)
         mask = as_mask(mask, x)
         x, mask = check_dims(x, mask)
+        x, mask = pad_min_frames(x, mask)  # the comparator needs 4 frames (zero frames, as the reference pads)
         sim = self.frame_to_frame_similarity(x)
         sim_mask = None
         if mask is not None:

@@ -183,7 +183,7 @@ def chamfer_video_similarity(
     With L2-normalised region vectors the result lies in [-1, 1]. Padded frames (mask 0) are ignored.
 
     Args:
-        query: one video [Tq, R, D] (numpy or tensor).
+        query: one video [Tq, R, D] (numpy or tensor; float16 is computed in float32 on CPU).
         target: one video [Tt, R, D] or a batch of candidates [B, Tt, R, D] (padded to a common length).
         query_mask: optional [Tq] mask of the query (1 = real frame).
         target_mask: optional [Tt] / [B, Tt] mask of the candidates.
@@ -199,9 +199,9 @@ def chamfer_video_similarity(
     Example:
         >>> sims = chamfer_video_similarity(q_feats, candidate_batch, target_mask=mask)  # [B]
     """
-    q = query if isinstance(query, Tensor) else as_tensor(query, torch.device("cpu"))
-    if not q.is_floating_point():
-        q = q.float()
+    q = query if isinstance(query, Tensor) else as_tensor(query, torch.device("cpu"), dtype=None)
+    if not q.is_floating_point() or (q.device.type == "cpu" and q.dtype in (torch.float16, torch.bfloat16)):
+        q = q.float()  # stored float16 features: compute in float32 on CPU (faster and exact enough)
     t = as_tensor(target, q.device, dtype=q.dtype)
     if q.ndim != 3:
         raise ValueError(f"query must be one video [T, R, D]; got shape {tuple(q.shape)}")

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dnsvr.nn._utils import as_mask, as_tensor, check_dims, load_pretrained, module_device
+from dnsvr.nn._utils import Network, as_mask, as_tensor, check_dims, pad_min_frames
 from dnsvr.nn.layers import Attention, BinarizationLayer, NetVLAD, SimilarityRegularizationLoss, VideoComparator
 from dnsvr.nn.similarity import (
     ChamferSimilarity,
@@ -37,7 +37,7 @@ def _fill_missing_mask(mask: Tensor | None, other: Tensor | None, video: Tensor)
     return mask
 
 
-class FineGrainedStudent(nn.Module):
+class FineGrainedStudent(Network):
     """Fine-grained student: S^f_A (``attention=True``) or S^f_B (``binarization=True``).
 
     A video is indexed into region features [T, 9, D] (attention-weighted, or ±1 codes); a pair is compared
@@ -45,7 +45,8 @@ class FineGrainedStudent(nn.Module):
 
     Padded batches follow the reference's masking exactly; like the reference, a padded video gives the same
     similarity as the unpadded one when its length is a multiple of 4 (the comparator's two 2×2 poolings),
-    and a slightly different one otherwise (a pooling window straddling the end counts as valid).
+    and a slightly different one otherwise (a pooling window straddling the end counts as valid). Videos of
+    fewer than 4 frames, which the reference comparator rejects, are padded with zero frames to 4.
 
     Args:
         dims: region vector size (512).
@@ -80,8 +81,6 @@ class FineGrainedStudent(nn.Module):
         **kwargs: Any,
     ) -> None:
         super().__init__()
-        if kwargs:
-            logger.debug("FineGrainedStudent ignores arguments %s", sorted(kwargs))
         self.student_type = "fg"
         self.dims = dims
         if attention and binarization:
@@ -99,17 +98,13 @@ class FineGrainedStudent(nn.Module):
         self.htanh = nn.Hardtanh()
         self.v2v_sim = ChamferSimilarity(axes=(2, 1))
         self.sim_criterion = SimilarityRegularizationLoss()
-        if device is not None:
-            self.to(device)
+        name = None
         if pretrained or weights_path is not None:
             if self.fg_type == "none":
                 raise ValueError("FineGrainedStudent: published weights exist for attention=True "
                                  "(dns_fg_att_student) or binarization=True (dns_fg_bin_student) only")
-            load_pretrained(self, f"dns_fg_{self.fg_type}_student", weights_path)
-
-    @property
-    def device(self) -> torch.device:
-        return module_device(self)
+            name = f"dns_fg_{self.fg_type}_student"
+        self._finish_init(device, kwargs, name, weights_path)
 
     def get_network_name(self) -> str:
         return f"{self.student_type}_{self.fg_type}_student"
@@ -176,6 +171,8 @@ class FineGrainedStudent(nn.Module):
             raise ValueError(f"query {tuple(query.shape)} and target {tuple(target.shape)} differ in regions/dims")
         query_mask = _fill_missing_mask(query_mask, target_mask, query)
         target_mask = _fill_missing_mask(target_mask, query_mask, target)
+        query, query_mask = pad_min_frames(query, query_mask)
+        target, target_mask = pad_min_frames(target, target_mask)
         return query, target, query_mask, target_mask
 
     def similarity_matrix(
@@ -230,6 +227,9 @@ class FineGrainedStudent(nn.Module):
             as_mask(m, v) if m is not None else v.new_ones(v.shape[:2])
             for m, v in ((anchor_mask, anchors), (positive_mask, positives), (negative_mask, negatives))
         )
+        anchors, anchor_mask = pad_min_frames(anchors, anchor_mask)
+        positives, positive_mask = pad_min_frames(positives, positive_mask)
+        negatives, negative_mask = pad_min_frames(negatives, negative_mask)
         pos_sim, pos_mask = self.frame_to_frame_similarity(anchors, positives, anchor_mask, positive_mask, True)
         neg_sim, neg_mask = self.frame_to_frame_similarity(anchors, negatives, anchor_mask, negative_mask, True)
         if pos_sim.shape[1:] != neg_sim.shape[1:]:
@@ -244,7 +244,7 @@ class FineGrainedStudent(nn.Module):
         return pos_pair, neg_pair, loss
 
 
-class CoarseGrainedStudent(nn.Module):
+class CoarseGrainedStudent(Network):
     """Coarse-grained student S^c: attention → region sum → transformer over frames → NetVLAD → one vector.
 
     Args:
@@ -281,8 +281,6 @@ class CoarseGrainedStudent(nn.Module):
         **kwargs: Any,
     ) -> None:
         super().__init__()
-        if kwargs:
-            logger.debug("CoarseGrainedStudent ignores arguments %s", sorted(kwargs))
         self.student_type = "cg"
         self.dims = dims
         if attention:
@@ -298,14 +296,8 @@ class CoarseGrainedStudent(nn.Module):
                     nn.init.zeros_(m.bias)
         if netvlad:
             self.netvlad = NetVLAD(dims, netvlad_clusters, outdims=netvlad_outdims)
-        if device is not None:
-            self.to(device)
-        if pretrained or weights_path is not None:
-            load_pretrained(self, "dns_cg_student", weights_path)
-
-    @property
-    def device(self) -> torch.device:
-        return module_device(self)
+        use_weights = pretrained or weights_path is not None
+        self._finish_init(device, kwargs, "dns_cg_student" if use_weights else None, weights_path)
 
     @property
     def output_dims(self) -> int:

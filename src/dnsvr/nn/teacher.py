@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dnsvr.nn._utils import as_mask, as_tensor, check_dims, load_pretrained, module_device
+from dnsvr.nn._utils import Network, as_mask, as_tensor, check_dims
 from dnsvr.nn.layers import Attention, VideoComparator
 from dnsvr.nn.similarity import ChamferSimilarity, frame_to_frame_paired
 
@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["ViSiLTeacher", "ViSiLHead"]
 
 
-class ViSiLTeacher(nn.Module):
+class ViSiLTeacher(Network):
     """ViSiL similarity head, used as the DnS teacher.
 
     Args:
@@ -59,8 +59,6 @@ class ViSiLTeacher(nn.Module):
         **kwargs: Any,
     ) -> None:
         super().__init__()
-        if kwargs:
-            logger.debug("ViSiLTeacher ignores arguments %s", sorted(kwargs))
         self.dims = dims
         self.symmetric = symmetric
         if attention:
@@ -70,8 +68,7 @@ class ViSiLTeacher(nn.Module):
         self.f2f_sim = ChamferSimilarity(axes=(3, 2), symmetric=symmetric)
         self.v2v_sim = ChamferSimilarity(axes=(2, 1), symmetric=symmetric)
         self.htanh = nn.Hardtanh()
-        if device is not None:
-            self.to(device)
+        name = None
         if pretrained or weights_path is not None:
             name = "visil_symmetric" if symmetric else "visil"
             if pretrained and not (attention and video_comperator and dims == (512 if symmetric else 3840)):
@@ -80,11 +77,7 @@ class ViSiLTeacher(nn.Module):
                     f"('visil_symmetric'), both with attention and video_comperator; got dims={dims}, "
                     f"symmetric={symmetric}, attention={attention}, video_comperator={video_comperator}"
                 )
-            load_pretrained(self, name, weights_path)
-
-    @property
-    def device(self) -> torch.device:
-        return module_device(self)
+        self._finish_init(device, kwargs, name, weights_path)
 
     def get_network_name(self) -> str:
         return "visil_symmetric" if self.symmetric else "visil"
