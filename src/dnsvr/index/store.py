@@ -88,7 +88,7 @@ __all__ = [
 _FINE_DTYPES = ("uint8", "float16", "float32", "int8")
 _SQL_CHUNK = 900  # stay below SQLite's host-parameter limit
 _MAX_ID_LEN = 1024
-_DERIVED_APPEND_MAX = 50_000  # coarse vectors held per transaction for the derived files (200 MB at 1024-d)
+_DERIVED_APPEND_MAX = 32_768  # coarse vectors held per transaction for the derived files (128 MB at 1024-d)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -478,7 +478,9 @@ class IndexStore:
             if not directory.is_dir():
                 raise NotADirectoryError(f"cannot create an index at {directory}: it is a file")
             if any(directory.iterdir()):
-                what = "an index" if (directory / MANIFEST_NAME).exists() else "not empty"
+                what = ("an index" if (directory / MANIFEST_NAME).exists() else
+                        "not empty (an interrupted create leaves no manifest.json; delete the directory)"
+                        if (directory / DB_NAME).exists() else "not empty")
                 raise FileExistsError(f"cannot create an index at {directory}: the directory is {what}"
                                       f" (use IndexStore.open for an existing index)")
         directory.mkdir(parents=True, exist_ok=True)
@@ -557,7 +559,7 @@ class IndexStore:
                     try:
                         self._refresh()
                         self._coarse.persist(self._cat.rowid, self._cat.generation)
-                    except (OSError, sqlite3.Error) as exc:
+                    except (OSError, sqlite3.Error, IndexStoreError) as exc:
                         logger.warning("could not save the derived coarse data of %s (%s); it will be rebuilt",
                                        self.directory, exc)
                 if not self.readonly:
