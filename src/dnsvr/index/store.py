@@ -1350,6 +1350,39 @@ class IndexStore:
                         bytes_before, bytes_after)
             return report
 
+    def set_coarse_index(self, spec: str, params: str = "") -> None:
+        """Change the coarse index spec (and its default query-time parameters); recorded in the manifest.
+
+        The ANN index is derived data: it is built for the new spec on the next search with a finite
+        ``k`` (or by :meth:`build_coarse_index`).
+
+        Args:
+            spec: ``"Flat"`` (exact) or a FAISS ``index_factory`` spec, e.g. ``"IVF1024,Flat"``, ``"HNSW32"``.
+            params: default query-time parameters, e.g. ``"nprobe=32"``.
+
+        Raises:
+            ValueError: FAISS does not understand the spec or the parameters.
+        """
+        import faiss  # noqa: PLC0415
+
+        if not is_exact_spec(spec):
+            try:
+                probe = faiss.index_factory(self.config.coarse_dim, spec, faiss.METRIC_INNER_PRODUCT)
+                if params:
+                    faiss.ParameterSpace().set_index_parameters(probe, params)
+            except RuntimeError as exc:
+                raise ValueError(f"invalid coarse index spec {spec!r} / params {params!r} for "
+                                 f"{self.config.coarse_dim}-d vectors: {exc}") from exc
+        with self._mutex:
+            self._check_writable()
+            config = dataclasses.replace(self.config, coarse_index=spec, coarse_params=params)
+            manifest = dict(self.manifest, config=config.to_dict())
+            write_json_atomic(self.directory / MANIFEST_NAME, manifest)
+            self.manifest, self.config = manifest, config
+            coarse = self._coarse
+            coarse.spec, coarse.ann, coarse.ann_rowids, coarse.ann_failed = spec, None, None, False
+            logger.info("coarse index of %s set to %r (%s)", self.directory, spec, params or "default params")
+
     def build_coarse_index(self) -> None:
         """Bring the derived coarse data (matrix, ANN index) up to date now and save it (writer)."""
         with self._mutex:
