@@ -206,11 +206,16 @@ def measure(args: argparse.Namespace, res: dict) -> None:
         k100 = [timeit(lambda i=i: reader.coarse_search(qs[i : i + 1], k=100), 1)[0] for i in range(32)]
         kall = [timeit(lambda i=i: reader.coarse_search(qs[i : i + 1], k=None), 1)[0] for i in range(8)]
         batch = timeit(lambda: reader.coarse_search(qs, k=100), 3)
+        # the floor on this machine at this moment: the same product on a plain in-memory matrix
+        plain = reader.coarse_vectors()
+        bare = [timeit(lambda i=i: plain @ qs[i], 1)[0] for i in range(16)]
+        del plain
         res["coarse_search_exact"] = {
             "n_db": len(reader), "dim": DC,
             "k100_ms_median": 1e3 * float(np.median(k100)), "k100_ms_p90": 1e3 * float(np.percentile(k100, 90)),
             "kall_ms_median": 1e3 * float(np.median(kall)),
             "batch32_k100_ms_per_query": 1e3 * float(np.median(batch)) / 32,
+            "reference_bare_numpy_gemv_ms_median": 1e3 * float(np.median(bare)),
         }
         print("exact coarse search:", json.dumps(res["coarse_search_exact"]))
         ids = reader.ids()

@@ -61,11 +61,17 @@ def test_cli_dns_curve_json_and_png(synth, random_bundle: Path, tmp_path: Path) 
     png = Path(report["plot"])
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The table output names the curve too (the training-free lite bundle: fast).
-    result = CliRunner().invoke(app, [
-        "evaluate", "-b", "custom", "--ground-truth", str(synth.ground_truth_path), "--positive-labels", "ND",
-        "-f", str(synth.features), "-m", "dns", "--bundle", "lite", "-o", str(out)])
+    gt_args = ["-b", "custom", "--ground-truth", str(synth.ground_truth_path), "--positive-labels", "ND"]
+    saved = tmp_path / "sims.npz"
+    result = CliRunner().invoke(app, ["evaluate", *gt_args, "-f", str(synth.features), "-m", "dns", "--bundle", "lite",
+                                      "-o", str(out), "--save-similarities", str(saved)])
     assert result.exit_code == 0, result.output
     assert "100%" in result.stdout and "DnS" in result.stdout and (out / "custom_dns_curve.png").is_file()
+    # The saved similarities (at 100%) re-evaluate to the report's metrics.
+    lite = json.loads((out / "custom_dns.json").read_text())
+    result = CliRunner().invoke(app, ["evaluate", *gt_args, "--similarities", str(saved), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == pytest.approx(lite["metrics"], abs=1e-12)
 
 
 def test_dns_curve_ends_match_coarse_and_fine_models(synth, random_bundle: Path) -> None:

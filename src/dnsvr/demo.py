@@ -53,8 +53,8 @@ class DemoResult:
         return hit, total
 
 
-def run_demo(workdir: str | Path, *, originals: int = 4, distractors: int = 6,
-             transforms: Sequence[str] = DEMO_TRANSFORMS, seconds: float = 12.0, top_k: int = 8,
+def run_demo(workdir: str | Path, *, originals: int = 3, distractors: int = 4,
+             transforms: Sequence[str] = DEMO_TRANSFORMS, seconds: float = 10.0, top_k: int = 8,
              budget: Any = None, bundle: str = "lite",
              status: Callable[[str], None] | None = None) -> DemoResult:
     """Generate videos, build an index, query it.

@@ -1,4 +1,4 @@
-"""Reading backbone checkpoints without unpickling arbitrary objects."""
+"""Reading backbone checkpoints without unpickling arbitrary objects (via the weights registry's reader)."""
 
 from __future__ import annotations
 
@@ -8,40 +8,32 @@ from pathlib import Path
 
 import torch
 
+from dnsvr.weights import load_checkpoint
+
 logger = logging.getLogger(__name__)
 
 
 def load_state_dict(weights: str | Path | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A state dict from a path (``.pth``/``.pt`` via ``torch.load(weights_only=True)``, ``.safetensors``) or a mapping.
-
-    A checkpoint dict holding ``"model"`` or ``"state_dict"`` yields that entry.
+    """A state dict from a file (see :func:`dnsvr.weights.load_checkpoint`) or a mapping.
 
     Args:
-        weights: the file or the state dict itself.
+        weights: the file (``.pth`` read with ``weights_only=True``, ``.safetensors``, ``.npz``) or the
+            state dict itself (a checkpoint dict holding ``"model"``/``"state_dict"`` yields that entry).
 
     Returns:
-        ``{name: tensor}`` on the CPU.
+        ``{name: tensor}``.
 
     Raises:
         FileNotFoundError: if the path does not exist.
-        ValueError: if the file holds no state dict.
+        ValueError: if it holds no state dict.
     """
-    if isinstance(weights, Mapping):
-        state = dict(weights)
-    else:
-        path = Path(weights)
-        if not path.is_file():
-            raise FileNotFoundError(f"weights file not found: {path}")
-        if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path), device="cpu")
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        logger.debug("read %s", path)
+    if not isinstance(weights, Mapping):
+        return load_checkpoint(weights)
+    state = dict(weights)
     for key in ("model", "state_dict"):
         if isinstance(state.get(key), Mapping):
             state = dict(state[key])
+            break
     if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{weights!s:.200}: not a state dict of tensors (keys: {sorted(state)[:8]})")
+        raise ValueError(f"not a state dict of tensors (keys: {sorted(map(str, state))[:8]})")
     return state

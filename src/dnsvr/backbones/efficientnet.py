@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dnsvr.backbones._layers import Conv2dSame, fold_pairs
+from dnsvr.backbones._layers import Conv2dSame, fold_pairs, fused_conv
 
 logger = logging.getLogger(__name__)
 
@@ -78,15 +78,22 @@ class MBConvBlock(nn.Module):
         self._bn2 = _bn(out_channels)
         self.act = nn.ReLU6(inplace=True)
         self.id_skip = stride == 1 and in_channels == out_channels
+        self.folded = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.folded:
+            out = fused_conv(self._expand_conv, x, "relu6") if self.has_expansion else x
+            out = fused_conv(self._depthwise_conv, out, "relu6")
+            return fused_conv(self._project_conv, out, None, residual=x if self.id_skip else None)
         out = self.act(self._bn0(self._expand_conv(x))) if self.has_expansion else x
         out = self.act(self._bn1(self._depthwise_conv(out)))
         out = self._bn2(self._project_conv(out))
         return out + x if self.id_skip else out
 
     def fold_batchnorm(self) -> int:
-        return fold_pairs(self, [("_expand_conv", "_bn0"), ("_depthwise_conv", "_bn1"), ("_project_conv", "_bn2")])
+        n = fold_pairs(self, [("_expand_conv", "_bn0"), ("_depthwise_conv", "_bn1"), ("_project_conv", "_bn2")])
+        self.folded = True
+        return n
 
 
 class EfficientNetLite0(nn.Module):
@@ -118,6 +125,7 @@ class EfficientNetLite0(nn.Module):
         self._avg_pooling = nn.AdaptiveAvgPool2d(1)
         self._dropout = nn.Dropout(0.2)
         self._fc = nn.Linear(1280, num_classes)
+        self.folded = False
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -127,13 +135,16 @@ class EfficientNetLite0(nn.Module):
 
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The four region stages for normalised [N, 3, H, W] input (24, 40, 112, 1280 channels)."""
-        x = self.act(self._bn0(self._conv_stem(x)))
+        if self.folded:
+            x = fused_conv(self._conv_stem, x, "relu6")
+        else:
+            x = self.act(self._bn0(self._conv_stem(x)))
         outs = []
         for idx, block in enumerate(self._blocks):
             x = block(x)
             if idx in REGION_BLOCKS:
                 outs.append(x)
-        outs.append(self.act(self._bn1(self._conv_head(x))))
+        outs.append(fused_conv(self._conv_head, x, "relu6") if self.folded else self.act(self._bn1(self._conv_head(x))))
         return outs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -152,6 +163,7 @@ class EfficientNetLite0(nn.Module):
         n = fold_pairs(self, [("_conv_stem", "_bn0"), ("_conv_head", "_bn1")])
         for block in self._blocks:
             n += block.fold_batchnorm()
+        self.folded = True
         return n
 
 

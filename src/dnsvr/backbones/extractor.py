@@ -75,7 +75,8 @@ class FeatureExtractor(nn.Module):
             ``resnet50_imagenet`` for ResNet-50, which may download once), a checkpoint path,
             a state dict, or ``"random"`` (random initialisation; tests and benchmarks).
         fold_batchnorm: fold batch norm into the convolutions (exact up to float rounding).
-        batch_size: frames per network call in :meth:`extract`.
+        batch_size: frames per network call in :meth:`extract`. On the 2-core CPU, 32 measured
+            clearly faster than 16, 8 or 4 (fewer thread synchronisations per frame).
 
     Raises:
         ValueError: for an unknown backbone or a whitening of the wrong input size.
@@ -109,6 +110,12 @@ class FeatureExtractor(nn.Module):
         self.preprocessing: dict[str, Any] = dict(preprocessing)
         self.batch_size = int(batch_size)
         self.device = torch.device(device)
+        self.region_dims = int(sum(net_cls.stage_channels))
+        if whitening is not None and whitening.input_dims != self.region_dims:
+            raise ValueError(
+                f"whitening {whitening.identity} takes {whitening.input_dims}-d vectors; "
+                f"{backbone} regions are {self.region_dims}-d"
+            )
         self.net = net_cls()
         if isinstance(weights, str) and weights == RANDOM:
             self.weights_source = RANDOM
@@ -123,13 +130,6 @@ class FeatureExtractor(nn.Module):
         if fold_batchnorm:
             n = self.net.fold_batchnorm()
             logger.debug("%s: folded %d batch norms", backbone, n)
-        self.region_dims = int(sum(self.net.stage_channels))
-        if whitening is not None:
-            if whitening.input_dims != self.region_dims:
-                raise ValueError(
-                    f"whitening {whitening.identity} takes {whitening.input_dims}-d vectors; "
-                    f"{backbone} regions are {self.region_dims}-d"
-                )
         self.whitening = whitening
         mean = torch.tensor(self.preprocessing["mean"], dtype=torch.float32)
         std = torch.tensor(self.preprocessing["std"], dtype=torch.float32)
@@ -182,16 +182,18 @@ class FeatureExtractor(nn.Module):
         x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
         return (x * self.preprocessing["scale"] - self._mean) / self._std
 
-    def forward(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """One batch: frames [N, H, W, 3] → float32 [N, 9, D] on the device (see :meth:`extract`)."""
-        x = self.normalize(frames)
+    def _regions(self, x: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cuda":
             autocast = torch.autocast("cuda", dtype=torch.float16)
         else:
             autocast = contextlib.nullcontext()
         with autocast:
             stages = self.net.forward_stages(x)
-        regions = l3_imac([s.float() for s in stages])
+        return l3_imac([s.float() for s in stages])
+
+    def forward(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """One chunk: frames [N, H, W, 3] → float32 [N, 9, D] on the device (see :meth:`extract`)."""
+        regions = self._regions(self.normalize(frames))
         if self.whitening is not None:
             regions = self.whitening(regions)
         return regions

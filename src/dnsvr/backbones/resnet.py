@@ -13,7 +13,7 @@ import logging
 import torch
 from torch import nn
 
-from dnsvr.backbones._layers import fold_pairs
+from dnsvr.backbones._layers import fold_pairs, fused_conv
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +49,14 @@ class Bottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
         self.stride = stride
+        self.folded = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.folded:
+            identity = x if self.downsample is None else fused_conv(self.downsample[0], x)
+            out = fused_conv(self.conv1, x, "relu")
+            out = fused_conv(self.conv2, out, "relu")
+            return fused_conv(self.conv3, out, "relu", residual=identity)
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
@@ -61,6 +67,7 @@ class Bottleneck(nn.Module):
         n = fold_pairs(self, [("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")])
         if isinstance(self.downsample, nn.Sequential):
             n += fold_pairs(self.downsample, [("0", "1")])
+        self.folded = True
         return n
 
 
@@ -91,6 +98,7 @@ class ResNet50(nn.Module):
         self.layer4 = self._make_layer(512, 3, stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(512 * Bottleneck.expansion, num_classes)
+        self.folded = False
         self._init_weights()
 
     def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
@@ -115,7 +123,10 @@ class ResNet50(nn.Module):
 
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Stage outputs ``[layer1, layer2, layer3, layer4]`` for normalised [N, 3, H, W] input."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        if self.folded:
+            x = self.maxpool(fused_conv(self.conv1, x, "relu"))
+        else:
+            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         outs = []
         for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
             x = layer(x)
@@ -139,6 +150,7 @@ class ResNet50(nn.Module):
         for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
             for block in layer:
                 n += block.fold_batchnorm()
+        self.folded = True
         return n
 
 

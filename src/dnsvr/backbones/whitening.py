@@ -120,7 +120,8 @@ class PCAWhitening(nn.Module):
         """Load a whitening file: the published ``.pth`` ({mean, V, d}), ``.npz``, or our ``.safetensors``.
 
         Args:
-            path: the file. ``.pth``/``.pt`` is read with ``torch.load(weights_only=True)``,
+            path: the file. ``.pth``/``.pt`` is read with ``torch.load(weights_only=True)``
+                (:func:`dnsvr.weights.load_checkpoint`),
                 ``.npz`` with ``allow_pickle=False``, ``.safetensors`` with safetensors.
             dims: output size; default: 512 when the file has at least 512 components,
                 else the number stored (our own saves record theirs).
@@ -149,12 +150,9 @@ class PCAWhitening(nn.Module):
                 arrays = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
                 meta = dict(f.metadata() or {})
         else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-            if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
-                obj = obj["model"]
-            if not isinstance(obj, dict):
-                raise ValueError(f"{path}: expected a dict with mean, V, d; got {type(obj).__name__}")
-            arrays = {k: _to_numpy(v, k) if isinstance(v, torch.Tensor | np.ndarray) else v for k, v in obj.items()}
+            from dnsvr.weights import load_checkpoint  # weights_only=True, the project's one .pth reader
+
+            arrays = {k: _to_numpy(v, k) for k, v in load_checkpoint(path).items()}
         missing = [k for k in ("mean", "V", "d") if k not in arrays]
         if missing:
             raise ValueError(f"{path}: whitening file lacks {missing}; has {sorted(arrays)}")

@@ -22,8 +22,8 @@ _out = Console(width=None if sys.stdout.isatty() else 100)
 def demo_command(
     workdir: Path = typer.Option(None, "--workdir", help="Keep the videos and the index here "
                                                          "(default: a temporary folder, removed at the end)."),
-    originals: int = typer.Option(4, "--originals", help="Query videos (each gets 5 transformed copies)."),
-    distractors: int = typer.Option(6, "--distractors", help="Unrelated videos in the index."),
+    originals: int = typer.Option(3, "--originals", help="Query videos (each gets 5 transformed copies)."),
+    distractors: int = typer.Option(4, "--distractors", help="Unrelated videos in the index."),
     top_k: int = typer.Option(8, "--top-k", "-k", help="Results shown per query."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON document instead of tables."),
 ) -> None:

@@ -522,14 +522,17 @@ class VideoIndex:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         database_size = len(store)
+        generation = store.generation
         hits = store.coarse_search(q.rep.coarse[None, :], k=ann_candidates)
         valid = hits.positions[0] >= 0
         ids = hits.ids[0][valid].tolist()
         coarse = hits.scores[0][valid]
+        positions = hits.positions[0][valid]
         if q.index_id is not None and not include_self:
             keep = [i for i, v in enumerate(ids) if v != q.index_id]
             ids = [ids[i] for i in keep]
             coarse = coarse[keep]
+            positions = positions[keep]
             database_size -= 1
         timings["coarse"] = time.perf_counter() - t0
 
@@ -537,8 +540,13 @@ class VideoIndex:
         if self.bundle.has_selector:
             def selector_fn(cand_ids: Sequence[str], cand_coarse: np.ndarray) -> np.ndarray:
                 t = time.perf_counter()
-                scores = self.bundle.selector_scores(q.rep.selector, store.selector_values(list(cand_ids)),
-                                                     cand_coarse)
+                # candidates come in coarse order with their positions in store.ids(): index the
+                # column of all self-similarities instead of looking every id up
+                if store.generation == generation and len(cand_ids) == len(positions):
+                    values = store.selector_values()[positions]
+                else:  # a writer changed the index since the coarse search: look the ids up
+                    values = store.selector_values(list(cand_ids))
+                scores = self.bundle.selector_scores(q.rep.selector, values, cand_coarse)
                 timings["selector"] = time.perf_counter() - t
                 return scores  # type: ignore[return-value]
 
