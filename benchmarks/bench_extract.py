@@ -227,6 +227,8 @@ def main() -> None:
         result["memory"] = {"short": bench_memory(short, workdir), "long": bench_memory(long, workdir)}
         m = result["memory"]
         m["growth_mib"] = round(m["long"]["peak_rss_mib"] - m["short"]["peak_rss_mib"], 1)
+        m["note"] = ("peak_rss_mib is the whole process's peak, model construction included; the half-run peaks "
+                     "are sampled every 0.1 s during extraction")
         print(f"memory: peak RSS {m['short']['peak_rss_mib']} MiB (1 min), {m['long']['peak_rss_mib']} MiB "
               f"({args.memory_minutes:g} min)", flush=True)
 
@@ -235,7 +237,9 @@ def main() -> None:
     result["targets"] = {
         "lite0_end_to_end_ge_60": None if lite is None else lite["end_to_end"]["frames_per_s"] >= 60,
         "resnet50_end_to_end_ge_20": None if res50 is None else res50["end_to_end"]["frames_per_s"] >= 20,
-        "decode_overhead_le_10pct": None if lite is None else lite["decode_overhead_wall"] <= 0.10,
+        # judged on both measures: on a loaded machine the wall-clock ratio alone can look better than it is
+        "decode_overhead_le_10pct": None if lite is None else max(lite["decode_overhead_wall"],
+                                                                  lite["decode_overhead_cpu"]) <= 0.10,
         "peak_memory_le_1.5GiB": None if "memory" not in result else
         result["memory"]["long"]["peak_rss_mib"] <= 1536,
     }

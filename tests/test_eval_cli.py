@@ -55,3 +55,20 @@ def test_cli_errors(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "missing.json" in result.output
     result = runner.invoke(app, ["evaluate", "-b", "nope", "-s", str(sims)])
     assert result.exit_code == 2 and "CC_WEB_VIDEO" in result.output
+
+
+def test_cli_fivr_annotation_override_gives_davr(tmp_path: Path) -> None:
+    from dnsvr.eval import FIVR
+
+    bench = FIVR("5k")
+    query, db = bench.queries[0], bench.database
+    ann = tmp_path / "annotation.json"
+    ann.write_text(json.dumps({query: {"ND": [db[0]], "DA": [db[1], db[2]]}}))
+    sims = tmp_path / "sims.json"
+    sims.write_text(json.dumps({query: {db[1]: 0.9, db[0]: 0.8, db[3]: 0.7, db[2]: 0.6}}))
+    result = runner.invoke(app, ["evaluate", "-b", "FIVR-5K", "-s", str(sims), "--annotation", str(ann), "--json"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)
+    assert metrics["DSVR"] == 0.5 and metrics["DAVR"] == pytest.approx((1 + 2 / 4) / 2)
+    result = runner.invoke(app, ["evaluate", "-b", "SVD", "-s", str(sims), "--annotation", str(ann)])
+    assert result.exit_code == 2 and "FIVR" in result.output

@@ -478,3 +478,22 @@ def test_snapshot_pins_a_state(tmp_path: Path) -> None:
         with writer.snapshot():
             writer.add(make_records(1, start=60))
     writer.close()
+
+
+def test_record_forms(tmp_path: Path) -> None:
+    rng = np.random.default_rng(61)
+    fine = rng.integers(0, 256, (3, 9, 8), dtype=np.uint8)
+    coarse = rng.standard_normal(DC).astype(np.float32)
+    with IndexStore.create(tmp_path / "idx", binary_config()) as store:
+        store.add([("plain", coarse, fine),  # a 3-tuple: no selector, no meta
+                   {"video_id": "dict", "coarse": coarse[None, :].astype(np.float64), "fine": fine, "selector": 0.5},
+                   IndexRecord("rec", coarse, fine, None, {"source": tmp_path / "a.mp4"})])
+        assert store.ids() == ["plain", "dict", "rec"]
+        np.testing.assert_array_equal(store.coarse_vectors(), np.stack([coarse] * 3))
+        assert np.isnan(store.selector_values(["plain"])[0]) and store.selector_values("dict")[0] == 0.5
+        assert store.get("rec").source == str(tmp_path / "a.mp4") and store.get("plain").timestamps is None
+        assert store.n_frames().tolist() == [3, 3, 3]
+        with pytest.raises(RecordError, match="record dict keys"):
+            store.add([{"id": "x"}])
+        with pytest.raises(RecordError, match="at most 5"):
+            store.add([("x", coarse, fine, None, None, "extra")])

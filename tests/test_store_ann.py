@@ -72,3 +72,21 @@ def test_ann_spec_falls_back_to_exact_when_small(tmp_path: Path) -> None:
     with build(tmp_path / "idx", "IVF64,Flat", "nprobe=4", x) as store:
         hits = store.coarse_search(x[:3], k=5)
         assert hits.exact and hits.ids[:, 0].tolist() == ["v0", "v1", "v2"]
+
+
+def test_set_coarse_index_switches_spec(tmp_path: Path) -> None:
+    x = clustered(3000, D, clusters=20, seed=4)
+    with build(tmp_path / "idx", "Flat", "", x) as store:
+        assert store.coarse_search(x[:2], k=10).exact
+        with pytest.raises(ValueError, match="invalid coarse index spec"):
+            store.set_coarse_index("NotAnIndex42")
+        store.set_coarse_index("IVF16,Flat", "nprobe=16")
+        hits = store.coarse_search(x[:2], k=10)
+        assert not hits.exact and hits.ids[:, 0].tolist() == ["v0", "v1"]
+        store.build_coarse_index()
+    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    assert manifest["config"]["coarse_index"] == "IVF16,Flat" and manifest["config"]["coarse_params"] == "nprobe=16"
+    with IndexStore.open(tmp_path / "idx", readonly=True) as store:
+        assert store.config.coarse_index == "IVF16,Flat"
+        assert not store.coarse_search(x[:2], k=10).exact
+        assert store.verify(checksums=False).ok

@@ -42,16 +42,21 @@ def _copy(rng: np.random.Generator, src: np.ndarray) -> np.ndarray:
         x = x[::2]
     elif speed < 0.5:
         x = np.repeat(x, 2, axis=0)
-    shift = 0.5 * rng.standard_normal((1, 1, src.shape[-1]))
-    return _normalize(x + 0.05 * rng.standard_normal(x.shape) * 8 + shift)
+    # ``src`` regions are unit vectors (about 1/sqrt(D) per dimension): noise and shift are relative to that.
+    scale = 1.0 / np.sqrt(src.shape[-1])
+    shift = 0.5 * scale * rng.standard_normal((1, 1, src.shape[-1]))
+    return _normalize(x + 0.6 * scale * rng.standard_normal(x.shape) + shift)
 
 
 def make_collection(path: str | Path, n_sources: int = 12, copies: int = 2, distractors: int = 12,
                     dims: int = 32, frames: tuple[int, int] = (8, 16), topics: int = 3,
-                    seed: int = 0) -> dict[str, list[str]]:
-    """Write a feature file; return ``{source_id: [copy ids]}`` (the near-duplicate ground truth)."""
+                    seed: int = 0, topic_seed: int = 0) -> dict[str, list[str]]:
+    """Write a feature file; return ``{source_id: [copy ids]}`` (the near-duplicate ground truth).
+
+    Collections with the same ``topic_seed`` share their topics (the same "domain").
+    """
     rng = np.random.default_rng(seed)
-    topic_vecs = rng.standard_normal((topics, dims))
+    topic_vecs = np.random.default_rng([topic_seed, 99]).standard_normal((topics, dims))
     truth: dict[str, list[str]] = {}
     with h5py.File(path, "w") as h5:
         for s in range(n_sources):
@@ -67,12 +72,3 @@ def make_collection(path: str | Path, n_sources: int = 12, copies: int = 2, dist
             h5.create_dataset(f"dis{d:03d}", data=_source(rng, dims, frames, topic_vecs[d % topics]))
     return truth
 
-
-def average_precision(ranked: list[str], relevant: set[str]) -> float:
-    """AP of one ranked list (every relevant item is assumed to appear in it)."""
-    hits, total = 0, 0.0
-    for i, vid in enumerate(ranked, start=1):
-        if vid in relevant:
-            hits += 1
-            total += hits / i
-    return total / max(len(relevant), 1)

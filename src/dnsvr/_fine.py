@@ -232,18 +232,18 @@ def _region_chamfer(query: torch.Tensor, q_frames: int, cands: list[_Prepared], 
             c.fill(target[start:start + c.rows])
             start += c.rows
         frame_rows = max(1, block_elements // max(1, cols * regions))
-        target_t = target.T.contiguous() if fine_type == "bin" else target.T
         pieces = []
         for f0 in range(0, q_frames, frame_rows):
-            q = query[f0 * regions:min(q_frames, f0 + frame_rows) * regions]
+            # target @ query^T keeps the big operand in its stored row-major layout (no transposed copy)
+            q_t = query[f0 * regions:min(q_frames, f0 + frame_rows) * regions].T.contiguous()
             if fine_type == "bin":
-                s = torch._int_mm(q, target_t) if q.shape[0] > 16 else q.int() @ target_t.int()
+                s = torch._int_mm(target, q_t) if q_t.shape[1] > 16 else target.int() @ q_t.int()
             else:
-                s = q @ target_t
-            nq = q.shape[0] // regions
+                s = target @ q_t
+            nq = q_t.shape[1] // regions
             # max over target regions (exact in int32 for codes), then mean over query regions
-            s = s.view(nq, regions, cols // regions, regions).amax(3).float().mean(1)  # [nq, sum T2]
-            pieces.append(s)
+            s = s.view(cols // regions, regions, nq, regions).amax(1).float().mean(2)  # [sum T2, nq]
+            pieces.append(s.T)
         full = torch.cat(pieces, 0) if len(pieces) > 1 else pieces[0]
         start = 0
         for c in cands[i:j]:

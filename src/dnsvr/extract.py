@@ -343,11 +343,10 @@ class _Video:
     idx: int
     video_id: str
     path: Path
-    info: Any = None
     timestamps: list[np.ndarray] = field(default_factory=list)
     queued: int = 0          # frames handed to the network queue, not yet computed
     ended: dict[str, Any] | None = None
-    failed: bool = False
+    closed: bool = False     # done or failed: nothing more is emitted for it
 
 
 class _Stop(Exception):
@@ -457,23 +456,23 @@ def _pipeline(entries: Sequence[tuple[str, Path]], extractor: Extractor, opts: _
             reason = f"feature extraction failed: {type(exc).__name__}: {exc}"
             for v, frames in take:
                 v.queued -= len(frames)
-                if not v.failed:
-                    v.failed = True
+                if not v.closed:
+                    v.closed = True
                     yield "fail", v, ("network_error", reason)
             return
         pos = 0
         for v, frames in take:
             k = len(frames)
             v.queued -= k
-            if not v.failed:
+            if not v.closed:
                 yield "features", v, feats[pos:pos + k]
             pos += k
 
     def finished() -> Iterator[tuple[str, _Video, Any]]:
         for v in videos:
-            if v.ended is not None and v.queued == 0 and not v.failed:
+            if v.ended is not None and v.queued == 0 and not v.closed:
                 meta, v.ended = v.ended, None
-                v.failed = True  # done: nothing more may be emitted for it
+                v.closed = True
                 yield "done", v, meta
 
     done_workers = 0
@@ -484,7 +483,7 @@ def _pipeline(entries: Sequence[tuple[str, Path]], extractor: Extractor, opts: _
                 done_workers += 1
                 continue
             v = videos[idx]
-            if v.failed:
+            if v.closed:
                 continue
             if kind == "chunk" and idx not in started:
                 started.add(idx)
@@ -501,7 +500,7 @@ def _pipeline(entries: Sequence[tuple[str, Path]], extractor: Extractor, opts: _
                 v.ended = payload
                 yield from finished()
             elif kind == "fail":
-                v.failed = True
+                v.closed = True
                 pending = [(pv, f) for pv, f in pending if pv is not v]
                 pending_n = sum(len(f) for _, f in pending)
                 yield "fail", v, payload
@@ -852,7 +851,7 @@ def _extract_into(writer: FeatureWriter, entries: list[tuple[str, Path]], extrac
                         parts[v.idx].append(payload)
                     except (OSError, ValueError) as exc:
                         parts.pop(v.idx).abort()
-                        v.failed = True
+                        v.closed = True
                         report.failures.append(VideoFailure(v.video_id, str(v.path), "write_error",
                                                             f"cannot write features: {exc}"))
                         bar.advance_video()

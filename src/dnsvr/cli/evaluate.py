@@ -42,7 +42,7 @@ def evaluate_command(
                                   help="FIVR-5K, FIVR-200K, CC_WEB_VIDEO, SVD, EVVE, or custom."),
     similarities: Optional[Path] = typer.Option(
         None, "--similarities", "-s", help="{query_id: {video_id: score}} as .json or .json.gz (or a .npz written by dnsvr)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object: the metrics (with --features: the whole report)."),
     ground_truth: Optional[Path] = typer.Option(
         None, "--ground-truth", help="custom benchmark: {query_id: {video_id: label}} (.json/.json.gz)."),
     positive_labels: Optional[list[str]] = typer.Option(
@@ -50,7 +50,8 @@ def evaluate_command(
         help="custom benchmark: labels that count as positive (repeat or comma-separate; default 1)."),
     annotation: Optional[Path] = typer.Option(
         None, "--annotation",
-        help="FIVR only: an annotation.json {query: {ND/DS/CS/IS/DA: [ids]}} replacing the shipped one."),
+        help="FIVR only: FIVR's annotation.json ({query: {label: list of ids}}, labels ND/DS/CS/IS/DA) "
+             "replacing the shipped one (needed for DAVR)."),
     features: Optional[Path] = typer.Option(
         None, "--features", "-f", help="HDF5 feature file (published layout) to run --model over."),
     model: Optional[str] = typer.Option(

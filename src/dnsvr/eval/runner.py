@@ -229,16 +229,19 @@ def _dns_curve(benchmark: Benchmark, queries: list[str], database: list[str], fi
     fine_scores = fine_to_score(fine.astype(np.float64))
     curve = []
     table = None
+    largest = max(fractions)
     for fraction in fractions:
         pairs = int(fraction * n_db)  # as the reference: int(percentage * available videos)
         sims = coarse.astype(np.float64).copy()
         for i, order in enumerate(orders):
             chosen = order[:pairs]
             sims[i, chosen] = fine_scores[i, chosen]
-        table = SimilarityTable.from_arrays(queries, database, sims)
+        point_table = SimilarityTable.from_arrays(queries, database, sims)
+        if fraction == largest:
+            table = point_table
         seconds = fraction * times["fine"] + times["coarse"] + times.get("selector", 0.0)
         curve.append({"fraction": fraction, "pairs": pairs, "time_per_query_s": seconds,
-                      "metrics": benchmark.evaluate(table)})
+                      "metrics": benchmark.evaluate(point_table)})
     if table is None:
         raise ValueError("no fraction to evaluate")
     return curve, table

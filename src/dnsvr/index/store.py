@@ -88,7 +88,7 @@ __all__ = [
 _FINE_DTYPES = ("uint8", "float16", "float32", "int8")
 _SQL_CHUNK = 900  # stay below SQLite's host-parameter limit
 _MAX_ID_LEN = 1024
-_DERIVED_APPEND_MAX = 50_000  # coarse vectors held per transaction for the derived files (200 MB at 1024-d)
+_DERIVED_APPEND_MAX = 32_768  # coarse vectors held per transaction for the derived files (128 MB at 1024-d)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -478,7 +478,9 @@ class IndexStore:
             if not directory.is_dir():
                 raise NotADirectoryError(f"cannot create an index at {directory}: it is a file")
             if any(directory.iterdir()):
-                what = "an index" if (directory / MANIFEST_NAME).exists() else "not empty"
+                what = ("an index" if (directory / MANIFEST_NAME).exists() else
+                        "not empty (an interrupted create leaves no manifest.json; delete the directory)"
+                        if (directory / DB_NAME).exists() else "not empty")
                 raise FileExistsError(f"cannot create an index at {directory}: the directory is {what}"
                                       f" (use IndexStore.open for an existing index)")
         directory.mkdir(parents=True, exist_ok=True)
@@ -557,7 +559,7 @@ class IndexStore:
                     try:
                         self._refresh()
                         self._coarse.persist(self._cat.rowid, self._cat.generation)
-                    except (OSError, sqlite3.Error) as exc:
+                    except (OSError, sqlite3.Error, IndexStoreError) as exc:
                         logger.warning("could not save the derived coarse data of %s (%s); it will be rebuilt",
                                        self.directory, exc)
                 if not self.readonly:
@@ -1349,6 +1351,39 @@ class IndexStore:
             logger.info("compacted %s: purged %d videos, %d -> %d shard bytes", self.directory, n_removed,
                         bytes_before, bytes_after)
             return report
+
+    def set_coarse_index(self, spec: str, params: str = "") -> None:
+        """Change the coarse index spec (and its default query-time parameters); recorded in the manifest.
+
+        The ANN index is derived data: it is built for the new spec on the next search with a finite
+        ``k`` (or by :meth:`build_coarse_index`).
+
+        Args:
+            spec: ``"Flat"`` (exact) or a FAISS ``index_factory`` spec, e.g. ``"IVF1024,Flat"``, ``"HNSW32"``.
+            params: default query-time parameters, e.g. ``"nprobe=32"``.
+
+        Raises:
+            ValueError: FAISS does not understand the spec or the parameters.
+        """
+        import faiss  # noqa: PLC0415
+
+        if not is_exact_spec(spec):
+            try:
+                probe = faiss.index_factory(self.config.coarse_dim, spec, faiss.METRIC_INNER_PRODUCT)
+                if params:
+                    faiss.ParameterSpace().set_index_parameters(probe, params)
+            except RuntimeError as exc:
+                raise ValueError(f"invalid coarse index spec {spec!r} / params {params!r} for "
+                                 f"{self.config.coarse_dim}-d vectors: {exc}") from exc
+        with self._mutex:
+            self._check_writable()
+            config = dataclasses.replace(self.config, coarse_index=spec, coarse_params=params)
+            manifest = dict(self.manifest, config=config.to_dict())
+            write_json_atomic(self.directory / MANIFEST_NAME, manifest)
+            self.manifest, self.config = manifest, config
+            coarse = self._coarse
+            coarse.spec, coarse.ann, coarse.ann_rowids, coarse.ann_failed = spec, None, None, False
+            logger.info("coarse index of %s set to %r (%s)", self.directory, spec, params or "default params")
 
     def build_coarse_index(self) -> None:
         """Bring the derived coarse data (matrix, ANN index) up to date now and save it (writer)."""

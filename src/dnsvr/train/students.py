@@ -237,6 +237,23 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / den) if den > 0 else 0.0
 
 
+def ranking_agreement(student: np.ndarray, teacher: np.ndarray, groups: np.ndarray) -> float:
+    """Mean Spearman rank correlation between student and teacher similarities within each group.
+
+    With ``groups`` = the anchor of each pair this measures what retrieval needs: does the student
+    rank each anchor's videos like the teacher (irrespective of offsets between anchors)?
+    Groups of fewer than 3 pairs are skipped.
+    """
+    student, teacher, groups = np.asarray(student), np.asarray(teacher), np.asarray(groups)
+    out = []
+    for g in np.unique(groups):
+        m = groups == g
+        if m.sum() >= 3:
+            out.append(pearson(np.argsort(np.argsort(student[m], kind="stable"), kind="stable"),
+                               np.argsort(np.argsort(teacher[m], kind="stable"), kind="stable")))
+    return float(np.mean(out)) if out else 0.0
+
+
 def train_student(pairs: str | Path | MinedPairs, features: str | Path, output_dir: str | Path,
                   config: StudentTrainConfig | None = None, resume: bool = False, device: str = "cpu",
                   progress: bool | None = None,
@@ -435,18 +452,14 @@ def pair_similarities(model: torch.nn.Module, kind: str, videos: Callable[[int],
         for r, (i, j) in enumerate(pairs):
             sims[r] = float((reps[int(i)] * reps[int(j)]).sum())
         return sims
-    # One comparator call per query video against all of its (padded) targets.
+    # The batched fine path of the search (same results as calculate_video_similarity per pair).
+    from dnsvr._fine import FineComparator, fine_similarities
+
+    comparator = FineComparator(model)
+    fine_type = "bin" if kind == "fg-bin" else "att"
     for i in np.unique(pairs[:, 0]):
         rows = np.flatnonzero(pairs[:, 0] == i)
-        for s in range(0, len(rows), batch_size):
-            chunk = rows[s:s + batch_size]
-            targets = [reps[int(j)] for j in pairs[chunk, 1]]
-            t_max = max(int(t.shape[0]) for t in targets)
-            x = targets[0].new_zeros((len(targets), t_max, *targets[0].shape[1:]))
-            m = targets[0].new_zeros((len(targets), t_max))
-            for k, t in enumerate(targets):
-                x[k, :len(t)] = t
-                m[k, :len(t)] = 1
-            out = model.calculate_video_similarity(reps[int(i)], x, target_mask=m)
-            sims[chunk] = out.reshape(-1).float().cpu().numpy()
+        query = reps[int(i)].float().cpu()
+        cands = [reps[int(j)].float().cpu() for j in pairs[rows, 1]]
+        sims[rows], _ = fine_similarities(query, cands, fine_type, comparator)
     return sims
