@@ -34,8 +34,13 @@ def test_cli_train_chain(tmp_path):
     assert summary["pairs"] == 12 * 6 and summary["positive"]["count"] == 12
     assert json.loads(_ok(runner, ["train", "info", str(tmp_path / "p.h5")]))["complete"] is True
     common = ["--pairs", str(tmp_path / "p.h5"), "--features", str(feats), "--no-progress"]
-    _ok(runner, ["train", "student", "--type", "fg-att", "-o", str(tmp_path / "fg"), "--epochs", "1",
-                 "--batch-size", "4", *common])
+    truth = {f"src{i:03d}": {f"src{i:03d}_copy0": 1} for i in range(4)}
+    (tmp_path / "gt.json").write_text(json.dumps(truth))
+    hist = json.loads(_ok(runner, ["train", "student", "--type", "fg-att", "-o", str(tmp_path / "fg"), "--epochs",
+                                   "1", "--batch-size", "4", "--stream", "--val-benchmark", "custom",
+                                   "--val-features", str(feats), "--val-ground-truth", str(tmp_path / "gt.json"),
+                                   *common]))["history"]
+    assert 0.0 <= hist[0]["val_mAP"] <= 1.0 and (tmp_path / "fg" / "best").is_dir()
     hist = json.loads(_ok(runner, ["train", "student", "--type", "cg", "-o", str(tmp_path / "cg"), "--epochs", "1",
                                    "--batch-size", "4", "--network", CG_NET, "--validation-fraction", "0.25",
                                    *common]))["history"]

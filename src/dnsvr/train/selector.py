@@ -49,7 +49,7 @@ class SelectorTrainConfig:
         validation_fraction: share of pairs held out (accuracy / F1 per epoch; best F1 kept).
         hidden_size: MLP width.
         num_layers: MLP hidden layers.
-        in_memory: load the whole feature file into memory.
+        in_memory: load the whole feature file into memory (default: when smaller than 4 GiB).
     """
 
     epochs: int = 10
@@ -63,7 +63,7 @@ class SelectorTrainConfig:
     validation_fraction: float = 0.0
     hidden_size: int = 100
     num_layers: int = 1
-    in_memory: bool = True
+    in_memory: bool | None = None
 
 
 @dataclass

@@ -109,7 +109,7 @@ class StudentTrainConfig:
         max_frames: videos are cut to this many frames.
         validation_fraction: share of anchors held out for validation (0: none); the best epoch is kept.
         amp: bfloat16 autocast when training on CUDA.
-        in_memory: load the whole feature file into memory (small collections).
+        in_memory: load the whole feature file into memory (default: when smaller than 4 GiB).
         itq: fg-bin initialisation: ``"fit"`` (on the collection), ``"published"``, a ``.npz`` path, or ``"none"``.
         network: extra constructor arguments of the student network.
     """
@@ -125,7 +125,7 @@ class StudentTrainConfig:
     max_frames: int = 300
     validation_fraction: float = 0.0
     amp: bool = True
-    in_memory: bool = True
+    in_memory: bool | None = None
     itq: str = "fit"
     network: dict[str, Any] = field(default_factory=dict)
 
