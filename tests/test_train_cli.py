@@ -86,3 +86,25 @@ def test_benchmark_validator_keeps_best(tmp_path):
     assert validator(res.model)["score"] == pytest.approx(max(scores), abs=1e-6)
     with pytest.raises(ValueError, match="none of the"):
         benchmark_validator(feats, "custom", "cg", ground_truth={"nope": {"x": 1}})
+
+
+def test_features_from_index_roundtrip(tmp_path):
+    """A collection indexed with a chamfer-stage bundle can be trained on without the original files."""
+    import numpy as np
+
+    from dnsvr.bundle import Bundle
+    from dnsvr.features import FeatureFile
+    from dnsvr.index import VideoIndex
+
+    feats = tmp_path / "f.h5"
+    make_collection(feats, n_sources=2, copies=1, distractors=2, dims=16, frames=(6, 8), seed=8)
+    index = VideoIndex.create(tmp_path / "idx", Bundle("plain", "resnet50", fine_args={"dims": 16}))
+    report = index.add([feats])
+    index.close()
+    assert len(VideoIndex.open(tmp_path / "idx", readonly=True).ids()) == 6, report
+    runner = CliRunner()
+    _ok(runner, ["train", "features", str(tmp_path / "idx"), "-o", str(tmp_path / "back.h5")])
+    with FeatureFile(feats) as a, FeatureFile(tmp_path / "back.h5") as b:
+        assert sorted(a.ids()) == sorted(b.ids())
+        for vid in a.ids():  # float16 storage in the index
+            assert np.allclose(a.read(vid), b.read(vid), atol=2e-3)

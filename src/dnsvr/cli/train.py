@@ -55,6 +55,20 @@ def mine_command(
     typer.echo(json.dumps(MinedPairs(out).summary(), indent=1))
 
 
+@train_app.command("features")
+def features_command(
+    index: Path = typer.Argument(..., help="A dnsvr index built with the lite bundle."),
+    output: Path = typer.Option(..., "--output", "-o", help="HDF5 feature file to write."),
+) -> None:
+    """Write the base features an index keeps to a feature file (train on an indexed collection)."""
+    from dnsvr.train.collection import features_from_index
+
+    try:
+        typer.echo(str(features_from_index(index, output)))
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+
+
 @train_app.command("info")
 def info_command(pairs: Path = typer.Argument(..., help="Mined-pairs file.")) -> None:
     """Counts and teacher similarity statistics of a mined-pairs file."""
