@@ -34,8 +34,13 @@ def test_cli_train_chain(tmp_path):
     assert summary["pairs"] == 12 * 6 and summary["positive"]["count"] == 12
     assert json.loads(_ok(runner, ["train", "info", str(tmp_path / "p.h5")]))["complete"] is True
     common = ["--pairs", str(tmp_path / "p.h5"), "--features", str(feats), "--no-progress"]
-    _ok(runner, ["train", "student", "--type", "fg-att", "-o", str(tmp_path / "fg"), "--epochs", "1",
-                 "--batch-size", "4", *common])
+    truth = {f"src{i:03d}": {f"src{i:03d}_copy0": 1} for i in range(4)}
+    (tmp_path / "gt.json").write_text(json.dumps(truth))
+    hist = json.loads(_ok(runner, ["train", "student", "--type", "fg-att", "-o", str(tmp_path / "fg"), "--epochs",
+                                   "1", "--batch-size", "4", "--stream", "--val-benchmark", "custom",
+                                   "--val-features", str(feats), "--val-ground-truth", str(tmp_path / "gt.json"),
+                                   *common]))["history"]
+    assert 0.0 <= hist[0]["val_mAP"] <= 1.0 and (tmp_path / "fg" / "best").is_dir()
     hist = json.loads(_ok(runner, ["train", "student", "--type", "cg", "-o", str(tmp_path / "cg"), "--epochs", "1",
                                    "--batch-size", "4", "--network", CG_NET, "--validation-fraction", "0.25",
                                    *common]))["history"]
@@ -86,3 +91,25 @@ def test_benchmark_validator_keeps_best(tmp_path):
     assert validator(res.model)["score"] == pytest.approx(max(scores), abs=1e-6)
     with pytest.raises(ValueError, match="none of the"):
         benchmark_validator(feats, "custom", "cg", ground_truth={"nope": {"x": 1}})
+
+
+def test_features_from_index_roundtrip(tmp_path):
+    """A collection indexed with a chamfer-stage bundle can be trained on without the original files."""
+    import numpy as np
+
+    from dnsvr.bundle import Bundle
+    from dnsvr.features import FeatureFile
+    from dnsvr.index import VideoIndex
+
+    feats = tmp_path / "f.h5"
+    make_collection(feats, n_sources=2, copies=1, distractors=2, dims=16, frames=(6, 8), seed=8)
+    index = VideoIndex.create(tmp_path / "idx", Bundle("plain", "resnet50", fine_args={"dims": 16}))
+    report = index.add([feats])
+    index.close()
+    assert len(VideoIndex.open(tmp_path / "idx", readonly=True).ids()) == 6, report
+    runner = CliRunner()
+    _ok(runner, ["train", "features", str(tmp_path / "idx"), "-o", str(tmp_path / "back.h5")])
+    with FeatureFile(feats) as a, FeatureFile(tmp_path / "back.h5") as b:
+        assert sorted(a.ids()) == sorted(b.ids())
+        for vid in a.ids():  # float16 storage in the index
+            assert np.allclose(a.read(vid), b.read(vid), atol=2e-3)
