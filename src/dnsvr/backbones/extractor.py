@@ -89,6 +89,12 @@ class FeatureExtractor(nn.Module):
             ``scale`` (1/255), ``mean``, ``std`` and ``channel_order``: frames are converted as
             ``(x * scale - mean) / std`` per RGB channel.
         region_dims: size of the raw region vectors (sum of the four stage widths).
+        identity: provenance dict (backbone, weights source, whitening identity, dims) to store with features.
+
+    Example:
+        >>> ex = FeatureExtractor("resnet50", weights="random")             # paper backbone, random weights
+        >>> ex(np.zeros((2, 224, 224, 3), np.uint8)).shape                  # doctest: +SKIP
+        torch.Size([2, 9, 3840])
     """
 
     def __init__(
