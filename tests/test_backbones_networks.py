@@ -179,3 +179,10 @@ def test_resnet50_default_weights_come_from_the_registry_offline(monkeypatch: py
     sd = ResNet50().state_dict()
     ex = FeatureExtractor("resnet50", weights=sd)
     assert ex.weights_source == "state_dict"
+
+
+@pytest.mark.parametrize("size", [(61, 97), (17, 23), (1, 1)])
+def test_extractor_any_frame_size(size: tuple[int, int]) -> None:
+    ex = FeatureExtractor("efficientnet_lite0")
+    out = ex(np.random.default_rng(0).integers(0, 256, size=(2, *size, 3), dtype=np.uint8))
+    assert out.shape == (2, 9, 1456) and bool(torch.isfinite(out).all())

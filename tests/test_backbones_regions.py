@@ -103,3 +103,15 @@ def test_whitening_file_errors(tmp_path: Path) -> None:
         PCAWhitening(np.zeros(4), np.eye(3), np.ones(3), dims=2)
     with pytest.raises(ValueError, match="cannot keep"):
         PCAWhitening(np.zeros(4), np.eye(4), np.ones(4), dims=5)
+
+
+def test_normalize_leaves_float_input_untouched() -> None:
+    ex = FeatureExtractor("resnet50", weights="random")
+    frames = torch.randint(0, 256, (2, 32, 32, 3)).float()
+    before = frames.clone()
+    x = ex.normalize(frames)
+    assert torch.equal(frames, before)
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    expected = (before.permute(0, 3, 1, 2) / 255 - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) \
+        / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    torch.testing.assert_close(x, expected, atol=1e-5, rtol=0)

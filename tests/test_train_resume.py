@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -84,3 +86,36 @@ def test_export_reference_layout_and_student_as_teacher(mined, tmp_path):
     assert MinedPairs(out).params["teacher"]["kind"] == "fg_att_student"
     with pytest.raises(ValueError, match="expects 16-d"):
         load_teacher(run, dims=32)
+
+
+def test_selector_resume_is_bit_exact(mined, tmp_path):
+    from dnsvr.train.selector import SelectorTrainConfig, train_selector
+    from dnsvr.train.students import build_student
+
+    torch.manual_seed(1)
+    fine, coarse = build_student("fg-att", 16), build_student("cg", 16, **CG_NET)
+    cfg = SelectorTrainConfig(epochs=2, batch_size=8, pairs_per_class=8, threshold=0.1, seed=3)
+    args = (mined / "p.h5", mined / "f.h5")
+    full = train_selector(*args, tmp_path / "full", (fine, "fg-att"), (coarse, "cg"), cfg, progress=False)
+    train_selector(*args, tmp_path / "part", (fine, "fg-att"), (coarse, "cg"), cfg, progress=False,
+                   stop_after_epochs=1)
+    res = train_selector(*args, tmp_path / "part", (fine, "fg-att"), (coarse, "cg"), cfg, progress=False,
+                         resume=True)
+    a, b = full.model.state_dict(), res.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [h["loss"] for h in full.history] == [h["loss"] for h in res.history]
+
+
+def test_mining_with_a_network_teacher(mined, tmp_path):
+    """A ViSiL-style network teacher (random weights here) plugs into mining like the published one."""
+    from dnsvr.nn import ViSiLTeacher
+    from dnsvr.train.mining import MinedPairs
+    from dnsvr.train.teachers import NetworkTeacher
+
+    torch.manual_seed(0)
+    teacher = NetworkTeacher(ViSiLTeacher(dims=16, symmetric=True), {"kind": "visil-test"})
+    out = mine(mined / "f.h5", tmp_path / "p.h5", teacher, MiningParams(candidates=4, positives=1,
+                                                                     random_negatives=2), progress=False)
+    mp = MinedPairs(out)
+    assert mp.params["teacher"] == {"kind": "visil-test"} and len(mp) == 12 * 6
+    assert np.isfinite(mp.similarity).all() and mp.similarity.std() > 0

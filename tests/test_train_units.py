@@ -153,3 +153,31 @@ def test_selector_labels():
     fine = np.array([1.0, -1.0, 0.0, 0.5])
     coarse = np.array([1.0, 0.5, 0.5, 0.5])
     assert selector_labels(fine, coarse, 0.2).tolist() == [0.0, 1.0, 0.0, 1.0]
+
+
+def test_triplet_batches_prefetch_and_streaming_are_identical(tmp_path):
+    from dnsvr.train.data import TripletDataset, VideoStore
+
+    feats = tmp_path / "f.h5"
+    make_collection(feats, n_sources=4, copies=2, distractors=4, dims=8, seed=9)
+    mp = MinedPairs(mine(feats, tmp_path / "p.h5", _DotTeacher(), MiningParams(candidates=4, positives=2,
+                                                                              random_negatives=2),
+                         progress=False))
+
+    def epoch_batches(in_memory, prefetch, epoch):
+        ds = TripletDataset(mp, VideoStore(feats, mp.video_ids, in_memory=in_memory), seed=5)
+        ds.set_epoch(epoch)
+        return list(ds.batches(5, prefetch=prefetch))
+
+    ref = epoch_batches(True, 0, 0)
+    assert sum(b.similarities.shape[0] for b in ref) == len(mp.video_ids)
+    for other in (epoch_batches(True, 3, 0), epoch_batches(False, 2, 0)):
+        assert len(other) == len(ref)
+        for a, b in zip(ref, other):
+            assert torch.equal(a.videos, b.videos) and torch.equal(a.masks, b.masks)
+            assert torch.equal(a.similarities, b.similarities)
+    # masks mark the real frames; a new epoch draws other positives/negatives or augmentations
+    b0 = ref[0]
+    assert b0.videos.shape[0] == 3 * b0.similarities.shape[0] and b0.masks.sum(1).min() >= 1
+    assert any(not torch.equal(a.videos, b.videos) for a, b in zip(ref, epoch_batches(True, 0, 1))
+               if a.videos.shape == b.videos.shape) or len(ref) == 0

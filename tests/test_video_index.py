@@ -230,3 +230,21 @@ def test_readonly_and_errors(tmp_path):
         VideoIndex.open(tmp_path)
     with pytest.raises(FileExistsError):
         VideoIndex.create(tmp_path / "idx", plain_bundle())
+
+
+def test_coarse_top_n_candidates(tmp_path):
+    """With ``ann_candidates`` only the coarse top-N reach the selector and fine stages."""
+    videos, groups = make_collection(seed=6)
+    with VideoIndex.create(tmp_path / "idx", plain_bundle(), coarse_index="HNSW32") as index:
+        index.add([write_h5(tmp_path / "f.h5", videos)])
+        q = list(groups)[0]
+        full = index.search([q], top_k=None, budget="100%")[0]
+        top = index.search([q], top_k=None, budget="100%", ann_candidates=6)[0]
+    assert top.candidates <= 6 and len(top.results) <= 6
+    coarse_order = sorted(full.results, key=lambda r: -r.coarse_score)
+    expected = {r.video_id for r in coarse_order[:6]} - {q}
+    assert {r.video_id for r in top.results} <= expected | {q}
+    # the fine scores of the pairs both runs re-ranked are the same
+    fine = {r.video_id: r.fine_score for r in full.results}
+    for r in top.results:
+        assert abs(r.fine_score - fine[r.video_id]) < 1e-6

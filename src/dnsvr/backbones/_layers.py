@@ -118,14 +118,19 @@ def fused_conv(conv: nn.Conv2d, x: torch.Tensor, activation: str | None = None,
         padding, weight = conv.padding, conv.weight
         if isinstance(padding, str):  # pragma: no cover - our networks use explicit padding
             raise ValueError(f"fused_conv needs numeric padding, got {padding!r}")
+    global _FUSED_CONV
     name, scalars, eager_act = _ACTIVATIONS[activation]
     if (_FUSED_CONV is not None and x.device.type == "cpu" and x.dtype == torch.float32
             and weight.dtype == torch.float32 and not torch.is_grad_enabled()):
         args = (list(padding), list(conv.stride), list(conv.dilation), conv.groups)
-        if residual is None:
-            return _FUSED_CONV(x, weight, conv.bias, *args, name, scalars, "")
-        unary = None if activation is None else name
-        return _FUSED_CONV.binary(x, residual, weight, conv.bias, *args, "add", None, unary, scalars, "")
+        try:
+            if residual is None:
+                return _FUSED_CONV(x, weight, conv.bias, *args, name, scalars, "")
+            unary = None if activation is None else name
+            return _FUSED_CONV.binary(x, residual, weight, conv.bias, *args, "add", None, unary, scalars, "")
+        except (RuntimeError, NotImplementedError) as exc:  # a private oneDNN op: fall back for good
+            logger.warning("fused oneDNN convolution unavailable (%s); using eager convolutions", exc)
+            _FUSED_CONV = None
     y = F.conv2d(x, weight, conv.bias, conv.stride, padding, conv.dilation, conv.groups)
     if residual is not None:
         y = y + residual

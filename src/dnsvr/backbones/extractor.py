@@ -89,6 +89,12 @@ class FeatureExtractor(nn.Module):
             ``scale`` (1/255), ``mean``, ``std`` and ``channel_order``: frames are converted as
             ``(x * scale - mean) / std`` per RGB channel.
         region_dims: size of the raw region vectors (sum of the four stage widths).
+        identity: provenance dict (backbone, weights source, whitening identity, dims) to store with features.
+
+    Example:
+        >>> ex = FeatureExtractor("resnet50", weights="random")             # paper backbone, random weights
+        >>> ex(np.zeros((2, 224, 224, 3), np.uint8)).shape                  # doctest: +SKIP
+        torch.Size([2, 9, 3840])
     """
 
     def __init__(
@@ -133,8 +139,9 @@ class FeatureExtractor(nn.Module):
         self.whitening = whitening
         mean = torch.tensor(self.preprocessing["mean"], dtype=torch.float32)
         std = torch.tensor(self.preprocessing["std"], dtype=torch.float32)
-        self.register_buffer("_mean", mean.view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("_std", std.view(1, 3, 1, 1), persistent=False)
+        scale = float(self.preprocessing["scale"])
+        self.register_buffer("_gain", (scale / std).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("_offset", (mean / std).view(1, 3, 1, 1), persistent=False)
         self.to(self.device)
         self.eval()
         if self.device.type == "cpu":
@@ -179,8 +186,10 @@ class FeatureExtractor(nn.Module):
             raise ValueError(f"frames must be [N, H, W, 3] RGB, got shape {tuple(x.shape)}")
         if x.dtype != torch.uint8:
             logger.debug("frames of dtype %s treated as 0..255 values", x.dtype)
-        x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
-        return (x * self.preprocessing["scale"] - self._mean) / self._std
+        # uint8 travels to the device (4x less than float); copy=True: never scale the caller's float tensor in place
+        x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).to(torch.float32, copy=True)
+        # (x * scale - mean) / std as one multiply-add on the fresh float buffer (no temporaries)
+        return x.mul_(self._gain).sub_(self._offset)
 
     def _regions(self, x: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cuda":

@@ -55,6 +55,20 @@ def mine_command(
     typer.echo(json.dumps(MinedPairs(out).summary(), indent=1))
 
 
+@train_app.command("features")
+def features_command(
+    index: Path = typer.Argument(..., help="A dnsvr index built with the lite bundle."),
+    output: Path = typer.Option(..., "--output", "-o", help="HDF5 feature file to write."),
+) -> None:
+    """Write the base features an index keeps to a feature file (train on an indexed collection)."""
+    from dnsvr.train.collection import features_from_index
+
+    try:
+        typer.echo(str(features_from_index(index, output)))
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+
+
 @train_app.command("info")
 def info_command(pairs: Path = typer.Argument(..., help="Mined-pairs file.")) -> None:
     """Counts and teacher similarity statistics of a mined-pairs file."""
@@ -83,6 +97,13 @@ def student_command(
     itq: str = typer.Option("fit", help="fg-bin init: fit | published | PATH.npz | none."),
     network: str = typer.Option("{}", help="JSON of extra network arguments, e.g. '{\"netvlad_clusters\": 32}'."),
     init: Optional[Path] = typer.Option(None, help="Start from these weights (safetensors / .pth)."),
+    val_benchmark: Optional[str] = typer.Option(None, help="Validate every epoch on a benchmark (FIVR-5K, "
+                                                "CC_WEB_VIDEO, SVD, EVVE, custom) and keep the best epoch."),
+    val_features: Optional[Path] = typer.Option(None, help="Feature file of the validation benchmark's videos."),
+    val_ground_truth: Optional[Path] = typer.Option(None, help="custom benchmark: {query: {video: label}} JSON."),
+    val_max_queries: Optional[int] = typer.Option(None, help="Validate on the first N queries only."),
+    in_memory: Optional[bool] = typer.Option(None, "--in-memory/--stream",
+                                             help="Load all features into memory (default: files < 4 GiB)."),
     resume: bool = typer.Option(False, help="Continue the run in --output."),
     device: str = typer.Option("cpu"),
     amp: bool = typer.Option(True, "--amp/--no-amp", help="bfloat16 autocast on CUDA."),
@@ -96,9 +117,18 @@ def student_command(
         cfg = StudentTrainConfig(type=type, epochs=epochs, batch_size=batch_size, learning_rate=lr,
                                  weight_decay=weight_decay, r_parameter=r_parameter, augmentation=augmentation,
                                  seed=seed, validation_fraction=validation_fraction, amp=amp, itq=itq,
-                                 network=json.loads(network))
+                                 in_memory=in_memory, network=json.loads(network))
+        validator = None
+        if val_benchmark is not None:
+            from dnsvr.train.validation import benchmark_validator
+
+            if val_features is None:
+                _fail("--val-benchmark needs --val-features (the benchmark videos' feature file)")
+            extra = {"ground_truth": str(val_ground_truth)} if val_ground_truth else {}
+            validator = benchmark_validator(val_features, val_benchmark, type, max_queries=val_max_queries,
+                                            device=device, **extra)
         result = train_student(pairs, features, output, cfg, resume=resume, device=device, progress=progress,
-                               init_state=load_state_dict(init) if init else None)
+                               init_state=load_state_dict(init) if init else None, validator=validator)
     except (ValueError, FileNotFoundError, KeyError) as exc:
         _fail(str(exc))
     typer.echo(json.dumps({"output": str(result.output_dir), "history": result.history}, indent=1))
@@ -118,6 +148,8 @@ def selector_command(
     pairs_per_class: Optional[int] = typer.Option(None, help="Balanced samples per class and epoch."),
     seed: int = typer.Option(0),
     validation_fraction: float = typer.Option(0.0),
+    in_memory: Optional[bool] = typer.Option(None, "--in-memory/--stream",
+                                             help="Load all features into memory (default: files < 4 GiB)."),
     resume: bool = typer.Option(False),
     device: str = typer.Option("cpu"),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress"),
@@ -128,7 +160,7 @@ def selector_command(
     try:
         cfg = SelectorTrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=lr, threshold=threshold,
                                   pairs_per_class=pairs_per_class, seed=seed,
-                                  validation_fraction=validation_fraction)
+                                  validation_fraction=validation_fraction, in_memory=in_memory)
         result = train_selector(pairs, features, output, fine, coarse, cfg, resume=resume, device=device,
                                 progress=progress)
     except (ValueError, FileNotFoundError) as exc:

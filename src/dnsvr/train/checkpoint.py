@@ -141,3 +141,10 @@ def load_checkpoint_folder(folder: str | Path, model: torch.nn.Module,
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state(rng["cuda"])
     return meta
+
+
+def write_final(output_dir: str | Path, model: torch.nn.Module, config: dict[str, Any]) -> None:
+    """Write a run's final ``model.safetensors`` and ``config.json`` (the files loaders read)."""
+    output_dir = Path(output_dir)
+    save_file(_contiguous(model.state_dict()), str(output_dir / "model.safetensors"))
+    (output_dir / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True))

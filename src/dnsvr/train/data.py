@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,20 +65,25 @@ def pad_videos(videos: Sequence[np.ndarray | torch.Tensor]) -> tuple[torch.Tenso
     return out, mask
 
 
+#: Feature files smaller than this are loaded into memory by default (bytes).
+IN_MEMORY_LIMIT = 4 << 30
+
+
 class VideoStore:
     """Reads videos of a feature file by index; optionally keeps them all in memory.
 
     Args:
         features: the HDF5 feature file.
         video_ids: index → id (the mined-pairs order).
-        in_memory: load every video once (small collections, fastest); otherwise read on demand.
+        in_memory: load every video once (fastest); ``False``: read on demand; ``None`` (default): in memory
+            when the feature file is smaller than :data:`IN_MEMORY_LIMIT` bytes.
         max_frames: longer videos are cut to their first ``max_frames`` frames before anything else.
 
     Raises:
         KeyError: when a video id of the pairs file is not in the feature file.
     """
 
-    def __init__(self, features: str | Path, video_ids: Sequence[str], in_memory: bool = True,
+    def __init__(self, features: str | Path, video_ids: Sequence[str], in_memory: bool | None = None,
                  max_frames: int = MAX_FRAMES) -> None:
         self.path = Path(features)
         self.video_ids = list(video_ids)
@@ -88,6 +94,8 @@ class VideoStore:
         if missing:
             raise KeyError(f"{len(missing)} video(s) of the pairs file are not in {self.path}: {missing[:5]}")
         self._mem: list[np.ndarray] | None = None
+        if in_memory is None:
+            in_memory = self.path.stat().st_size < IN_MEMORY_LIMIT
         if in_memory:
             self._mem = [clip_length(self._ff.read(v), max_frames) for v in self.video_ids]
 
@@ -161,12 +169,30 @@ class TripletDataset:
             negative = augment_video(negative, rng)
         return anchor, positive, negative, sims
 
-    def batches(self, batch_size: int, shuffle: bool = True, start_batch: int = 0) -> Iterator[TripletBatch]:
-        """The epoch's batches (call :meth:`set_epoch` first); ``start_batch`` skips the first ones."""
+    def batches(self, batch_size: int, shuffle: bool = True, start_batch: int = 0,
+                prefetch: int = 2) -> Iterator[TripletBatch]:
+        """The epoch's batches (call :meth:`set_epoch` first); ``start_batch`` skips the first ones.
+
+        ``prefetch`` batches are read and augmented ahead in a background thread while the caller
+        trains (the content does not depend on it: every sample's randomness is keyed by its position).
+        """
         order = _rng(self.seed, 3, self.epoch).permutation(len(self)) if shuffle else np.arange(len(self))
-        for b in range(start_batch, num_batches(len(self), batch_size)):
+
+        def make(b: int) -> TripletBatch:
             idx = order[b * batch_size:(b + 1) * batch_size]
-            yield collate_triplets([self[int(i)] for i in idx])
+            return collate_triplets([self[int(i)] for i in idx])
+
+        todo = range(start_batch, num_batches(len(self), batch_size))
+        if prefetch <= 0:
+            for b in todo:
+                yield make(b)
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dnsvr-batches") as pool:
+            pending = [pool.submit(make, b) for b in todo[:prefetch]]
+            for k in range(len(todo)):
+                if k + prefetch < len(todo):
+                    pending.append(pool.submit(make, todo[k + prefetch]))
+                yield pending.pop(0).result()
 
 
 def num_batches(n: int, batch_size: int) -> int:

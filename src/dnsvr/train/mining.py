@@ -87,11 +87,11 @@ class MiningParams:
 
 
 def global_vector(features: np.ndarray) -> np.ndarray:
-    """The cheap global descriptor: mean of L2-normalised regions, L2-normalised. ``[T,R,D] → [D]``."""
-    x = np.asarray(features, dtype=np.float32)
-    x = x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-    v = x.reshape(-1, x.shape[-1]).mean(axis=0)
-    return v / max(float(np.linalg.norm(v)), 1e-12)
+    """The cheap global descriptor ``[T, R, D] → [D]``: the ``lite`` bundle's training-free coarse vector
+    (mean of L2-normalised regions, L2-normalised; :func:`dnsvr.bundle.lite_coarse_vector`)."""
+    from dnsvr.bundle import lite_coarse_vector
+
+    return lite_coarse_vector(features)
 
 
 def _progress(enabled: bool | None):

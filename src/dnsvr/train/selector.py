@@ -23,10 +23,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 from dnsvr.train._progress import progress_bar
-from dnsvr.train.checkpoint import find_checkpoint, load_checkpoint_folder, save_checkpoint
+from dnsvr.train.checkpoint import find_checkpoint, load_checkpoint_folder, save_checkpoint, write_final
 from dnsvr.train.data import VideoStore, _rng, pad_videos
 from dnsvr.train.mining import MinedPairs
 from dnsvr.train.students import load_student, pair_similarities
@@ -50,7 +49,7 @@ class SelectorTrainConfig:
         validation_fraction: share of pairs held out (accuracy / F1 per epoch; best F1 kept).
         hidden_size: MLP width.
         num_layers: MLP hidden layers.
-        in_memory: load the whole feature file into memory.
+        in_memory: load the whole feature file into memory (default: when smaller than 4 GiB).
     """
 
     epochs: int = 10
@@ -64,7 +63,7 @@ class SelectorTrainConfig:
     validation_fraction: float = 0.0
     hidden_size: int = 100
     num_layers: int = 1
-    in_memory: bool = True
+    in_memory: bool | None = None
 
 
 @dataclass
@@ -217,9 +216,7 @@ def train_selector(pairs: str | Path | MinedPairs, features: str | Path, output_
     model = model.cpu().eval()
     cfg_json.update(history=history, best_score=best,
                     finished=bool(history) and history[-1]["epoch"] == config.epochs - 1)
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()},
-              str(output_dir / "model.safetensors"))
-    (output_dir / "config.json").write_text(json.dumps(cfg_json, indent=1, sort_keys=True))
+    write_final(output_dir, model, cfg_json)
     store.close()
     return SelectorResult(model, cfg_json, history, output_dir)
 

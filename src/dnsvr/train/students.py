@@ -36,10 +36,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 from dnsvr.train._progress import progress_bar
-from dnsvr.train.checkpoint import find_checkpoint, load_checkpoint_folder, save_checkpoint
+from dnsvr.train.checkpoint import find_checkpoint, load_checkpoint_folder, save_checkpoint, write_final
 from dnsvr.train.data import TripletDataset, VideoStore, num_batches, pad_videos, split_anchors
 from dnsvr.train.mining import MinedPairs
 
@@ -110,7 +109,7 @@ class StudentTrainConfig:
         max_frames: videos are cut to this many frames.
         validation_fraction: share of anchors held out for validation (0: none); the best epoch is kept.
         amp: bfloat16 autocast when training on CUDA.
-        in_memory: load the whole feature file into memory (small collections).
+        in_memory: load the whole feature file into memory (default: when smaller than 4 GiB).
         itq: fg-bin initialisation: ``"fit"`` (on the collection), ``"published"``, a ``.npz`` path, or ``"none"``.
         network: extra constructor arguments of the student network.
     """
@@ -126,7 +125,7 @@ class StudentTrainConfig:
     max_frames: int = 300
     validation_fraction: float = 0.0
     amp: bool = True
-    in_memory: bool = True
+    in_memory: bool | None = None
     itq: str = "fit"
     network: dict[str, Any] = field(default_factory=dict)
 
@@ -390,9 +389,7 @@ def train_student(pairs: str | Path | MinedPairs, features: str | Path, output_d
         load_checkpoint_folder(final_from, model, None, restore_rng=False)
     model = model.cpu().eval()
     cfg_json.update(history=history, finished=finished, final_weights=final_from.name, best_score=best_score)
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()},
-              str(output_dir / "model.safetensors"))
-    (output_dir / "config.json").write_text(json.dumps(cfg_json, indent=1, sort_keys=True))
+    write_final(output_dir, model, cfg_json)
     store.close()
     return StudentResult(model, cfg_json, history, output_dir)
 

@@ -57,16 +57,12 @@ class ChamferTeacher:
     def similarities(self, query: torch.Tensor, targets: list[torch.Tensor], batch_size: int = 32) -> np.ndarray:
         from dnsvr.nn.similarity import chamfer_video_similarity
 
+        from dnsvr.train.data import pad_videos
+
         out: list[np.ndarray] = []
         for s in range(0, len(targets), batch_size):
-            chunk = targets[s:s + batch_size]
-            t_max = max(int(t.shape[0]) for t in chunk)
-            x = query.new_zeros((len(chunk), t_max, *chunk[0].shape[1:]))
-            m = query.new_zeros((len(chunk), t_max))
-            for i, t in enumerate(chunk):
-                x[i, :len(t)] = t
-                m[i, :len(t)] = 1
-            sims = chamfer_video_similarity(query, x, target_mask=m)
+            x, m = pad_videos([t.cpu() for t in targets[s:s + batch_size]])
+            sims = chamfer_video_similarity(query, x.to(self.device), target_mask=m.to(self.device))
             out.append(sims.reshape(-1).float().cpu().numpy())
         return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
 
