@@ -49,7 +49,8 @@ def test_recovers_parts_left_by_a_crash(tmp_path):
     w.write("b", feats(1))
     part = w.begin("c")
     part.append(feats(2))                            # a video being written when the process dies
-    # the process "dies": no close(); the feature file was never checkpointed
+    # the process "dies": no close(); the feature file was never checkpointed; the OS drops its lock
+    w._lock_fh.close()
     assert not out.exists()
     assert len(list(w.journal.glob("*.h5"))) == 2 and len(list(w.journal.glob("*.tmp"))) == 1
     w2 = FeatureWriter(out)
@@ -121,3 +122,15 @@ def test_invalid_ids_and_shapes(tmp_path):
             w.begin("empty").commit()
         with pytest.raises(ValueError, match="float32 or float16"):
             FeatureWriter(tmp_path / "g.h5", dtype="int8")
+
+
+def test_single_writer_lock(tmp_path):
+    out = tmp_path / "f.h5"
+    first = FeatureWriter(out)
+    with pytest.raises(FeatureFileError, match="another process is writing"):
+        FeatureWriter(out)
+    first.write("a", feats(0))
+    first.close()
+    with FeatureWriter(out) as again:                # released on close
+        assert again.completed_ids() == {"a"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.h5"]

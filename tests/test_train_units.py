@@ -181,3 +181,13 @@ def test_triplet_batches_prefetch_and_streaming_are_identical(tmp_path):
     assert b0.videos.shape[0] == 3 * b0.similarities.shape[0] and b0.masks.sum(1).min() >= 1
     assert any(not torch.equal(a.videos, b.videos) for a, b in zip(ref, epoch_batches(True, 0, 1))
                if a.videos.shape == b.videos.shape) or len(ref) == 0
+
+
+def test_random_negatives_sampling():
+    from dnsvr.train.mining import _random_others
+
+    for n, exclude, k in ((1_000_000, {1, 2, 3}, 8), (12, set(range(8)), 8), (5, {0, 1, 2, 3, 4}, 3)):
+        a = _random_others(np.random.default_rng([4, 2]), n, exclude, k)
+        b = _random_others(np.random.default_rng([4, 2]), n, exclude, k)
+        assert a == b and len(a) == len(set(a)) == min(k, n - len(exclude))
+        assert not set(a) & exclude and all(0 <= v < n for v in a)

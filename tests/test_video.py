@@ -239,7 +239,8 @@ def test_corrupted_middle_is_reported(tmp_path):
 
 
 @pytest.mark.parametrize("fps,gop,name", [(1.0, None, "b.mp4"), (2.5, None, "b.mp4"), (1.0, 12, "b.mp4"),
-                                           (0.5, 20, "b.mkv"), (2.0, 7, "b.mp4")])
+                                           (0.5, 20, "b.mkv"), (2.0, 7, "b.mp4"), (1.0, 15, "b.ts"),
+                                           (1.0, 15, "b.webm"), (1.0, 15, "b.avi")])
 def test_skipping_unneeded_frames_is_exact(tmp_path, fps, gop, name):
     # non-reference B-frames, and whole stretches before a keyframe, are what can be skipped;
     # the sampled frames must be exactly those of a full decode
@@ -252,7 +253,8 @@ def test_skipping_unneeded_frames_is_exact(tmp_path, fps, gop, name):
     np.testing.assert_array_equal(np.concatenate([c.frames for c in got]), np.concatenate([c.frames for c in ref]))
     np.testing.assert_array_equal(np.concatenate([c.timestamps for c in got]),
                                   np.concatenate([c.timestamps for c in ref]))
-    assert full.n_decoded == 225 and fast.n_decoded < 0.8 * full.n_decoded and not fast.damaged
+    assert full.n_decoded == 225 and not fast.damaged
+    assert fast.n_decoded < (0.8 if name.endswith((".mp4", ".mkv")) else 0.95) * full.n_decoded
     if gop is not None and gop <= 12 and fps <= 1.0:
         assert fast.n_dropped > 0
 

@@ -150,7 +150,7 @@ class FeatureFile:
 FORMAT_ATTR = "dnsvr_format"
 FORMAT_VERSION = 1
 #: Root attributes that must agree before videos are added to an existing file.
-PROVENANCE_ATTRS = ("backbone", "whitening", "dims", "fps", "short_side", "crop")
+PROVENANCE_ATTRS = ("backbone", "weights", "whitening", "dims", "fps", "short_side", "crop")
 #: HDF5 1.8 object formats: dense attribute storage (long timestamp lists), readable by every HDF5 >= 1.8.
 _LIBVER = ("v108", "v108")
 
@@ -336,6 +336,15 @@ class FeatureWriter:
         self._last_merge_seconds = 0.0
         self._pending: dict[str, Path] = {}      # video id -> committed part not yet merged
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_path = self.path.with_name(self.path.name + ".lock")
+        self._lock_fh = _lock(self._lock_path, self.path)
+        try:
+            self._init_state()
+        except BaseException:
+            self._unlock()
+            raise
+
+    def _init_state(self) -> None:
         self._main_ids = self._check_existing()
         self.journal.mkdir(exist_ok=True)
         for stale in self.journal.glob("*.tmp"):
@@ -487,25 +496,54 @@ class FeatureWriter:
         """Checkpoint what is finished and remove the (empty) journal. Idempotent."""
         if self._closed:
             return
-        self.checkpoint()
-        self._closed = True
         try:
-            self.journal.rmdir()
-        except OSError:
-            pass
-        if not self.path.exists():
-            # a run that finished nothing still leaves a valid (empty) feature file
-            with h5py.File(self._tmp_main, "w", libver=_LIBVER) as out:
-                out.attrs[FORMAT_ATTR] = FORMAT_VERSION
-                for key, value in self.attrs.items():
-                    out.attrs[key] = value
-            os.replace(self._tmp_main, self.path)
+            self.checkpoint()
+            self._closed = True
+            try:
+                self.journal.rmdir()
+            except OSError:
+                pass
+            if not self.path.exists():
+                # a run that finished nothing still leaves a valid (empty) feature file
+                with h5py.File(self._tmp_main, "w", libver=_LIBVER) as out:
+                    out.attrs[FORMAT_ATTR] = FORMAT_VERSION
+                    for key, value in self.attrs.items():
+                        out.attrs[key] = value
+                os.replace(self._tmp_main, self.path)
+        finally:
+            if self._closed:
+                self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock_fh is not None:
+            self._lock_path.unlink(missing_ok=True)
+            self._lock_fh.close()          # closing releases the lock
+            self._lock_fh = None
 
     def __enter__(self) -> FeatureWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _lock(lock_path: Path, path: Path) -> Any:
+    """Take the single-writer lock of a feature file (released by the OS if the process dies).
+
+    Two writers on one file would each replace it with their own copy and lose the other's videos.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no lock
+        return None
+    fh = open(lock_path, "a+")  # noqa: SIM115 - held until close()
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        raise FeatureFileError(f"{path}: another process is writing this feature file (lock {lock_path}); "
+                               "wait for it to finish or choose another output") from None
+    return fh
 
 
 def validate_video_id(video_id: str) -> str:

@@ -244,10 +244,8 @@ def _candidates(glob: np.ndarray, params: MiningParams) -> np.ndarray:
 def _score_anchor(a: int, cand_row: np.ndarray, glob: np.ndarray, params: MiningParams,
                   teacher: Teacher, prepared: Callable[[int], Any], n: int) -> np.ndarray:
     cands = [int(c) for c in cand_row if c >= 0]
-    rng = np.random.default_rng([params.seed, a])
-    pool = np.setdiff1d(np.arange(n), np.array(cands + [a], dtype=np.int64))
-    randoms = rng.choice(pool, size=min(params.random_negatives, len(pool)), replace=False).tolist() \
-        if len(pool) else []
+    randoms = _random_others(np.random.default_rng([params.seed, a]), n, set(cands) | {a},
+                             params.random_negatives)
     others = cands + [int(r) for r in randoms]
     sims = teacher.similarities(prepared(a), [prepared(o) for o in others]) if others else np.zeros(0)
     kinds = np.full(len(others), RANDOM_NEGATIVE, dtype=np.uint8)
@@ -263,6 +261,25 @@ def _score_anchor(a: int, cand_row: np.ndarray, glob: np.ndarray, params: Mining
     rows["kind"] = kinds
     rows["global_similarity"] = glob[others] @ glob[a] if others else []
     return rows
+
+
+def _random_others(rng: np.random.Generator, n: int, exclude: set[int], k: int) -> list[int]:
+    """``k`` distinct random indices in ``[0, n)`` outside ``exclude`` (O(k) for large n, not O(n))."""
+    available = n - len(exclude)
+    k = min(k, available)
+    if k <= 0:
+        return []
+    if available < 4 * k:  # small collections: choose from the explicit remainder
+        pool = np.setdiff1d(np.arange(n), np.fromiter(exclude, dtype=np.int64))
+        return [int(v) for v in rng.choice(pool, size=k, replace=False)]
+    out: list[int] = []
+    seen = set(exclude)
+    while len(out) < k:
+        v = int(rng.integers(n))
+        if v not in seen:
+            seen.add(v)
+            out.append(v)
+    return out
 
 
 def _append(h5: h5py.File, rows: list[np.ndarray]) -> None:
