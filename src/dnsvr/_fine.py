@@ -15,6 +15,15 @@ Here the same arithmetic runs for a whole block of candidates:
 * **blocks** bounded in elements so memory stays bounded for long videos (the region
   product is split over query rows and over candidates).
 
+``precision="int8"`` (query-time option; float stages ``att`` and ``chamfer`` only — the
+S^f_B codes are always exact) runs the region product in int8 too: every query region
+vector is quantised symmetrically on its own (scale ``max|x| / 127``, float32), every
+candidate *frame* (its 9 region vectors together) with one such scale, on the fly from
+the stored float16 values. One scale per candidate frame, rather than per vector, lets
+the max over a frame's regions run on the int32 products; the scales are applied to the
+reduced ``[T2, T1·9]`` result, not to the full product. The result approximates the
+exact path (errors measured in ``benchmarks/bench_search.py``; bound in the tests).
+
 :func:`fine_similarities` is the entry point; :class:`FineComparator` holds the
 comparator weights (from a ``dnsvr.nn`` network or any state dict with the
 reference's ``visil_head.*`` names).
@@ -39,6 +48,11 @@ logger = logging.getLogger(__name__)
 
 FineType = Literal["att", "bin", "chamfer"]
 FINE_TYPES: tuple[str, ...] = ("att", "bin", "chamfer")
+Precision = Literal["exact", "int8"]
+#: Region-product precisions: ``exact`` (float32; int8 for S^f_B codes, which is exact) or ``int8``.
+PRECISIONS: tuple[str, ...] = ("exact", "int8")
+#: The precision used when none is asked for.
+DEFAULT_PRECISION = "exact"
 
 #: Default bound on the elements of one block's region-similarity tensor (float32: 4 bytes each).
 DEFAULT_BLOCK_ELEMENTS = 24_000_000
@@ -87,6 +101,16 @@ class FineComparator:
         self._w1 = found["conv1.weight"].contiguous(memory_format=torch.channels_last)
         self._w2 = found["conv2.weight"].contiguous(memory_format=torch.channels_last)
         self._w3 = found["conv3.weight"].contiguous(memory_format=torch.channels_last)
+        # the same weights as convolution modules for the fused oneDNN conv + ReLU of dnsvr.backbones
+        self._convs = [self._conv_module(found[f"conv{i}.weight"], found[f"conv{i}.bias"]) for i in (1, 2, 3)]
+
+    @staticmethod
+    def _conv_module(weight: torch.Tensor, bias: torch.Tensor) -> torch.nn.Conv2d:
+        conv = torch.nn.Conv2d(weight.shape[1], weight.shape[0], weight.shape[2], padding=weight.shape[2] // 2)
+        with torch.no_grad():
+            conv.weight.copy_(weight)
+            conv.bias.copy_(bias)
+        return conv.eval().requires_grad_(False)
 
     def __call__(self, sim: torch.Tensor, widths: torch.Tensor) -> torch.Tensor:
         """Run the comparator over a padded batch of frame-to-frame matrices.
@@ -99,31 +123,37 @@ class FineComparator:
             ``[B, T1 // 4, W // 4]`` the comparator output after hardtanh; positions beyond
             ``widths // 4`` are meaningless (the caller masks them).
         """
+        from dnsvr.backbones._layers import fused_conv
+
         w = self.w
         x = sim.unsqueeze(1)
         cols = torch.arange(x.shape[-1])
+        # every pair as wide as the batch: nothing to re-mask (the zero padding of the
+        # convolutions is the network's own)
+        full = bool((widths == x.shape[-1]).all())
 
         def colmask(t: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+            if full:
+                return t
             n = t.shape[-1]
             m = (cols[:n][None, :] < valid[:, None]).to(t.dtype)  # [B, n]
-            return t * m[:, None, None, :]
+            return t.mul_(m[:, None, None, :])
 
-        # ReLU and 2×2 max-pooling commute, and a pooled position inside a pair's valid area only
-        # reads valid positions: pooling first, then ReLU and the mask, gives the per-pair result
-        # with a quarter of the elementwise work.
+        # ReLU and 2×2 max-pooling commute (both monotone), so conv → ReLU runs as one fused
+        # oneDNN call (dnsvr.backbones' helper), then the pooling, then the mask of each pair's
+        # valid area: a pooled position inside that area only reads valid positions.
         # channels-last throughout: oneDNN's fast layout for these convolutions, and max-pooling a
         # 32-channel map is ~10x faster in it than in NCHW (one input channel: the restride is free)
         x = x.contiguous(memory_format=torch.channels_last)
-        x = F.conv2d(x, self._w1, w["conv1.bias"], padding=1)
+        x = fused_conv(self._convs[0], x, "relu")
         x = x.contiguous(memory_format=torch.channels_last)
         w1 = widths // 2
-        x = colmask(F.relu(F.max_pool2d(x, 2, 2)), w1)
+        x = colmask(F.max_pool2d(x, 2, 2), w1)
         x = x.contiguous(memory_format=torch.channels_last)
-        x = F.conv2d(x, self._w2, w["conv2.bias"], padding=1)
+        x = fused_conv(self._convs[1], x, "relu")
         w2 = w1 // 2
-        x = colmask(F.relu(F.max_pool2d(x, 2, 2)), w2)
-        x = F.conv2d(x, self._w3, w["conv3.bias"], padding=1)
-        x = F.relu(x)
+        x = colmask(F.max_pool2d(x, 2, 2), w2)
+        x = fused_conv(self._convs[2], x, "relu")
         x = F.conv2d(x, w["fconv.weight"], w["fconv.bias"])
         return F.hardtanh(x.squeeze(1))
 
@@ -163,6 +193,25 @@ class _Prepared:
             part.copy_(torch.where(self.raw > 0, 1, -1).reshape(n, self.dims))
         else:
             part.copy_(self.raw.reshape(n, self.dims))
+
+    def fill_int8(self, dst: torch.Tensor, scales: torch.Tensor, scratch: torch.Tensor) -> None:
+        """Quantise into ``dst`` ([rows, dims] int8) with one scale per frame into ``scales`` ([frames]).
+
+        Each frame's region vectors share the symmetric scale ``max|x| / 127`` (0 for an
+        all-zero or padded frame); ``scratch`` is a float32 buffer of at least ``rows·dims``.
+        """
+        t = self.raw.shape[0]
+        n = t * self.regions
+        if n < dst.shape[0]:
+            dst[n:].zero_()
+            scales[t:].zero_()
+        f = scratch[:n * self.dims].view(t, self.regions * self.dims)
+        f.copy_(self.raw.reshape(t, -1))
+        peak = f.abs().amax(1)
+        torch.div(peak, 127.0, out=scales[:t])
+        inv = torch.where(peak > 0, 127.0 / peak.clamp_min(1e-30), 0.0)
+        f.mul_(inv[:, None]).round_()
+        dst[:n].view(t, -1).copy_(f)
 
     def matrix(self) -> torch.Tensor:
         """A fresh ``[rows, dims]`` matrix (float32, or int8 for codes)."""
@@ -215,15 +264,47 @@ def _prepare(video: np.ndarray | torch.Tensor, fine_type: str) -> _Prepared:
     return _Prepared(t, frames, int(t.shape[1]), int(dims), fine_type)
 
 
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row int8 quantisation: ``x ≈ q * scale[:, None]``.
+
+    Args:
+        x: float ``[rows, D]``.
+
+    Returns:
+        ``(q int8 [rows, D], scale float32 [rows])`` with ``scale = max|x_row| / 127`` (0 for a zero row).
+    """
+    x = x.float()
+    peak = x.abs().amax(1)
+    inv = torch.where(peak > 0, 127.0 / peak.clamp_min(1e-30), 0.0)
+    return (x * inv[:, None]).round_().to(torch.int8), peak / 127.0
+
+
+def _int8_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` for int8 matrices, exact, as int32.
+
+    On the CPU ``torch._int_mm`` (oneDNN, VNNI) takes any shape (checked exact, including
+    M ≤ 16 and K, N not multiples of 8 — the constraints of its CUDA kernel); tiny products go
+    through int32 matmul, as small M/N gain nothing from the int8 kernel.
+    """
+    if a.shape[0] > 16 and b.shape[1] > 16:
+        return torch._int_mm(a, b)
+    return a.int() @ b.int()
+
+
 def _region_chamfer(query: torch.Tensor, q_frames: int, cands: list[_Prepared], regions: int, fine_type: str,
-                    block_elements: int) -> list[torch.Tensor]:
+                    block_elements: int, precision: str = DEFAULT_PRECISION,
+                    q_scale: torch.Tensor | None = None) -> list[torch.Tensor]:
     """Frame-to-frame matrices ``[T1, T2_i]``: region dot products, max over target regions, mean over query regions.
 
-    ``query`` is the query's ``[T1·R, D]`` matrix; candidates are converted straight into one block buffer.
+    ``query`` is the query's ``[T1·R, D]`` matrix (int8 with per-row ``q_scale`` for the int8 path);
+    candidates are converted straight into one block buffer.
     """
     qrows = query.shape[0]
-    dtype = torch.int8 if fine_type == "bin" else torch.float32
+    quant = fine_type != "bin" and precision == "int8"
+    dtype = torch.int8 if (fine_type == "bin" or quant) else torch.float32
+    dims = query.shape[1]
     out: list[torch.Tensor] = []
+    scratch = torch.empty(max(c.rows for c in cands) * dims) if quant else None
     i = 0
     while i < len(cands):
         cols = 0
@@ -231,24 +312,33 @@ def _region_chamfer(query: torch.Tensor, q_frames: int, cands: list[_Prepared], 
         while j < len(cands) and (j == i or (cols + cands[j].rows) * qrows <= block_elements):
             cols += cands[j].rows
             j += 1
-        target = torch.empty((cols, query.shape[1]), dtype=dtype)
+        target = torch.empty((cols, dims), dtype=dtype)
+        t_scale = torch.empty(cols // regions) if quant else None
         start = 0
         for c in cands[i:j]:
-            c.fill(target[start:start + c.rows])
+            if quant:
+                c.fill_int8(target[start:start + c.rows], t_scale[start // regions:(start + c.rows) // regions],
+                            scratch)  # type: ignore[index,arg-type]
+            else:
+                c.fill(target[start:start + c.rows])
             start += c.rows
         frame_rows = max(1, block_elements // max(1, cols * regions))
         pieces = []
         for f0 in range(0, q_frames, frame_rows):
+            r0, r1 = f0 * regions, min(q_frames, f0 + frame_rows) * regions
             # target @ query^T keeps the big operand in its stored row-major layout (no transposed copy)
-            q_t = query[f0 * regions:min(q_frames, f0 + frame_rows) * regions].T.contiguous()
-            if fine_type == "bin":
-                s = torch._int_mm(target, q_t) if q_t.shape[1] > 16 else target.int() @ q_t.int()
+            q_t = query[r0:r1].T.contiguous()
+            nq = q_t.shape[1] // regions
+            if fine_type == "bin" or quant:
+                s = _int8_mm(target, q_t)
             else:
                 s = target @ q_t
-            nq = q_t.shape[1] // regions
-            # max over target regions (exact in int32 for codes), then mean over query regions
-            s = s.view(cols // regions, regions, nq, regions).amax(1).float().mean(2)  # [sum T2, nq]
-            pieces.append(s.T)
+            # max over target regions (in int32 for codes and int8 products: one scale per target
+            # frame), then mean over query regions
+            s = s.view(cols // regions, regions, nq, regions).amax(1).float()  # [sum T2, nq, R]
+            if quant:
+                s.mul_(t_scale[:, None, None]).mul_(q_scale[r0:r1].view(1, nq, regions))  # type: ignore[index]
+            pieces.append(s.mean(2).T)
         full = torch.cat(pieces, 0) if len(pieces) > 1 else pieces[0]
         start = 0
         for c in cands[i:j]:
@@ -256,7 +346,6 @@ def _region_chamfer(query: torch.Tensor, q_frames: int, cands: list[_Prepared], 
             start += c.frames
         i = j
     if fine_type == "bin":
-        dims = query.shape[1]
         out = [o / dims for o in out]
     return out
 
@@ -286,6 +375,7 @@ def fine_similarities(query: np.ndarray | torch.Tensor,
                       return_matrices: bool = False,
                       block_elements: int = DEFAULT_BLOCK_ELEMENTS,
                       cnn_elements: int = DEFAULT_CNN_ELEMENTS,
+                      precision: str = DEFAULT_PRECISION,
                       ) -> tuple[np.ndarray, list[np.ndarray] | None]:
     """Fine-grained similarity of one query to many candidates, batched.
 
@@ -303,13 +393,18 @@ def fine_similarities(query: np.ndarray | torch.Tensor,
             region-Chamfer matrix before the comparator; used for segment alignment).
         block_elements: bound on one region-product block (elements).
         cnn_elements: bound on one comparator batch's first feature map (elements).
+        precision: ``"exact"`` (float32 region products; S^f_B's codes in exact int8) or
+            ``"int8"`` (the float stages ``att``/``chamfer`` quantised to int8: faster, approximate;
+            ``bin`` is unaffected).
 
     Returns:
         ``(scores float32 [N], matrices or None)``; scores in [-1, 1] as the networks give them.
 
     Raises:
-        ValueError: unknown ``fine_type``, missing comparator, or mismatched shapes.
+        ValueError: unknown ``fine_type`` or ``precision``, missing comparator, or mismatched shapes.
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
     if fine_type not in FINE_TYPES:
         raise ValueError(f"unknown fine type {fine_type!r}; expected one of {FINE_TYPES}")
     if fine_type != "chamfer" and comparator is None:
@@ -320,6 +415,9 @@ def fine_similarities(query: np.ndarray | torch.Tensor,
     with torch.inference_mode():
         q = _prepare(query, fine_type)
         q_mat = q.matrix()
+        q_scale = None
+        if precision == "int8" and fine_type != "bin":
+            q_mat, q_scale = quantize_rows(q_mat)
         regions = q.regions
         cands = [_prepare(c, fine_type) for c in candidates]
         for k, c in enumerate(cands):
@@ -331,7 +429,8 @@ def fine_similarities(query: np.ndarray | torch.Tensor,
         # process candidates in groups of similar length: region product then comparator
         lengths = [c.frames for c in cands]
         for group in _buckets(lengths, q.frames, cnn_elements):
-            mats = _region_chamfer(q_mat, q.frames, [cands[k] for k in group], regions, fine_type, block_elements)
+            mats = _region_chamfer(q_mat, q.frames, [cands[k] for k in group], regions, fine_type, block_elements,
+                                   precision, q_scale)
             if matrices is not None:
                 for k, m in zip(group, mats):
                     matrices[k] = m[:query.shape[0], :candidates[k].shape[0]].numpy().copy()
@@ -340,15 +439,17 @@ def fine_similarities(query: np.ndarray | torch.Tensor,
                     scores[k] = float(m.amax(1).mean())
                 continue
             width = max(m.shape[1] for m in mats)
-            width += (-width) % 4
+            if any(m.shape[1] != width for m in mats):
+                width += (-width) % 4  # mixed lengths: re-masked after each layer
             batch = torch.zeros((len(group), q.frames, width))
             for b, m in enumerate(mats):
                 batch[b, :, :m.shape[1]] = m
             widths = torch.tensor([m.shape[1] for m in mats], dtype=torch.int64)
             out = comparator(batch, widths)  # type: ignore[misc]
             valid = widths // 4
-            cols = torch.arange(out.shape[-1])
-            out = out.masked_fill(cols[None, None, :] >= valid[:, None, None], -float("inf"))
+            if bool((valid < out.shape[-1]).any()):
+                cols = torch.arange(out.shape[-1])
+                out = out.masked_fill(cols[None, None, :] >= valid[:, None, None], -float("inf"))
             sims = out.amax(2).mean(1)
             for b, k in enumerate(group):
                 scores[k] = float(sims[b])
