@@ -111,3 +111,20 @@ def test_errors():
     with pytest.raises(ValueError, match="differ"):
         fine_similarities(q, [q[:, :, :32].copy()], "chamfer")
     assert fine_similarities(q, [], "chamfer")[0].shape == (0,)
+
+
+@pytest.mark.parametrize("length", [60, 61, 63])
+def test_uniform_length_bucket_matches_network(length):
+    """A bucket whose pairs share one length skips the re-masking (and the padding to a multiple of 4)."""
+    nn_mod = pytest.importorskip("dnsvr.nn")
+    torch.manual_seed(1)
+    net = nn_mod.FineGrainedStudent(dims=64, attention=True).eval()
+    rng = np.random.default_rng(7)
+    query = _random_videos(rng, [length - 3])[0]
+    cands = _random_videos(rng, [length] * 4)
+    with torch.no_grad():
+        q_idx = net.index_video(torch.from_numpy(query)).reshape(query.shape[0], 9, -1)
+        c_idx = [net.index_video(torch.from_numpy(c)).reshape(length, 9, -1) for c in cands]
+        expected = [float(net.calculate_video_similarity(q_idx, c).reshape(-1)[0]) for c in c_idx]
+    got, _ = fine_similarities(q_idx.numpy(), [c.numpy() for c in c_idx], "att", FineComparator(net))
+    np.testing.assert_allclose(got, expected, atol=1e-5)

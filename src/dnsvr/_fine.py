@@ -67,10 +67,8 @@ _COMPARATOR_KEYS = ("conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias",
 # ±1 int8 value of every bit of every byte (big-endian bit order, as np.packbits writes).
 _BIT_LUT = torch.from_numpy(
     (np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).astype(np.int8) * 2 - 1))
-# the same for byte pairs read as one little-endian uint16 (1 MiB; half the gather operations)
-_v16 = torch.arange(65536)
-_BIT_LUT16 = torch.cat([_BIT_LUT[_v16 & 255], _BIT_LUT[_v16 >> 8]], 1).contiguous()
-del _v16
+# the same 8 codes of a byte read as one int64: one 8-byte gather per byte from a 2 KiB table
+_BIT_LUT64 = torch.from_numpy(np.ascontiguousarray(_BIT_LUT.numpy()).view(np.int64).reshape(256))
 
 
 class FineComparator:
@@ -184,11 +182,8 @@ class _Prepared:
             dst[n:].zero_()
         part = dst[:n]
         if self.fine_type == "bin" and self.raw.dtype == torch.uint8:
-            if self.raw.shape[-1] % 2 == 0 and self.raw.is_contiguous():
-                idx = (self.raw.view(torch.int16).int() & 0xFFFF).reshape(-1)
-                torch.index_select(_BIT_LUT16, 0, idx, out=part.view(-1, 16))
-            else:
-                part.copy_(unpack_codes(self.raw).reshape(n, self.dims))
+            idx = self.raw.reshape(-1).int()
+            torch.index_select(_BIT_LUT64, 0, idx, out=part.view(-1).view(torch.int64))
         elif self.fine_type == "bin":
             part.copy_(torch.where(self.raw > 0, 1, -1).reshape(n, self.dims))
         else:
@@ -232,10 +227,8 @@ def unpack_codes(packed: np.ndarray | torch.Tensor) -> torch.Tensor:
     t = torch.as_tensor(np.ascontiguousarray(packed))
     if t.dtype != torch.uint8:
         raise TypeError(f"packed codes must be uint8, got {t.dtype} shape {tuple(t.shape)}")
-    if t.shape[-1] % 2 == 0 and t.is_contiguous():
-        idx = t.view(torch.int16).int() & 0xFFFF
-        return _BIT_LUT16[idx].reshape(*t.shape[:-1], t.shape[-1] * 8)
-    return _BIT_LUT[t.int()].reshape(*t.shape[:-1], t.shape[-1] * 8)
+    codes = torch.index_select(_BIT_LUT64, 0, t.reshape(-1).int()).view(torch.int8)
+    return codes.reshape(*t.shape[:-1], t.shape[-1] * 8)
 
 
 def pack_codes(codes: np.ndarray | torch.Tensor) -> np.ndarray:

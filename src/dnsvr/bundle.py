@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from dnsvr import __version__
-from dnsvr._fine import FINE_TYPES, FineComparator, fine_similarities, pack_codes
+from dnsvr._fine import DEFAULT_PRECISION, FINE_TYPES, FineComparator, fine_similarities, pack_codes
 
 logger = logging.getLogger(__name__)
 
@@ -411,10 +411,14 @@ class Bundle:
 
     # -- similarities ----------------------------------------------------------------------------
     def fine_similarities(self, query_fine: np.ndarray, candidates: Sequence[np.ndarray], *,
-                          return_matrices: bool = False) -> tuple[np.ndarray, list[np.ndarray] | None]:
-        """Fine similarity of one query to many candidates (batched; see :mod:`dnsvr._fine`)."""
+                          return_matrices: bool = False,
+                          precision: str = DEFAULT_PRECISION) -> tuple[np.ndarray, list[np.ndarray] | None]:
+        """Fine similarity of one query to many candidates (batched; see :mod:`dnsvr._fine`).
+
+        ``precision``: ``"exact"`` or ``"int8"`` (quantised region products for the float stages).
+        """
         return fine_similarities(query_fine, candidates, self.fine_type, self._comparator,
-                                 return_matrices=return_matrices)
+                                 return_matrices=return_matrices, precision=precision)
 
     def selector_scores(self, query_selector: float | None, target_selectors: np.ndarray,
                         coarse_scores: np.ndarray) -> np.ndarray | None:

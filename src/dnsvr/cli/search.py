@@ -71,6 +71,10 @@ def search_command(
     segments: bool = typer.Option(True, "--segments/--no-segments", help="Aligned matching segments."),
     ann: int = typer.Option(None, "--ann", help="Coarse stage over an ANN top-N (needs an ANN coarse index)."),
     include_self: bool = typer.Option(False, "--include-self", help="Keep an indexed query in its own results."),
+    precision: str = typer.Option(None, "--precision",
+                                  help="Fine-stage region products: 'exact' or 'int8' (faster, approximate; "
+                                       "binary S^f_B codes are exact either way). Default: the library's "
+                                       "(dnsvr._fine.DEFAULT_PRECISION)."),
 ) -> None:
     """Rank the indexed videos for each query: coarse → selector → fine re-rank within the budget."""
     from dnsvr.index.video_index import VideoIndex
@@ -81,9 +85,12 @@ def search_command(
             parsed = Budget.parse(budget)
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--budget") from None
+        if precision is not None and precision not in ("exact", "int8"):
+            raise typer.BadParameter(f"{precision!r}: use 'exact' or 'int8'", param_hint="--precision")
         with VideoIndex.open(directory, readonly=True) as index:
             results = index.search(queries, top_k=top_k, budget=parsed, segments=segments,
-                                   ann_candidates=ann, include_self=include_self, progress=False)
+                                   ann_candidates=ann, include_self=include_self, progress=False,
+                                   **({} if precision is None else {"precision": precision}))
     if json_out:
         doc = {"index": str(directory), "budget": str(parsed), "top_k": top_k,
                "queries": [q.to_dict() for q in results]}

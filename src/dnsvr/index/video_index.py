@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from dnsvr import __version__
+from dnsvr._fine import DEFAULT_PRECISION, PRECISIONS
 from dnsvr.bundle import Bundle, BundleError, VideoRepresentation, load_bundle
 from dnsvr.index.store import IndexConfig, IndexRecord, IndexStore
 from dnsvr.search import (
@@ -477,7 +478,7 @@ class VideoIndex:
     def search(self, queries: Sequence[str | Path] | str | Path, *, top_k: int | None = 10,
                budget: Budget | str | int | float | None = None, segments: bool = True,
                ann_candidates: int | None = None, include_self: bool = False,
-               progress: bool | None = None) -> list[QueryResults]:
+               progress: bool | None = None, precision: str = DEFAULT_PRECISION) -> list[QueryResults]:
         """Rank the indexed videos for each query with the DnS pipeline.
 
         Args:
@@ -490,13 +491,18 @@ class VideoIndex:
                 coarse index; exact otherwise).
             include_self: keep a query that is an indexed video in its own results.
             progress: progress bars while extracting query videos.
+            precision: fine-stage region products, ``"exact"`` or ``"int8"`` (faster, approximate;
+                S^f_B's binary codes are exact either way; see :mod:`dnsvr._fine`).
 
         Returns:
             One :class:`~dnsvr.search.QueryResults` per query video.
 
         Raises:
             VideoIndexError: an unknown query, or an empty index.
+            ValueError: an unknown ``precision``.
         """
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
         if isinstance(queries, str | Path):
             queries = [queries]
         store = self.store
@@ -504,7 +510,7 @@ class VideoIndex:
             raise VideoIndexError(f"index {self.directory} is empty: add videos first")
         budget = Budget.parse(budget)
         prepared = self._prepare_queries(list(queries), progress)
-        return [self._search_one(q, store, top_k, budget, segments, ann_candidates, include_self)
+        return [self._search_one(q, store, top_k, budget, segments, ann_candidates, include_self, precision)
                 for q in prepared]
 
     def search_representation(self, name: str, rep: VideoRepresentation, timestamps: np.ndarray | None = None,
@@ -515,10 +521,12 @@ class VideoIndex:
             raise VideoIndexError(f"index {self.directory} is empty: add videos first")
         return self._search_one(_Query(name, rep, timestamps), store, kwargs.get("top_k", 10),
                                 Budget.parse(kwargs.get("budget")), kwargs.get("segments", True),
-                                kwargs.get("ann_candidates"), kwargs.get("include_self", False))
+                                kwargs.get("ann_candidates"), kwargs.get("include_self", False),
+                                kwargs.get("precision", DEFAULT_PRECISION))
 
     def _search_one(self, q: _Query, store: IndexStore, top_k: int | None, budget: Budget, segments: bool,
-                    ann_candidates: int | None, include_self: bool) -> QueryResults:
+                    ann_candidates: int | None, include_self: bool,
+                    precision: str = DEFAULT_PRECISION) -> QueryResults:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         database_size = len(store)
@@ -553,7 +561,7 @@ class VideoIndex:
         def fine_fn(cand_ids: Sequence[str]) -> np.ndarray:
             t = time.perf_counter()
             fines = store.fine(list(cand_ids))
-            scores, _ = self.bundle.fine_similarities(q.rep.fine, fines)
+            scores, _ = self.bundle.fine_similarities(q.rep.fine, fines, precision=precision)
             timings["fine"] = time.perf_counter() - t
             return scores
 
@@ -564,7 +572,8 @@ class VideoIndex:
             reranked = [r for r in results if r.fine_score is not None]
             if reranked:
                 fines = store.fine([r.video_id for r in reranked])
-                _, mats = self.bundle.fine_similarities(q.rep.fine, fines, return_matrices=True)
+                _, mats = self.bundle.fine_similarities(q.rep.fine, fines, return_matrices=True,
+                                                        precision=precision)
                 for r, m in zip(reranked, mats or []):
                     r.segments = align_segments(m, q.timestamps, store.timestamps(r.video_id))
             timings["segments"] = time.perf_counter() - t

@@ -1,0 +1,120 @@
+"""The int8 fine path (``precision="int8"``) stays within its documented tolerance of the exact path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dnsvr._fine import FineComparator, _prepare, fine_similarities, pack_codes, quantize_rows
+from dnsvr.eval.synthetic import random_video, transform_video
+
+#: Worst-case absolute similarity error the int8 path is held to (README, "Index and search").
+TOLERANCE = 1e-2
+
+
+def _videos(seed: int, n: int, frames: int, dims: int, copies_of: np.ndarray | None = None) -> list[np.ndarray]:
+    """Generated region features: unrelated videos, plus noisy/cropped/sped-up copies of ``copies_of``."""
+    rng = np.random.default_rng(seed)
+    out = [random_video(rng, frames + k % 7, dims) for k in range(n)]
+    if copies_of is not None:
+        out += [transform_video(copies_of, kind, rng) for kind in ("noise", "crop", "speed", "mix")]
+    return [v.astype(np.float16) for v in out]
+
+
+def test_quantize_rows_round_trip():
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.standard_normal((50, 96)).astype(np.float32)) * torch.rand(50, 1)
+    x[3] = 0
+    q, scale = quantize_rows(x)
+    assert q.dtype == torch.int8 and scale.shape == (50,)
+    np.testing.assert_allclose(scale.numpy(), x.abs().amax(1).numpy() / 127, rtol=1e-6)
+    assert int(q.abs().max()) == 127 and scale[3] == 0 and int(q[3].abs().max()) == 0
+    err = (q.float() * scale[:, None] - x).abs()
+    assert bool((err <= scale[:, None] / 2 + 1e-7).all())
+
+
+def test_candidate_frames_quantised_with_own_scale():
+    rng = np.random.default_rng(1)
+    video = (rng.standard_normal((5, 9, 64)) * rng.uniform(0.01, 1, (5, 1, 1))).astype(np.float16)
+    prep = _prepare(video, "chamfer")
+    dst = torch.empty((prep.rows + 9, 64), dtype=torch.int8)  # one extra (padding) frame
+    scales = torch.empty(6)
+    prep.fill_int8(dst, scales, torch.empty(prep.rows * 64))
+    x = torch.from_numpy(video.astype(np.float32))
+    np.testing.assert_allclose(scales[:5].numpy(), x.abs().amax((1, 2)).numpy() / 127, rtol=1e-6)
+    assert scales[5] == 0 and int(dst[prep.rows:].abs().max()) == 0
+    back = dst[:prep.rows].view(5, 9, 64).float() * scales[:5, None, None]
+    assert bool(((back - x).abs() <= scales[:5, None, None] / 2 + 1e-7).all())
+
+
+@pytest.mark.parametrize("fine_type", ["chamfer", "att"])
+def test_int8_close_to_exact_and_ranks_alike(fine_type):
+    dims = 128
+    torch.manual_seed(0)
+    comp = None
+    rng = np.random.default_rng(2)
+    query = random_video(rng, 30, dims)
+    base = [query.astype(np.float16)] + _videos(3, 40, 20, dims, copies_of=query)
+    if fine_type == "att":
+        from dnsvr.nn import FineGrainedStudent
+
+        net = FineGrainedStudent(dims=dims, attention=True).eval()
+        comp = FineComparator(net)
+        with torch.no_grad():
+            base = [net.index_video(torch.from_numpy(v.astype(np.float32))).reshape(v.shape[0], 9, -1)
+                    .numpy().astype(np.float16) for v in base]
+    q, cands = base[0], base[1:]
+    exact, m_exact = fine_similarities(q, cands, fine_type, comp, return_matrices=True)
+    fast, m_fast = fine_similarities(q, cands, fine_type, comp, return_matrices=True, precision="int8")
+    err = np.abs(exact - fast)
+    assert err.max() <= TOLERANCE, err.max()
+    assert err.max() > 0  # the quantised path really ran
+    for a, b in zip(m_exact, m_fast):
+        assert a.shape == b.shape and np.abs(a - b).max() <= TOLERANCE
+    if fine_type == "chamfer":  # the copies first, in the same order
+        assert list(np.argsort(-exact)[:10]) == list(np.argsort(-fast)[:10])
+        assert set(np.argsort(-fast)[:4]) == set(range(40, 44))
+
+
+def test_int8_block_splits_and_short_videos():
+    rng = np.random.default_rng(4)
+    query = random_video(rng, 9, 64).astype(np.float16)
+    cands = [random_video(rng, n, 64).astype(np.float16) for n in (1, 2, 3, 4, 9, 17, 33)]
+    ref, _ = fine_similarities(query, cands, "chamfer", precision="int8")
+    for block in (3_000, 20_000):
+        got, _ = fine_similarities(query, cands, "chamfer", precision="int8", block_elements=block)
+        np.testing.assert_allclose(got, ref, atol=1e-6)
+    exact, _ = fine_similarities(query, cands, "chamfer")
+    assert np.abs(exact - ref).max() <= TOLERANCE
+
+
+def test_broken_scales_would_be_caught():
+    """Dropping the scales (what a broken quantiser would do) is far outside the tolerance."""
+    rng = np.random.default_rng(5)
+    query = random_video(rng, 8, 64)
+    cands = [random_video(rng, 8, 64) for _ in range(3)]
+    exact, _ = fine_similarities(query, cands, "chamfer")
+    q_int, _ = quantize_rows(torch.from_numpy(query.reshape(-1, 64)))
+    unscaled = [float((q_int.float() @ torch.from_numpy(c.reshape(-1, 64)).T).view(8, 9, 8, 9).amax(3).mean(1)
+                      .amax(1).mean()) for c in cands]
+    assert np.abs(np.asarray(unscaled) - exact).max() > 100 * TOLERANCE
+
+
+def test_binary_codes_unaffected_by_precision():
+    rng = np.random.default_rng(6)
+    torch.manual_seed(0)
+    from dnsvr.nn import FineGrainedStudent
+
+    net = FineGrainedStudent(dims=64, binarization=True).eval()
+    q = pack_codes(np.sign(rng.standard_normal((12, 9, 64))))
+    cands = [pack_codes(np.sign(rng.standard_normal((n, 9, 64)))) for n in (5, 12, 20)]
+    a, _ = fine_similarities(q, cands, "bin", FineComparator(net))
+    b, _ = fine_similarities(q, cands, "bin", FineComparator(net), precision="int8")
+    np.testing.assert_array_equal(a, b)
+
+
+def test_unknown_precision():
+    q = random_video(np.random.default_rng(7), 5, 32)
+    with pytest.raises(ValueError, match="precision"):
+        fine_similarities(q, [q], "chamfer", precision="fp4")
