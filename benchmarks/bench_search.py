@@ -2,10 +2,19 @@
 
 Part ``pairs``: per-pair fine similarity at T=60 and T=120 for S^f_A, S^f_B and the lite
 Chamfer stage — the batched engine (:mod:`dnsvr._fine`: one matrix product per block of
-candidates, comparator batched over pairs, int8 products for S^f_B's codes) against the
-plain per-pair network call (``FineGrainedStudent.calculate_video_similarity`` /
-``chamfer_video_similarity``), interleaved in the same process so that both see the same
-machine load. Random weights at the published sizes (speed does not depend on the values).
+candidates, comparator batched over pairs, int8 products for S^f_B's codes) at
+``precision="exact"`` and, for the float stages, ``precision="int8"``, against the plain
+per-pair network call (``FineGrainedStudent.calculate_video_similarity`` /
+``chamfer_video_similarity``), all interleaved in the same process so that they see the same
+machine load; a 1080×512×1080 float32 product is timed before and after as the load gauge.
+Random weights at the published sizes (speed does not depend on the values).
+
+Part ``quality``: how far ``precision="int8"`` lies from ``"exact"`` — worst absolute
+similarity error, top-10 agreement and Kendall's tau of the per-query rankings — on
+(a) generated region features (:mod:`dnsvr.eval.synthetic`: queries, transformed copies,
+unrelated videos; D=512, 60 frames) through a random-weight S^f_A and through the Chamfer
+stage, and (b) real EfficientNet-Lite0 features of generated videos with transformed
+copies (:mod:`dnsvr.synthetic`), indexed with the ``lite`` bundle and searched both ways.
 
 Part ``dns``: end-to-end DnS queries (coarse over every video → selector → fine re-rank of the
 budget → one list; segments off) through :class:`dnsvr.index.VideoIndex` on synthetic
@@ -15,7 +24,7 @@ with pair budgets equal to 1,000 pairs, 1% and 5% of 100,000.
 
 Usage::
 
-    PYTHONPATH=src python benchmarks/bench_search.py [--part pairs|dns|all] [--videos 100000]
+    PYTHONPATH=src python benchmarks/bench_search.py [--part pairs|quality|dns|all] [--videos 100000]
         [--workdir /work/tmp/bench_search] [--keep]
 
 Writes ``benchmarks/results/search.json``.
@@ -60,8 +69,8 @@ def _calibrate() -> float:
     return min(times) * 1000
 
 
-def bench_pairs(frames_list=(60, 120), n_cands: int = 64, repeats: int = 5) -> list[dict]:
-    """Per-pair fine time: batched engine vs the plain network call, interleaved."""
+def bench_pairs(frames_list=(60, 120), n_cands: int = 64, repeats: int = 7) -> list[dict]:
+    """Per-pair fine time: batched engine (exact and int8) vs the plain network call, interleaved."""
     out = []
     rng = np.random.default_rng(0)
     torch.manual_seed(0)
@@ -70,6 +79,7 @@ def bench_pairs(frames_list=(60, 120), n_cands: int = 64, repeats: int = 5) -> l
         base_q = _unit(rng.standard_normal((frames, 9, 512)))
         base_c = [_unit(rng.standard_normal((frames, 9, 512))) for _ in range(n_cands)]
         for kind in ("att", "bin", "chamfer"):
+            calib_before = _calibrate()
             with torch.inference_mode():
                 if kind == "chamfer":
                     q_ref, c_ref = torch.from_numpy(base_q), [torch.from_numpy(c) for c in base_c]
@@ -85,33 +95,142 @@ def bench_pairs(frames_list=(60, 120), n_cands: int = 64, repeats: int = 5) -> l
                     else:
                         q_fast = q_ref.numpy().astype(np.float16)
                         c_fast = [c.numpy().astype(np.float16) for c in c_ref]
-                        # the reference sees the same (float16-rounded) values the index stores
-                        q_ref = torch.from_numpy(q_fast.astype(np.float32))
-                        c_ref = [torch.from_numpy(c.astype(np.float32)) for c in c_fast]
                     comp = FineComparator(net)
                     ref_call = lambda q, c, net=net: net.calculate_video_similarity(q, c)  # noqa: E731
+                if kind != "bin":
+                    # the reference sees the same (float16-rounded) values the index stores
+                    q_ref = torch.from_numpy(q_fast.astype(np.float32))
+                    c_ref = [torch.from_numpy(c.astype(np.float32)) for c in c_fast]
+                precisions = ("exact",) if kind == "bin" else ("exact", "int8")
                 n_ref = 8  # per-pair reference calls per repeat (it is the slow side)
-                ref_times, fast_times = [], []
-                ref_vals = fast_vals = None
-                for _ in range(repeats):
+                ref_times: list[float] = []
+                times: dict[str, list[float]] = {p: [] for p in precisions}
+                vals: dict[str, np.ndarray] = {}
+                ref_vals: list[float] = []
+                for r in range(repeats):
                     t = time.perf_counter()
                     ref_vals = [float(ref_call(q_ref, c).reshape(-1)[0]) for c in c_ref[:n_ref]]
                     ref_times.append((time.perf_counter() - t) / n_ref * 1000)
-                    t = time.perf_counter()
-                    fast_vals, _ = fine_similarities(q_fast, c_fast, kind, comp)
-                    fast_times.append((time.perf_counter() - t) / n_cands * 1000)
-                err = float(np.max(np.abs(np.asarray(ref_vals) - fast_vals[:n_ref])))
-            row = {"fine": kind, "frames": frames, "candidates_per_call": n_cands,
+                    for p in (precisions if r % 2 == 0 else precisions[::-1]):
+                        t = time.perf_counter()
+                        vals[p], _ = fine_similarities(q_fast, c_fast, kind, comp, precision=p)
+                        times[p].append((time.perf_counter() - t) / n_cands * 1000)
+                err = float(np.max(np.abs(np.asarray(ref_vals) - vals["exact"][:n_ref])))
+            row = {"fine": kind, "frames": frames, "candidates_per_call": n_cands, "repeats": repeats,
                    "reference_per_pair_ms": statistics.median(ref_times), "reference_min_ms": min(ref_times),
-                   "batched_per_pair_ms": statistics.median(fast_times), "batched_min_ms": min(fast_times),
-                   "speedup_median": statistics.median(ref_times) / statistics.median(fast_times),
-                   "speedup_min": min(ref_times) / min(fast_times),
+                   "batched_per_pair_ms": statistics.median(times["exact"]),
+                   "batched_min_ms": min(times["exact"]),
+                   "speedup_median": statistics.median(ref_times) / statistics.median(times["exact"]),
+                   "speedup_min": min(ref_times) / min(times["exact"]),
                    "max_abs_diff": err}
+            if "int8" in times:
+                row.update({"int8_per_pair_ms": statistics.median(times["int8"]), "int8_min_ms": min(times["int8"]),
+                            "int8_speedup_vs_exact_median": statistics.median(times["exact"])
+                            / statistics.median(times["int8"]),
+                            "int8_speedup_vs_reference_median": statistics.median(ref_times)
+                            / statistics.median(times["int8"]),
+                            "int8_max_abs_diff_vs_exact": float(np.max(np.abs(vals["int8"] - vals["exact"])))})
+            row["calibration_ms_before"] = calib_before
+            row["calibration_ms_after"] = _calibrate()
             if frames == 60 and kind in REFERENCE_MS_T60:
                 row["issue_reference_ms"] = REFERENCE_MS_T60[kind]
-                row["speedup_vs_issue_reference"] = REFERENCE_MS_T60[kind] / row["batched_min_ms"]
+                fastest = min(row["batched_min_ms"], row.get("int8_min_ms", float("inf")))
+                row["speedup_vs_issue_reference"] = REFERENCE_MS_T60[kind] / fastest
             print(json.dumps(row), flush=True)
             out.append(row)
+    return out
+
+
+def _kendall_tau(a: np.ndarray, b: np.ndarray) -> float:
+    """Kendall's tau-a of two score vectors (O(n²); n is a few hundred here)."""
+    da = np.sign(a[:, None] - a[None, :])
+    db = np.sign(b[:, None] - b[None, :])
+    n = len(a)
+    return float((da * db).sum() / (n * (n - 1))) if n > 1 else 1.0
+
+
+def _compare_rankings(exact: np.ndarray, fast: np.ndarray, k: int = 10) -> dict:
+    top_e = list(np.argsort(-exact, kind="stable")[:k])
+    top_f = list(np.argsort(-fast, kind="stable")[:k])
+    return {"max_abs_err": float(np.max(np.abs(exact - fast))), "top10_identical": top_e == top_f,
+            "top10_overlap": len(set(top_e) & set(top_f)) / k, "kendall_tau": _kendall_tau(exact, fast)}
+
+
+def _summarise(rows: list[dict]) -> dict:
+    return {"queries": len(rows), "max_abs_err": max(r["max_abs_err"] for r in rows),
+            "top10_identical_queries": sum(r["top10_identical"] for r in rows),
+            "min_top10_overlap": min(r["top10_overlap"] for r in rows),
+            "min_kendall_tau": min(r["kendall_tau"] for r in rows)}
+
+
+def bench_quality_generated(n_queries: int = 6, n_distractors: int = 150, frames: int = 60) -> dict:
+    """int8 vs exact on generated 512-d region features (random-weight S^f_A and the Chamfer stage)."""
+    from dnsvr.eval.synthetic import TRANSFORMS, random_video, transform_video
+
+    rng = np.random.default_rng(10)
+    torch.manual_seed(10)
+    net = FineGrainedStudent(attention=True).eval()
+    comp = FineComparator(net)
+    distractors = [random_video(rng, int(rng.integers(frames // 2, frames * 2)), 512) for _ in range(n_distractors)]
+    out: dict = {"setup": f"{n_queries} queries of {frames} frames, each with {len(TRANSFORMS)} transformed copies "
+                          f"({', '.join(TRANSFORMS)}), {n_distractors} unrelated videos of {frames // 2}-"
+                          f"{frames * 2} frames; D=512; stored as float16"}
+    for kind in ("att", "chamfer"):
+        rows = []
+        for _ in range(n_queries):
+            query = random_video(rng, frames, 512)
+            videos = [query] + [transform_video(query, t, rng) for t in TRANSFORMS] + distractors
+            with torch.inference_mode():
+                if kind == "att":
+                    videos = [net.index_video(torch.from_numpy(v)).reshape(v.shape[0], 9, -1).numpy() for v in videos]
+            stored = [v.astype(np.float16) for v in videos]
+            exact, _ = fine_similarities(stored[0], stored[1:], kind, comp if kind == "att" else None)
+            fast, _ = fine_similarities(stored[0], stored[1:], kind, comp if kind == "att" else None,
+                                        precision="int8")
+            rows.append(_compare_rankings(exact, fast))
+        out[kind] = _summarise(rows)
+        print(json.dumps({"quality": "generated", "fine": kind, **out[kind]}), flush=True)
+    return out
+
+
+def bench_quality_lite(workdir: Path, originals: int = 4, distractors: int = 8) -> dict:
+    """int8 vs exact on real EfficientNet-Lite0 features: generated videos and copies in a ``lite`` index."""
+    from dnsvr.demo import DEMO_TRANSFORMS
+    from dnsvr.index import VideoIndex
+    from dnsvr.synthetic import make_collection
+
+    root = workdir / "quality_lite"
+    if root.exists():
+        shutil.rmtree(root)
+    coll = make_collection(root / "videos", n_originals=originals, n_distractors=distractors,
+                           transforms=DEMO_TRANSFORMS, seconds=10.0)
+    index = VideoIndex.create(root / "index", "lite")
+    try:
+        index.add([root / "videos"], progress=False)
+        everything = Budget(fraction=1.0)
+        rows = []
+        found = {"exact": 0, "int8": 0}
+        for qid in coll.queries:
+            res = {p: index.search(qid, top_k=None, budget=everything, segments=False, precision=p)[0]
+                   for p in ("exact", "int8")}
+            scores = {p: {r.video_id: r.fine_score for r in res[p].results} for p in res}
+            ids = sorted(scores["exact"])
+            rows.append(_compare_rankings(np.array([scores["exact"][i] for i in ids]),
+                                          np.array([scores["int8"][i] for i in ids])))
+            for p in res:
+                top5 = {r.video_id for r in res[p].results[:5]}
+                found[p] += len(top5 & set(coll.positives[qid]))
+        n_videos = len(index)
+    finally:
+        index.close()
+        shutil.rmtree(root, ignore_errors=True)
+    out = {"setup": f"{originals} generated 10 s videos as queries (indexed too, excluded from their own results), "
+                    f"each with copies {', '.join(DEMO_TRANSFORMS)}; {distractors} unrelated videos; "
+                    f"{n_videos} videos in a lite index (EfficientNet-Lite0 regions, whitening fitted on them, "
+                    "training-free Chamfer fine stage), every pair fine-scored",
+           **_summarise(rows), "copies_in_top5": found,
+           "copies_total": sum(len(coll.positives[q]) for q in coll.queries)}
+    print(json.dumps({"quality": "lite", **out}), flush=True)
     return out
 
 
@@ -151,11 +270,13 @@ def _build(directory: Path, kind: str, n: int, frames: int, batch: int = 2000) -
     return build_s, sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
 
 
-def bench_dns(workdir: Path, videos: int, keep: bool, queries: int = 2) -> list[dict]:
+def bench_dns(workdir: Path, videos: int, keep: bool, queries: int = 2, fine: str = "both") -> list[dict]:
     from dnsvr.index import VideoIndex
 
     out = []
     plans = [("bin", videos, 60), ("att", min(videos, 10_000), 60)]
+    if fine != "both":
+        plans = [p for p in plans if p[0] == fine]
     budgets = [("1000 pairs", Budget(pairs=1000)), ("1%", Budget(pairs=int(0.01 * 100_000))),
                ("5%", Budget(pairs=int(0.05 * 100_000)))]
     rng = np.random.default_rng(2)
@@ -171,23 +292,32 @@ def bench_dns(workdir: Path, videos: int, keep: bool, queries: int = 2) -> list[
         for label, budget in budgets:
             if label.endswith("%") and n != 100_000:
                 label = f"{label} of 100,000 ({budget.pairs} pairs)"
-            times, parts = [], []
+            precisions = ("exact",) if kind == "bin" else ("exact", "int8")
+            times: dict[str, list[float]] = {p: [] for p in precisions}
+            parts: dict[str, list[dict]] = {p: [] for p in precisions}
+            calib = [_calibrate()]
             for qi in range(queries):
                 q_fine = np.asarray(index.store.fine([f"v{qi * 7919 % n:07d}"])[0])
                 rep = VideoRepresentation(_unit(rng.standard_normal(1024)), q_fine, 0.6)
-                t = time.perf_counter()
-                res = index.search_representation(f"q{qi}", rep, top_k=100, budget=budget, segments=False)
-                times.append(time.perf_counter() - t)
-                parts.append(res.timings)
-                assert res.fine_pairs == min(budget.pairs, n)
-            row = {"fine": kind, "videos": n, "frames_per_video": frames, "budget": label,
-                   "pairs": min(budget.pairs, n), "query_s_median": statistics.median(times),
-                   "query_s_min": min(times), "queries": queries,
-                   "stage_s_median": {k: statistics.median(p.get(k, 0.0) for p in parts)
-                                      for k in ("coarse", "selector", "fine", "total")},
-                   "index_build_s": build_s, "index_bytes": size}
-            print(json.dumps(row), flush=True)
-            out.append(row)
+                for p in (precisions if qi % 2 == 0 else precisions[::-1]):  # interleaved
+                    t = time.perf_counter()
+                    res = index.search_representation(f"q{qi}", rep, top_k=100, budget=budget, segments=False,
+                                                      precision=p)
+                    times[p].append(time.perf_counter() - t)
+                    parts[p].append(res.timings)
+                    if res.fine_pairs != min(budget.pairs, n):
+                        raise RuntimeError(f"{res.fine_pairs} fine pairs, expected {min(budget.pairs, n)}")
+            calib.append(_calibrate())
+            for p in precisions:
+                row = {"fine": kind, "precision": p, "videos": n, "frames_per_video": frames, "budget": label,
+                       "pairs": min(budget.pairs, n), "query_s_median": statistics.median(times[p]),
+                       "query_s_min": min(times[p]), "queries": queries,
+                       "stage_s_median": {k: statistics.median(t.get(k, 0.0) for t in parts[p])
+                                          for k in ("coarse", "selector", "fine", "total")},
+                       "calibration_ms_before_after": calib,
+                       "index_build_s": build_s, "index_bytes": size}
+                print(json.dumps(row), flush=True)
+                out.append(row)
         index.close()
         if not keep:
             shutil.rmtree(directory)
@@ -196,10 +326,13 @@ def bench_dns(workdir: Path, videos: int, keep: bool, queries: int = 2) -> list[
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--part", choices=["pairs", "dns", "all"], default="all")
+    ap.add_argument("--part", choices=["pairs", "quality", "dns", "all"], default="all")
     ap.add_argument("--videos", type=int, default=100_000)
     ap.add_argument("--workdir", type=Path, default=Path("/work/tmp/bench_search"))
     ap.add_argument("--keep", action="store_true", help="keep the synthetic indexes")
+    ap.add_argument("--fine", choices=["bin", "att", "both"], default="both",
+                    help="dns part: which synthetic index(es) to build and query")
+    ap.add_argument("--queries", type=int, default=2, help="dns part: queries per budget (and precision)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     result: dict = {"benchmark": "search", "command": "PYTHONPATH=src python benchmarks/bench_search.py "
@@ -211,14 +344,17 @@ def main() -> None:
                     "calibration_matmul_1080x512x1080_ms": _calibrate()}
     if RESULTS.is_file():
         previous = json.loads(RESULTS.read_text())
-        for key in ("pairs", "dns"):
+        for key in ("pairs", "quality", "dns", "quiet_cpu", "this_machine_loaded"):
             if key in previous:
                 result[key] = previous[key]
     if args.part in ("pairs", "all"):
         result["pairs"] = bench_pairs()
+    if args.part in ("quality", "all"):
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        result["quality"] = {"generated": bench_quality_generated(), "lite": bench_quality_lite(args.workdir)}
     if args.part in ("dns", "all"):
         args.workdir.mkdir(parents=True, exist_ok=True)
-        result["dns"] = bench_dns(args.workdir, args.videos, args.keep)
+        result["dns"] = bench_dns(args.workdir, args.videos, args.keep, args.queries, args.fine)
     result["calibration_after_ms"] = _calibrate()
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=1) + "\n")

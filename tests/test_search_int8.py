@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from dnsvr._fine import FineComparator, _prepare, fine_similarities, pack_codes, quantize_rows
+from dnsvr._fine import FineComparator, _quantize_frames, fine_similarities, pack_codes, quantize_rows
 from dnsvr.eval.synthetic import random_video, transform_video
 
 #: Worst-case absolute similarity error the int8 path is held to (README, "Index and search").
@@ -36,16 +36,15 @@ def test_quantize_rows_round_trip():
 
 def test_candidate_frames_quantised_with_own_scale():
     rng = np.random.default_rng(1)
-    video = (rng.standard_normal((5, 9, 64)) * rng.uniform(0.01, 1, (5, 1, 1))).astype(np.float16)
-    prep = _prepare(video, "chamfer")
-    dst = torch.empty((prep.rows + 9, 64), dtype=torch.int8)  # one extra (padding) frame
-    scales = torch.empty(6)
-    prep.fill_int8(dst, scales, torch.empty(prep.rows * 64))
-    x = torch.from_numpy(video.astype(np.float32))
-    np.testing.assert_allclose(scales[:5].numpy(), x.abs().amax((1, 2)).numpy() / 127, rtol=1e-6)
-    assert scales[5] == 0 and int(dst[prep.rows:].abs().max()) == 0
-    back = dst[:prep.rows].view(5, 9, 64).float() * scales[:5, None, None]
-    assert bool(((back - x).abs() <= scales[:5, None, None] / 2 + 1e-7).all())
+    video = (rng.standard_normal((6, 9, 64)) * rng.uniform(0.01, 1, (6, 1, 1))).astype(np.float32)
+    video[5] = 0  # a padding frame
+    x = torch.from_numpy(video.reshape(-1, 64))
+    q, scales = _quantize_frames(x.clone(), 9)
+    assert q.dtype == torch.int8 and q.shape == (54, 64) and scales.shape == (6,)
+    np.testing.assert_allclose(scales.numpy(), np.abs(video).max((1, 2)) / 127, rtol=1e-6)
+    assert scales[5] == 0 and int(q[45:].abs().max()) == 0
+    back = q.view(6, 9, 64).float() * scales[:, None, None]
+    assert bool(((back - torch.from_numpy(video)).abs() <= scales[:, None, None] / 2 + 1e-7).all())
 
 
 @pytest.mark.parametrize("fine_type", ["chamfer", "att"])
