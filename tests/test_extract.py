@@ -422,3 +422,17 @@ def test_parallel_decoders_progress_bar_and_early_stop(tmp_path):
     while threading.active_count() > before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert threading.active_count() <= before
+
+
+def test_resume_refuses_other_weights(tmp_path):
+    videos = make_videos(tmp_path / "videos", n=1, seconds=2.0, size=(64, 48))
+    out = tmp_path / "f.h5"
+    extract_videos(list(videos.values()), out, FakeExtractor(), progress=False)
+    with FeatureFile(out) as ff:
+        assert ff.file_attrs()["weights"] == "fake-v1"
+
+    class Other(FakeExtractor):
+        identity = {"weights": "/elsewhere/other-weights.pth"}
+
+    with pytest.raises(FeatureFileError, match="weights"):
+        extract_videos(list(videos.values()), out, Other(), progress=False)

@@ -776,7 +776,7 @@ def extract_videos(inputs: Any, output_h5: str | Path, extractor: Extractor, fps
 
     base_attrs = {"backbone": extractor.backbone_name, "fps": float(fps) if fps else 0.0,
                   "short_side": opts.short_side or 0, "crop": opts.crop or 0, "dnsvr_version": __version__,
-                  "weights": str(getattr(extractor, "identity", {}).get("weights", "") or "")}
+                  "weights": _weights_name(extractor)}
     done_ids = _complete_ids(output_h5)
     report.skipped = [vid for vid, _ in entries if vid in done_ids]
     todo = [(vid, p) for vid, p in entries if vid not in done_ids]
@@ -819,6 +819,13 @@ def extract_videos(inputs: Any, output_h5: str | Path, extractor: Extractor, fps
     if failures_json is not None:
         report.write_failures_json(failures_json)
     return report
+
+
+def _weights_name(extractor: Extractor) -> str:
+    """The backbone weights as a file name (``random``, ``efficientnet-lite0-57934424.pth``, ...): the same
+    weights give the same name on every machine, wherever they are installed."""
+    source = str(getattr(extractor, "identity", {}).get("weights", "") or "")
+    return source.replace("\\", "/").rsplit("/", 1)[-1]
 
 
 def _complete_ids(path: Path) -> set[str]:
