@@ -191,3 +191,12 @@ def test_random_negatives_sampling():
         b = _random_others(np.random.default_rng([4, 2]), n, exclude, k)
         assert a == b and len(a) == len(set(a)) == min(k, n - len(exclude))
         assert not set(a) & exclude and all(0 <= v < n for v in a)
+
+
+def test_load_teacher_names():
+    from dnsvr.train.teachers import ChamferTeacher, load_teacher
+
+    assert isinstance(load_teacher("auto", dims=512), ChamferTeacher)
+    assert isinstance(load_teacher("chamfer"), ChamferTeacher)
+    with pytest.raises(ValueError, match="unknown teacher"):
+        load_teacher("no-such-teacher")
