@@ -200,3 +200,15 @@ def test_load_teacher_names():
     assert isinstance(load_teacher("chamfer"), ChamferTeacher)
     with pytest.raises(ValueError, match="unknown teacher"):
         load_teacher("no-such-teacher")
+
+
+def test_itq_files_roundtrip(tmp_path):
+    from dnsvr.train.itq import load_itq, save_itq
+
+    w = fit_itq(np.random.default_rng(1).standard_normal((300, 8)), bits=8, iterations=5)
+    assert np.array_equal(load_itq(save_itq(tmp_path / "itq.npz", w)), w)
+    torch.save({"proj": torch.from_numpy(w)}, tmp_path / "itq.pth")  # the published layout
+    assert np.array_equal(load_itq(tmp_path / "itq.pth"), w)
+    np.savez(tmp_path / "bad.npz", other=w)
+    with pytest.raises(ValueError, match="no 'proj'"):
+        load_itq(tmp_path / "bad.npz")
