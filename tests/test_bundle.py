@@ -126,3 +126,17 @@ def test_paper_bundle_offline_error(tmp_path, monkeypatch):
     monkeypatch.setenv("DNSVR_CACHE", str(tmp_path / "cache"))
     with pytest.raises(weights.WeightsUnavailableError):
         load_bundle("paper", offline=True)
+
+
+def test_lite_whitening_keeps_enough_vectors_per_dimension():
+    from dnsvr.bundle import WHITENING_VECTORS_PER_DIM, lite_bundle
+
+    rng = np.random.default_rng(5)
+    raw = [rng.standard_normal((50, 9, 200)).astype(np.float32) for _ in range(2)]  # 900 vectors
+    bundle = lite_bundle()  # asks for 512
+    bundle.fit_whitening(raw)
+    assert bundle.input_dims == 900 // WHITENING_VECTORS_PER_DIM // 8 * 8 == 40
+    # a tiny first add still gets the floor rather than an error
+    small = lite_bundle()
+    small.fit_whitening([raw[0][:10]])
+    assert small.input_dims == 32
