@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dnsvr.train._progress import progress_bar
+from dnsvr._progress import progress_bar
 from dnsvr.train.checkpoint import find_checkpoint, load_checkpoint_folder, save_checkpoint, write_final
 from dnsvr.train.data import VideoStore, _rng, pad_videos
 from dnsvr.train.mining import MinedPairs

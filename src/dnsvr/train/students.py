@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dnsvr.train._progress import progress_bar
+from dnsvr._progress import progress_bar
 from dnsvr.train.checkpoint import find_checkpoint, load_checkpoint_folder, save_checkpoint, write_final
 from dnsvr.train.data import TripletDataset, VideoStore, num_batches, pad_videos, split_anchors
 from dnsvr.train.mining import MinedPairs
