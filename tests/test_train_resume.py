@@ -147,3 +147,23 @@ def test_bundle_carries_the_base_whitening(tmp_path):
     wide.save(tmp_path / "wide")
     with pytest.raises(ValueError, match="40-d features"):
         build_bundle(run, base=tmp_path / "wide")
+
+
+def test_students_train_on_other_features_than_the_teacher(mined, tmp_path):
+    """The teacher may score one feature file (e.g. 3840-d regions) and students learn from another."""
+    import h5py
+
+    from dnsvr.features import FeatureFile
+
+    proj = np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32)
+    with FeatureFile(mined / "f.h5") as ff, h5py.File(tmp_path / "small.h5", "w") as out:
+        for vid, x in ff.iter():
+            out.create_dataset(vid, data=x @ proj)
+    res = train_student(mined / "p.h5", tmp_path / "small.h5", tmp_path / "run",
+                        StudentTrainConfig(type="fg-att", epochs=1, batch_size=4), progress=False)
+    assert res.config["network"]["kwargs"]["dims"] == 8
+    with pytest.raises(KeyError, match="not in"):
+        with h5py.File(tmp_path / "partial.h5", "w") as out:
+            out.create_dataset("only_one", data=np.zeros((3, 9, 8), np.float32))
+        train_student(mined / "p.h5", tmp_path / "partial.h5", tmp_path / "run2",
+                      StudentTrainConfig(type="fg-att", epochs=1), progress=False)

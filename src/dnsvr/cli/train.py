@@ -86,7 +86,8 @@ def info_command(pairs: Path = typer.Argument(..., help="Mined-pairs file.")) ->
 def student_command(
     type: str = typer.Option(..., "--type", help="fg-att | fg-bin | cg"),
     pairs: Path = typer.Option(..., help="Mined-pairs file (dnsvr train mine)."),
-    features: Path = typer.Option(..., help="The feature file the pairs were mined on."),
+    features: Path = typer.Option(..., help="The students' features: the file the pairs were mined on, or another "
+                                  "one with the same video ids (e.g. 512-d whitened vs the teacher's 3840-d)."),
     output: Path = typer.Option(..., "--output", "-o", help="Run folder (checkpoints, final weights)."),
     epochs: int = typer.Option(10),
     batch_size: int = typer.Option(32, help="Triplets per step."),
