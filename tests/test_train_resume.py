@@ -119,3 +119,51 @@ def test_mining_with_a_network_teacher(mined, tmp_path):
     mp = MinedPairs(out)
     assert mp.params["teacher"] == {"kind": "visil-test"} and len(mp) == 12 * 6
     assert np.isfinite(mp.similarity).all() and mp.similarity.std() > 0
+
+
+def test_bundle_carries_the_base_whitening(tmp_path):
+    """A bundle built on a base bundle keeps its backbone and whitening identity; dims must match."""
+    from dnsvr.bundle import Bundle, lite_bundle
+    from dnsvr.train.export import build_bundle
+
+    rng = np.random.default_rng(0)
+    raw = [rng.standard_normal((30, 9, 96)).astype(np.float32) for _ in range(3)]
+    base = lite_bundle(dims=32)
+    base.fit_whitening(raw)
+    base.save(tmp_path / "base")
+    make_collection(tmp_path / "f.h5", n_sources=3, copies=1, distractors=3, dims=32, frames=(5, 8), seed=9)
+    mine(tmp_path / "f.h5", tmp_path / "p.h5", "chamfer", MiningParams(candidates=3, positives=1,
+                                                                       random_negatives=2), progress=False)
+    run = train_student(tmp_path / "p.h5", tmp_path / "f.h5", tmp_path / "fg",
+                        StudentTrainConfig(type="fg-att", epochs=1, batch_size=4), progress=False).output_dir
+    bundle = build_bundle(run, base=tmp_path / "base", name="mine")
+    bundle.save(tmp_path / "out")
+    loaded = Bundle.load(tmp_path / "out")
+    assert loaded.backbone == "efficientnet_lite0" and loaded.fine_type == "att" and loaded.input_dims == 32
+    assert loaded.identity()["whitening"] == base.identity()["whitening"]
+    assert loaded.extra["trained"]["fine"]["teacher"] == {"kind": "chamfer"}
+    wide = lite_bundle(dims=40)
+    wide.fit_whitening(raw)
+    wide.save(tmp_path / "wide")
+    with pytest.raises(ValueError, match="40-d features"):
+        build_bundle(run, base=tmp_path / "wide")
+
+
+def test_students_train_on_other_features_than_the_teacher(mined, tmp_path):
+    """The teacher may score one feature file (e.g. 3840-d regions) and students learn from another."""
+    import h5py
+
+    from dnsvr.features import FeatureFile
+
+    proj = np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32)
+    with FeatureFile(mined / "f.h5") as ff, h5py.File(tmp_path / "small.h5", "w") as out:
+        for vid, x in ff.iter():
+            out.create_dataset(vid, data=x @ proj)
+    res = train_student(mined / "p.h5", tmp_path / "small.h5", tmp_path / "run",
+                        StudentTrainConfig(type="fg-att", epochs=1, batch_size=4), progress=False)
+    assert res.config["network"]["kwargs"]["dims"] == 8
+    with pytest.raises(KeyError, match="not in"):
+        with h5py.File(tmp_path / "partial.h5", "w") as out:
+            out.create_dataset("only_one", data=np.zeros((3, 9, 8), np.float32))
+        train_student(mined / "p.h5", tmp_path / "partial.h5", tmp_path / "run2",
+                      StudentTrainConfig(type="fg-att", epochs=1), progress=False)

@@ -191,3 +191,24 @@ def test_random_negatives_sampling():
         b = _random_others(np.random.default_rng([4, 2]), n, exclude, k)
         assert a == b and len(a) == len(set(a)) == min(k, n - len(exclude))
         assert not set(a) & exclude and all(0 <= v < n for v in a)
+
+
+def test_load_teacher_names():
+    from dnsvr.train.teachers import ChamferTeacher, load_teacher
+
+    assert isinstance(load_teacher("auto", dims=512), ChamferTeacher)
+    assert isinstance(load_teacher("chamfer"), ChamferTeacher)
+    with pytest.raises(ValueError, match="unknown teacher"):
+        load_teacher("no-such-teacher")
+
+
+def test_itq_files_roundtrip(tmp_path):
+    from dnsvr.train.itq import load_itq, save_itq
+
+    w = fit_itq(np.random.default_rng(1).standard_normal((300, 8)), bits=8, iterations=5)
+    assert np.array_equal(load_itq(save_itq(tmp_path / "itq.npz", w)), w)
+    torch.save({"proj": torch.from_numpy(w)}, tmp_path / "itq.pth")  # the published layout
+    assert np.array_equal(load_itq(tmp_path / "itq.pth"), w)
+    np.savez(tmp_path / "bad.npz", other=w)
+    with pytest.raises(ValueError, match="no 'proj'"):
+        load_itq(tmp_path / "bad.npz")

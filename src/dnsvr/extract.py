@@ -634,6 +634,8 @@ def iter_video_features(inputs: Any, extractor: Extractor, fps: float | None = 1
         ``rotation``, ``truncated``, ``damage``.
     """
     opts = _options(extractor, fps, short_side, crop, batch_size, decode_workers, decode_threads, limits, skip_unneeded)
+    if whitening is not None and getattr(extractor, "whitening", None) is not None:
+        raise ValueError("the extractor already whitens its output; pass whitening=None or an extractor without one")
     sink: list[VideoFailure] = failures if failures is not None else []
     n_before = len(sink)
     entries = resolve_inputs(inputs, sink)

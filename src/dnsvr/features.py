@@ -25,6 +25,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from dnsvr._fsutil import fsync_dir
+
 logger = logging.getLogger(__name__)
 
 #: Attribute of dnsvr-written datasets: False while the video is being written, True once complete.
@@ -155,19 +157,6 @@ PROVENANCE_ATTRS = ("backbone", "weights", "whitening", "dims", "fps", "short_si
 _LIBVER = ("v108", "v108")
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _fsync_file(path: Path) -> None:
     with open(path, "rb+") as fh:
         os.fsync(fh.fileno())
@@ -259,7 +248,7 @@ class VideoFeatureWriter:
             _fsync_file(self._tmp)
         os.replace(self._tmp, self._final)
         if self._owner.fsync:
-            _fsync_dir(self._final.parent)
+            fsync_dir(self._final.parent)
         self._owner._committed(self)
 
     def abort(self) -> None:
@@ -460,7 +449,7 @@ class FeatureWriter:
                 _fsync_file(tmp)
             os.replace(tmp, self.path)
             if self.fsync:
-                _fsync_dir(self.path.parent)
+                fsync_dir(self.path.parent)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise

@@ -31,8 +31,9 @@ def _fail(message: str) -> None:
 def mine_command(
     features: Path = typer.Argument(..., help="HDF5 feature file of the unlabelled collection."),
     output: Path = typer.Option(..., "--output", "-o", help="Mined-pairs file to write (HDF5)."),
-    teacher: str = typer.Option("chamfer", help="chamfer | visil | visil_symmetric | PATH of a trained fg-att "
-                                "student run (iterating: a student is the next teacher)."),
+    teacher: str = typer.Option("auto", help="auto (visil for 3840-d ResNet-50 regions, else chamfer) | chamfer | "
+                                "visil | visil_symmetric | PATH of a trained fg-att student run (iterating: a "
+                                "student is the next teacher)."),
     candidates: int = typer.Option(16, help="Nearest videos per anchor by the cheap global similarity."),
     positives: int = typer.Option(4, help="Candidates with the highest teacher similarity kept as positives."),
     random_negatives: int = typer.Option(8, help="Random videos per anchor scored as negatives."),
@@ -45,12 +46,13 @@ def mine_command(
 ) -> None:
     """Score candidate pairs with a teacher and store per-anchor pools of positives and negatives."""
     from dnsvr.train.mining import MinedPairs, MiningError, MiningParams, mine
+    from dnsvr.weights import WeightsUnavailableError
 
     params = MiningParams(candidates=candidates, positives=positives, random_negatives=random_negatives,
                           seed=seed, max_frames=max_frames, faiss_index=faiss_index)
     try:
         out = mine(features, output, teacher, params, device=device, resume=not restart, progress=progress)
-    except (MiningError, FileNotFoundError, ValueError) as exc:
+    except (MiningError, FileNotFoundError, ValueError, WeightsUnavailableError) as exc:
         _fail(str(exc))
     typer.echo(json.dumps(MinedPairs(out).summary(), indent=1))
 
@@ -84,7 +86,8 @@ def info_command(pairs: Path = typer.Argument(..., help="Mined-pairs file.")) ->
 def student_command(
     type: str = typer.Option(..., "--type", help="fg-att | fg-bin | cg"),
     pairs: Path = typer.Option(..., help="Mined-pairs file (dnsvr train mine)."),
-    features: Path = typer.Option(..., help="The feature file the pairs were mined on."),
+    features: Path = typer.Option(..., help="The students' features: the file the pairs were mined on, or another "
+                                  "one with the same video ids (e.g. 512-d whitened vs the teacher's 3840-d)."),
     output: Path = typer.Option(..., "--output", "-o", help="Run folder (checkpoints, final weights)."),
     epochs: int = typer.Option(10),
     batch_size: int = typer.Option(32, help="Triplets per step."),

@@ -37,6 +37,7 @@ import torch
 from dnsvr.eval.benchmarks import Benchmark, CustomBenchmark
 from dnsvr.eval.similarities import SimilarityTable
 from dnsvr.features import FeatureFile
+from dnsvr._progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -115,12 +116,6 @@ def _teacher_for(dims: int, teacher: torch.nn.Module | None) -> torch.nn.Module:
     raise ValueError(f"the published ViSiL teachers take 3840-d or 512-d region features, the file has {dims}-d")
 
 
-def _progress(enabled: bool | None) -> Any:
-    from dnsvr.train._progress import progress_bar
-
-    return progress_bar(enabled)
-
-
 def _fine_bytes(fine: np.ndarray, binary: bool) -> float:
     # As the reference counts: 1 bit per binary code, 4 bytes per float element.
     return float(fine.nbytes) if binary else float(fine.size * 4)
@@ -183,7 +178,7 @@ def evaluate_features(benchmark: Benchmark, features: str | Path, model: str, *,
         dims = int(ff.shape(queries[0])[-1])
         runner = _TeacherRun(_teacher_for(dims, teacher)) if model == "teacher" else \
             _BundleRun(_bundle_for(model, bundle, dims), model)
-        with _progress(progress) as bar:
+        with progress_bar(progress) as bar:
             task = bar.add_task("queries", total=len(queries))
             for q in queries:
                 runner.add_query(ff.read(q))

@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dnsvr._fsutil import fsync_dir  # re-exported for the store
+
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "dnsvr-index"
@@ -109,20 +111,6 @@ def write_json_atomic(path: Path, payload: Any) -> None:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    """fsync a directory so that renames/creations inside it are durable."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def make_manifest(config: dict[str, Any]) -> dict[str, Any]:

@@ -207,7 +207,7 @@ class ShardAppender:
         for shard in self._dirty:
             os.fsync(self._fd(shard))
         if self._new:
-            from dnsvr.index._schema import fsync_dir  # noqa: PLC0415
+            from dnsvr._fsutil import fsync_dir  # noqa: PLC0415
 
             fsync_dir(self.directory)
 

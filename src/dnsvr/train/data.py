@@ -102,6 +102,11 @@ class VideoStore:
     def __len__(self) -> int:
         return len(self.video_ids)
 
+    @property
+    def dims(self) -> int:
+        """Feature dimensionality D (of the first video)."""
+        return int(self._ff.shape(self.video_ids[0])[-1])
+
     def __getitem__(self, i: int) -> np.ndarray:
         if self._mem is not None:
             return self._mem[i]

@@ -92,15 +92,26 @@ def save_itq(path: str | Path, proj: np.ndarray) -> Path:
 
 
 def load_itq(path: str | Path) -> np.ndarray:
-    """Read a projection written by :func:`save_itq` or the reference's ``itq.npz``.
+    """Read a projection: our ``.npz`` (:func:`save_itq`), the reference's ``itq.npz``, or the published
+    ``.pth`` (``{"proj": W}``, read with ``weights_only=True`` through :func:`dnsvr.weights.load_checkpoint`).
 
     Raises:
         ValueError: when the file has no ``proj`` array.
     """
-    with np.load(path, allow_pickle=False) as z:
-        if "proj" not in z:
-            raise ValueError(f"{path}: no 'proj' array (keys {list(z.keys())})")
-        return np.asarray(z["proj"], dtype=np.float32)
+    path = Path(path)
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as z:
+            keys = list(z.keys())
+            proj = z["proj"] if "proj" in z else None
+    else:
+        from dnsvr.weights import load_checkpoint
+
+        state = load_checkpoint(path)
+        keys = sorted(state)
+        proj = state["proj"].numpy() if "proj" in state else None
+    if proj is None:
+        raise ValueError(f"{path}: no 'proj' array (keys {keys})")
+    return np.asarray(proj, dtype=np.float32)
 
 
 def published_itq(offline: bool | None = None) -> np.ndarray:

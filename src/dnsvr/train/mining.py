@@ -52,6 +52,7 @@ import numpy as np
 from dnsvr.features import FeatureFile
 from dnsvr.train.augment import clip_length
 from dnsvr.train.teachers import Teacher, load_teacher
+from dnsvr._progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -92,12 +93,6 @@ def global_vector(features: np.ndarray) -> np.ndarray:
     from dnsvr.bundle import lite_coarse_vector
 
     return lite_coarse_vector(features)
-
-
-def _progress(enabled: bool | None):
-    from dnsvr.train._progress import progress_bar
-
-    return progress_bar(enabled)
 
 
 def _create(out: Path, ids: list[str], params: dict[str, Any]) -> None:
@@ -176,7 +171,7 @@ def mine(features: str | Path, output: str | Path, teacher: str | Path | Teacher
                     h5[name].resize((committed,))
             if "global" not in h5:
                 glob = np.zeros((len(ids), dims), dtype=np.float32)
-                with _progress(progress) as bar:
+                with progress_bar(progress) as bar:
                     task = bar.add_task("global vectors", total=len(ids))
                     for i, (_, x) in enumerate(ff.iter(ids)):
                         glob[i] = global_vector(x)
@@ -204,7 +199,7 @@ def mine(features: str | Path, output: str | Path, teacher: str | Path | Teacher
                     cache.popitem(last=False)
                 return rep
 
-            with _progress(progress) as bar:
+            with progress_bar(progress) as bar:
                 task = bar.add_task("teacher mining", total=len(ids), completed=len(ids) - len(todo))
                 for start in range(0, len(todo), chunk_size):
                     chunk = todo[start:start + chunk_size]

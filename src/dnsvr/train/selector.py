@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dnsvr.train._progress import progress_bar
+from dnsvr._progress import progress_bar
 from dnsvr.train.checkpoint import find_checkpoint, load_checkpoint_folder, save_checkpoint, write_final
 from dnsvr.train.data import VideoStore, _rng, pad_videos
 from dnsvr.train.mining import MinedPairs
@@ -153,7 +153,7 @@ def train_selector(pairs: str | Path | MinedPairs, features: str | Path, output_
     per_class = config.pairs_per_class or max(len(c) for c in cls)
 
     torch.manual_seed(config.seed)
-    dims = int(store[0].shape[-1])
+    dims = store.dims
     model = SelectorNetwork(dims=dims, hidden_size=config.hidden_size, num_layers=config.num_layers).to(dev)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     criterion = torch.nn.BCELoss()

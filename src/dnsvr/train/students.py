@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dnsvr.train._progress import progress_bar
+from dnsvr._progress import progress_bar
 from dnsvr.train.checkpoint import find_checkpoint, load_checkpoint_folder, save_checkpoint, write_final
 from dnsvr.train.data import TripletDataset, VideoStore, num_batches, pad_videos, split_anchors
 from dnsvr.train.mining import MinedPairs
@@ -263,7 +263,8 @@ def train_student(pairs: str | Path | MinedPairs, features: str | Path, output_d
 
     Args:
         pairs: a mined-pairs file (:func:`dnsvr.train.mining.mine`) or its loaded :class:`MinedPairs`.
-        features: the feature file the pairs were mined on.
+        features: the students' feature file: the one the pairs were mined on, or another one with the
+            same video ids (e.g. whitened 512-d features when the teacher scored raw 3840-d regions).
         output_dir: run folder (checkpoints, final weights, ``config.json``).
         config: training configuration (default :class:`StudentTrainConfig`).
         resume: continue from ``output_dir/last`` (same config required); the result is the same as an
@@ -287,10 +288,10 @@ def train_student(pairs: str | Path | MinedPairs, features: str | Path, output_d
     pairs = pairs if isinstance(pairs, MinedPairs) else MinedPairs(pairs)
     features, output_dir = Path(features), Path(output_dir)
     dev = torch.device(device)
-    dims = int(pairs.params.get("dims") or 0)
+    # The students' features may differ from the ones the teacher scored (e.g. 3840-d regions for ViSiL,
+    # 512-d whitened ones for the students), as long as the video ids match.
     store = VideoStore(features, pairs.video_ids, in_memory=config.in_memory, max_frames=config.max_frames)
-    if not dims:
-        dims = int(store[0].shape[-1])
+    dims = store.dims
     train_anchors, val_anchors = split_anchors(pairs, config.validation_fraction, config.seed)
     coarse = not is_fine(config.type)
     train_set = TripletDataset(pairs, store, coarse_targets=coarse, augmentation=config.augmentation,

@@ -136,8 +136,8 @@ def load_teacher(spec: str | Path, dims: int | None = None, device: str = "cpu",
     """Build a teacher from a name or a weights path.
 
     Args:
-        spec: ``"chamfer"``, ``"visil"`` (3840-d features), ``"visil_symmetric"`` (512-d), or a path
-            to fine-grained attention student weights.
+        spec: ``"chamfer"``, ``"visil"`` (3840-d features), ``"visil_symmetric"`` (512-d), ``"auto"``
+            (``visil`` for 3840-d features, else ``chamfer``), or a path to fine-grained attention student weights.
         dims: feature dimensionality (checked against the teacher's when known).
         device: ``"cpu"`` or ``"cuda"``.
         offline: passed to :func:`dnsvr.weights.resolve_weights` for published weights.
@@ -149,6 +149,10 @@ def load_teacher(spec: str | Path, dims: int | None = None, device: str = "cpu",
         ValueError: on an unknown name or weights that do not fit ``dims``.
     """
     spec_s = str(spec)
+    if spec_s == "auto":
+        # raw ResNet-50 regions (the paper profile's teacher input) → the published ViSiL teacher
+        spec_s = "visil" if dims == 3840 else "chamfer"
+        logger.info("teacher 'auto' → %r for %s-d features", spec_s, dims)
     if spec_s == "chamfer":
         return ChamferTeacher(device)
     if spec_s in ("visil", "visil_symmetric"):
@@ -165,7 +169,7 @@ def load_teacher(spec: str | Path, dims: int | None = None, device: str = "cpu",
         return NetworkTeacher(model, {"kind": spec_s, "digest": state_dict_digest(state)}, device)
     path = Path(spec_s)
     if not path.exists():
-        raise ValueError(f"unknown teacher {spec_s!r}: use 'chamfer', 'visil', 'visil_symmetric' "
+        raise ValueError(f"unknown teacher {spec_s!r}: use 'auto', 'chamfer', 'visil', 'visil_symmetric' "
                          f"or the path of a trained fine-grained attention student")
     from dnsvr.nn import FineGrainedStudent
 

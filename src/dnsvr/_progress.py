@@ -1,4 +1,4 @@
-"""Progress bars of the training stages (rich), off when not a terminal or when asked."""
+"""Progress bars (rich) for long library work, off when not a terminal or when asked."""
 
 from __future__ import annotations
 
