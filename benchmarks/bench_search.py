@@ -34,8 +34,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -69,7 +71,7 @@ def _calibrate() -> float:
     return min(times) * 1000
 
 
-def bench_pairs(frames_list=(60, 120), n_cands: int = 64, repeats: int = 7) -> list[dict]:
+def bench_pairs(frames_list=(60, 120), n_cands: int = 64, repeats: int = 5) -> list[dict]:
     """Per-pair fine time: batched engine (exact and int8) vs the plain network call, interleaved."""
     out = []
     rng = np.random.default_rng(0)
@@ -333,29 +335,45 @@ def main() -> None:
     ap.add_argument("--fine", choices=["bin", "att", "both"], default="both",
                     help="dns part: which synthetic index(es) to build and query")
     ap.add_argument("--queries", type=int, default=2, help="dns part: queries per budget (and precision)")
+    ap.add_argument("--threads", type=int, default=2,
+                    help="torch threads (2 = the issue's setting; results of other counts are stored under "
+                         "keys suffixed _threadsN)")
     args = ap.parse_args()
-    torch.set_num_threads(2)
-    result: dict = {"benchmark": "search", "command": "PYTHONPATH=src python benchmarks/bench_search.py "
-                    + " ".join(sys.argv[1:]),
-                    "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
-                    "threads": torch.get_num_threads(),
-                    "note": "2-core machine shared with other jobs: absolute times are noisy; the engine and "
-                            "the reference are interleaved so their ratio is comparable",
-                    "calibration_matmul_1080x512x1080_ms": _calibrate()}
+    torch.set_num_threads(args.threads)
+    suffix = "" if args.threads == 2 else f"_threads{args.threads}"
+
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=False).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "src"], capture_output=True, text=True,
+                               cwd=Path(__file__).parent, check=False).stdout.strip()
+    except OSError:
+        head, dirty = "unknown", ""
+    run = {"command": "PYTHONPATH=src python benchmarks/bench_search.py " + " ".join(sys.argv[1:]),
+           "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
+           "threads": torch.get_num_threads(), "engine": head + (" + uncommitted changes" if dirty else ""),
+           "machine": "the 2-core development machine, shared with other jobs: absolute times are noisy; "
+                      "the variants timed in one part are interleaved so their ratios are comparable",
+           "load_average": list(os.getloadavg()),
+           "calibration_matmul_1080x512x1080_ms": _calibrate()}
+    result: dict = {"benchmark": "search"}
     if RESULTS.is_file():
-        previous = json.loads(RESULTS.read_text())
-        for key in ("pairs", "quality", "dns", "quiet_cpu", "this_machine_loaded"):
-            if key in previous:
-                result[key] = previous[key]
+        result.update(json.loads(RESULTS.read_text()))
+    parts: dict = {}
     if args.part in ("pairs", "all"):
-        result["pairs"] = bench_pairs()
+        parts["pairs" + suffix] = bench_pairs()
     if args.part in ("quality", "all"):
         args.workdir.mkdir(parents=True, exist_ok=True)
-        result["quality"] = {"generated": bench_quality_generated(), "lite": bench_quality_lite(args.workdir)}
+        parts["quality"] = {"generated": bench_quality_generated(), "lite": bench_quality_lite(args.workdir)}
     if args.part in ("dns", "all"):
         args.workdir.mkdir(parents=True, exist_ok=True)
-        result["dns"] = bench_dns(args.workdir, args.videos, args.keep, args.queries, args.fine)
-    result["calibration_after_ms"] = _calibrate()
+        parts["dns" + suffix] = bench_dns(args.workdir, args.videos, args.keep, args.queries, args.fine)
+    run["calibration_after_ms"] = _calibrate()
+    run["load_average_after"] = list(os.getloadavg())
+    for key, value in parts.items():
+        result[key] = value
+        result.setdefault("runs", {})[key] = run
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {RESULTS}")
