@@ -285,6 +285,20 @@ def _quantize_frames(x: torch.Tensor, regions: int) -> tuple[torch.Tensor, torch
     return x.to(torch.int8), peak / 127.0
 
 
+def _query_chunk(query: torch.Tensor, r0: int, r1: int, cache: dict[tuple[int, int], torch.Tensor]) -> torch.Tensor:
+    """Rows ``r0:r1`` of the query as a ``[D, rows]`` transposed view, rows zero-padded to a multiple of 16.
+
+    Cached per call: every block of candidates reuses it.
+    """
+    key = (r0, r1)
+    if key not in cache:
+        rows = r1 - r0
+        padded = torch.zeros((rows + (-rows) % 16, query.shape[1]), dtype=query.dtype)
+        padded[:rows] = query[r0:r1]
+        cache[key] = padded.T
+    return cache[key]
+
+
 def _int8_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b`` for int8 matrices, exact, as int32.
 
@@ -306,6 +320,7 @@ def _region_chamfer(query: torch.Tensor, q_frames: int, cands: list[_Prepared], 
     candidates are converted straight into one block buffer.
     """
     qrows = query.shape[0]
+    chunks: dict[tuple[int, int], torch.Tensor] = {}
     quant = fine_type != "bin" and precision == "int8"
     dtype = torch.int8 if (fine_type == "bin" or quant) else torch.float32
     dims = query.shape[1]
@@ -318,10 +333,16 @@ def _region_chamfer(query: torch.Tensor, q_frames: int, cands: list[_Prepared], 
             cols += cands[j].rows
             j += 1
         target = torch.empty((cols, dims), dtype=torch.float32 if quant else dtype)
-        start = 0
-        for c in cands[i:j]:
-            c.fill(target[start:start + c.rows])
-            start += c.rows
+        block = cands[i:j]
+        if fine_type == "bin" and all(c.raw.dtype == torch.uint8 and c.raw.shape[0] == c.frames for c in block):
+            # packed codes of the whole block unpacked in one gather (one op instead of a few per candidate)
+            raw = torch.cat([c.raw.reshape(-1) for c in block]) if len(block) > 1 else block[0].raw.reshape(-1)
+            torch.index_select(_BIT_LUT64, 0, raw.int(), out=target.view(-1).view(torch.int64))
+        else:
+            start = 0
+            for c in block:
+                c.fill(target[start:start + c.rows])
+                start += c.rows
         if quant:
             # the whole block at once (a few large operations rather than a few per candidate)
             target, t_scale = _quantize_frames(target, regions)
@@ -329,16 +350,18 @@ def _region_chamfer(query: torch.Tensor, q_frames: int, cands: list[_Prepared], 
         pieces = []
         for f0 in range(0, q_frames, frame_rows):
             r0, r1 = f0 * regions, min(q_frames, f0 + frame_rows) * regions
-            # target @ query^T keeps the big operand in its stored row-major layout (no transposed copy)
-            q_t = query[r0:r1].T.contiguous()
-            nq = q_t.shape[1] // regions
+            q_t = _query_chunk(query, r0, r1, chunks)
+            nq = (r1 - r0) // regions
+            # target @ query^T: the big operand stays in its row-major layout, the query chunk is a
+            # transposed view of rows padded to a multiple of 16 (the int8 kernel is ~20% faster then)
             if fine_type == "bin" or quant:
                 s = _int8_mm(target, q_t)
             else:
                 s = target @ q_t
             # max over target regions (in int32 for codes and int8 products: one scale per target
             # frame), then mean over query regions
-            s = s.view(cols // regions, regions, nq, regions).amax(1).float()  # [sum T2, nq, R]
+            s = s.view(cols // regions, regions, -1).amax(1)[:, :r1 - r0].float()
+            s = s.view(cols // regions, nq, regions)  # [sum T2, nq, R]
             if quant:
                 s.mul_(t_scale[:, None, None]).mul_(q_scale[r0:r1].view(1, nq, regions))  # type: ignore[index]
             pieces.append(s.mean(2).T)
@@ -442,18 +465,18 @@ def fine_similarities(query: np.ndarray | torch.Tensor,
                     scores[k] = float(m.amax(1).mean())
                 continue
             width = max(m.shape[1] for m in mats)
-            if any(m.shape[1] != width for m in mats):
+            if all(m.shape[1] == width for m in mats):
+                batch = torch.stack(mats)
+            else:
                 width += (-width) % 4  # mixed lengths: re-masked after each layer
-            batch = torch.zeros((len(group), q.frames, width))
-            for b, m in enumerate(mats):
-                batch[b, :, :m.shape[1]] = m
+                batch = torch.zeros((len(group), q.frames, width))
+                for b, m in enumerate(mats):
+                    batch[b, :, :m.shape[1]] = m
             widths = torch.tensor([m.shape[1] for m in mats], dtype=torch.int64)
             out = comparator(batch, widths)  # type: ignore[misc]
             valid = widths // 4
             if bool((valid < out.shape[-1]).any()):
                 cols = torch.arange(out.shape[-1])
                 out = out.masked_fill(cols[None, None, :] >= valid[:, None, None], -float("inf"))
-            sims = out.amax(2).mean(1)
-            for b, k in enumerate(group):
-                scores[k] = float(sims[b])
+            scores[np.asarray(group)] = out.amax(2).mean(1).numpy()
     return scores, matrices
