@@ -117,3 +117,27 @@ def test_unknown_precision():
     q = random_video(np.random.default_rng(7), 5, 32)
     with pytest.raises(ValueError, match="precision"):
         fine_similarities(q, [q], "chamfer", precision="fp4")
+
+
+def test_index_search_precision_option(tmp_path):
+    """``VideoIndex.search(precision="int8")``: same copies on top, scores within the tolerance."""
+    from test_video_index import make_collection, plain_bundle, write_h5
+
+    from dnsvr.index import VideoIndex
+
+    videos, groups = make_collection(seed=3)
+    index = VideoIndex.create(tmp_path / "idx", plain_bundle())
+    index.add([write_h5(tmp_path / "feats.h5", videos)])
+    queries = list(groups)
+    exact = index.search(queries, top_k=None, budget="100%")
+    fast = index.search(queries, top_k=None, budget="100%", precision="int8")
+    for q, a, b in zip(queries, exact, fast):
+        sa = {r.video_id: r.fine_score for r in a.results}
+        sb = {r.video_id: r.fine_score for r in b.results}
+        assert sa.keys() == sb.keys()
+        assert max(abs(sa[k] - sb[k]) for k in sa) <= TOLERANCE
+        assert max(abs(sa[k] - sb[k]) for k in sa) > 0
+        assert set(r.video_id for r in b.results[:len(groups[q])]) == set(groups[q])
+    with pytest.raises(ValueError, match="precision"):
+        index.search(queries[:1], precision="bf16")
+    index.close()
