@@ -146,10 +146,11 @@ class FineComparator:
         # 32-channel map is ~10x faster in it than in NCHW.
         b, h, wd = sim.shape
         patches = F.unfold(x, 3, padding=1)  # [B, 9, H·W]
-        x = torch.matmul(patches.transpose(1, 2), self._w1m).add_(w["conv1.bias"])  # [B, H·W, 32]
+        x = torch.matmul(patches.transpose(1, 2), self._w1m)  # [B, H·W, 32]
         x = x.view(b, h, wd, -1).permute(0, 3, 1, 2)  # channels-last [B, 32, H, W], no copy
         w1 = widths // 2
-        x = colmask(_max_pool2(x).relu_(), w1)
+        # the per-channel bias commutes with the max (rounding is monotone): added after pooling
+        x = colmask(_max_pool2(x).add_(w["conv1.bias"][:, None, None]).relu_(), w1)
         x = fused_conv(self._convs[0], x, "relu")
         w2 = w1 // 2
         x = colmask(_max_pool2(x), w2)
