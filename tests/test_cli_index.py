@@ -89,3 +89,21 @@ def test_cli_errors(tmp_path):
     assert r.exit_code == 2 and "not a dnsvr index" in r.output
     r = runner.invoke(app, ["index", "create", str(tmp_path / "x"), "--bundle", "nope"])
     assert r.exit_code == 2 and "lite" in r.output
+
+
+def test_cli_add_reports_skipped_inputs_with_exit_status_1(tmp_path):
+    import numpy as np
+
+    videos, _ = make_collection(seed=7, n_groups=2)
+    good = write_h5(tmp_path / "good.h5", videos)
+    bad = write_h5(tmp_path / "bad.h5", {"wrong_dims": np.ones((6, 9, DIMS + 8), np.float32)})
+    idx = tmp_path / "idx"
+    assert runner.invoke(app, ["index", "create", str(idx), "--bundle", str(_plain_bundle_dir(tmp_path))]).exit_code == 0
+    r = runner.invoke(app, ["index", "add", str(idx), str(good), str(bad)])
+    assert r.exit_code == 1, r.output
+    assert "wrong_dims" in r.output
+    with VideoIndex.open(idx, readonly=True) as index:
+        assert len(index) == len(videos)  # every good video is in
+    # a clean add exits 0
+    more = write_h5(tmp_path / "more.h5", {f"x_{k}": v for k, v in videos.items()})
+    assert runner.invoke(app, ["index", "add", str(idx), str(more)]).exit_code == 0

@@ -80,17 +80,20 @@ def add(directory: Path = typer.Argument(..., help="Index directory."),
         json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
         progress: bool = typer.Option(None, "--progress/--no-progress", help="Progress bars (default: on a TTY)."),
         ) -> None:
-    """Add videos or feature files; unreadable videos are reported and skipped."""
+    """Add videos or feature files; unreadable videos are reported and skipped (exit status 1 if any was)."""
     with cli_errors():
         with _open(directory, readonly=False) as index:
             report = index.add(inputs, on_duplicate=on_duplicate, progress=progress)
             total = len(index)
     if json_out:
         _echo_json({**report.to_dict(), "videos": total})
-        return
-    _out.print(f"added {len(report.added)} videos in {report.seconds:.1f} s; the index holds {total}")
-    for item, reason in report.skipped:
-        _err.print(f"[yellow]skipped[/yellow] {item}: {reason}", highlight=False)
+    else:
+        _out.print(f"added {len(report.added)} videos in {report.seconds:.1f} s; the index holds {total}")
+        for item, reason in report.skipped:
+            _err.print(f"[yellow]skipped[/yellow] {item}: {reason}", highlight=False)
+    if report.skipped:
+        # as `dnsvr extract`: scripts can tell a partial add from a clean one
+        raise typer.Exit(1)
 
 
 @index_app.command("remove")
