@@ -17,6 +17,8 @@ nn = pytest.importorskip("dnsvr.nn")
 
 from dnsvr.index.video_index import VideoIndex, VideoIndexError  # noqa: E402
 
+from test_bundle import student_bundle  # noqa: E402
+
 DIMS = 64
 
 
@@ -54,18 +56,6 @@ def write_h5(path: Path, videos: dict[str, np.ndarray]) -> Path:
 
 def plain_bundle() -> Bundle:
     return Bundle("plain", "efficientnet_lite0", whitening=None, fine_type="chamfer", fine_args={"dims": DIMS})
-
-
-def student_bundle(fine_type: str = "att", seed: int = 0) -> Bundle:
-    torch.manual_seed(seed)
-    fine_args = {"dims": DIMS, "attention": fine_type == "att", "binarization": fine_type == "bin"}
-    coarse_args = {"dims": DIMS, "transformer_heads": 4, "transformer_feedforward_dims": 64,
-                   "netvlad_clusters": 4, "netvlad_outdims": 32}
-    selector_args = {"dims": DIMS, "hidden_size": 16, "num_layers": 1}
-    return Bundle(f"test-{fine_type}", "efficientnet_lite0", fine_type=fine_type,
-                  fine_net=nn.FineGrainedStudent(**fine_args), fine_args=fine_args, coarse_type="student",
-                  coarse_net=nn.CoarseGrainedStudent(**coarse_args), coarse_args=coarse_args,
-                  selector_net=nn.SelectorNetwork(**selector_args), selector_args=selector_args)
 
 
 def _as_tuples(results):
@@ -143,7 +133,7 @@ def test_query_by_feature_file_equals_query_by_id(tmp_path):
 def test_dns_ranking_equals_networks(tmp_path, fine_type):
     """The index's ranking = coarse student, selector, fine student on the selected pairs, computed directly."""
     videos, groups = make_collection(seed=2)
-    bundle = student_bundle(fine_type)
+    bundle = student_bundle(fine_type, dims=DIMS)
     with VideoIndex.create(tmp_path / "idx", bundle) as index:
         index.add([write_h5(tmp_path / "f.h5", videos)])
         query = list(groups)[1]
@@ -193,7 +183,7 @@ def test_attach_recomputes_from_stored_features(tmp_path):
     videos, groups = make_collection(seed=3)
     with VideoIndex.create(tmp_path / "lite", plain_bundle()) as lite:
         lite.add([write_h5(tmp_path / "f.h5", videos)])
-        trained = student_bundle("bin")
+        trained = student_bundle("bin", dims=DIMS)
         with lite.attach(trained, tmp_path / "trained") as new:
             assert sorted(new.ids()) == sorted(videos)
             assert new.bundle.fine_type == "bin"
