@@ -26,6 +26,7 @@ the file with a general JSON parser instead.
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import re
 import warnings
@@ -253,12 +254,12 @@ def _parse_numpy(data: bytes) -> ParsedSimilarities:
     return ParsedSimilarities(list(vocab.index), rows)
 
 
-def parse_similarities(data: bytes, *, threads: int | None = None,
+def parse_similarities(data: bytes | bytearray | memoryview | mmap.mmap, *, threads: int | None = None,
                        compiled: bool | None = None) -> ParsedSimilarities:
     """Parse ``{query: {video: number}}`` into a vocabulary and per-query arrays, in file order.
 
     Args:
-        data: the JSON text (UTF-8).
+        data: the JSON text (UTF-8): bytes or any object with the buffer protocol (a memory map).
         threads: threads of the compiled scanner (default: :func:`default_threads`).
         compiled: use the compiled scanner (``None``: when it is built; ``True`` requires it;
             ``False``: the numpy reader).
@@ -287,4 +288,4 @@ def parse_similarities(data: bytes, *, threads: int | None = None,
         if _simscan is None:
             raise ImportError(f"dnsvr.eval._simscan is not built: {_SIMSCAN_MISSING}")
         return _parse_compiled(data, default_threads() if threads is None else threads)
-    return _parse_numpy(data)
+    return _parse_numpy(data if isinstance(data, bytes) else bytes(data))

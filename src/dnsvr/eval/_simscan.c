@@ -211,47 +211,37 @@ static const double P10[23] = {1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9,
 /* A JSON number at p; *out gets float(text) bit for bit. Returns the position after it, or NULL. */
 static const uchar *parse_number(Scan *s, const uchar *p, const uchar *end, double *out) {
     const uchar *start = p;
-    int neg = 0, is_int = 1, dropped = 0, nd = 0;
-    uint64_t m = 0;
+    int neg = 0, is_int = 1;
+    uint64_t m = 0;  /* the digits (integer part and fraction) as one integer; exact if at most 19 */
     int64_t exp10 = 0;
     if (p < end && *p == '-') {
         neg = 1;
         p++;
     }
     if (p >= end) return fail(s, "truncated number", p), NULL;
+    const uchar *digits = p;
     if (*p == '0') {
         p++;
         if (p < end && IS_DIGIT(*p)) return fail(s, "number with a leading zero", p), NULL;
     } else if (*p >= '1' && *p <= '9') {
         do {
-            if (nd < 19) {
-                m = m * 10 + (uint64_t)(*p - '0');
-                nd++;
-            } else {
-                dropped = 1;
-                exp10++;
-            }
+            m = m * 10 + (uint64_t)(*p - '0');
             p++;
         } while (p < end && IS_DIGIT(*p));
     } else {
         return fail(s, "a value that is not a number", p), NULL;
     }
+    size_t ndigits = (size_t)(p - digits);
     if (p < end && *p == '.') {
         is_int = 0;
-        p++;
-        if (p >= end || !IS_DIGIT(*p)) return fail(s, "no digit after the decimal point", p), NULL;
-        do {
-            if (m == 0 && *p == '0') {
-                exp10--;  /* a leading zero of the fraction: not significant */
-            } else if (nd < 19) {
-                m = m * 10 + (uint64_t)(*p - '0');
-                nd++;
-                exp10--;
-            } else {
-                dropped = 1;
-            }
+        const uchar *frac = ++p;
+        while (p < end && IS_DIGIT(*p)) {
+            m = m * 10 + (uint64_t)(*p - '0');
             p++;
-        } while (p < end && IS_DIGIT(*p));
+        }
+        if (p == frac) return fail(s, "no digit after the decimal point", p), NULL;
+        ndigits += (size_t)(p - frac);
+        exp10 = -(int64_t)(p - frac);
     }
     if (p < end && (*p == 'e' || *p == 'E')) {
         int eneg = 0;
@@ -269,15 +259,17 @@ static const uchar *parse_number(Scan *s, const uchar *p, const uchar *end, doub
         } while (p < end && IS_DIGIT(*p));
         exp10 += eneg ? -e : e;
     }
-    if (m == 0) {  /* no non-zero digit: nothing was dropped either */
-        *out = (neg && !is_int) ? -0.0 : 0.0;  /* "-0" is the integer 0 */
-        return p;
-    }
-    if (!dropped && m <= (1ULL << 53) && exp10 >= -22 && exp10 <= 22) {
-        double d = (double)m;  /* exact */
-        d = exp10 < 0 ? d / P10[-exp10] : d * P10[exp10];  /* one correctly rounded operation */
-        *out = neg ? -d : d;
-        return p;
+    if (ndigits <= 19) {  /* m is exact (more digits may have wrapped around: the fallback takes them) */
+        if (m == 0) {
+            *out = (neg && !is_int) ? -0.0 : 0.0;  /* "-0" is the integer 0 */
+            return p;
+        }
+        if (m <= (1ULL << 53) && exp10 >= -22 && exp10 <= 22) {
+            double d = (double)m;  /* exact */
+            d = exp10 < 0 ? d / P10[-exp10] : d * P10[exp10];  /* one correctly rounded operation */
+            *out = neg ? -d : d;
+            return p;
+        }
     }
     /* Correctly rounded fallback on a NUL-terminated copy of the (validated) token. */
     size_t len = (size_t)(p - start);
@@ -320,6 +312,30 @@ static const uchar *parse_key(Scan *s, const uchar *p, const uchar *end, const u
     return p + 1;
 }
 
+/* Equal bytes (short keys: two overlapping word compares instead of a memcmp call). */
+static inline int key_eq(const uchar *a, const uchar *b, size_t n) {
+    if (n >= 8) {
+        if (n > 16) return memcmp(a, b, n) == 0;
+        uint64_t a1, b1, a2, b2;
+        memcpy(&a1, a, 8);
+        memcpy(&b1, b, 8);
+        memcpy(&a2, a + n - 8, 8);
+        memcpy(&b2, b + n - 8, 8);
+        return ((a1 ^ b1) | (a2 ^ b2)) == 0;
+    }
+    if (n >= 4) {
+        uint32_t a1, b1, a2, b2;
+        memcpy(&a1, a, 4);
+        memcpy(&b1, b, 4);
+        memcpy(&a2, a + n - 4, 4);
+        memcpy(&b2, b + n - 4, 4);
+        return ((a1 ^ b1) | (a2 ^ b2)) == 0;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (a[i] != b[i]) return 0;
+    return 1;
+}
+
 /* One row: "query": { "key": number, ... } starting at the query's opening quote.
  * Returns the position after the row's closing brace, or NULL. */
 static const uchar *parse_row(Scan *s, const uchar *p) {
@@ -352,9 +368,10 @@ static const uchar *parse_row(Scan *s, const uchar *p) {
         prev_off = BUF_I64(&s->seq_start)[nseq - 1];
         prev_len = BUF_LEN_I64(&s->keys) - prev_off;
     }
-    int64_t new_off = BUF_LEN_I64(&s->keys);  /* this row's keys are appended here */
+    int64_t new_off = BUF_LEN_I64(&s->keys);  /* this row's keys are appended here ... */
     int64_t n = 0;
-    int all_match = 1;
+    int matching = nseq > 0;  /* ... once they differ from the previous row's (until then: not written) */
+    const uchar *row_begin = p;
 
     if (p < end && *p == '}') {
         p++;
@@ -362,17 +379,22 @@ static const uchar *parse_row(Scan *s, const uchar *p) {
         for (;;) {
             int64_t idx = -1;
             if (p >= end || *p != '"') return fail(s, "expected a key", p), NULL;
-            if (all_match && n < prev_len) {
-                const Entry *c = &v->entries[BUF_I64(&s->keys)[prev_off + n]];
+            if (matching && n < prev_len) {
+                int64_t cand = BUF_I64(&s->keys)[prev_off + n];
+                const Entry *c = &v->entries[cand];
                 /* c's bytes hold no quote, backslash or control character (checked when interned) */
-                if ((size_t)(end - (p + 1)) > c->len && p[1 + c->len] == '"' &&
-                    memcmp(p + 1, c->key, c->len) == 0) {
-                    idx = BUF_I64(&s->keys)[prev_off + n];
+                if ((size_t)(end - (p + 1)) > c->len && p[1 + c->len] == '"' && key_eq(p + 1, c->key, c->len)) {
+                    idx = cand;
                     p += c->len + 2;
                 }
             }
             if (idx < 0) {
-                all_match = 0;
+                if (matching) {  /* the keys differ from here: write the common prefix */
+                    matching = 0;
+                    if (buf_reserve(&s->keys, sizeof(int64_t) * (size_t)n)) return nomem(s), NULL;
+                    memcpy(BUF_I64(&s->keys) + new_off, BUF_I64(&s->keys) + prev_off, sizeof(int64_t) * (size_t)n);
+                    s->keys.n += sizeof(int64_t) * (size_t)n;
+                }
                 p = parse_key(s, p, end, &key, &len, &h);
                 if (!p) return NULL;
                 idx = vocab_intern(v, key, len, h);
@@ -387,9 +409,10 @@ static const uchar *parse_row(Scan *s, const uchar *p) {
             double d;
             p = parse_number(s, p, end, &d);
             if (!p) return NULL;
-            if (buf_reserve(&s->scores, sizeof d) || buf_push_i64(&s->keys, idx)) return nomem(s), NULL;
+            if (buf_reserve(&s->scores, sizeof d)) return nomem(s), NULL;
             memcpy(s->scores.p + s->scores.n, &d, sizeof d);
             s->scores.n += sizeof d;
+            if (!matching && buf_push_i64(&s->keys, idx)) return nomem(s), NULL;
             n++;
             p = skip_ws(p, end);
             if (p < end && *p == ',') {
@@ -403,11 +426,20 @@ static const uchar *parse_row(Scan *s, const uchar *p) {
             return fail(s, "expected ',' or '}' after a score", p), NULL;
         }
     }
-    if (nseq > 0 && all_match && n == prev_len) {
-        s->keys.n = (size_t)new_off * sizeof(int64_t);  /* the same keys as the previous row: share */
+    if (matching && n == prev_len) {  /* the same keys as the previous row: share its sequence */
         if (buf_push_i64(&s->row_seq, nseq - 1)) return nomem(s), NULL;
     } else {
+        if (matching) {  /* a prefix of the previous row's keys */
+            if (buf_reserve(&s->keys, sizeof(int64_t) * (size_t)n)) return nomem(s), NULL;
+            memcpy(BUF_I64(&s->keys) + new_off, BUF_I64(&s->keys) + prev_off, sizeof(int64_t) * (size_t)n);
+            s->keys.n += sizeof(int64_t) * (size_t)n;
+        }
         if (buf_push_i64(&s->seq_start, new_off) || buf_push_i64(&s->row_seq, nseq)) return nomem(s), NULL;
+    }
+    if (row == 0 && n >= 1024) {  /* size the score buffer for the rest, from the first row's density */
+        double per_entry = (double)(p - row_begin) / (double)n;
+        double rest = (double)(end - p) / per_entry * 1.02 + 1024;
+        if (rest < 1e12 && buf_reserve(&s->scores, (size_t)rest * sizeof(double))) return nomem(s), NULL;
     }
     return p;
 }

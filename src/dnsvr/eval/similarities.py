@@ -15,9 +15,12 @@ case: every query scored against the whole database) share one position array.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import logging
+import mmap
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +53,26 @@ def _read_bytes(path: Path) -> bytes:
         with gzip.open(path, "rb") as fh:
             return fh.read()
     return path.read_bytes()
+
+
+@contextlib.contextmanager
+def _file_text(path: Path) -> Iterator[bytes | mmap.mmap]:
+    """The text of a similarity file: memory-mapped when plain (no copy of a large file),
+    decompressed when gzip-compressed."""
+    with open(path, "rb") as fh:
+        compressed = fh.read(2) == b"\x1f\x8b"
+        size = os.fstat(fh.fileno()).st_size
+        mapped = None
+        if not compressed and size > 0 and hasattr(mmap, "MAP_PRIVATE"):
+            mapped = mmap.mmap(fh.fileno(), 0, flags=mmap.MAP_PRIVATE | getattr(mmap, "MAP_POPULATE", 0),
+                               prot=mmap.PROT_READ)
+    if mapped is None:
+        yield _read_bytes(path)
+        return
+    try:
+        yield mapped
+    finally:
+        mapped.close()
 
 
 def parse_json_bytes(data: bytes, *, source: str = "<bytes>") -> Any:
@@ -253,13 +276,14 @@ class SimilarityTable:
             raise FileNotFoundError(f"file not found: {path}")
         if _is_npz(path):
             return cls.from_npz(path)
-        data = _read_bytes(path)
-        try:
-            parsed = _fastjson.parse_similarities(data)
-        except _fastjson.FastPathUnavailable as exc:
-            logger.info("%s: general JSON parser (%s)", path, exc)
-        else:
-            return cls._from_interned(parsed.ids, parsed.rows, source=str(path))
+        with _file_text(path) as text:
+            try:
+                parsed = _fastjson.parse_similarities(text)
+            except _fastjson.FastPathUnavailable as exc:
+                logger.info("%s: general JSON parser (%s)", path, exc)
+                data = bytes(text)
+            else:
+                return cls._from_interned(parsed.ids, parsed.rows, source=str(path))
         sims = parse_json_bytes(data, source=str(path))
         del data
         _check_shape(sims, source=str(path))
