@@ -11,6 +11,7 @@ extrapolated to 100. Wall and CPU times (CPU includes every thread of the proces
 
 Usage:
     python benchmarks/bench_eval.py [--queries 100] [--gzip] [--keep FILE] [--skip-stdlib] [--skip-numpy]
+                                        [--skip-orjson] [--reference-queries N] [--out FILE]
 
 Writes benchmarks/results/eval.json.
 """
@@ -88,6 +89,7 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, default=None, help="keep/reuse the generated file here")
     parser.add_argument("--skip-stdlib", action="store_true", help="do not time the json fallback")
     parser.add_argument("--skip-numpy", action="store_true", help="do not time the numpy reader")
+    parser.add_argument("--skip-orjson", action="store_true", help="do not time orjson")
     parser.add_argument("--reference-queries", type=int, default=5,
                         help="queries timed with the plain-Python reference-style loop (extrapolated)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "eval.json")
@@ -139,7 +141,7 @@ def main() -> None:
                     ("compiled_1thread", lambda: SimilarityTable.from_file(path))]
     if not args.skip_numpy:
         loaders.append(("numpy", lambda: SimilarityTable.from_file(path)))
-    if sim_module._orjson is not None:
+    if sim_module._orjson is not None and not args.skip_orjson:
         loaders.append(("orjson", lambda: SimilarityTable(sim_module.load_similarities(path), consume=True)))
     if not args.skip_stdlib:
         loaders.append(("json", lambda: SimilarityTable(sim_module.load_similarities(path), consume=True)))
