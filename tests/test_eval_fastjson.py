@@ -365,3 +365,18 @@ def test_gzip_members(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, inflater:
     path.write_bytes(gzip.compress(text)[:-9])  # truncated
     with pytest.raises((EOFError, OSError)):
         SimilarityTable.from_file(path)
+
+
+def test_missing_extension_falls_back_and_logs_once(monkeypatch: pytest.MonkeyPatch,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(_fastjson, "_simscan", None)
+    monkeypatch.setattr(_fastjson, "_SIMSCAN_MISSING", "No module named 'dnsvr.eval._simscan'")
+    monkeypatch.setattr(_fastjson, "_warned_missing", False)
+    with caplog.at_level("WARNING", logger="dnsvr.eval._fastjson"):
+        for _ in range(3):
+            parsed = parse_similarities(b'{"q": {"a": 0.5}}')
+    assert parsed.ids == ["q", "a"] and parsed.rows[0][3].tolist() == [0.5]
+    warnings = [r for r in caplog.records if "not built" in r.getMessage()]
+    assert len(warnings) == 1 and "_simscan" in warnings[0].getMessage()
+    with pytest.raises(ImportError):
+        parse_similarities(b'{"q": {"a": 0.5}}', compiled=True)
