@@ -21,6 +21,9 @@ Two implementations of the same reader:
 Anything outside that shape (escapes, nested values, strings, ``NaN``, duplicate keys,
 numbers beyond the float range) raises :class:`FastPathUnavailable`, and the caller parses
 the file with a general JSON parser instead.
+
+:func:`parse_similarities_gzip` reads large gzip-compressed files with the compiled scanner
+following a second thread that inflates them, so that the scan costs little beyond inflating.
 """
 
 from __future__ import annotations
