@@ -462,3 +462,15 @@ def test_keyframes_decode_is_opt_in_labelled_and_not_mixed(tmp_path):
         extract_videos({"k1": vids["k1"]}, out, ex, progress=False)          # exact features into it: refused
     with pytest.raises(ValueError, match="decode"):
         list(iter_video_features(vids, ex, decode="fastest"))
+
+
+def test_precision_is_recorded_and_not_mixed(tmp_path):
+    vids = make_videos(tmp_path / "v", n=2, seconds=2.0)
+    out = tmp_path / "p.h5"
+    int8 = FakeExtractor()
+    int8.precision = "int8"
+    extract_videos({"v0": vids["v0"]}, out, int8, progress=False)
+    with FeatureFile(out) as ff:
+        assert ff.file_attrs()["precision"] == "int8"
+    with pytest.raises(FeatureFileError, match="precision"):
+        extract_videos({"v1": vids["v1"]}, out, FakeExtractor(), progress=False)   # fp32 into an int8 file
