@@ -73,3 +73,12 @@ def test_int8_refusals():
         FeatureExtractor("resnet50", weights="random", precision="int8", fold_batchnorm=False)
     with pytest.raises(ValueError, match="int8"):
         FeatureExtractor("resnet50", weights="random").calibrate(_frames(2))
+
+
+def test_calibration_leaves_no_global_state_behind():
+    # calibrating must not leave inference mode switched on for the rest of the process (a later model built
+    # outside it would get inference-tensor weights)
+    assert not torch.is_inference_mode_enabled()
+    FeatureExtractor("resnet50", weights="random", precision="int8", calibration_frames=20)(_frames(20, size=32))
+    assert not torch.is_inference_mode_enabled()
+    assert torch.is_grad_enabled()

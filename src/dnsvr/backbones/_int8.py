@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -137,12 +137,12 @@ def plain_stages(backbone: str, net: nn.Module) -> nn.Module:
     return _PlainResNet50(net).eval()
 
 
-def quantize_stages(plain: nn.Module, calibration: Callable[[], Iterator[torch.Tensor]]) -> nn.Module:
+def quantize_stages(plain: nn.Module, calibration: Sequence[torch.Tensor]) -> nn.Module:
     """Post-training static quantization of a plain stages module.
 
     Args:
         plain: from :func:`plain_stages`.
-        calibration: yields normalised float32 batches [n, 3, H, W] to observe the activation ranges on.
+        calibration: normalised float32 batches [n, 3, H, W] to observe the activation ranges on (at least one).
 
     Returns:
         The quantized module: normalised float32 input → list of float32 stage outputs.
@@ -162,12 +162,11 @@ def quantize_stages(plain: nn.Module, calibration: Callable[[], Iterator[torch.T
         weight = PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
         mapping = QConfigMapping().set_global(QConfig(
             activation=MinMaxObserver.with_args(dtype=torch.quint8, reduce_range=not _has_vnni()), weight=weight))
-        batches = iter(calibration())
-        first = next(batches)
-        prepared = prepare_fx(plain, mapping, example_inputs=(first,))
+        if not calibration:
+            raise ValueError("int8 calibration needs at least one batch of frames")
+        prepared = prepare_fx(plain, mapping, example_inputs=(calibration[0],))
         with torch.inference_mode():
-            prepared(first)
-            for batch in batches:
+            for batch in calibration:
                 prepared(batch)
         quantized = convert_fx(prepared)
     logger.debug("quantized %s (engine %s)", type(plain).__name__, engine)

@@ -237,11 +237,9 @@ class FeatureExtractor(nn.Module):
         frames = frames[: self.calibration_frames]
         plain = plain_stages(self.backbone_name, self.net)
 
-        def batches():
-            with torch.inference_mode():
-                for start in range(0, len(frames), 16):
-                    yield self.normalize(frames[start:start + 16]).contiguous(memory_format=torch.channels_last)
-
+        with torch.no_grad():   # plain tensors (not inference tensors): FX preparation runs outside inference mode
+            batches = [self.normalize(frames[start:start + 16]).contiguous(memory_format=torch.channels_last)
+                       for start in range(0, len(frames), 16)]
         self._int8 = quantize_stages(plain, batches)
         logger.info("%s: int8 network calibrated on %d frames", self.backbone_name, len(frames))
 
