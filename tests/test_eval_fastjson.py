@@ -346,3 +346,22 @@ def test_random_mutations_never_crash(backend: str) -> None:
                 assert scores.tobytes() == np.array(want, dtype=np.float64).tobytes(), text
             accepted += 1
     assert accepted > 50  # the mutations leave many files valid
+
+
+@pytest.mark.parametrize("inflater", ["isal", "zlib"])
+def test_gzip_members(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, inflater: str) -> None:
+    """.json.gz is detected by content and every gzip member is read, with ISA-L or zlib."""
+    from dnsvr.eval import similarities as sim_module
+    if inflater == "isal" and sim_module._igzip is None:
+        pytest.skip("isal is not installed")
+    if inflater == "zlib":
+        monkeypatch.setattr(sim_module, "_igzip", None)
+    text = b'{"q": {"a": 0.5, "b": -1}, "r": {"a": 1e-3}}'
+    path = tmp_path / "sims.json"  # no .gz suffix: the content decides
+    path.write_bytes(gzip.compress(text[:17]) + gzip.compress(text[17:]))
+    table = SimilarityTable.from_file(path)
+    assert table.ids == ["q", "a", "b", "r"]
+    assert table["q"].scores.tolist() == [0.5, -1.0] and table["r"].scores.tolist() == [1e-3]
+    path.write_bytes(gzip.compress(text)[:-9])  # truncated
+    with pytest.raises((EOFError, OSError)):
+        SimilarityTable.from_file(path)

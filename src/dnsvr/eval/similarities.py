@@ -35,6 +35,11 @@ try:  # optional speed-up: 3-5x faster parsing of large files
 except ImportError:  # pragma: no cover - exercised when orjson is absent
     _orjson = None
 
+try:  # optional speed-up: ISA-L's inflate, about twice as fast as zlib on large .json.gz files
+    from isal import igzip as _igzip
+except ImportError:  # pragma: no cover - exercised when isal is absent
+    _igzip = None
+
 logger = logging.getLogger(__name__)
 
 Similarities = Mapping[str, Mapping[str, float]]
@@ -47,12 +52,11 @@ class SimilarityFileError(ValueError):
 
 
 def _read_bytes(path: Path) -> bytes:
-    with open(path, "rb") as fh:
-        head = fh.read(2)
-    if head == b"\x1f\x8b":  # gzip magic, whatever the suffix says
-        with gzip.open(path, "rb") as fh:
-            return fh.read()
-    return path.read_bytes()
+    data = path.read_bytes()
+    if data[:2] == b"\x1f\x8b":  # gzip magic, whatever the suffix says
+        # whole-buffer decompression (every gzip member) is faster than reading a GzipFile
+        return (_igzip if _igzip is not None else gzip).decompress(data)
+    return data
 
 
 @contextlib.contextmanager
