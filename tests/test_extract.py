@@ -395,6 +395,16 @@ def test_cli_extract_lite0(tmp_path):
     assert "skipped 2 already done" in res.stdout
     res = runner.invoke(app, [*args, "--backbone", "vgg"])
     assert res.exit_code == 2 and "unknown backbone" in res.output
+    res = runner.invoke(app, [*args, "--decode", "nearest"])
+    assert res.exit_code == 2 and "--decode" in res.output
+    res = runner.invoke(app, [*args, "--precision", "int8"])                  # Lite0 has no int8 path
+    assert res.exit_code == 2 and "resnet50" in res.output
+    out_k = tmp_path / "cli_keyframes.h5"
+    res = runner.invoke(app, ["extract", str(tmp_path / "videos"), "--output", str(out_k), "--no-progress",
+                              "--decode", "keyframes"])
+    assert res.exit_code == 0, res.output
+    with FeatureFile(out_k) as ff:
+        assert ff.file_attrs()["decode"] == "keyframes" and ff.shape("v0") == (2, 9, 1456)
 
 
 def test_report_summary_is_clean_when_ok():

@@ -10,7 +10,7 @@ Measured on this project's 2-core machine (see the README's extraction section):
 2.8x less CPU time per frame for ResNet-50. EfficientNet-Lite0 has no int8 path: its
 depthwise convolutions with TF "same" padding either fall on a generic quantized kernel
 (fbgemm, 5x slower than fp32) or gain nothing (oneDNN), and its region vectors lost more
-fidelity (stage cosine 0.80-0.87 to fp32), so fp32 stays its only precision.
+fidelity (stage cosine 0.75-0.87 to fp32), so fp32 stays its only precision.
 
 Activations use the full 8-bit range (``reduce_range=False``), which is exact in
 integer arithmetic on CPUs with AVX-512 VNNI (this project's machine has it); on older
