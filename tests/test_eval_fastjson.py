@@ -365,3 +365,71 @@ def test_gzip_members(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, inflater:
     path.write_bytes(gzip.compress(text)[:-9])  # truncated
     with pytest.raises((EOFError, OSError)):
         SimilarityTable.from_file(path)
+
+
+def test_missing_extension_falls_back_and_logs_once(monkeypatch: pytest.MonkeyPatch,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(_fastjson, "_simscan", None)
+    monkeypatch.setattr(_fastjson, "_SIMSCAN_MISSING", "No module named 'dnsvr.eval._simscan'")
+    monkeypatch.setattr(_fastjson, "_warned_missing", False)
+    with caplog.at_level("WARNING", logger="dnsvr.eval._fastjson"):
+        for _ in range(3):
+            parsed = parse_similarities(b'{"q": {"a": 0.5}}')
+    assert parsed.ids == ["q", "a"] and parsed.rows[0][3].tolist() == [0.5]
+    warnings = [r for r in caplog.records if "not built" in r.getMessage()]
+    assert len(warnings) == 1 and "_simscan" in warnings[0].getMessage()
+    with pytest.raises(ImportError):
+        parse_similarities(b'{"q": {"a": 0.5}}', compiled=True)
+
+
+@pytest.mark.parametrize("inflater", ["isal", "zlib"])
+def test_gzip_scanned_while_inflating(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, inflater: str) -> None:
+    """Large .json.gz is scanned while another thread inflates it (forced here on a small file, in
+    tiny steps so that the scanner keeps waiting): same table as the plain file; other members,
+    truncation, corruption and unhandled shapes end as the plain path ends."""
+    if not COMPILED:
+        pytest.skip("dnsvr.eval._simscan is not built")
+    from dnsvr.eval import similarities as sim_module
+    if inflater == "isal" and sim_module._igzip is None:
+        pytest.skip("isal is not installed")
+    if inflater == "zlib":
+        monkeypatch.setattr(sim_module, "_igzip", None)
+        monkeypatch.setattr(sim_module, "_isal_zlib", None)
+    monkeypatch.setattr(_fastjson, "STREAM_MIN_BYTES", 1)
+    calls = []
+    real_scan = _fastjson._simscan.scan
+    monkeypatch.setattr(_fastjson._simscan, "scan", lambda *a, **k: calls.append(k) or real_scan(*a, **k))
+    text = _random_file(np.random.default_rng(5), 6, 900, shuffle_every=4).encode()
+    expected = SimilarityTable(json.loads(text))
+    path = tmp_path / "s.json.gz"
+
+    def check(table: SimilarityTable) -> None:
+        assert table.ids == expected.ids and table.queries == expected.queries
+        for row, want in zip(table, expected):
+            assert np.array_equal(row.positions, want.positions)
+            assert row.scores.tobytes() == want.scores.tobytes()
+
+    for step in (1 << 20, 997, 61):
+        monkeypatch.setattr(_fastjson, "_INFLATE_STEP", step)
+        calls.clear()
+        path.write_bytes(gzip.compress(text))
+        check(SimilarityTable.from_file(path))
+        assert calls and calls[0].get("progress") is not None  # the streaming scan ran
+    half = len(text) // 2
+    path.write_bytes(gzip.compress(text[:half]) + gzip.compress(text[half:]))  # two members
+    check(SimilarityTable.from_file(path))
+    bad = text.replace(b'"q3":{', b'"q3":{"esc\\u0041pe":1,', 1)  # escapes: the general parser
+    path.write_bytes(gzip.compress(bad))
+    table = SimilarityTable.from_file(path)
+    assert table["q3"].scores[0] == 1.0 and table["q3"].positions[0] == table.index["escApe"]
+    compressed = gzip.compress(text)
+    path.write_bytes(compressed[: len(compressed) // 2])  # truncated
+    with pytest.raises((EOFError, OSError)):
+        SimilarityTable.from_file(path)
+    corrupt = bytearray(compressed)
+    corrupt[len(corrupt) // 2: len(corrupt) // 2 + 64] = bytes(64)
+    path.write_bytes(bytes(corrupt))
+    with pytest.raises(Exception) as info:  # as the plain path fails on it (zlib / isal error, EOFError)
+        SimilarityTable.from_file(path)
+    with pytest.raises(type(info.value)):
+        sim_module._read_bytes(path)

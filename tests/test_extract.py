@@ -395,6 +395,16 @@ def test_cli_extract_lite0(tmp_path):
     assert "skipped 2 already done" in res.stdout
     res = runner.invoke(app, [*args, "--backbone", "vgg"])
     assert res.exit_code == 2 and "unknown backbone" in res.output
+    res = runner.invoke(app, [*args, "--decode", "nearest"])
+    assert res.exit_code == 2 and "--decode" in res.output
+    res = runner.invoke(app, [*args, "--precision", "int8"])                  # Lite0 has no int8 path
+    assert res.exit_code == 2 and "resnet50" in res.output
+    out_k = tmp_path / "cli_keyframes.h5"
+    res = runner.invoke(app, ["extract", str(tmp_path / "videos"), "--output", str(out_k), "--no-progress",
+                              "--decode", "keyframes"])
+    assert res.exit_code == 0, res.output
+    with FeatureFile(out_k) as ff:
+        assert ff.file_attrs()["decode"] == "keyframes" and ff.shape("v0") == (2, 9, 1456)
 
 
 def test_report_summary_is_clean_when_ok():
@@ -462,3 +472,15 @@ def test_keyframes_decode_is_opt_in_labelled_and_not_mixed(tmp_path):
         extract_videos({"k1": vids["k1"]}, out, ex, progress=False)          # exact features into it: refused
     with pytest.raises(ValueError, match="decode"):
         list(iter_video_features(vids, ex, decode="fastest"))
+
+
+def test_precision_is_recorded_and_not_mixed(tmp_path):
+    vids = make_videos(tmp_path / "v", n=2, seconds=2.0)
+    out = tmp_path / "p.h5"
+    int8 = FakeExtractor()
+    int8.precision = "int8"
+    extract_videos({"v0": vids["v0"]}, out, int8, progress=False)
+    with FeatureFile(out) as ff:
+        assert ff.file_attrs()["precision"] == "int8"
+    with pytest.raises(FeatureFileError, match="precision"):
+        extract_videos({"v1": vids["v1"]}, out, FakeExtractor(), progress=False)   # fp32 into an int8 file

@@ -326,3 +326,14 @@ def test_exact_mode_reports_no_sampling_error(tmp_path):
         V.decode_frames(p, decode="nearest")
     with pytest.raises(ValueError, match="keyframes"):
         V.decode_frames(p, fps=None, decode="keyframes")
+
+
+def test_keyframes_mode_on_variable_frame_rate_all_intra(tmp_path):
+    # every frame a keyframe: each tick gets the latest frame at or before it; the count stays the exact mode's
+    times = [0.0, 0.1, 0.3, 2.6, 2.65, 3.0, 3.05, 4.4]
+    frames = S.render_clip(9, size=(64, 48), timestamps=times)
+    p = S.write_video(tmp_path / "vfr_intra.mkv", frames, timestamps=times, gop=1)
+    reader = V.decode_frames(p, fps=1.0, decode="keyframes")
+    ts = np.concatenate([c.timestamps for c in reader])
+    np.testing.assert_allclose(ts, [0.0, 0.3, 0.3, 3.0, 3.05], atol=1e-3)
+    assert reader.max_sampling_error == pytest.approx(1.7, abs=1e-3)          # tick 2 s got the frame at 0.3 s

@@ -33,6 +33,10 @@ def extract_command(
     dtype: str = typer.Option("float32", "--dtype", help="Storage type: float32 or float16."),
     batch_size: int = typer.Option(32, "--batch-size", help="Frames per network call."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
+    precision: str = typer.Option(
+        "fp32", "--precision",
+        help="fp32 (default) or int8 (resnet50 on the CPU: about 2.8x less CPU per frame, region vectors at "
+             "cosine ~0.97 to fp32; calibrated on the first frames extracted)."),
     workers: int = typer.Option(1, "--workers", help="Decoder threads (each decodes different videos)."),
     decode: str = typer.Option(
         "exact", "--decode",
@@ -68,7 +72,8 @@ def extract_command(
     if decode not in ("exact", "keyframes"):
         _fail(f"--decode must be exact or keyframes, got {decode!r}")
     try:
-        extractor = FeatureExtractor(backbone, device=device, weights=weights, batch_size=batch_size)
+        extractor = FeatureExtractor(backbone, device=device, weights=weights, batch_size=batch_size,
+                                     precision=precision)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         _fail(str(exc))
     try:

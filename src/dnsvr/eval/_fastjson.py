@@ -21,6 +21,9 @@ Two implementations of the same reader:
 Anything outside that shape (escapes, nested values, strings, ``NaN``, duplicate keys,
 numbers beyond the float range) raises :class:`FastPathUnavailable`, and the caller parses
 the file with a general JSON parser instead.
+
+:func:`parse_similarities_gzip` reads large gzip-compressed files with the compiled scanner
+following a second thread that inflates them, so that the scan costs little beyond inflating.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ import logging
 import mmap
 import os
 import re
+import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,7 +59,15 @@ _warned_missing = False
 
 
 class FastPathUnavailable(ValueError):
-    """The text is not in the shape this reader handles; use a general JSON parser."""
+    """The text is not in the shape this reader handles; use a general JSON parser.
+
+    Attributes:
+        text: the (inflated) text, when the reader had to produce it (gzip input), else None.
+    """
+
+    def __init__(self, message: str, text: bytes | bytearray | None = None) -> None:
+        super().__init__(message)
+        self.text = text
 
 
 class Vocabulary:
@@ -233,9 +246,15 @@ def _parse_compiled(data: bytes | bytearray | memoryview, threads: int,
                     split_min_bytes: int | None = None) -> ParsedSimilarities:
     kwargs = {} if split_min_bytes is None else {"split_min_bytes": split_min_bytes}
     try:
-        ids, *blocks = _simscan.scan(data, threads=threads, **kwargs)
+        result = _simscan.scan(data, threads=threads, **kwargs)
     except _simscan.ShapeError as exc:
         raise FastPathUnavailable(str(exc)) from None
+    return _from_scan(result)
+
+
+def _from_scan(result: tuple) -> ParsedSimilarities:
+    """ParsedSimilarities from what ``_simscan.scan`` returns (ids and flat buffers)."""
+    ids, *blocks = result
     query_pos, row_start, row_seq, seq_start, keys = (np.frombuffer(b, dtype=np.int64) for b in blocks[:5])
     scores = np.frombuffer(blocks[5], dtype=np.float64)
     sequences = [keys[a:b] for a, b in zip(seq_start[:-1].tolist(), seq_start[1:].tolist())]
@@ -289,3 +308,92 @@ def parse_similarities(data: bytes | bytearray | memoryview | mmap.mmap, *, thre
             raise ImportError(f"dnsvr.eval._simscan is not built: {_SIMSCAN_MISSING}")
         return _parse_compiled(data, default_threads() if threads is None else threads)
     return _parse_numpy(data if isinstance(data, bytes) else bytes(data))
+
+
+#: smallest inflated size for which gzip input is scanned while it is being inflated
+STREAM_MIN_BYTES = 8 << 20
+#: compressed bytes inflated per step (the scanner follows step by step)
+_INFLATE_STEP = 1 << 20
+
+
+def _inflate_into(raw: bytes, out: bytearray, progress: np.ndarray, decompressobj: Callable,
+                  state: dict) -> None:
+    """Inflate the single gzip member ``raw`` into ``out`` (exactly its size), publishing the bytes
+    done in ``progress[0]`` (-1 when giving up: ``state["error"]`` says why)."""
+    try:
+        inflater = decompressobj(31)
+        view, source = memoryview(out), memoryview(raw)
+        filled, step = 0, _INFLATE_STEP
+        for pos in range(0, len(raw), step):
+            chunk = inflater.decompress(source[pos:pos + step])
+            if filled + len(chunk) > len(out):
+                state["error"] = "size"
+                return
+            view[filled:filled + len(chunk)] = chunk
+            filled += len(chunk)
+            progress[0] = filled
+            if inflater.eof:
+                break
+        if not inflater.eof:
+            state["error"] = EOFError("Compressed file ended before the end-of-stream marker was reached")
+        elif inflater.unused_data or filled != len(out):
+            state["error"] = "size"  # more members (or trailing bytes): the plain path reads them
+    except Exception as exc:  # noqa: BLE001 - handed to the caller's thread
+        state["error"] = exc
+    finally:
+        if "error" in state:
+            progress[0] = -1
+
+
+def parse_similarities_gzip(raw: bytes, *, decompress: Callable[[bytes], bytes], decompressobj: Callable,
+                            threads: int | None = None) -> ParsedSimilarities:
+    """Parse gzip-compressed ``{query: {video: number}}``; the compiled scanner reads the text while
+    another thread inflates it (about the time of inflating alone, rather than inflating + scanning).
+
+    Args:
+        raw: the compressed bytes.
+        decompress: inflates a whole gzip file (every member), e.g. ``gzip.decompress``.
+        decompressobj: ``zlib.decompressobj``-like (``wbits=31`` reads one gzip member).
+        threads: scanner threads when the text is scanned after inflating.
+
+    Returns:
+        The :class:`ParsedSimilarities`.
+
+    Raises:
+        FastPathUnavailable: if the text is not in the handled shape; ``.text`` holds the inflated text.
+        EOFError, OSError, zlib errors: if ``raw`` is not valid gzip (as ``decompress`` raises them).
+    """
+    size = int.from_bytes(raw[-4:], "little") if len(raw) >= 18 else 0  # ISIZE: the last member's size
+    if _simscan is None or size < STREAM_MIN_BYTES or size > 1100 * len(raw):
+        text = decompress(raw)
+        try:
+            return parse_similarities(text, threads=threads)
+        except FastPathUnavailable as exc:
+            raise FastPathUnavailable(str(exc), text=text) from None
+    out = bytearray(size)  # zeroed: a byte not inflated yet is a zero, which the scanner rejects
+    progress = np.zeros(1, dtype=np.int64)
+    state: dict = {}
+    worker = threading.Thread(target=_inflate_into, args=(raw, out, progress, decompressobj, state),
+                              name="dnsvr-inflate", daemon=True)
+    worker.start()
+    shape_error = None
+    try:
+        result = _simscan.scan(out, threads=1, progress=progress)
+    except _simscan.ShapeError as exc:
+        shape_error = exc
+    finally:
+        worker.join()
+    if "error" in state:
+        # several members, ISIZE not the size, or damage: inflate it all as the plain path does
+        # (which raises the plain path's error on damaged input), then scan
+        text = decompress(raw)
+        try:
+            return parse_similarities(text, threads=threads)
+        except FastPathUnavailable as exc:
+            raise FastPathUnavailable(str(exc), text=text) from None
+    if shape_error is not None:  # decided on the complete text (the scan may have run ahead)
+        try:
+            return _parse_compiled(out, default_threads() if threads is None else threads)
+        except FastPathUnavailable as exc:
+            raise FastPathUnavailable(str(exc), text=out) from None
+    return _from_scan(result)

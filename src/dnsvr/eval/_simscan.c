@@ -25,11 +25,15 @@
 #define _GNU_SOURCE
 #endif
 #include <locale.h>
+#ifdef __APPLE__
+#include <xlocale.h>  /* strtod_l */
+#endif
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 typedef unsigned char uchar;
 
@@ -165,6 +169,9 @@ typedef struct {
     int status;
     const char *msg;
     size_t err_pos;
+    /* streaming: another thread fills the input and publishes how many bytes are there */
+    const int64_t *progress;  /* NULL: the whole input is there */
+    size_t avail;             /* bytes known to be filled */
     /* threading */
     size_t begin, stop_at;
     int leading_comma, outcome;
@@ -197,6 +204,28 @@ static int nomem(Scan *s) {
     s->msg = "out of memory";
     return -1;
 }
+
+/* Streaming input: wait until `need` bytes from p are filled (or the whole input is). Returns -1
+ * when the producer gave up (progress < 0). Reading a byte that is not filled yet is harmless
+ * anyway: the buffer starts zeroed and a zero byte is an error everywhere in the handled shape,
+ * so the caller re-scans the complete text; waiting only keeps that from happening. */
+static int wait_input(Scan *s, const uchar *p, size_t need) {
+    size_t want = (size_t)(p - s->data);
+    want = need > s->size - want ? s->size : want + need;
+    while (s->avail < want) {
+        int64_t filled = __atomic_load_n(s->progress, __ATOMIC_ACQUIRE);
+        if (filled < 0) return fail(s, "input not available", p);
+        s->avail = (size_t)filled < s->size ? (size_t)filled : s->size;
+        if (s->avail >= want) break;
+        struct timespec ts = {0, 50000};
+        nanosleep(&ts, NULL);
+    }
+    return 0;
+}
+
+#define STREAM_WINDOW 65536  /* bytes made available ahead of each entry when streaming */
+#define NEED_INPUT(s, p) \
+    ((s)->progress && (size_t)((p) - (s)->data) + STREAM_WINDOW > (s)->avail && wait_input((s), (p), STREAM_WINDOW))
 
 static inline const uchar *skip_ws(const uchar *p, const uchar *end) {
     while (p < end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t')) p++;
@@ -377,6 +406,7 @@ static const uchar *parse_row(Scan *s, const uchar *p) {
     uint64_t h;
     Vocab *v = &s->vocab;
 
+    if (NEED_INPUT(s, p)) return NULL;
     p = parse_key(s, p, end, &key, &len, &h);
     if (!p) return NULL;
     int64_t q = vocab_intern(v, key, len, h);
@@ -410,6 +440,7 @@ static const uchar *parse_row(Scan *s, const uchar *p) {
     } else {
         for (;;) {
             int64_t idx = -1;
+            if (NEED_INPUT(s, p)) return NULL;
             if (p >= end || *p != '"') return fail(s, "expected a key", p), NULL;
             if (matching && n < prev_len) {
                 int64_t cand = BUF_I64(&s->keys)[prev_off + n];
@@ -502,6 +533,7 @@ static void *parse_rows(void *arg) {
             continue;
         }
         if (p < end && *p == '}') {
+            if (s->progress && wait_input(s, p, SIZE_MAX)) return NULL;
             p = skip_ws(p + 1, end);
             if (p != end) return fail(s, "text after the end", p), NULL;
             s->outcome = END;
@@ -610,6 +642,10 @@ static int merge(Scan *a, Scan *b) {
 /* The whole text; threads > 1 splits it in two at a block boundary near the middle. */
 static void run_scan(Scan *a, int threads, size_t split_min) {
     const uchar *end = a->data + a->size;
+    if (a->progress) {
+        threads = 1;  /* the split needs the whole text */
+        if (NEED_INPUT(a, a->data)) return;
+    }
     const uchar *p = skip_ws(a->data, end);
     if (p >= end || *p != '{') {
         fail(a, "not a JSON object", p);
@@ -617,6 +653,7 @@ static void run_scan(Scan *a, int threads, size_t split_min) {
     }
     p = skip_ws(p + 1, end);
     if (p < end && *p == '}') {
+        if (a->progress && wait_input(a, p, SIZE_MAX)) return;
         p = skip_ws(p + 1, end);
         if (p != end) fail(a, "text after the end", p);
         return;
@@ -707,7 +744,9 @@ static PyObject *block_from(Buf *b) {
 PyDoc_STRVAR(scan_doc,
 "scan(data, threads=1, split_min_bytes=8 MiB) -> (ids, query_pos, row_start, row_seq, seq_start, keys, scores)\n\n"
 "Scan {query: {video: number}} JSON text (any bytes-like object); with threads=2, text of at\n"
-"least split_min_bytes is split in two runs of whole query blocks, scanned in parallel.\n\n"
+"least split_min_bytes is split in two runs of whole query blocks, scanned in parallel.\n"
+"progress (an int64 [1] buffer): data is being filled by another thread (zeroed beforehand), which\n"
+"stores the number of bytes filled there (-1: gave up); the scan follows it (one thread).\n\n"
 "ids: list of str, every key in first-seen order (a query before its results).\n"
 "The others are Blocks (buffer protocol) holding int64 arrays, and float64 for scores:\n"
 "query_pos [nq] (positions in ids), row_start [nq + 1] (offsets in scores),\n"
@@ -716,14 +755,30 @@ PyDoc_STRVAR(scan_doc,
 "Raises ShapeError when the text is not in this shape (use a general JSON parser).");
 
 static PyObject *scan(PyObject *module, PyObject *args, PyObject *kwargs) {
-    static char *kwlist[] = {"data", "threads", "split_min_bytes", NULL};
-    Py_buffer view;
+    static char *kwlist[] = {"data", "threads", "split_min_bytes", "progress", NULL};
+    Py_buffer view, prog;
     int threads = 1;
     Py_ssize_t split_min = 8 << 20;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*|in", kwlist, &view, &threads, &split_min)) return NULL;
+    PyObject *progress = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*|inO", kwlist, &view, &threads, &split_min, &progress))
+        return NULL;
     if (split_min < 0) split_min = 0;
+    prog.buf = NULL;
+    if (progress != Py_None) {
+        if (PyObject_GetBuffer(progress, &prog, PyBUF_WRITABLE) < 0) {
+            PyBuffer_Release(&view);
+            return NULL;
+        }
+        if (prog.len != (Py_ssize_t)sizeof(int64_t) || ((uintptr_t)prog.buf % sizeof(int64_t)) != 0) {
+            PyBuffer_Release(&prog);
+            PyBuffer_Release(&view);
+            PyErr_SetString(PyExc_ValueError, "progress must be an aligned writable 8-byte buffer (int64 [1])");
+            return NULL;
+        }
+    }
     Scan s;
     int init = scan_init(&s, view.buf, (size_t)view.len);
+    s.progress = prog.buf;
     if (init == 0) {
         Py_BEGIN_ALLOW_THREADS
         run_scan(&s, threads, (size_t)split_min);
@@ -763,6 +818,7 @@ static PyObject *scan(PyObject *module, PyObject *args, PyObject *kwargs) {
 done:
     Py_XDECREF(ids);
     scan_free(&s);
+    if (prog.buf) PyBuffer_Release(&prog);
     PyBuffer_Release(&view);
     return result;
 }

@@ -21,6 +21,7 @@ import json
 import logging
 import mmap
 import os
+import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +38,9 @@ except ImportError:  # pragma: no cover - exercised when orjson is absent
 
 try:  # optional speed-up: ISA-L's inflate, about twice as fast as zlib on large .json.gz files
     from isal import igzip as _igzip
+    from isal import isal_zlib as _isal_zlib
 except ImportError:  # pragma: no cover - exercised when isal is absent
-    _igzip = None
+    _igzip = _isal_zlib = None
 
 logger = logging.getLogger(__name__)
 
@@ -60,9 +62,9 @@ def _read_bytes(path: Path) -> bytes:
 
 
 @contextlib.contextmanager
-def _file_text(path: Path) -> Iterator[bytes | mmap.mmap]:
+def _file_text(path: Path, *, inflate: bool = True) -> Iterator[bytes | mmap.mmap]:
     """The text of a similarity file: memory-mapped when plain (no copy of a large file),
-    decompressed when gzip-compressed."""
+    decompressed when gzip-compressed (or left compressed with ``inflate=False``)."""
     with open(path, "rb") as fh:
         compressed = fh.read(2) == b"\x1f\x8b"
         size = os.fstat(fh.fileno()).st_size
@@ -71,7 +73,7 @@ def _file_text(path: Path) -> Iterator[bytes | mmap.mmap]:
             mapped = mmap.mmap(fh.fileno(), 0, flags=mmap.MAP_PRIVATE | getattr(mmap, "MAP_POPULATE", 0),
                                prot=mmap.PROT_READ)
     if mapped is None:
-        yield _read_bytes(path)
+        yield _read_bytes(path) if inflate else path.read_bytes()
         return
     try:
         yield mapped
@@ -280,12 +282,17 @@ class SimilarityTable:
             raise FileNotFoundError(f"file not found: {path}")
         if _is_npz(path):
             return cls.from_npz(path)
-        with _file_text(path) as text:
+        with _file_text(path, inflate=False) as text:
             try:
-                parsed = _fastjson.parse_similarities(text)
+                if text[:2] == b"\x1f\x8b":  # scanned while being inflated
+                    parsed = _fastjson.parse_similarities_gzip(
+                        bytes(text), decompress=(_igzip if _igzip is not None else gzip).decompress,
+                        decompressobj=(_isal_zlib if _isal_zlib is not None else zlib).decompressobj)
+                else:
+                    parsed = _fastjson.parse_similarities(text)
             except _fastjson.FastPathUnavailable as exc:
                 logger.info("%s: general JSON parser (%s)", path, exc)
-                data = bytes(text)
+                data = bytes(exc.text if exc.text is not None else text)
             else:
                 return cls._from_interned(parsed.ids, parsed.rows, source=str(path))
         sims = parse_json_bytes(data, source=str(path))
