@@ -49,6 +49,16 @@ def _copy(rng: np.random.Generator, src: np.ndarray, shift: float = 0.5, noise: 
     return _normalize(x + noise * scale * rng.standard_normal(x.shape) + offset)
 
 
+def _embed(rng: np.random.Generator, src: np.ndarray, host: np.ndarray, noise: float) -> np.ndarray:
+    """A part (50–80 %) of ``src``, perturbed, inside a longer unrelated ``host`` video (a compilation)."""
+    t = len(src)
+    keep = int(rng.integers(max(4, int(0.5 * t)), max(5, int(0.8 * t)) + 1))
+    start = int(rng.integers(0, t - keep + 1))
+    part = src[start:start + keep] + noise / np.sqrt(src.shape[-1]) * rng.standard_normal((keep, *src.shape[1:]))
+    cut = int(rng.integers(1, len(host)))
+    return _normalize(np.concatenate([host[:cut], part, host[cut:]]))
+
+
 def make_collection(path: str | Path, n_sources: int = 12, copies: int = 2, distractors: int = 12,
                     dims: int = 32, frames: tuple[int, int] = (8, 16), topics: int = 3,
                     seed: int = 0, topic_seed: int = 0, topic_weight: float = 1.2,
@@ -81,7 +91,12 @@ def make_collection(path: str | Path, n_sources: int = 12, copies: int = 2, dist
                     from dnsvr.eval.synthetic import transform_video
 
                     kind = copy_transforms[(s * copies + c) % len(copy_transforms)]
-                    h5.create_dataset(cid, data=transform_video(src, kind, rng, noise=noise))
+                    if kind == "embed":
+                        host = _source(rng, dims, (2 * frames[0], 2 * frames[1]), topic_vecs[(s + 1) % topics],
+                                       topic_weight)
+                        h5.create_dataset(cid, data=_embed(rng, src, host, noise))
+                    else:
+                        h5.create_dataset(cid, data=transform_video(src, kind, rng, noise=noise))
                 else:
                     h5.create_dataset(cid, data=_copy(rng, src, shift, noise))
                 truth[sid].append(cid)
