@@ -6,7 +6,9 @@ For EfficientNet-Lite0 (packaged weights) and ResNet-50 (random weights: timings
 * ``plain``   — batch norm not folded, NCHW memory format (the textbook eager path);
 * ``default`` — what ``FeatureExtractor`` does: batch norm folded, oneDNN convolutions with the activation and
   residual addition fused, channels-last;
-* ``bs=K``    — ``default`` with batches of K frames per network call (exploring the batch size).
+* ``bs=K``    — ``default`` with batches of K frames per network call (exploring the batch size);
+* ``int8``    — ``default`` with ``precision="int8"`` (ResNet-50 only: PyTorch's quantized x86 kernels, calibrated
+  on the first frames; skipped for the other backbones, which have no int8 path).
 
 Variants are interleaved over ``--repeats`` rounds so that load from other processes hits them alike; each round
 also times a fp32 matmul (GFLOP/s) so runs on a busy machine can be judged. Reports the best and median
@@ -35,7 +37,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from dnsvr.backbones import FeatureExtractor  # noqa: E402
+from dnsvr.backbones import INT8_BACKBONES, FeatureExtractor  # noqa: E402
 
 
 def matmul_gflops(reps: int = 10) -> float:
@@ -55,8 +57,10 @@ def build(backbone: str, variant: str, batch_size: int) -> FeatureExtractor:
         return ex
     if variant.startswith("bs="):
         return FeatureExtractor(backbone, weights=weights, batch_size=int(variant[3:]))
+    if variant == "int8":
+        return FeatureExtractor(backbone, weights=weights, batch_size=batch_size, precision="int8")
     if variant != "default":
-        raise SystemExit(f"unknown variant {variant!r}: plain, default or bs=K")
+        raise SystemExit(f"unknown variant {variant!r}: plain, default, int8 or bs=K")
     return FeatureExtractor(backbone, weights=weights, batch_size=batch_size)
 
 
@@ -67,7 +71,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=64, help="frames per timed call")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--backbones", nargs="+", default=["efficientnet_lite0", "resnet50"])
-    ap.add_argument("--variants", nargs="+", default=["plain", "default"])
+    ap.add_argument("--variants", nargs="+", default=["plain", "default", "int8"])
     ap.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "backbones.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -85,7 +89,8 @@ def main() -> None:
         "backbones": {},
     }
     for backbone in args.backbones:
-        exs = {v: build(backbone, v, args.batch_size) for v in args.variants}
+        exs = {v: build(backbone, v, args.batch_size) for v in args.variants
+               if v != "int8" or backbone in INT8_BACKBONES}
         for ex in exs.values():
             ex(frames[: args.batch_size])  # warm-up: kernel selection, derived kernels
         walls: dict[str, list[float]] = {v: [] for v in exs}
@@ -98,7 +103,7 @@ def main() -> None:
                 ex(frames)
                 walls[v].append(time.perf_counter() - t0)
                 cpus[v].append(time.process_time() - c0)
-        entry = {"dims": exs[args.variants[-1]].dims, "matmul_gflops": {"median": statistics.median(gflops),
+        entry = {"dims": next(iter(exs.values())).dims, "matmul_gflops": {"median": statistics.median(gflops),
                                                                          "max": max(gflops)}, "variants": {}}
         for v in exs:
             best, med = args.frames / min(walls[v]), args.frames / statistics.median(walls[v])

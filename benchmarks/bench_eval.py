@@ -1,14 +1,18 @@
 """Time ``dnsvr evaluate`` on FIVR-200K-sized similarities (100 queries x 225,960 videos).
 
 Generates a similarity file with the real FIVR-200K ids (scores: label-correlated noise, six
-decimals), then times loading it into a SimilarityTable — the vectorised reader that
-``dnsvr evaluate`` uses, the same similarities saved as .npz, orjson + conversion, and (unless
---skip-stdlib) the standard library —
-and the FIVR-200K protocol, plus a plain-Python loop in the style of the reference protocol
-(sorted() + per-video set tests) on a few queries, extrapolated to 100. Wall and CPU times.
+decimals), then times loading it into a SimilarityTable — the compiled reader that ``dnsvr
+evaluate`` uses (its default threads, and one thread), the numpy reader it falls back to when
+the extension is not built, the same similarities saved as .npz, orjson + conversion, and
+(unless --skip-stdlib) the standard library — and the FIVR-200K protocol, plus a plain-Python
+loop in the style of the reference protocol (sorted() + per-video set tests) on a few queries,
+extrapolated to 100. Wall and CPU times (CPU includes every thread of the process). With
+--gzip the file is .json.gz, its decompression is also timed alone, and the compiled reader also
+inflates first and then scans (its default scans while another thread inflates).
 
 Usage:
-    python benchmarks/bench_eval.py [--queries 100] [--gzip] [--keep FILE] [--skip-stdlib]
+    python benchmarks/bench_eval.py [--queries 100] [--gzip] [--keep FILE] [--skip-stdlib] [--skip-numpy]
+                                        [--skip-orjson] [--reference-queries N] [--out FILE]
 
 Writes benchmarks/results/eval.json.
 """
@@ -32,6 +36,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from dnsvr.eval import FIVR, SimilarityTable, evaluate  # noqa: E402
+from dnsvr.eval import _fastjson  # noqa: E402
 from dnsvr.eval import similarities as sim_module  # noqa: E402
 
 
@@ -84,6 +89,8 @@ def main() -> None:
     parser.add_argument("--gzip", action="store_true", help="write and read .json.gz instead of .json")
     parser.add_argument("--keep", type=Path, default=None, help="keep/reuse the generated file here")
     parser.add_argument("--skip-stdlib", action="store_true", help="do not time the json fallback")
+    parser.add_argument("--skip-numpy", action="store_true", help="do not time the numpy reader")
+    parser.add_argument("--skip-orjson", action="store_true", help="do not time orjson")
     parser.add_argument("--reference-queries", type=int, default=5,
                         help="queries timed with the plain-Python reference-style loop (extrapolated)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "eval.json")
@@ -108,6 +115,8 @@ def main() -> None:
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                     "note": "shared 2-core machine; other jobs were running, timings are noisy"},
         "orjson": sim_module._orjson is not None,
+        "compiled_reader": _fastjson.compiled_available(),
+        "default_threads": _fastjson.default_threads(),
     }
 
     def timed(fn):
@@ -116,8 +125,26 @@ def main() -> None:
         out = fn()
         return out, time.perf_counter() - t0, time.process_time() - c0
 
-    loaders = [("vectorised", lambda: SimilarityTable.from_file(path))]
-    if sim_module._orjson is not None:
+    def read_only() -> int:  # the bytes the readers start from (decompression for .gz)
+        with sim_module._file_text(path) as text:
+            return len(text)
+
+    if args.gzip:
+        _, wall, cpu = timed(read_only)
+        result["gzip_decompress"] = {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2)}
+        print(f"[gzip] decompress {wall:.2f} s (cpu {cpu:.2f} s)")
+
+    if not _fastjson.compiled_available():
+        print("the compiled reader is not built (python setup.py build_ext --inplace): timing the numpy reader")
+    loaders = []
+    if _fastjson.compiled_available():
+        loaders += [("compiled", lambda: SimilarityTable.from_file(path)),
+                    ("compiled_1thread", lambda: SimilarityTable.from_file(path))]
+        if args.gzip:  # the default scans while inflating; this one inflates first, then scans
+            loaders.append(("compiled_inflate_first", lambda: SimilarityTable.from_file(path)))
+    if not args.skip_numpy:
+        loaders.append(("numpy", lambda: SimilarityTable.from_file(path)))
+    if sim_module._orjson is not None and not args.skip_orjson:
         loaders.append(("orjson", lambda: SimilarityTable(sim_module.load_similarities(path), consume=True)))
     if not args.skip_stdlib:
         loaders.append(("json", lambda: SimilarityTable(sim_module.load_similarities(path), consume=True)))
@@ -125,10 +152,21 @@ def main() -> None:
     sim_module.save_similarities(SimilarityTable.from_file(path), npz_path)
     result["input"]["npz_size_mib"] = round(npz_path.stat().st_size / 2**20, 1)
     loaders.insert(1, ("npz", lambda: SimilarityTable.from_file(npz_path)))
-    saved = sim_module._orjson
+    saved, saved_scan, saved_threads = sim_module._orjson, _fastjson._simscan, _fastjson.default_threads
+    saved_stream = _fastjson.STREAM_MIN_BYTES
+    reference = None
     for name, loader in loaders:
         sim_module._orjson = None if name == "json" else saved
+        _fastjson._simscan = None if name == "numpy" else saved_scan
+        _fastjson.default_threads = (lambda: 1) if name == "compiled_1thread" else saved_threads
+        _fastjson.STREAM_MIN_BYTES = 1 << 62 if name == "compiled_inflate_first" else saved_stream
         table, load_wall, load_cpu = timed(loader)
+        if reference is None:
+            reference = table
+        elif name != "npz":  # every JSON reader gives the same table (the numpy one keeps one zero)
+            assert table.ids == reference.ids and all(
+                np.array_equal(a.positions, b.positions) and np.array_equal(a.scores, b.scores)
+                for a, b in zip(table, reference)), f"{name} disagrees with {loaders[0][0]}"
         metrics, eval_wall, eval_cpu = timed(lambda: evaluate("FIVR-200K", table))
         result.setdefault("runs", {})[name] = {
             "load_wall_s": round(load_wall, 2), "load_cpu_s": round(load_cpu, 2),
@@ -138,7 +176,8 @@ def main() -> None:
         print(f"[{name}] load {load_wall:.2f} s (cpu {load_cpu:.2f} s), evaluate {eval_wall:.2f} s "
               f"(cpu {eval_cpu:.2f} s); {metrics}")
         del table
-    sim_module._orjson = saved
+    sim_module._orjson, _fastjson._simscan, _fastjson.default_threads = saved, saved_scan, saved_threads
+    _fastjson.STREAM_MIN_BYTES = saved_stream
     npz_path.unlink()
 
     if args.reference_queries > 0:

@@ -22,10 +22,16 @@ indexes: S^f_B with N videos of 60 frames (default 100,000; 3.5 GB of packed cod
 to fit the shared disk — S^f_A with 10,000 videos of 60 frames (5.5 GB of float16), queried
 with pair budgets equal to 1,000 pairs, 1% and 5% of 100,000.
 
+``--baseline REV`` times the fine engine of git revision ``REV`` (its ``src/dnsvr/_fine.py``)
+interleaved with the current one, in the ``pairs`` part and in the ``dns`` part (through
+:mod:`dnsvr.bundle`), so that a speed-up is a ratio measured under the same load. Every row also
+has CPU (process) time next to wall time.
+
 Usage::
 
     PYTHONPATH=src python benchmarks/bench_search.py [--part pairs|quality|dns|all] [--videos 100000]
-        [--workdir /work/tmp/bench_search] [--keep]
+        [--workdir /work/tmp/bench_search] [--keep] [--reuse] [--baseline REV] [--frames 60,120]
+        [--out benchmarks/results/search.json]
 
 Writes ``benchmarks/results/search.json``.
 """
@@ -60,6 +66,22 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
 
 
+def _load_engine(rev: str):
+    """The fine engine (``src/dnsvr/_fine.py``) of git revision ``rev``, as a separate module."""
+    import importlib.util
+    import tempfile
+
+    src = subprocess.run(["git", "show", f"{rev}:src/dnsvr/_fine.py"], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parent).stdout
+    path = Path(tempfile.mkdtemp()) / f"fine_{rev}.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location(f"fine_{rev}", path)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules[spec.name] = module  # type: ignore[union-attr]  # dataclasses look their module up
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
 def _calibrate() -> float:
     a = torch.randn(1080, 512)
     b = torch.randn(512, 1080)
@@ -71,8 +93,13 @@ def _calibrate() -> float:
     return min(times) * 1000
 
 
-def bench_pairs(frames_list=(60, 120), n_cands: int = 64, repeats: int = 5) -> list[dict]:
-    """Per-pair fine time: batched engine (exact and int8) vs the plain network call, interleaved."""
+def bench_pairs(frames_list=(60, 120), n_cands: int = 64, repeats: int = 5, baseline: str | None = None) -> list[dict]:
+    """Per-pair fine time: batched engine (exact and int8) vs the plain network call, interleaved.
+
+    With ``baseline`` (a git revision), that revision's engine is timed too, interleaved (``exact`` only).
+    Wall and CPU (process) time are both recorded.
+    """
+    base_engine = _load_engine(baseline) if baseline else None
     out = []
     rng = np.random.default_rng(0)
     torch.manual_seed(0)
@@ -104,34 +131,50 @@ def bench_pairs(frames_list=(60, 120), n_cands: int = 64, repeats: int = 5) -> l
                     q_ref = torch.from_numpy(q_fast.astype(np.float32))
                     c_ref = [torch.from_numpy(c.astype(np.float32)) for c in c_fast]
                 precisions = ("exact",) if kind == "bin" else ("exact", "int8")
+                variants = precisions + (("baseline",) if base_engine is not None else ())
+                base_comp = None if (base_engine is None or comp is None) else base_engine.FineComparator(comp.w)
                 n_ref = 8  # per-pair reference calls per repeat (it is the slow side)
                 ref_times: list[float] = []
-                times: dict[str, list[float]] = {p: [] for p in precisions}
+                times: dict[str, list[float]] = {p: [] for p in variants}
+                cpu: dict[str, list[float]] = {p: [] for p in variants}
                 vals: dict[str, np.ndarray] = {}
                 ref_vals: list[float] = []
                 for r in range(repeats):
                     t = time.perf_counter()
                     ref_vals = [float(ref_call(q_ref, c).reshape(-1)[0]) for c in c_ref[:n_ref]]
                     ref_times.append((time.perf_counter() - t) / n_ref * 1000)
-                    for p in (precisions if r % 2 == 0 else precisions[::-1]):
-                        t = time.perf_counter()
-                        vals[p], _ = fine_similarities(q_fast, c_fast, kind, comp, precision=p)
+                    for p in (variants if r % 2 == 0 else variants[::-1]):
+                        t, c0 = time.perf_counter(), time.process_time()
+                        if p == "baseline":
+                            vals[p], _ = base_engine.fine_similarities(q_fast, c_fast, kind, base_comp)
+                        else:
+                            vals[p], _ = fine_similarities(q_fast, c_fast, kind, comp, precision=p)
                         times[p].append((time.perf_counter() - t) / n_cands * 1000)
+                        cpu[p].append((time.process_time() - c0) / n_cands * 1000)
                 err = float(np.max(np.abs(np.asarray(ref_vals) - vals["exact"][:n_ref])))
             row = {"fine": kind, "frames": frames, "candidates_per_call": n_cands, "repeats": repeats,
                    "reference_per_pair_ms": statistics.median(ref_times), "reference_min_ms": min(ref_times),
                    "batched_per_pair_ms": statistics.median(times["exact"]),
                    "batched_min_ms": min(times["exact"]),
+                   "batched_cpu_ms_median": statistics.median(cpu["exact"]),
                    "speedup_median": statistics.median(ref_times) / statistics.median(times["exact"]),
                    "speedup_min": min(ref_times) / min(times["exact"]),
                    "max_abs_diff": err}
             if "int8" in times:
                 row.update({"int8_per_pair_ms": statistics.median(times["int8"]), "int8_min_ms": min(times["int8"]),
+                            "int8_cpu_ms_median": statistics.median(cpu["int8"]),
                             "int8_speedup_vs_exact_median": statistics.median(times["exact"])
                             / statistics.median(times["int8"]),
                             "int8_speedup_vs_reference_median": statistics.median(ref_times)
                             / statistics.median(times["int8"]),
                             "int8_max_abs_diff_vs_exact": float(np.max(np.abs(vals["int8"] - vals["exact"])))})
+            if "baseline" in times:
+                row.update({"baseline_engine": baseline, "baseline_per_pair_ms": statistics.median(times["baseline"]),
+                            "baseline_min_ms": min(times["baseline"]),
+                            "baseline_cpu_ms_median": statistics.median(cpu["baseline"]),
+                            "speedup_vs_baseline_median": statistics.median(times["baseline"])
+                            / statistics.median(times["exact"]),
+                            "baseline_max_abs_diff": float(np.max(np.abs(vals["baseline"] - vals["exact"])))})
             row["calibration_ms_before"] = calib_before
             row["calibration_ms_after"] = _calibrate()
             if frames == 60 and kind in REFERENCE_MS_T60:
@@ -272,9 +315,38 @@ def _build(directory: Path, kind: str, n: int, frames: int, batch: int = 2000) -
     return build_s, sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
 
 
-def bench_dns(workdir: Path, videos: int, keep: bool, queries: int = 2, fine: str = "both") -> list[dict]:
+def _baseline_patch(rev: str):
+    """A context manager that makes :mod:`dnsvr.bundle` call the fine engine of git revision ``rev``."""
+    import contextlib
+
+    import dnsvr.bundle as bundle_mod
+
+    engine = _load_engine(rev)
+    current = bundle_mod.fine_similarities
+
+    def call(query, candidates, fine_type, comparator=None, **kwargs):
+        kwargs.pop("memory_budget", None)
+        comp = None if comparator is None else engine.FineComparator(comparator.w)
+        return engine.fine_similarities(query, candidates, fine_type, comp, **kwargs)
+
+    @contextlib.contextmanager
+    def patched():
+        bundle_mod.fine_similarities = call
+        try:
+            yield
+        finally:
+            bundle_mod.fine_similarities = current
+
+    return patched
+
+
+def bench_dns(workdir: Path, videos: int, keep: bool, queries: int = 2, fine: str = "both",
+              baseline: str | None = None, reuse: bool = False) -> list[dict]:
+    import contextlib
+
     from dnsvr.index import VideoIndex
 
+    patched = _baseline_patch(baseline) if baseline else None
     out = []
     plans = [("bin", videos, 60), ("att", min(videos, 10_000), 60)]
     if fine != "both":
@@ -284,40 +356,56 @@ def bench_dns(workdir: Path, videos: int, keep: bool, queries: int = 2, fine: st
     rng = np.random.default_rng(2)
     for kind, n, frames in plans:
         directory = workdir / f"dns_{kind}"
-        if directory.exists():
-            shutil.rmtree(directory)
-        build_s, size = _build(directory, kind, n, frames)
-        print(f"  built {kind}: {n} videos in {build_s:.0f} s, {size / 1e9:.2f} GB", file=sys.stderr, flush=True)
-        index = VideoIndex.open(directory, readonly=True)
+        index = VideoIndex.open(directory, readonly=True) if reuse and directory.exists() else None
+        if index is not None and len(index) == n:
+            build_s = float("nan")  # reused
+            size = sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
+        else:
+            if index is not None:
+                index.close()
+            if directory.exists():
+                shutil.rmtree(directory)
+            build_s, size = _build(directory, kind, n, frames)
+            print(f"  built {kind}: {n} videos in {build_s:.0f} s, {size / 1e9:.2f} GB", file=sys.stderr, flush=True)
+            index = VideoIndex.open(directory, readonly=True)
         # warm the page cache and the coarse matrix once (a serving process keeps both)
         _ = index.store.coarse_search(_unit(rng.standard_normal((1, 1024))), k=10)
         for label, budget in budgets:
             if label.endswith("%") and n != 100_000:
                 label = f"{label} of 100,000 ({budget.pairs} pairs)"
             precisions = ("exact",) if kind == "bin" else ("exact", "int8")
-            times: dict[str, list[float]] = {p: [] for p in precisions}
-            parts: dict[str, list[dict]] = {p: [] for p in precisions}
+            variants = precisions + (("baseline",) if patched else ())
+            times: dict[str, list[float]] = {p: [] for p in variants}
+            cpu: dict[str, list[float]] = {p: [] for p in variants}
+            parts: dict[str, list[dict]] = {p: [] for p in variants}
             calib = [_calibrate()]
             for qi in range(queries):
                 q_fine = np.asarray(index.store.fine([f"v{qi * 7919 % n:07d}"])[0])
                 rep = VideoRepresentation(_unit(rng.standard_normal(1024)), q_fine, 0.6)
-                for p in (precisions if qi % 2 == 0 else precisions[::-1]):  # interleaved
-                    t = time.perf_counter()
-                    res = index.search_representation(f"q{qi}", rep, top_k=100, budget=budget, segments=False,
-                                                      precision=p)
-                    times[p].append(time.perf_counter() - t)
+                for p in (variants if qi % 2 == 0 else variants[::-1]):  # interleaved
+                    ctx = patched() if p == "baseline" else contextlib.nullcontext()
+                    with ctx:
+                        t, c0 = time.perf_counter(), time.process_time()
+                        res = index.search_representation(f"q{qi}", rep, top_k=100, budget=budget, segments=False,
+                                                          precision="exact" if p == "baseline" else p)
+                        times[p].append(time.perf_counter() - t)
+                        cpu[p].append(time.process_time() - c0)
                     parts[p].append(res.timings)
                     if res.fine_pairs != min(budget.pairs, n):
                         raise RuntimeError(f"{res.fine_pairs} fine pairs, expected {min(budget.pairs, n)}")
             calib.append(_calibrate())
-            for p in precisions:
-                row = {"fine": kind, "precision": p, "videos": n, "frames_per_video": frames, "budget": label,
+            for p in variants:
+                row = {"fine": kind, "precision": "exact" if p == "baseline" else p, "videos": n,
+                       "frames_per_video": frames, "budget": label,
                        "pairs": min(budget.pairs, n), "query_s_median": statistics.median(times[p]),
-                       "query_s_min": min(times[p]), "queries": queries,
+                       "query_s_min": min(times[p]), "query_cpu_s_median": statistics.median(cpu[p]),
+                       "queries": queries,
                        "stage_s_median": {k: statistics.median(t.get(k, 0.0) for t in parts[p])
                                           for k in ("coarse", "selector", "fine", "total")},
                        "calibration_ms_before_after": calib,
                        "index_build_s": build_s, "index_bytes": size}
+                if p == "baseline":
+                    row["engine"] = f"baseline {baseline}"
                 print(json.dumps(row), flush=True)
                 out.append(row)
         index.close()
@@ -332,9 +420,16 @@ def main() -> None:
     ap.add_argument("--videos", type=int, default=100_000)
     ap.add_argument("--workdir", type=Path, default=Path("/work/tmp/bench_search"))
     ap.add_argument("--keep", action="store_true", help="keep the synthetic indexes")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="the JSON file (its other parts are kept)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="dns part: query a kept synthetic index of the right size instead of rebuilding it")
     ap.add_argument("--fine", choices=["bin", "att", "both"], default="both",
                     help="dns part: which synthetic index(es) to build and query")
     ap.add_argument("--queries", type=int, default=2, help="dns part: queries per budget (and precision)")
+    ap.add_argument("--baseline", default=None,
+                    help="a git revision whose fine engine (src/dnsvr/_fine.py) is timed too, interleaved with "
+                         "this one (pairs and dns parts; exact precision)")
+    ap.add_argument("--frames", default="60,120", help="pairs part: comma-separated video lengths")
     ap.add_argument("--threads", type=int, default=2,
                     help="torch threads (2 = the issue's setting; results of other counts are stored under "
                          "keys suffixed _threadsN)")
@@ -358,25 +453,26 @@ def main() -> None:
            "load_average": list(os.getloadavg()),
            "calibration_matmul_1080x512x1080_ms": _calibrate()}
     result: dict = {"benchmark": "search"}
-    if RESULTS.is_file():
-        result.update(json.loads(RESULTS.read_text()))
+    if args.out.is_file():
+        result.update(json.loads(args.out.read_text()))
     parts: dict = {}
     if args.part in ("pairs", "all"):
-        parts["pairs" + suffix] = bench_pairs()
+        parts["pairs" + suffix] = bench_pairs(tuple(int(f) for f in args.frames.split(",")), baseline=args.baseline)
     if args.part in ("quality", "all"):
         args.workdir.mkdir(parents=True, exist_ok=True)
         parts["quality"] = {"generated": bench_quality_generated(), "lite": bench_quality_lite(args.workdir)}
     if args.part in ("dns", "all"):
         args.workdir.mkdir(parents=True, exist_ok=True)
-        parts["dns" + suffix] = bench_dns(args.workdir, args.videos, args.keep, args.queries, args.fine)
+        parts["dns" + suffix] = bench_dns(args.workdir, args.videos, args.keep, args.queries, args.fine,
+                                          args.baseline, args.reuse)
     run["calibration_after_ms"] = _calibrate()
     run["load_average_after"] = list(os.getloadavg())
     for key, value in parts.items():
         result[key] = value
         result.setdefault("runs", {})[key] = run
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {RESULTS}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -395,6 +395,16 @@ def test_cli_extract_lite0(tmp_path):
     assert "skipped 2 already done" in res.stdout
     res = runner.invoke(app, [*args, "--backbone", "vgg"])
     assert res.exit_code == 2 and "unknown backbone" in res.output
+    res = runner.invoke(app, [*args, "--decode", "nearest"])
+    assert res.exit_code == 2 and "--decode" in res.output
+    res = runner.invoke(app, [*args, "--precision", "int8"])                  # Lite0 has no int8 path
+    assert res.exit_code == 2 and "resnet50" in res.output
+    out_k = tmp_path / "cli_keyframes.h5"
+    res = runner.invoke(app, ["extract", str(tmp_path / "videos"), "--output", str(out_k), "--no-progress",
+                              "--decode", "keyframes"])
+    assert res.exit_code == 0, res.output
+    with FeatureFile(out_k) as ff:
+        assert ff.file_attrs()["decode"] == "keyframes" and ff.shape("v0") == (2, 9, 1456)
 
 
 def test_report_summary_is_clean_when_ok():
@@ -436,3 +446,41 @@ def test_resume_refuses_other_weights(tmp_path):
 
     with pytest.raises(FeatureFileError, match="weights"):
         extract_videos(list(videos.values()), out, Other(), progress=False)
+
+
+def test_keyframes_decode_is_opt_in_labelled_and_not_mixed(tmp_path):
+    vids = {}
+    for i in range(2):
+        frames = S.render_clip(300 + i, seconds=6.0, fps=10, size=(96, 64))
+        vids[f"k{i}"] = S.write_video(tmp_path / f"k{i}.mp4", frames, fps=10, gop=25)
+    ex = FakeExtractor()
+    exact = {vid: (f, m) for vid, f, m in iter_video_features(vids, ex)}
+    approx = {vid: (f, m) for vid, f, m in iter_video_features(vids, ex, decode="keyframes")}
+    for vid in vids:
+        f_exact, m_exact = exact[vid]
+        f_key, m_key = approx[vid]
+        assert f_key.shape == f_exact.shape                       # the same ticks, the same count
+        assert m_exact["decode"] == "exact" and m_exact["max_sampling_error"] == 0.0
+        assert m_key["decode"] == "keyframes" and 0.0 < m_key["max_sampling_error"] <= 2.5 + 1e-6
+        assert np.all(m_key["timestamps"] <= m_exact["timestamps"] + 1e-6)   # never after its tick
+        np.testing.assert_allclose(f_key[0], f_exact[0], atol=1e-6)          # tick 0 is a keyframe
+    out = tmp_path / "k.h5"
+    extract_videos({"k0": vids["k0"]}, out, ex, decode="keyframes", progress=False)
+    with FeatureFile(out) as ff:
+        assert ff.file_attrs()["decode"] == "keyframes" and ff.info("k0")["decode"] == "keyframes"
+    with pytest.raises(FeatureFileError, match="decode"):
+        extract_videos({"k1": vids["k1"]}, out, ex, progress=False)          # exact features into it: refused
+    with pytest.raises(ValueError, match="decode"):
+        list(iter_video_features(vids, ex, decode="fastest"))
+
+
+def test_precision_is_recorded_and_not_mixed(tmp_path):
+    vids = make_videos(tmp_path / "v", n=2, seconds=2.0)
+    out = tmp_path / "p.h5"
+    int8 = FakeExtractor()
+    int8.precision = "int8"
+    extract_videos({"v0": vids["v0"]}, out, int8, progress=False)
+    with FeatureFile(out) as ff:
+        assert ff.file_attrs()["precision"] == "int8"
+    with pytest.raises(FeatureFileError, match="precision"):
+        extract_videos({"v1": vids["v1"]}, out, FakeExtractor(), progress=False)   # fp32 into an int8 file

@@ -46,6 +46,21 @@ def test_combine_replaces_coarse_with_mapped_fine():
     assert len(combine(ids, coarse, None, np.array([1]), np.array([0.2]), top_k=2)) == 2
 
 
+def test_combine_top_k_is_the_head_of_the_full_ranking_with_ties():
+    """The partitioned top-k equals the full sort's head, ties broken by id at the k-th score too."""
+    rng = np.random.default_rng(5)
+    n = 500
+    ids = [f"v{i:04d}" for i in rng.permutation(n)]
+    coarse = np.round(rng.uniform(-1, 1, n), 1).astype(np.float32)  # many ties
+    selected = np.arange(0, n, 7)
+    fine = np.round(rng.uniform(-1, 1, len(selected)), 1).astype(np.float32)
+    full = [(r.video_id, r.score) for r in combine(ids, coarse, None, selected, fine, top_k=None)]
+    assert full == sorted(full, key=lambda x: (-x[1], x[0]))
+    for k in (0, 1, 3, 10, 37, n - 1, n, n + 3):
+        head = [(r.video_id, r.score) for r in combine(ids, coarse, None, selected, fine, top_k=k)]
+        assert head == full[:k], k
+
+
 def test_dns_rank_equals_direct_computation():
     """The ranking is "coarse, then fine on the selected pairs", computed independently here."""
     rng = np.random.default_rng(0)

@@ -278,3 +278,62 @@ def test_timestamp_jump_is_not_filled_with_copies(tmp_path):
     np.testing.assert_allclose(ts, [0.0, 1.0, 400.0, 401.0], atol=1e-3)
     _, ts = V.read_frames(p, fps=1.0, max_repeat_seconds=1000)   # or a 399 s still image, if one says so
     assert len(ts) == 402
+
+
+# -- approximate sampling: keyframes only ------------------------------------------------------------------
+
+def _keyframe_times(path: Path) -> list[float]:
+    import av
+
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        kf = sorted(float(p.pts * s.time_base) for p in c.demux(s) if p.pts is not None and p.is_keyframe)
+    return [t - kf[0] for t in kf]
+
+
+@pytest.mark.parametrize("fps", [1.0, 2.0])
+def test_keyframes_mode_takes_latest_keyframe_at_or_before_each_tick(tmp_path, fps):
+    p = _write(tmp_path, "k.mp4", seconds=7.3, fps=10.0, size=(96, 64), seed=4, gop=17)
+    keys = _keyframe_times(p)
+    assert len(keys) >= 4                                       # gop 17 at 10 fps (+ scene cuts)
+    every, every_t = V.read_frames(p, fps=None)                 # ground truth: every frame decoded
+    exact_frames, _ = V.read_frames(p, fps=fps)
+    reader = V.decode_frames(p, fps=fps, decode="keyframes")
+    chunks = list(reader)
+    frames = np.concatenate([c.frames for c in chunks])
+    times = np.concatenate([c.timestamps for c in chunks])
+    assert len(frames) == len(exact_frames)                     # same ticks as exact sampling
+    assert reader.n_decoded == len(keys)                        # nothing but keyframes decoded
+    errors = []
+    for j, (frame, t) in enumerate(zip(frames, times)):
+        tick = j / fps
+        k = max(x for x in keys if x <= tick + 1e-6)
+        assert t == pytest.approx(k, abs=2e-3)
+        i = int(np.argmin(np.abs(every_t - k)))
+        np.testing.assert_array_equal(frame, every[i])       # the keyframe itself, pixel for pixel
+        errors.append(tick - k)
+    assert reader.max_sampling_error == pytest.approx(max(errors), abs=2e-3)
+    assert reader.mean_sampling_error == pytest.approx(float(np.mean(errors)), abs=2e-3)
+    assert max(errors) > 0.5                                    # it is an approximation, and says so
+
+
+def test_exact_mode_reports_no_sampling_error(tmp_path):
+    p = _write(tmp_path, "e.mp4", seconds=3.0, fps=10.0, size=(64, 48), gop=12)
+    reader = V.decode_frames(p, fps=1.0)
+    list(reader)
+    assert reader.max_sampling_error == 0.0 and reader.mean_sampling_error == 0.0
+    with pytest.raises(ValueError, match="decode"):
+        V.decode_frames(p, decode="nearest")
+    with pytest.raises(ValueError, match="keyframes"):
+        V.decode_frames(p, fps=None, decode="keyframes")
+
+
+def test_keyframes_mode_on_variable_frame_rate_all_intra(tmp_path):
+    # every frame a keyframe: each tick gets the latest frame at or before it; the count stays the exact mode's
+    times = [0.0, 0.1, 0.3, 2.6, 2.65, 3.0, 3.05, 4.4]
+    frames = S.render_clip(9, size=(64, 48), timestamps=times)
+    p = S.write_video(tmp_path / "vfr_intra.mkv", frames, timestamps=times, gop=1)
+    reader = V.decode_frames(p, fps=1.0, decode="keyframes")
+    ts = np.concatenate([c.timestamps for c in reader])
+    np.testing.assert_allclose(ts, [0.0, 0.3, 0.3, 3.0, 3.05], atol=1e-3)
+    assert reader.max_sampling_error == pytest.approx(1.7, abs=1e-3)          # tick 2 s got the frame at 0.3 s

@@ -12,8 +12,12 @@ Here the same arithmetic runs for a whole block of candidates:
   pair's result equals what the network computes for that pair alone (not what the
   reference's padded-batch path computes: its max-pooling of the padding mask lets
   one padded row into odd-length videos);
-* **blocks** bounded in elements so memory stays bounded for long videos (the region
-  product is split over query rows and over candidates).
+* **blocks** bounded in elements (the region product is split over query rows and over
+  candidates), and **tiles** for long videos: a pair whose working memory would exceed
+  ``memory_budget`` (default 256 MB; one pair of hour-long videos needs ~2.5 GB untiled) is
+  computed in row strips of its frame-to-frame matrix, the region product in blocks of
+  candidate frames and the comparator in tiles with a halo of :data:`HALO` frames, so that
+  every tile's kept output is exactly the untiled one (:func:`plan_tiles`, :func:`_long_pair`).
 
 ``precision="int8"`` (query-time option; float stages ``att`` and ``chamfer`` only — the
 S^f_B codes are always exact) runs the region product in int8 too: every query region
@@ -35,6 +39,7 @@ pooling layers leave nothing); they are zero-padded to 4 frames here.
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -54,12 +59,27 @@ PRECISIONS: tuple[str, ...] = ("exact", "int8")
 #: The precision used when none is asked for.
 DEFAULT_PRECISION = "exact"
 
-#: Default bound on the elements of one block's region-similarity tensor (float32: 4 bytes each).
-DEFAULT_BLOCK_ELEMENTS = 3_000_000
+#: Default bound on the elements of one block's region-similarity tensor (float32/int32: 4 bytes each):
+#: ~3 candidates of 60 frames, whose product and its max over regions stay in cache (blocks of 10 were
+#: ~15% slower per pair in the int8 product).
+DEFAULT_BLOCK_ELEMENTS = 1_000_000
 #: Default bound on the elements of one comparator batch's first feature map (32 channels × pairs × T1 × T2).
 DEFAULT_CNN_ELEMENTS = 4_000_000
 #: Smallest video length the comparator can take (two 2×2 poolings).
 MIN_FRAMES = 4
+#: Default bound on the working memory of one pair (bytes). A pair that would need more (long videos:
+#: one pair of hour-long videos needs ~2.5 GB untiled) runs in tiles: the frame-to-frame matrix in row
+#: strips, the comparator in tiles with a halo, the region product in blocks of candidate frames.
+DEFAULT_MEMORY_BUDGET = 256 * 2**20
+#: Input frames of context a comparator tile needs on each side. Output position ``v`` (a quarter of the
+#: input resolution, after the two 2×2 poolings) reads input rows ``4v-7 .. 4v+10``; the zero padding at
+#: an artificial tile edge corrupts the first 2 and the last 3 output rows of the tile. 8 frames (2 output
+#: rows) before and after keeps every output row a tile contributes exact, and keeps tile starts multiples
+#: of 4, so that both poolings pair the same rows and columns as the untiled network.
+HALO = 8
+# peak bytes per comparator input position: the padded input, the 4×4 windows, conv1 at the 4
+# pooling phases, the pooled map (float32; the later layers are smaller)
+_CNN_BYTES_PER_POSITION = 4 * 48
 
 _COMPARATOR_KEYS = ("conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias",
                     "conv3.weight", "conv3.bias", "fconv.weight", "fconv.bias")
@@ -96,10 +116,11 @@ class FineComparator:
         if missing:
             raise KeyError(f"comparator weights missing: {missing} (have {sorted(state)[:12]}...)")
         self.w = found
-        # conv1 (one input channel) as a [9 → 32] matrix product over 3×3 patches: its output comes
-        # out channels-last with no copy, ~4x faster than oneDNN's 1-channel convolution plus the
-        # layout change the pooling needs
-        self._w1m = found["conv1.weight"].reshape(found["conv1.weight"].shape[0], -1).T.contiguous()
+        # conv1 (one input channel) and the 2×2 max-pooling after it as one matrix product: each
+        # pooled position's 4×4 input window (stride 2) against the 3×3 kernel placed at the four
+        # pooling phases ([16 → 4·32]), then the max over the phases. Its output is channels-last
+        # with no copy; the full-resolution 32-channel map is never pooled in a separate pass.
+        self._w1p = _phase_weight(found["conv1.weight"])
         # conv2, conv3 as modules for the fused oneDNN conv + ReLU of dnsvr.backbones
         self._convs = [self._conv_module(found[f"conv{i}.weight"], found[f"conv{i}.bias"]) for i in (2, 3)]
 
@@ -125,11 +146,10 @@ class FineComparator:
         from dnsvr.backbones._layers import fused_conv
 
         w = self.w
-        x = sim.unsqueeze(1)
-        cols = torch.arange(x.shape[-1])
+        cols = torch.arange(sim.shape[-1])
         # every pair as wide as the batch: nothing to re-mask (the zero padding of the
         # convolutions is the network's own)
-        full = bool((widths == x.shape[-1]).all())
+        full = bool((widths == sim.shape[-1]).all())
 
         def colmask(t: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
             if full:
@@ -144,19 +164,46 @@ class FineComparator:
         # inside that area only reads valid positions).
         # channels-last throughout: oneDNN's fast layout for these convolutions, and max-pooling a
         # 32-channel map is ~10x faster in it than in NCHW.
-        b, h, wd = sim.shape
-        patches = F.unfold(x, 3, padding=1)  # [B, 9, H·W]
-        x = torch.matmul(patches.transpose(1, 2), self._w1m)  # [B, H·W, 32]
-        x = x.view(b, h, wd, -1).permute(0, 3, 1, 2)  # channels-last [B, 32, H, W], no copy
+        x = _conv1_pool(sim, self._w1p, w["conv1.bias"])  # [B, 32, H // 2, W // 2], channels-last
         w1 = widths // 2
-        # the per-channel bias commutes with the max (rounding is monotone): added after pooling
-        x = colmask(_max_pool2(x).add_(w["conv1.bias"][:, None, None]).relu_(), w1)
+        x = colmask(x, w1)
         x = fused_conv(self._convs[0], x, "relu")
         w2 = w1 // 2
         x = colmask(_max_pool2(x), w2)
         x = fused_conv(self._convs[1], x, "relu")
         x = F.conv2d(x, w["fconv.weight"], w["fconv.bias"])
         return F.hardtanh(x.squeeze(1))
+
+
+def _phase_weight(w1: torch.Tensor) -> torch.Tensor:
+    """conv1's ``[C, 1, 3, 3]`` kernel placed at the 4 phases of a 2×2 pooling window: ``[16, 4·C]``.
+
+    Column block ``p`` (phase ``(dy, dx)``, row-major) holds the kernel at offset ``(dy, dx)`` of
+    a 4×4 window, so that a window times block ``p`` is conv1 at that phase of the pooled position.
+    """
+    c = w1.shape[0]
+    out = torch.zeros(4, 4, 4, c)  # window row, window column, phase, channel
+    for phase, (dy, dx) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
+        out[dy:dy + 3, dx:dx + 3, phase, :] = w1[:, 0].permute(1, 2, 0)
+    return out.reshape(16, 4 * c).contiguous()
+
+
+def _conv1_pool(sim: torch.Tensor, w_phase: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``relu(max_pool2d(conv2d(sim, w1, b1, padding=1), 2))`` of ``[B, H, W]``, channels-last ``[B, C, H//2, W//2]``.
+
+    The pooled position ``(i, j)`` reads the input window rows ``2i-1 .. 2i+2`` and columns
+    ``2j-1 .. 2j+2`` (zero outside): a strided view of the zero-padded input gathered once into a
+    ``[positions, 16]`` matrix, times :func:`_phase_weight`, max over the 4 phases. The bias and the
+    ReLU come after the max (both are monotone, so they commute with it exactly).
+    """
+    b, h, w = sim.shape
+    ho, wo = h // 2, w // 2
+    c = w_phase.shape[1] // 4
+    xp = F.pad(sim, (1, 2 * wo + 1 - w, 1, 2 * ho + 1 - h))  # [B, 2·ho + 2, 2·wo + 2]
+    s0, s1, _ = xp.stride()
+    windows = xp.as_strided((b, ho, wo, 4, 4), (s0, 2 * s1, 2, s1, 1)).reshape(b * ho * wo, 16)
+    y = torch.mm(windows, w_phase).view(b * ho * wo, 4, c).amax(1)
+    return y.add_(bias).relu_().view(b, ho, wo, c).permute(0, 3, 1, 2)
 
 
 def _max_pool2(x: torch.Tensor) -> torch.Tensor:
@@ -204,6 +251,10 @@ class _Prepared:
         else:
             part.copy_(self.raw.reshape(n, self.dims))
 
+    def part(self, f0: int, f1: int) -> _Prepared:
+        """Frames ``f0:f1`` (a view; only for videos that need no padding frames)."""
+        return _Prepared(self.raw[f0:f1], f1 - f0, self.regions, self.dims, self.fine_type)
+
     def matrix(self) -> torch.Tensor:
         """A fresh ``[rows, dims]`` matrix (float32, or int8 for codes)."""
         out = torch.empty((self.rows, self.dims), dtype=torch.int8 if self.fine_type == "bin" else torch.float32)
@@ -237,20 +288,28 @@ def pack_codes(codes: np.ndarray | torch.Tensor) -> np.ndarray:
 
 def _prepare(video: np.ndarray | torch.Tensor, fine_type: str) -> _Prepared:
     """View one stored representation (no copy); note the padding of videos shorter than 4 frames."""
-    if isinstance(video, torch.Tensor):
-        t = video.detach().cpu()
-    else:
-        with warnings.catch_warnings():
-            # memory-mapped shards are read-only; nothing here writes to the input
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            t = torch.from_numpy(np.ascontiguousarray(video))
-    if t.ndim != 3:
-        raise ValueError(f"a fine representation must be [T, regions, D], got shape {tuple(t.shape)}")
-    dims = t.shape[2] * 8 if (fine_type == "bin" and t.dtype == torch.uint8) else t.shape[2]
-    frames = t.shape[0]
-    if frames < MIN_FRAMES and fine_type != "chamfer":
-        frames = MIN_FRAMES
-    return _Prepared(t, frames, int(t.shape[1]), int(dims), fine_type)
+    return _prepare_many([video], fine_type)[0]
+
+
+def _prepare_many(videos: Sequence[np.ndarray | torch.Tensor], fine_type: str) -> list[_Prepared]:
+    """:func:`_prepare` for many videos (one warnings filter for all: it costs more than the views)."""
+    out = []
+    with warnings.catch_warnings():
+        # memory-mapped shards are read-only; nothing here writes to the input
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        for video in videos:
+            if isinstance(video, torch.Tensor):
+                t = video.detach().cpu()
+            else:
+                t = torch.from_numpy(np.ascontiguousarray(video))
+            if t.ndim != 3:
+                raise ValueError(f"a fine representation must be [T, regions, D], got shape {tuple(t.shape)}")
+            dims = t.shape[2] * 8 if (fine_type == "bin" and t.dtype == torch.uint8) else t.shape[2]
+            frames = t.shape[0]
+            if frames < MIN_FRAMES and fine_type != "chamfer":
+                frames = MIN_FRAMES
+            out.append(_Prepared(t, frames, int(t.shape[1]), int(dims), fine_type))
+    return out
 
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -361,20 +420,154 @@ def _region_chamfer(query: torch.Tensor, q_frames: int, cands: list[_Prepared], 
                 s = target @ q_t
             # max over target regions (in int32 for codes and int8 products: one scale per target
             # frame), then mean over query regions
-            s = s.view(cols // regions, regions, -1).amax(1)[:, :r1 - r0].float()
+            s = s.view(cols // regions, regions, -1).amax(1)[:, :r1 - r0]
             s = s.view(cols // regions, nq, regions)  # [sum T2, nq, R]
+            if fine_type == "bin":
+                # codes: the sum of the 9 maxima is an exact integer; one division (below) rounds it
+                # once, as the network's float mean of k/512 values does
+                pieces.append(s.sum(2, dtype=torch.int32).T)
+                continue
+            s = s.float()
             if quant:
                 s.mul_(t_scale[:, None, None]).mul_(q_scale[r0:r1].view(1, nq, regions))  # type: ignore[index]
             pieces.append(s.mean(2).T)
         full = torch.cat(pieces, 0) if len(pieces) > 1 else pieces[0]
+        if fine_type == "bin":
+            full = full.float().div_(regions * dims)
         start = 0
         for c in cands[i:j]:
             out.append(full[:, start:start + c.frames])
             start += c.frames
         i = j
-    if fine_type == "bin":
-        out = [o / dims for o in out]
     return out
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """How one long pair is split to stay within a memory budget.
+
+    Attributes:
+        strip_frames: query frames per row strip of the frame-to-frame matrix (a multiple of 4;
+            each strip is computed with :data:`HALO` extra frames on both sides for the comparator).
+        tile_frames: candidate frames per comparator tile (a multiple of 4; plus the halo).
+        block_frames: candidate frames per region-product block (their regions converted at once).
+        peak_bytes: the estimated working memory of one step.
+        product_elements: bound on one region-product chunk (elements; ``block_elements`` of
+            :func:`fine_similarities`, lowered to fit the budget).
+    """
+
+    strip_frames: int
+    tile_frames: int
+    block_frames: int
+    peak_bytes: int
+    product_elements: int = DEFAULT_BLOCK_ELEMENTS
+
+
+def _convert_bytes(frames: int, regions: int, dims: int, fine_type: str, precision: str) -> int:
+    """Bytes of ``frames`` candidate frames converted for the region product (int8 codes, else float32)."""
+    return frames * regions * dims * (1 if fine_type == "bin" else 4)
+
+
+def pair_bytes(t1: int, t2: int, regions: int, dims: int, fine_type: str,
+               precision: str = DEFAULT_PRECISION, block_elements: int = DEFAULT_BLOCK_ELEMENTS) -> int:
+    """Estimated working memory (bytes) of one (query, candidate) pair computed untiled.
+
+    The comparator's first layer (``_CNN_BYTES_PER_POSITION`` per frame pair) dominates for the learned
+    fine stages; then the frame-to-frame matrix, the converted candidate and one region-product block.
+    """
+    per_position = 4 + (0 if fine_type == "chamfer" else _CNN_BYTES_PER_POSITION)
+    return (per_position * t1 * t2 + _convert_bytes(t2, regions, dims, fine_type, precision)
+            + 4 * min(block_elements, t1 * t2 * regions * regions))
+
+
+def plan_tiles(t1: int, t2: int, regions: int, dims: int, fine_type: str, memory_budget: int,
+               precision: str = DEFAULT_PRECISION, block_elements: int = DEFAULT_BLOCK_ELEMENTS) -> TilePlan:
+    """Tile sizes for one long pair so that one step's working memory stays under ``memory_budget``.
+
+    A quarter of the budget goes to a row strip of the frame-to-frame matrix, half to one comparator
+    tile, an eighth to the converted candidate block and an eighth to one region-product chunk; every
+    size is at least the smallest that works (4 frames, one frame pair), so a budget too small for even
+    that is exceeded rather than refused.
+
+    Args:
+        t1, t2: query and candidate frames.
+        regions, dims: per-frame regions and their dimensions (of the converted representation).
+        fine_type: ``att`` / ``bin`` / ``chamfer``.
+        memory_budget: bytes.
+        precision, block_elements: as :func:`fine_similarities`.
+
+    Returns:
+        The :class:`TilePlan`.
+    """
+    learned = fine_type != "chamfer"
+    halo = 2 * HALO if learned else 0
+    strip = (memory_budget // 4) // (4 * max(1, t2)) - halo
+    if learned:
+        # square-ish comparator tiles: the least halo recomputed for the area
+        strip = min(strip, math.isqrt((memory_budget // 2) // _CNN_BYTES_PER_POSITION) - halo)
+    strip = max(4, min(strip // 4 * 4, t1 + (-t1) % 4))
+    if learned:
+        tile = (memory_budget // 2) // (_CNN_BYTES_PER_POSITION * (strip + halo)) - halo
+        tile = max(4, min(tile // 4 * 4, t2 + (-t2) % 4))
+    else:
+        tile = t2
+    frame_bytes = _convert_bytes(1, regions, dims, fine_type, precision)
+    block = max(1, min(t2, (memory_budget // 8) // frame_bytes))
+    product = max(regions * regions, min(block_elements, memory_budget // 32))
+    rows = min(t1, strip + halo)
+    peak = (4 * rows * t2 + (_CNN_BYTES_PER_POSITION * rows * min(t2, tile + halo) if learned else 0)
+            + block * frame_bytes + 4 * min(product, rows * block * regions * regions))
+    return TilePlan(strip, tile, block, peak, product)
+
+
+def _long_pair(q_mat: torch.Tensor, q_scale: torch.Tensor | None, t1: int, cand: _Prepared, fine_type: str,
+               comparator: FineComparator | None, plan: TilePlan, precision: str,
+               matrix: np.ndarray | None) -> float:
+    """One pair in tiles (see :class:`TilePlan`); equals the untiled computation up to float rounding.
+
+    The frame-to-frame matrix is computed one row strip at a time (the region product in blocks of
+    candidate frames); the comparator runs over tiles of the strip with :data:`HALO` frames of context
+    on every side that has data there, each tile contributing only its exact output positions; the
+    Chamfer reduction (max over candidate positions, mean over query positions) is assembled across
+    tiles. ``matrix`` (``[t1, t2]``), when given, receives the frame-to-frame matrix.
+    """
+    regions = cand.regions
+    t2 = cand.frames
+
+    def f2f_rows(r0: int, r1: int) -> torch.Tensor:
+        strip = torch.empty((r1 - r0, t2))
+        rows = q_mat[r0 * regions:r1 * regions]
+        scale = None if q_scale is None else q_scale[r0 * regions:r1 * regions]
+        for c0 in range(0, t2, plan.block_frames):
+            c1 = min(t2, c0 + plan.block_frames)
+            strip[:, c0:c1] = _region_chamfer(rows, r1 - r0, [cand.part(c0, c1)], regions, fine_type,
+                                              plan.product_elements, precision, scale)[0]
+        if matrix is not None:
+            matrix[r0:r1] = strip.numpy()
+        return strip
+
+    if fine_type == "chamfer":
+        total = 0.0
+        for r0 in range(0, t1, plan.strip_frames):
+            total += float(f2f_rows(r0, min(t1, r0 + plan.strip_frames)).amax(1).double().sum())
+        return total / t1
+    out_rows, out_cols = t1 // 4, t2 // 4
+    step_r, step_c = plan.strip_frames // 4, plan.tile_frames // 4
+    row_max = torch.full((out_rows,), -float("inf"))
+    for a in range(0, out_rows, step_r):
+        b = min(out_rows, a + step_r)
+        r0 = max(0, 4 * a - HALO)
+        r1 = t1 if b == out_rows else min(t1, 4 * b + HALO)
+        strip = f2f_rows(r0, r1)
+        for c in range(0, out_cols, step_c):
+            d = min(out_cols, c + step_c)
+            c0 = max(0, 4 * c - HALO)
+            c1 = t2 if d == out_cols else min(t2, 4 * d + HALO)
+            tile = strip[:, c0:c1].contiguous().unsqueeze(0)
+            out = comparator(tile, torch.tensor([c1 - c0]))[0]  # type: ignore[misc]
+            out = out[a - r0 // 4:b - r0 // 4, c - c0 // 4:d - c0 // 4]
+            torch.maximum(row_max[a:b], out.amax(1), out=row_max[a:b])
+    return float(row_max.double().mean())
 
 
 def _buckets(lengths: Sequence[int], t1: int, cnn_elements: int, waste: float = 0.25) -> Iterator[list[int]]:
@@ -403,6 +596,7 @@ def fine_similarities(query: np.ndarray | torch.Tensor,
                       block_elements: int = DEFAULT_BLOCK_ELEMENTS,
                       cnn_elements: int = DEFAULT_CNN_ELEMENTS,
                       precision: str = DEFAULT_PRECISION,
+                      memory_budget: int = DEFAULT_MEMORY_BUDGET,
                       ) -> tuple[np.ndarray, list[np.ndarray] | None]:
     """Fine-grained similarity of one query to many candidates, batched.
 
@@ -423,6 +617,10 @@ def fine_similarities(query: np.ndarray | torch.Tensor,
         precision: ``"exact"`` (float32 region products; S^f_B's codes in exact int8) or
             ``"int8"`` (the float stages ``att``/``chamfer`` quantised to int8: faster, approximate;
             ``bin`` is unaffected).
+        memory_budget: bytes of working memory one pair may use; a pair that would need more (see
+            :func:`pair_bytes`) runs in tiles (:func:`plan_tiles`) with the same result. The query's
+            converted matrix (``T1·9·D`` float32, or int8 for codes) and the returned matrices are
+            not counted.
 
     Returns:
         ``(scores float32 [N], matrices or None)``; scores in [-1, 1] as the networks give them.
@@ -446,16 +644,31 @@ def fine_similarities(query: np.ndarray | torch.Tensor,
         if precision == "int8" and fine_type != "bin":
             q_mat, q_scale = quantize_rows(q_mat)
         regions = q.regions
-        cands = [_prepare(c, fine_type) for c in candidates]
+        cands = _prepare_many(candidates, fine_type)
         for k, c in enumerate(cands):
             if c.dims != q.dims or c.regions != regions:
                 raise ValueError(f"candidate {k} has shape {tuple(candidates[k].shape)}, "
                                  f"query {tuple(query.shape)}: region count/dims differ")
         scores = np.zeros(n, dtype=np.float32)
         matrices: list[np.ndarray] | None = [None] * n if return_matrices else None  # type: ignore[list-item]
-        # process candidates in groups of similar length: region product then comparator
+        # long pairs one at a time, in tiles bounded by the memory budget
         lengths = [c.frames for c in cands]
-        for group in _buckets(lengths, q.frames, cnn_elements):
+        short: list[int] = []
+        for k, c in enumerate(cands):
+            if c.frames == c.raw.shape[0] and pair_bytes(q.frames, c.frames, regions, q.dims, fine_type, precision,
+                                                         block_elements) > memory_budget:
+                plan = plan_tiles(q.frames, c.frames, regions, q.dims, fine_type, memory_budget, precision,
+                                  block_elements)
+                logger.debug("candidate %d (%d x %d frames) in tiles: %s", k, q.frames, c.frames, plan)
+                mat = np.empty((q.frames, c.frames), dtype=np.float32) if matrices is not None else None
+                scores[k] = _long_pair(q_mat, q_scale, q.frames, c, fine_type, comparator, plan, precision, mat)
+                if matrices is not None:
+                    matrices[k] = mat[:query.shape[0]]  # type: ignore[index]
+            else:
+                short.append(k)
+        # the rest in groups of similar length: region product then comparator
+        for sub in _buckets([lengths[k] for k in short], q.frames, cnn_elements):
+            group = [short[k] for k in sub]
             mats = _region_chamfer(q_mat, q.frames, [cands[k] for k in group], regions, fine_type, block_elements,
                                    precision, q_scale)
             if matrices is not None:

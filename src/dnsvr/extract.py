@@ -47,7 +47,7 @@ import numpy as np
 
 from dnsvr import __version__
 from dnsvr.features import FeatureFile, FeatureWriter, validate_video_id
-from dnsvr.video import VIDEO_EXTENSIONS, DecodeLimits, VideoError, VideoReader
+from dnsvr.video import DECODE_MODES, VIDEO_EXTENSIONS, DecodeLimits, VideoError, VideoReader
 
 logger = logging.getLogger(__name__)
 
@@ -331,11 +331,12 @@ class _Options:
     batch_size: int = 32
     chunk_size: int = 16
     decode_workers: int = 1
-    decode_threads: int = 0
+    decode_threads: int = 1
     queue_chunks: int = 8
     limits: DecodeLimits | None = None
     skip_unneeded: bool = True
     interpolation: str = "BILINEAR"
+    decode: str = "exact"
 
 
 @dataclass
@@ -374,12 +375,14 @@ def _decode_worker(jobs: queue.Queue, out: queue.Queue, opts: _Options, stop: th
             try:
                 reader = VideoReader(video.path, fps=opts.fps, short_side=opts.short_side, crop=opts.crop,
                                      chunk_size=opts.chunk_size, threads=opts.decode_threads, limits=opts.limits,
-                                     skip_unneeded=opts.skip_unneeded, interpolation=opts.interpolation)
+                                     skip_unneeded=opts.skip_unneeded, interpolation=opts.interpolation,
+                                     decode=opts.decode)
                 with reader:
                     for chunk in reader:
                         _put(out, ("chunk", video.idx, chunk), stop)
                     meta = {"info": reader.info, "duration": reader.duration, "truncated": reader.truncated,
-                            "damage": reader.damage_summary, "decoded": reader.n_decoded}
+                            "damage": reader.damage_summary, "decoded": reader.n_decoded,
+                            "sampling_error": reader.max_sampling_error, "decode": reader.decode}
                 _put(out, ("end", video.idx, meta), stop)
             except _Stop:
                 return
@@ -529,6 +532,7 @@ def _video_meta(v: _Video, meta: dict[str, Any], fps: float | None, extractor: E
         "frames": int(len(timestamps)), "width": int(info.display_width or info.width),
         "height": int(info.display_height or info.height), "rotation": int(info.rotation),
         "truncated": bool(meta["truncated"]), "damage": meta["damage"] or "",
+        "decode": str(meta.get("decode", "exact")), "max_sampling_error": round(float(meta.get("sampling_error", 0.0)), 6),
     }
 
 
@@ -581,7 +585,8 @@ def _progress(enabled: bool | None, total: int, label: str) -> Iterator[_NoProgr
 # ---------------------------------------------------------------------------
 
 def _options(extractor: Extractor, fps: float | None, short_side: int | None, crop: int | None, batch_size: int,
-             decode_workers: int, decode_threads: int, limits: DecodeLimits | None, skip_unneeded: bool) -> _Options:
+             decode_workers: int, decode_threads: int, limits: DecodeLimits | None, skip_unneeded: bool,
+             decode: str = "exact") -> _Options:
     pre = getattr(extractor, "preprocessing", None) or {}
     if short_side is None:
         short_side = pre.get("resize_short_side", 256)
@@ -591,10 +596,15 @@ def _options(extractor: Extractor, fps: float | None, short_side: int | None, cr
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if fps is not None and fps < 0:
         raise ValueError(f"fps must be > 0, got {fps}")
+    if decode not in DECODE_MODES:
+        raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}, got {decode!r}")
+    if decode == "keyframes" and not fps:
+        raise ValueError("decode='keyframes' needs a sampling rate (fps > 0)")
     return _Options(fps=fps, short_side=int(short_side) if short_side else None, crop=int(crop) if crop else None,
                     batch_size=int(batch_size), chunk_size=max(1, min(16, int(batch_size))),
                     decode_workers=int(decode_workers), decode_threads=int(decode_threads), limits=limits,
-                    skip_unneeded=skip_unneeded, interpolation=str(pre.get("interpolation", "bilinear")).upper())
+                    skip_unneeded=skip_unneeded, interpolation=str(pre.get("interpolation", "bilinear")).upper(),
+                    decode=decode)
 
 
 def _whitening_identity(white: Any, extractor: Extractor) -> str:
@@ -607,8 +617,8 @@ def _whitening_identity(white: Any, extractor: Extractor) -> str:
 def iter_video_features(inputs: Any, extractor: Extractor, fps: float | None = 1.0, *,
                         short_side: int | None = None, crop: int | None = None, batch_size: int = 32,
                         skip: Iterable[str] = (), failures: list[VideoFailure] | None = None,
-                        whitening: Any = None, decode_workers: int = 1, decode_threads: int = 0,
-                        limits: DecodeLimits | None = None, skip_unneeded: bool = True,
+                        whitening: Any = None, decode_workers: int = 1, decode_threads: int = 1,
+                        limits: DecodeLimits | None = None, skip_unneeded: bool = True, decode: str = "exact",
                         progress: bool | None = False) -> Iterator[tuple[str, np.ndarray, dict[str, Any]]]:
     """Extract features video by video, in process (nothing written to disk).
 
@@ -623,17 +633,22 @@ def iter_video_features(inputs: Any, extractor: Extractor, fps: float | None = 1
             failures are logged as warnings.
         whitening: a fitted :class:`dnsvr.backbones.PCAWhitening` applied after the extractor, or None.
         decode_workers: decoder threads (each decodes different videos).
-        decode_threads: FFmpeg threads per decoder (0: FFmpeg's choice).
+        decode_threads: FFmpeg threads per decoder (0: FFmpeg's choice; 1, the default, costs the least CPU,
+            which the network needs).
         limits: accepted frame sizes.
         skip_unneeded: skip decoding frames that cannot be sampled (exact; see :class:`dnsvr.video.VideoReader`).
+        decode: ``"exact"`` (each tick takes the first frame at or after it) or ``"keyframes"`` (opt-in,
+            approximate: only keyframes are decoded, each tick takes the latest keyframe at or before it; the
+            per-video ``max_sampling_error`` says how stale a frame got, in seconds).
         progress: show a progress bar (None: when stderr is a terminal).
 
     Yields:
         ``(video_id, features float32 [T, 9, D], meta)`` with meta keys ``source``, ``fps``, ``backbone``,
         ``whitening``, ``duration``, ``timestamps`` (float64 [T]), ``frames``, ``width``, ``height``,
-        ``rotation``, ``truncated``, ``damage``.
+        ``rotation``, ``truncated``, ``damage``, ``decode``, ``max_sampling_error`` (seconds; 0 when exact).
     """
-    opts = _options(extractor, fps, short_side, crop, batch_size, decode_workers, decode_threads, limits, skip_unneeded)
+    opts = _options(extractor, fps, short_side, crop, batch_size, decode_workers, decode_threads, limits, skip_unneeded,
+                    decode)
     if whitening is not None and getattr(extractor, "whitening", None) is not None:
         raise ValueError("the extractor already whitens its output; pass whitening=None or an extractor without one")
     sink: list[VideoFailure] = failures if failures is not None else []
@@ -715,7 +730,8 @@ def extract_videos(inputs: Any, output_h5: str | Path, extractor: Extractor, fps
                    fit_frames: int = 20000, whitening_file: str | Path | None = None,
                    dtype: str | np.dtype | type = "float32", short_side: int | None = None,
                    crop: int | None = None, batch_size: int = 32, decode_workers: int = 1,
-                   decode_threads: int = 0, limits: DecodeLimits | None = None, skip_unneeded: bool = True,
+                   decode_threads: int = 1, limits: DecodeLimits | None = None, skip_unneeded: bool = True,
+                   decode: str = "exact",
                    checkpoint_interval: float = 30.0, fsync: bool = True, progress: bool | None = None,
                    failures_json: str | Path | None = None) -> ExtractionReport:
     """Extract videos into an HDF5 feature file (one ``[T, 9, D]`` dataset per video id).
@@ -742,9 +758,13 @@ def extract_videos(inputs: Any, output_h5: str | Path, extractor: Extractor, fps
         dtype: ``"float32"`` or ``"float16"`` storage.
         short_side, crop: decoding geometry (default: the extractor's preprocessing).
         batch_size: frames per network call.
-        decode_workers: decoder threads; decode_threads: FFmpeg threads per decoder.
+        decode_workers: decoder threads; decode_threads: FFmpeg threads per decoder (1, the default, costs the
+            least CPU, which the network needs).
         limits: accepted frame sizes.
         skip_unneeded: skip decoding frames that cannot be sampled (exact; see :class:`dnsvr.video.VideoReader`).
+        decode: ``"exact"`` (each tick takes the first frame at or after it) or ``"keyframes"`` (opt-in,
+            approximate: only keyframes are decoded, each tick takes the latest keyframe at or before it; the
+            per-video ``max_sampling_error`` says how stale a frame got, in seconds).
         checkpoint_interval: seconds between checkpoints of the feature file.
         fsync: make every finished video durable on disk.
         progress: progress bar (None: when stderr is a terminal).
@@ -759,7 +779,8 @@ def extract_videos(inputs: Any, output_h5: str | Path, extractor: Extractor, fps
     """
     started = time.monotonic()
     output_h5 = Path(output_h5)
-    opts = _options(extractor, fps, short_side, crop, batch_size, decode_workers, decode_threads, limits, skip_unneeded)
+    opts = _options(extractor, fps, short_side, crop, batch_size, decode_workers, decode_threads, limits, skip_unneeded,
+                    decode)
     if whitening is not None and not (isinstance(whitening, str) and whitening.lower() == "none") \
             and getattr(extractor, "whitening", None) is not None:
         raise ValueError("the extractor already whitens its output; pass whitening=None or an extractor without one")
@@ -778,7 +799,8 @@ def extract_videos(inputs: Any, output_h5: str | Path, extractor: Extractor, fps
 
     base_attrs = {"backbone": extractor.backbone_name, "fps": float(fps) if fps else 0.0,
                   "short_side": opts.short_side or 0, "crop": opts.crop or 0, "dnsvr_version": __version__,
-                  "weights": _weights_name(extractor)}
+                  "weights": _weights_name(extractor), "decode": opts.decode,
+                  "precision": str(getattr(extractor, "precision", "fp32"))}
     done_ids = _complete_ids(output_h5)
     report.skipped = [vid for vid, _ in entries if vid in done_ids]
     todo = [(vid, p) for vid, p in entries if vid not in done_ids]

@@ -152,7 +152,7 @@ class FeatureFile:
 FORMAT_ATTR = "dnsvr_format"
 FORMAT_VERSION = 1
 #: Root attributes that must agree before videos are added to an existing file.
-PROVENANCE_ATTRS = ("backbone", "weights", "whitening", "dims", "fps", "short_side", "crop")
+PROVENANCE_ATTRS = ("backbone", "weights", "whitening", "dims", "fps", "short_side", "crop", "decode", "precision")
 #: HDF5 1.8 object formats: dense attribute storage (long timestamp lists), readable by every HDF5 >= 1.8.
 _LIBVER = ("v108", "v108")
 

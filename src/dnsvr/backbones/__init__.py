@@ -8,13 +8,14 @@
 
 from __future__ import annotations
 
+from dnsvr.backbones._int8 import INT8_BACKBONES
 from dnsvr.backbones.efficientnet import (
     EFFICIENTNET_LITE0_PREPROCESSING,
     EfficientNetLite0,
     default_lite0_weights,
     efficientnet_lite0,
 )
-from dnsvr.backbones.extractor import BACKBONES, FeatureExtractor
+from dnsvr.backbones.extractor import BACKBONES, PRECISIONS, FeatureExtractor
 from dnsvr.backbones.regions import l3_imac, region_pooling_params
 from dnsvr.backbones.resnet import RESNET50_PREPROCESSING, ResNet50, resnet50
 from dnsvr.backbones.whitening import PCAWhitening
@@ -25,6 +26,8 @@ __all__ = [
     "RESNET50_PREPROCESSING",
     "EfficientNetLite0",
     "FeatureExtractor",
+    "INT8_BACKBONES",
+    "PRECISIONS",
     "PCAWhitening",
     "ResNet50",
     "default_lite0_weights",

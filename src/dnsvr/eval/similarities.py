@@ -15,9 +15,13 @@ case: every query scored against the whole database) share one position array.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import logging
+import mmap
+import os
+import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +36,12 @@ try:  # optional speed-up: 3-5x faster parsing of large files
 except ImportError:  # pragma: no cover - exercised when orjson is absent
     _orjson = None
 
+try:  # optional speed-up: ISA-L's inflate, about twice as fast as zlib on large .json.gz files
+    from isal import igzip as _igzip
+    from isal import isal_zlib as _isal_zlib
+except ImportError:  # pragma: no cover - exercised when isal is absent
+    _igzip = _isal_zlib = None
+
 logger = logging.getLogger(__name__)
 
 Similarities = Mapping[str, Mapping[str, float]]
@@ -44,12 +54,31 @@ class SimilarityFileError(ValueError):
 
 
 def _read_bytes(path: Path) -> bytes:
+    data = path.read_bytes()
+    if data[:2] == b"\x1f\x8b":  # gzip magic, whatever the suffix says
+        # whole-buffer decompression (every gzip member) is faster than reading a GzipFile
+        return (_igzip if _igzip is not None else gzip).decompress(data)
+    return data
+
+
+@contextlib.contextmanager
+def _file_text(path: Path, *, inflate: bool = True) -> Iterator[bytes | mmap.mmap]:
+    """The text of a similarity file: memory-mapped when plain (no copy of a large file),
+    decompressed when gzip-compressed (or left compressed with ``inflate=False``)."""
     with open(path, "rb") as fh:
-        head = fh.read(2)
-    if head == b"\x1f\x8b":  # gzip magic, whatever the suffix says
-        with gzip.open(path, "rb") as fh:
-            return fh.read()
-    return path.read_bytes()
+        compressed = fh.read(2) == b"\x1f\x8b"
+        size = os.fstat(fh.fileno()).st_size
+        mapped = None
+        if not compressed and size > 0 and hasattr(mmap, "MAP_PRIVATE"):
+            mapped = mmap.mmap(fh.fileno(), 0, flags=mmap.MAP_PRIVATE | getattr(mmap, "MAP_POPULATE", 0),
+                               prot=mmap.PROT_READ)
+    if mapped is None:
+        yield _read_bytes(path) if inflate else path.read_bytes()
+        return
+    try:
+        yield mapped
+    finally:
+        mapped.close()
 
 
 def parse_json_bytes(data: bytes, *, source: str = "<bytes>") -> Any:
@@ -185,11 +214,10 @@ class SimilarityTable:
     """
 
     def __init__(self, similarities: Similarities | None = None, *, consume: bool = False) -> None:
-        self._index: dict[str, int] = {}
+        self._vocab = _fastjson.Vocabulary()
+        self._index: dict[str, int] = self._vocab.index
         self._rows: list[QueryResults] = []
         self._queries: dict[str, int] = {}
-        self._prev_keys: list[str] | None = None
-        self._prev_pos: np.ndarray | None = None
         if similarities is None:
             return
         for query in list(similarities.keys()):
@@ -200,7 +228,7 @@ class SimilarityTable:
             try:
                 scores = np.fromiter(res.values(), dtype=np.float64, count=len(keys))
                 valid = not np.isnan(scores).any()  # None also becomes NaN here
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 valid = False
             if not valid:
                 bad = next((k for k, v in res.items()
@@ -214,24 +242,36 @@ class SimilarityTable:
     def _append(self, query: str, keys: list[str], scores: np.ndarray) -> None:
         if query in self._queries:
             raise SimilarityFileError(f"query {query!r} appears twice")
-        index = self._index
-        qpos = index.setdefault(query, len(index))
-        if self._prev_keys is not None and (keys is self._prev_keys or keys == self._prev_keys):
-            positions = self._prev_pos
-        else:
-            missing = [k for k in dict.fromkeys(keys) if k not in index]
-            index.update(zip(missing, range(len(index), len(index) + len(missing))))
-            positions = np.fromiter(map(index.__getitem__, keys), dtype=np.int64, count=len(keys))
-            self._prev_keys, self._prev_pos = keys, positions
+        qpos = self._vocab.add(query)
+        positions = self._vocab.positions(keys)
         self._queries[query] = len(self._rows)
         self._rows.append(QueryResults(query, qpos, positions, scores))
+
+    @classmethod
+    def _from_interned(cls, ids: list[str], rows: list[tuple[str, int, np.ndarray, np.ndarray]], *,
+                       source: str) -> SimilarityTable:
+        """A table from a vocabulary and ``(query, query_pos, positions, scores)`` rows (positions
+        already in ``ids``), as the fast JSON reader and ``.npz`` files give them."""
+        table = cls()
+        table._index.update(zip(ids, range(len(ids))))
+        if len(table._index) != len(ids):
+            raise SimilarityFileError(f"{source}: duplicate ids")
+        for query, qpos, positions, scores in rows:
+            if query in table._queries or ids[qpos] != query:
+                raise SimilarityFileError(f"{source}: query {query!r} duplicated or misplaced")
+            if np.isnan(scores).any():
+                raise SimilarityFileError(f"{source}: NaN score for query {query!r}")
+            table._queries[query] = len(table._rows)
+            table._rows.append(QueryResults(query, qpos, positions, scores))
+        return table
 
     @classmethod
     def from_file(cls, path: str | Path) -> SimilarityTable:
         """Load a similarity file (``.json``, ``.json.gz`` or ``.npz``) straight into a table.
 
-        The usual shape of JSON (flat objects of numbers, no escapes) is read by a vectorised
-        reader that creates no Python object per score; anything else goes through the JSON parser.
+        The usual shape of JSON (flat objects of numbers, no escapes) is read by a fast reader
+        that creates no Python object per score (``dnsvr.eval._fastjson``: compiled, or numpy when
+        the extension is not built); anything else goes through the JSON parser.
 
         Raises:
             FileNotFoundError: if ``path`` does not exist.
@@ -242,18 +282,19 @@ class SimilarityTable:
             raise FileNotFoundError(f"file not found: {path}")
         if _is_npz(path):
             return cls.from_npz(path)
-        data = _read_bytes(path)
-        try:
-            rows = _fastjson.parse_similarities(data)
-        except _fastjson.FastPathUnavailable as exc:
-            logger.info("%s: general JSON parser (%s)", path, exc)
-        else:
-            table = cls()
-            for query, keys, scores in rows:
-                if np.isnan(scores).any():
-                    raise SimilarityFileError(f"{path}: NaN score for query {query!r}")
-                table._append(query, keys, scores)
-            return table
+        with _file_text(path, inflate=False) as text:
+            try:
+                if text[:2] == b"\x1f\x8b":  # scanned while being inflated
+                    parsed = _fastjson.parse_similarities_gzip(
+                        bytes(text), decompress=(_igzip if _igzip is not None else gzip).decompress,
+                        decompressobj=(_isal_zlib if _isal_zlib is not None else zlib).decompressobj)
+                else:
+                    parsed = _fastjson.parse_similarities(text)
+            except _fastjson.FastPathUnavailable as exc:
+                logger.info("%s: general JSON parser (%s)", path, exc)
+                data = bytes(exc.text if exc.text is not None else text)
+            else:
+                return cls._from_interned(parsed.ids, parsed.rows, source=str(path))
         sims = parse_json_bytes(data, source=str(path))
         del data
         _check_shape(sims, source=str(path))
@@ -325,21 +366,17 @@ class SimilarityTable:
             raise SimilarityFileError(f"{path}: inconsistent similarity table arrays")
         if np.isnan(scores).any():
             raise SimilarityFileError(f"{path}: NaN score")
-        table = cls()
-        table._index = {v: i for i, v in enumerate(ids)}
-        if len(table._index) != n:
-            raise SimilarityFileError(f"{path}: duplicate ids")
+        if (query_pos.size and (query_pos.min() < 0 or query_pos.max() >= n)) or np.any(np.diff(offsets) < 0):
+            raise SimilarityFileError(f"{path}: inconsistent similarity table arrays")
+        rows = []
         prev = None
         for i, query in enumerate(queries):
             pos = positions[offsets[i]:offsets[i + 1]]
             if prev is not None and np.array_equal(pos, prev):
                 pos = prev  # share one array when the queries have the same results
             prev = pos
-            if query in table._queries or ids[int(query_pos[i])] != query:
-                raise SimilarityFileError(f"{path}: query {query!r} duplicated or misplaced")
-            table._queries[query] = len(table._rows)
-            table._rows.append(QueryResults(query, int(query_pos[i]), pos, scores[offsets[i]:offsets[i + 1]]))
-        return table
+            rows.append((query, int(query_pos[i]), pos, scores[offsets[i]:offsets[i + 1]]))
+        return cls._from_interned(ids, rows, source=str(path))
 
     def to_dict(self) -> dict[str, dict[str, float]]:
         """Back to ``{query_id: {video_id: score}}``."""

@@ -1,0 +1,20 @@
+"""Compiled extensions; everything else about the package is in pyproject.toml.
+
+Each entry of EXTENSIONS is one C module. ``pip install .`` (or ``-e .``) builds them;
+in a source checkout, ``python setup.py build_ext --inplace`` puts them next to their
+Python modules under ``src/`` (where pytest imports the package from). Without them the
+package still works, through slower pure-Python/numpy fallbacks.
+"""
+
+from __future__ import annotations
+
+from setuptools import Extension, setup
+
+COMPILE_ARGS = ["-O3", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"]
+
+EXTENSIONS = [
+    # the reader of {query: {video: score}} similarity files (dnsvr.eval._fastjson)
+    Extension("dnsvr.eval._simscan", ["src/dnsvr/eval/_simscan.c"], extra_compile_args=COMPILE_ARGS),
+]
+
+setup(ext_modules=EXTENSIONS)
