@@ -36,6 +36,7 @@ from train_synthetic import make_collection  # noqa: E402
 
 from dnsvr.eval import evaluate  # noqa: E402
 from dnsvr.eval.synthetic import TRANSFORMS  # noqa: E402
+from dnsvr.search import Budget, combine, select_pairs  # noqa: E402
 from dnsvr.train.data import VideoStore  # noqa: E402
 from dnsvr.train.mining import RANDOM_NEGATIVE, MinedPairs, MiningParams, mine  # noqa: E402
 from dnsvr.train.selector import SelectorTrainConfig, train_selector  # noqa: E402
@@ -49,13 +50,16 @@ BUDGETS = ("5%", "10%", "25%", "50%", "100%")
 SEEDS = [int(s) for s in os.environ.get("DNSVR_E2E_SEEDS", "0").split(",")]
 #: The selector's label threshold: the recipe's 0.2 (``DNSVR_E2E_THRESHOLD`` measures other values).
 THRESHOLD = float(os.environ.get("DNSVR_E2E_THRESHOLD", "0.2"))
+#: The coarse student's initial output offset (``DNSVR_E2E_COARSE_BIAS=0``: the reference's zero init).
+COARSE_BIAS = float(os.environ.get("DNSVR_E2E_COARSE_BIAS", "1.0")) or None
 
 
 def configs(seed: int) -> dict[str, StudentTrainConfig]:
     return {
         "fg-att": StudentTrainConfig(type="fg-att", epochs=4, batch_size=4, seed=seed, learning_rate=1e-3),
         "fg-bin": StudentTrainConfig(type="fg-bin", epochs=4, batch_size=4, seed=seed, learning_rate=1e-3),
-        "cg": StudentTrainConfig(type="cg", epochs=20, batch_size=8, seed=seed, learning_rate=1e-4, network=CG_NET),
+        "cg": StudentTrainConfig(type="cg", epochs=20, batch_size=8, seed=seed, learning_rate=1e-4, network=CG_NET,
+                                 coarse_bias_init=COARSE_BIAS),
     }
 
 
@@ -123,8 +127,6 @@ def run_e2e(tmp_path, seed: int) -> dict:
     bundle = build_bundle(runs["fg-att"], runs["cg"], sel.output_dir, name="e2e")
     index = VideoIndex.create(tmp_path / "index", bundle)
     index.add([held_h5])
-    from dnsvr.search import Budget, combine, select_pairs
-
     n_db = len(ids)
     dns: dict[str, float] = {}
     full = {}
