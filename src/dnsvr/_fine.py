@@ -59,10 +59,12 @@ PRECISIONS: tuple[str, ...] = ("exact", "int8")
 #: The precision used when none is asked for.
 DEFAULT_PRECISION = "exact"
 
-#: Default bound on the elements of one block's region-similarity tensor (float32/int32: 4 bytes each):
-#: ~3 candidates of 60 frames, whose product and its max over regions stay in cache (blocks of 10 were
-#: ~15% slower per pair in the int8 product).
+#: Default bound on the elements of one block's int8 region product (int32: 4 bytes each): ~3 candidates
+#: of 60 frames, whose product and its max over regions stay in cache (blocks of 10 were ~15% slower per
+#: pair in the int8 product).
 DEFAULT_BLOCK_ELEMENTS = 1_000_000
+#: The same bound for float32 region products (no gain from smaller blocks measured there).
+FLOAT_BLOCK_ELEMENTS = 3_000_000
 #: Default bound on the elements of one comparator batch's first feature map (32 channels × pairs × T1 × T2).
 DEFAULT_CNN_ELEMENTS = 4_000_000
 #: Smallest video length the comparator can take (two 2×2 poolings).
@@ -593,7 +595,7 @@ def fine_similarities(query: np.ndarray | torch.Tensor,
                       comparator: FineComparator | None = None,
                       *,
                       return_matrices: bool = False,
-                      block_elements: int = DEFAULT_BLOCK_ELEMENTS,
+                      block_elements: int | None = None,
                       cnn_elements: int = DEFAULT_CNN_ELEMENTS,
                       precision: str = DEFAULT_PRECISION,
                       memory_budget: int = DEFAULT_MEMORY_BUDGET,
@@ -612,7 +614,9 @@ def fine_similarities(query: np.ndarray | torch.Tensor,
         comparator: the comparator weights; required for ``att``/``bin``.
         return_matrices: also return each pair's frame-to-frame matrix ``[T1, T2]`` (the
             region-Chamfer matrix before the comparator; used for segment alignment).
-        block_elements: bound on one region-product block (elements).
+        block_elements: bound on one region-product block (elements; default
+            :data:`DEFAULT_BLOCK_ELEMENTS` for int8 products — S^f_B, ``precision="int8"`` —
+            :data:`FLOAT_BLOCK_ELEMENTS` for float32 ones).
         cnn_elements: bound on one comparator batch's first feature map (elements).
         precision: ``"exact"`` (float32 region products; S^f_B's codes in exact int8) or
             ``"int8"`` (the float stages ``att``/``chamfer`` quantised to int8: faster, approximate;
@@ -637,6 +641,9 @@ def fine_similarities(query: np.ndarray | torch.Tensor,
     n = len(candidates)
     if n == 0:
         return np.zeros(0, dtype=np.float32), ([] if return_matrices else None)
+    if block_elements is None:
+        int8 = fine_type == "bin" or precision == "int8"
+        block_elements = DEFAULT_BLOCK_ELEMENTS if int8 else FLOAT_BLOCK_ELEMENTS
     with torch.inference_mode():
         q = _prepare(query, fine_type)
         q_mat = q.matrix()

