@@ -100,6 +100,9 @@ def student_command(
     itq: str = typer.Option("fit", help="fg-bin init: fit | published | PATH.npz | none."),
     network: str = typer.Option("{}", help="JSON of extra network arguments, e.g. '{\"netvlad_clusters\": 32}'."),
     init: Optional[Path] = typer.Option(None, help="Start from these weights (safetensors / .pth)."),
+    coarse_bias_init: Optional[float] = typer.Option(
+        1.0, help="cg: initial output LayerNorm bias (1.0 maps the untrained cosine s to s/2+0.5, the targets' "
+        "range); --coarse-bias-init 0 is the reference's init."),
     val_benchmark: Optional[str] = typer.Option(None, help="Validate every epoch on a benchmark (FIVR-5K, "
                                                 "CC_WEB_VIDEO, SVD, EVVE, custom) and keep the best epoch."),
     val_features: Optional[Path] = typer.Option(None, help="Feature file of the validation benchmark's videos."),
@@ -120,7 +123,8 @@ def student_command(
         cfg = StudentTrainConfig(type=type, epochs=epochs, batch_size=batch_size, learning_rate=lr,
                                  weight_decay=weight_decay, r_parameter=r_parameter, augmentation=augmentation,
                                  seed=seed, validation_fraction=validation_fraction, amp=amp, itq=itq,
-                                 in_memory=in_memory, network=json.loads(network))
+                                 in_memory=in_memory, network=json.loads(network),
+                                 coarse_bias_init=coarse_bias_init or None)
         validator = None
         if val_benchmark is not None:
             from dnsvr.train.validation import benchmark_validator
@@ -148,7 +152,8 @@ def selector_command(
     batch_size: int = typer.Option(64),
     lr: float = typer.Option(1e-4),
     threshold: float = typer.Option(0.2, help="Label 1 when |fine/2+0.5 - coarse| exceeds it."),
-    pairs_per_class: Optional[int] = typer.Option(None, help="Balanced samples per class and epoch."),
+    pairs_per_class: Optional[int] = typer.Option(None, help="Balanced samples per class and epoch (default: the "
+                                                  "smaller class's size, as the reference)."),
     seed: int = typer.Option(0),
     validation_fraction: float = typer.Option(0.0),
     in_memory: Optional[bool] = typer.Option(None, "--in-memory/--stream",

@@ -43,7 +43,9 @@ class SelectorTrainConfig:
         learning_rate: Adam lr.
         weight_decay: Adam weight decay.
         threshold: label 1 when the fine and coarse similarities differ by more than this.
-        pairs_per_class: pairs drawn per class and epoch (default: the size of the larger class).
+        pairs_per_class: pairs drawn per class and epoch. Default: the size of the smaller class — the
+            reference's balanced sampling (the larger class is subsampled afresh each epoch, no pair
+            repeats); a larger value oversamples the smaller class with replacement.
         seed: seeds the initial weights and the sampling.
         max_frames: videos are cut to this many frames.
         validation_fraction: share of pairs held out (accuracy / F1 per epoch; best F1 kept).
@@ -150,7 +152,7 @@ def train_selector(pairs: str | Path | MinedPairs, features: str | Path, output_
     cls = [train_idx[labels[train_idx] == c] for c in (0, 1)]
     if any(len(c) == 0 for c in cls):
         raise ValueError("selector: a label class has no training pair after the validation split")
-    per_class = config.pairs_per_class or max(len(c) for c in cls)
+    per_class = config.pairs_per_class or min(len(c) for c in cls)
 
     torch.manual_seed(config.seed)
     dims = store.dims

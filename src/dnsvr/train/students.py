@@ -11,6 +11,15 @@ the coarse student is sensitive to it); the coarse student's targets are mapped
 from [-1, 1] to [0, 1] (``s/2 + 0.5``). The binarization student starts from an
 ITQ projection.
 
+One deliberate difference from the reference's initialisation: the coarse student's final
+LayerNorm bias starts at ``coarse_bias_init`` (1.0) instead of 0. The LayerNorm output has zero
+mean over its dimensions, so a constant bias ``b`` turns the student's cosine ``s`` of the centred
+vectors into ``(s + b²) / (1 + b²)``; with ``b = 1`` that is ``s/2 + 0.5`` — exactly the mapping of
+its targets. An untrained student then already speaks in the targets' range (same ranking, lower L1)
+and training spends its steps on the ranking instead of first learning a large shared offset; in
+short runs that offset phase scrambled the untrained ranking (see README, "What training achieves").
+``coarse_bias_init=None`` keeps the reference's zero bias.
+
 Output folder of :func:`train_student`::
 
     last/              checkpoint after the latest epoch (model, optimizer, RNG, state.json)
@@ -112,6 +121,8 @@ class StudentTrainConfig:
         in_memory: load the whole feature file into memory (default: when smaller than 4 GiB).
         itq: fg-bin initialisation: ``"fit"`` (on the collection), ``"published"``, a ``.npz`` path, or ``"none"``.
         network: extra constructor arguments of the student network.
+        coarse_bias_init: initial value of the coarse student's final LayerNorm bias (1.0 maps its
+            untrained cosine ``s`` to ``s/2 + 0.5``, the range of its targets); ``None``: the reference's 0.
     """
 
     type: str = "fg-att"
@@ -128,9 +139,28 @@ class StudentTrainConfig:
     in_memory: bool | None = None
     itq: str = "fit"
     network: dict[str, Any] = field(default_factory=dict)
+    coarse_bias_init: float | None = 1.0
 
     def lr(self) -> float:
         return float(self.learning_rate if self.learning_rate is not None else DEFAULT_LR[self.type])
+
+
+def initial_student(config: StudentTrainConfig, dims: int) -> torch.nn.Module:
+    """The student a training run starts from (seeded by ``config.seed``): :func:`build_student`, plus the
+    coarse student's output offset (``config.coarse_bias_init``, see the module docstring).
+
+    Also the fair "untrained" baseline of a run: the same weights training begins with.
+    """
+    torch.manual_seed(config.seed)
+    model = build_student(config.type, dims, **config.network)
+    if not is_fine(config.type) and config.coarse_bias_init is not None:
+        netvlad = getattr(model, "netvlad", None)
+        if netvlad is None:
+            logger.info("coarse student without NetVLAD: no output LayerNorm, coarse_bias_init is not applied")
+        else:
+            with torch.no_grad():
+                netvlad.norm.bias.fill_(float(config.coarse_bias_init))
+    return model
 
 
 @dataclass
@@ -301,8 +331,7 @@ def train_student(pairs: str | Path | MinedPairs, features: str | Path, output_d
     val_set = TripletDataset(pairs, store, coarse_targets=coarse, augmentation=False, seed=config.seed,
                              anchors=val_anchors) if val_anchors else None
 
-    torch.manual_seed(config.seed)
-    model = build_student(config.type, dims, **config.network)
+    model = initial_student(config, dims)
     init_info: dict[str, Any] = {}
     if init_state is not None:
         model.load_state_dict(init_state, strict=True)
