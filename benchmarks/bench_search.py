@@ -433,9 +433,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2,
                     help="torch threads (2 = the issue's setting; results of other counts are stored under "
                          "keys suffixed _threadsN)")
+    ap.add_argument("--key-suffix", default="",
+                    help="suffix for the JSON keys of this run (e.g. _vs_0fe4295: keeps the main records)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    suffix = "" if args.threads == 2 else f"_threads{args.threads}"
+    suffix = ("" if args.threads == 2 else f"_threads{args.threads}") + args.key_suffix
 
 
     try:
