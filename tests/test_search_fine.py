@@ -70,7 +70,7 @@ def test_batched_matches_network_per_pair(fine_type):
     for block in (10_000_000, 3_000):
         got, mats = fine_similarities(q_idx.numpy(), [c.numpy() for c in c_idx], fine_type, comp,
                                       return_matrices=True, block_elements=block, cnn_elements=50_000)
-        np.testing.assert_allclose(got, expected, atol=1e-4)
+        np.testing.assert_allclose(got, expected, atol=1e-5)
         assert [m.shape for m in mats] == [(23, n) for n in lengths]
 
 
