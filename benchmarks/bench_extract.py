@@ -211,22 +211,13 @@ def bench_int8_fidelity(video: Path, workdir: Path) -> dict:
     import torch
 
     from dnsvr.backbones import FeatureExtractor
+    from dnsvr.backbones._int8 import random_weights_scaled_on
     from dnsvr.extract import iter_video_features
     from dnsvr.nn.similarity import chamfer_video_similarity
 
     frames = np.concatenate([c.frames for c in decode_frames(video, fps=2.0)])
     torch.manual_seed(0)
-    base = FeatureExtractor("resnet50", weights="random", fold_batchnorm=False)
-    net = base.net
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.reset_running_stats()
-            m.momentum = None
-    net.train()
-    with torch.no_grad():
-        for s in range(0, min(len(frames), 32), 8):
-            net.forward_stages(base.normalize(frames[s:s + 8]))
-    weights = net.state_dict()
+    weights = random_weights_scaled_on(frames[:32], "resnet50", batch_size=8)
     fp32 = FeatureExtractor("resnet50", weights=weights)
     int8 = FeatureExtractor("resnet50", weights=weights, precision="int8")
     int8.calibrate(frames[:32])

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dnsvr.backbones import INT8_BACKBONES, FeatureExtractor
-from dnsvr.backbones._int8 import int8_available, plain_stages
+from dnsvr.backbones._int8 import int8_available, plain_stages, random_weights_scaled_on
 
 pytestmark = pytest.mark.skipif(not int8_available(), reason="this torch build has no quantized x86 kernels")
 
@@ -20,19 +20,6 @@ def _frames(n: int = 12, size: int = 64, seed: int = 0) -> np.ndarray:
     return np.clip(up + rng.normal(0, 12, size=up.shape), 0, 255).astype(np.uint8)
 
 
-def _calibrated_random_resnet(frames: np.ndarray) -> dict[str, torch.Tensor]:
-    """Random ResNet-50 weights whose batch-norm statistics are estimated on frames, so that activations are
-    scaled layer by layer as in a trained network (raw random weights make quantization meaningless)."""
-    ex = FeatureExtractor("resnet50", weights="random", fold_batchnorm=False)
-    net = ex.net
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.reset_running_stats()
-            m.momentum = None
-    net.train()
-    with torch.no_grad():
-        net.forward_stages(ex.normalize(frames))
-    return net.state_dict()
 
 
 def test_plain_graph_equals_the_folded_network():
@@ -47,7 +34,7 @@ def test_plain_graph_equals_the_folded_network():
 
 def test_int8_regions_stay_close_to_fp32_and_calibrate_once():
     frames = _frames(16)
-    weights = _calibrated_random_resnet(frames[:8])
+    weights = random_weights_scaled_on(frames[:8])
     fp32 = FeatureExtractor("resnet50", weights=weights)
     int8 = FeatureExtractor("resnet50", weights=weights, precision="int8", calibration_frames=8)
     a, b = fp32(frames[8:]), int8(frames[8:])                   # calibrates on the first 8 frames it sees

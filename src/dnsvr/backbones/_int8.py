@@ -38,6 +38,35 @@ logger = logging.getLogger(__name__)
 INT8_BACKBONES = ("resnet50",)
 
 
+def random_weights_scaled_on(frames: torch.Tensor | Sequence, backbone: str = "resnet50",
+                             batch_size: int = 8) -> dict[str, torch.Tensor]:
+    """Random weights whose batch-norm statistics are estimated on ``frames``, for int8 checks without
+    the ImageNet weights (raw random weights make quantization meaningless: their activations are not
+    scaled layer by layer as a trained network's are).
+
+    Args:
+        frames: uint8 RGB frames [N, H, W, 3] (numpy array or tensor).
+        backbone: a name in :data:`dnsvr.backbones.BACKBONES`.
+        batch_size: frames per forward pass while estimating the statistics.
+
+    Returns:
+        The state dict (unfolded batch norm), loadable by ``FeatureExtractor(backbone, weights=...)``.
+    """
+    from dnsvr.backbones.extractor import FeatureExtractor  # the extractor imports this module
+
+    ex = FeatureExtractor(backbone, weights="random", fold_batchnorm=False)
+    net = ex.net
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average over every batch
+    net.train()
+    with torch.no_grad():
+        for s in range(0, len(frames), batch_size):
+            net.forward_stages(ex.normalize(frames[s:s + batch_size]))
+    return net.state_dict()
+
+
 @contextmanager
 def _quiet() -> Iterator[None]:
     with warnings.catch_warnings():
