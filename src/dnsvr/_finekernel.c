@@ -29,9 +29,9 @@
  * of one step are at constant offsets; a frame with R not a multiple of 9 is split into chunks of 9
  * rows, the last one filled up with copies of its first row (a copy does not change a maximum).
  *
- * Cache blocking: each thread takes a contiguous run of candidate frames; it converts them ~128 KB at
- * a time and runs them against the query in blocks of whole frames and whole 32-row tiles (~400 KB),
- * both held in the per-core L2 cache. Threads: POSIX threads (no OpenMP: torch carries its own
+ * Cache blocking: each thread takes runs of candidate frames as they come (an atomic counter: a thread
+ * that gets more of a shared CPU does more), converts a run (at most ~128 KB) and runs it against the
+ * query in blocks of whole frames and whole 32-row tiles (~400 KB), both held in the per-core L2 cache. Threads: POSIX threads (no OpenMP: torch carries its own
  * runtime), the GIL released for the whole computation.
  *
  * The AVX-512 code is compiled per function (target attributes) and chosen at run time: supported()
@@ -43,6 +43,7 @@
 
 #include <immintrin.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,12 +69,13 @@ typedef struct {
     const int64_t *fcol;        /* per real candidate frame: its output column */
     float *out;
     int64_t ldo; /* out[i * ldo + column] */
+    int64_t nframes, grab; /* real candidate frames; frames a thread takes at a time */
+    atomic_llong next;     /* the first frame not taken yet */
 } Job;
 
 typedef struct {
-    const Job *job;
-    int64_t f0, f1; /* this thread's candidate frames */
-    int failed;     /* scratch allocation failed */
+    Job *job;
+    int failed; /* scratch allocation failed */
 } Slice;
 
 static void *alloc64(size_t bytes) {
@@ -236,42 +238,48 @@ TARGET static float convert_frame(const Job *job, const uint8_t *src, int8_t *ro
 
 TARGET static void *run_slice(void *arg) {
     Slice *s = (Slice *)arg;
-    const Job *job = s->job;
+    Job *job = s->job;
     const int regions = job->regions, k4 = job->k4, chunks = job->chunks;
     const size_t frame_bytes = (size_t)chunks * k4 * MR * 4;
-    int64_t per_chunk = (int64_t)(CAND_CHUNK_BYTES / frame_bytes);
-    if (per_chunk < 1) per_chunk = 1;
+    const int64_t per_chunk = job->grab;
     const int64_t block_rows = job->qblock_rows;
     int8_t *cbuf = alloc64((size_t)per_chunk * frame_bytes);
     int32_t *corr = malloc(sizeof(int32_t) * (size_t)per_chunk * chunks * MR);
     float *scales = malloc(sizeof(float) * (size_t)per_chunk);
     int8_t *rowbuf = alloc64((size_t)regions * 4 * k4);
     int32_t *sums = malloc(sizeof(int32_t) * (size_t)regions);
-    int32_t *rowmax = alloc64(sizeof(int32_t) * (size_t)(block_rows + NR));
+    const size_t ldm = (size_t)(block_rows + NR); /* rowmax: one row of maxima per frame of the run */
+    int32_t *rowmax = alloc64(sizeof(int32_t) * ldm * (size_t)per_chunk);
     if (!cbuf || !corr || !scales || !rowbuf || !sums || !rowmax) {
         s->failed = 1;
         goto done;
     }
-    for (int64_t g0 = s->f0; g0 < s->f1; g0 += per_chunk) {
-        const int64_t nf = s->f1 - g0 < per_chunk ? s->f1 - g0 : per_chunk;
+    /* runs of frames taken as they come (a thread that gets more of the CPU does more of the work) */
+    for (;;) {
+        const int64_t g0 = (int64_t)atomic_fetch_add(&job->next, (long long)per_chunk);
+        if (g0 >= job->nframes) break;
+        const int64_t nf = job->nframes - g0 < per_chunk ? job->nframes - g0 : per_chunk;
         for (int64_t j = 0; j < nf; j++)
             scales[j] = convert_frame(job, job->fsrc[g0 + j], rowbuf, sums, cbuf + (size_t)j * frame_bytes,
                                       corr + (size_t)j * chunks * MR);
         for (int64_t b0 = 0; b0 < job->qrows; b0 += block_rows) {
             const int64_t b1 = b0 + block_rows < job->qrows ? b0 + block_rows : job->qrows;
-            for (int64_t j = 0; j < nf; j++) {
-                const int8_t *frame = cbuf + (size_t)j * frame_bytes;
-                const int32_t *fcorr = corr + (size_t)j * chunks * MR;
-                for (int64_t t0 = b0; t0 < b1; t0 += NR) {
-                    const uint8_t *qp = job->qpack + (size_t)(t0 / NR) * k4 * NR * 4;
+            /* a query tile (16 KB at D = 512) stays in L1 while the run's frames stream from L2 */
+            for (int64_t t0 = b0; t0 < b1; t0 += NR) {
+                const uint8_t *qp = job->qpack + (size_t)(t0 / NR) * k4 * NR * 4;
+                for (int64_t j = 0; j < nf; j++) {
+                    const int8_t *frame = cbuf + (size_t)j * frame_bytes;
+                    const int32_t *fcorr = corr + (size_t)j * chunks * MR;
                     for (int c = 0; c < chunks; c++)
-                        micro_tile(qp, frame + (size_t)c * k4 * MR * 4, k4, fcorr + c * MR, rowmax + (t0 - b0),
-                                   c == 0);
+                        micro_tile(qp, frame + (size_t)c * k4 * MR * 4, k4, fcorr + c * MR,
+                                   rowmax + j * ldm + (t0 - b0), c == 0);
                 }
+            }
+            for (int64_t j = 0; j < nf; j++) {
                 /* the mean over each query frame's regions (block bounds are frame bounds) */
                 float *out = job->out + job->fcol[g0 + j];
                 for (int64_t i = b0 / regions; i < b1 / regions; i++) {
-                    const int32_t *mx = rowmax + (i * regions - b0);
+                    const int32_t *mx = rowmax + j * ldm + (i * regions - b0);
                     if (job->kind == KIND_BITS) {
                         int32_t total = 0;
                         for (int r = 0; r < regions; r++) total += mx[r];
@@ -296,15 +304,28 @@ done:
     return NULL;
 }
 
-/* The query (int8 [qrows, dims]) biased to u8 in [tiles][k4][NR][4]; rows beyond qrows and dims are 0. */
-static void pack_query(const int8_t *q, int64_t qrows, int dims, int k4, int bias, uint8_t *dst) {
+/* The query (int8 [qrows, dims]) biased to u8 in [tiles][k4][NR][4]; rows beyond qrows and dims are 0.
+ * Returns -1 when out of memory. */
+TARGET static int pack_query(const int8_t *q, int64_t qrows, int dims, int k4, int bias, uint8_t *dst) {
     const int64_t tiles = (qrows + NR - 1) / NR;
     memset(dst, 0, (size_t)tiles * k4 * NR * 4);
+    uint8_t *row = alloc64((size_t)k4 * 4 + 64);
+    if (!row) return -1;
+    const __m512i vbias = _mm512_set1_epi8((char)bias);
     for (int64_t i = 0; i < qrows; i++) {
+        const int8_t *src = q + (size_t)i * dims;
+        memset(row, 0, (size_t)k4 * 4);
+        for (int d = 0; d < dims; d += 64) {
+            const int left = dims - d < 64 ? dims - d : 64;
+            const __mmask64 m = left >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << left) - 1);
+            const __m512i x = _mm512_maskz_loadu_epi8(m, (const void *)(src + d));
+            _mm512_mask_storeu_epi8((void *)(row + d), m, _mm512_add_epi8(x, vbias));
+        }
         uint8_t *base = dst + (size_t)(i / NR) * k4 * NR * 4 + (size_t)(i % NR) * 4;
-        const int8_t *row = q + (size_t)i * dims;
-        for (int d = 0; d < dims; d++) base[(size_t)(d / 4) * NR * 4 + d % 4] = (uint8_t)(row[d] + bias);
+        for (int k = 0; k < k4; k++) memcpy(base + (size_t)k * NR * 4, row + 4 * k, 4);
     }
+    free(row);
+    return 0;
 }
 
 static int64_t gcd64(int64_t a, int64_t b) {
@@ -465,27 +486,34 @@ static PyObject *region_chamfer(PyObject *self, PyObject *args) {
     job.out = out;
     job.ldo = total_cols;
     if (threads > MAX_THREADS) threads = MAX_THREADS;
+    job.nframes = real_frames;
+    atomic_init(&job.next, 0);
     {
         /* no more threads than ~1 M multiply-adds each would pay for */
         const int64_t work = real_frames * qrows * regions * (int64_t)dims;
         const int64_t by_work = work / (1 << 22) + 1;
         if (threads > by_work) threads = (int)by_work;
         if (threads > real_frames) threads = (int)(real_frames ? real_frames : 1);
+        /* runs of frames: at most ~CAND_CHUNK_BYTES converted, and ~8 runs per thread to balance */
+        const int64_t converted_bytes = (int64_t)job.chunks * k4 * MR * 4; /* one frame, converted */
+        int64_t grab = CAND_CHUNK_BYTES / converted_bytes;
+        const int64_t share = (real_frames + 8 * threads - 1) / (8 * threads);
+        if (grab > share) grab = share;
+        job.grab = grab < 1 ? 1 : grab;
     }
     Slice slices[MAX_THREADS];
     pthread_t tids[MAX_THREADS];
     int started[MAX_THREADS] = {0};
     int failed = 0;
     Py_BEGIN_ALLOW_THREADS
-    pack_query((const int8_t *)qbuf.buf, qrows, dims, k4, job.bias, qpack);
+    failed = pack_query((const int8_t *)qbuf.buf, qrows, dims, k4, job.bias, qpack) != 0;
     for (int t = 0; t < threads; t++) {
         slices[t].job = &job;
-        slices[t].f0 = real_frames * t / threads;
-        slices[t].f1 = real_frames * (t + 1) / threads;
         slices[t].failed = 0;
     }
+    if (failed) threads = 0;
     for (int t = 1; t < threads; t++) started[t] = pthread_create(&tids[t], NULL, run_slice, &slices[t]) == 0;
-    run_slice(&slices[0]);
+    if (threads) run_slice(&slices[0]);
     for (int t = 1; t < threads; t++) {
         if (started[t])
             pthread_join(tids[t], NULL);
@@ -493,7 +521,7 @@ static PyObject *region_chamfer(PyObject *self, PyObject *args) {
             run_slice(&slices[t]); /* no thread: this one does its share */
         failed |= slices[t].failed;
     }
-    failed |= slices[0].failed;
+    if (threads) failed |= slices[0].failed;
     Py_END_ALLOW_THREADS
     if (failed) {
         PyErr_NoMemory();
