@@ -271,3 +271,27 @@ def test_bad_input_raises() -> None:
             k.region_chamfer(q_mat.numpy(), None, [raw[:, :, ::2]], [5], out, 0, 9, 64, 2)
         with pytest.raises(TypeError):  # read-only output
             k.region_chamfer(q_mat.numpy(), None, [raw], [5], b"\0" * out.nbytes, 0, 9, 64, 2)
+
+
+@needs_kernel
+@pytest.mark.parametrize("b,h,w", [(1, 4, 4), (3, 61, 37), (2, 5, 130), (5, 60, 60), (2, 2, 3), (1, 4, 5)])
+def test_conv1_pool_bit_identical(b, h, w) -> None:
+    """The comparator's conv1 + pooling in C equals the matrix-product version bit for bit, masks included."""
+    torch.manual_seed(b * h + w)
+    comp = FineComparator(FineGrainedStudent(binarization=True).eval())
+    sim = torch.randn(b, h, w) * 0.3
+    valid = torch.tensor([max(1, (w // 2) - k) for k in range(b)])
+    with torch.inference_mode():
+        ref = _fine._conv1_pool(sim, comp._w1p, comp.w["conv1.bias"])
+        got = _fine._kernel_conv1_pool(sim, comp._w1p, comp.w["conv1.bias"], None)
+        assert got.shape == ref.shape and torch.equal(got, ref)
+        masked = _fine._kernel_conv1_pool(sim, comp._w1p, comp.w["conv1.bias"], valid)
+        cols = torch.arange(w // 2)
+        expected = ref * (cols[None, :] < valid[:, None]).float()[:, None, None, :]
+        assert torch.equal(masked, expected)
+    with pytest.raises(ValueError, match="buffer sizes"):
+        _fine._KERNEL.conv1_pool(sim.numpy(), comp._w1p.numpy(), comp.w["conv1.bias"].numpy(), None,
+                                 np.empty((b, h // 2, w // 2, 16), np.float32), 32, b, h, w, 1)
+    with pytest.raises(ValueError, match="valid"):
+        _fine._KERNEL.conv1_pool(sim.numpy(), comp._w1p.numpy(), comp.w["conv1.bias"].numpy(), np.zeros(b + 1),
+                                 np.empty((b, h // 2, w // 2, 32), np.float32), 32, b, h, w, 1)

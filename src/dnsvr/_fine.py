@@ -195,9 +195,16 @@ class FineComparator:
         # inside that area only reads valid positions).
         # channels-last throughout: oneDNN's fast layout for these convolutions, and max-pooling a
         # 32-channel map is ~10x faster in it than in NCHW.
-        x = _conv1_pool(sim, self._w1p, w["conv1.bias"])  # [B, 32, H // 2, W // 2], channels-last
         w1 = widths // 2
-        x = colmask(x, w1)
+        positions = sim.shape[0] * (sim.shape[1] // 2) * (sim.shape[2] // 2)
+        if _KERNEL is not None and sim.dtype == torch.float32 and positions >= 2:
+            # the same arithmetic in C (each window times each phase's kernel, fused multiply-adds in the
+            # window's order, as the matrix product sums them: bit-identical — except for a product of one
+            # row, which MKL sums in another order; the comparator never has one), the column mask included
+            x = _kernel_conv1_pool(sim, self._w1p, w["conv1.bias"], None if full else w1)
+        else:
+            x = _conv1_pool(sim, self._w1p, w["conv1.bias"])  # [B, 32, H // 2, W // 2], channels-last
+            x = colmask(x, w1)
         x = fused_conv(self._convs[0], x, "relu")
         w2 = w1 // 2
         x = colmask(_max_pool2(x), w2)
@@ -235,6 +242,25 @@ def _conv1_pool(sim: torch.Tensor, w_phase: torch.Tensor, bias: torch.Tensor) ->
     windows = xp.as_strided((b, ho, wo, 4, 4), (s0, 2 * s1, 2, s1, 1)).reshape(b * ho * wo, 16)
     y = torch.mm(windows, w_phase).view(b * ho * wo, 4, c).amax(1)
     return y.add_(bias).relu_().view(b, ho, wo, c).permute(0, 3, 1, 2)
+
+
+def _kernel_conv1_pool(sim: torch.Tensor, w_phase: torch.Tensor, bias: torch.Tensor,
+                       valid: torch.Tensor | None) -> torch.Tensor:
+    """:func:`_conv1_pool` (then the mask of pooled columns ``>= valid``, when given) in C (``dnsvr._finekernel``).
+
+    The same products summed in the same order as the matrix product of :func:`_conv1_pool` (one fused
+    multiply-add per nonzero tap of the 4×4 window, in window order), so the result is bit-identical; no
+    window matrix, no separate max, bias and ReLU passes.
+    """
+    b, h, w = sim.shape
+    c = w_phase.shape[1] // 4
+    sim = sim.contiguous()
+    out = torch.empty((b, h // 2, w // 2, c), dtype=torch.float32)
+    if valid is not None:
+        valid = valid.to(torch.int64).contiguous()
+    _KERNEL.conv1_pool(sim.numpy(), w_phase.contiguous().numpy(), bias.contiguous().numpy(),  # type: ignore[union-attr]
+                       None if valid is None else valid.numpy(), out.numpy(), c, b, h, w, torch.get_num_threads())
+    return out.permute(0, 3, 1, 2)
 
 
 def _max_pool2(x: torch.Tensor) -> torch.Tensor:

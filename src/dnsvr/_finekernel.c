@@ -542,9 +542,152 @@ done:
     return result;
 }
 
+/* ------------------------------------------------------------------ comparator: conv1 + 2x2 max-pooling */
+
+typedef struct {
+    const float *sim;    /* [B, H, W] */
+    const float *wphase; /* [16, 4C]: conv1's 3x3 kernel at the 4 phases of a 4x4 window (row k = 4·wr + wc) */
+    const float *bias;   /* [C] */
+    const int64_t *valid; /* [B] pooled columns to keep (the rest are zeroed), or NULL */
+    float *out;          /* [B, ho, wo, C] */
+    int64_t batch, h, w, ho, wo;
+    int channels;
+    atomic_llong next; /* next (pair, pooled row) to take */
+} Conv1Job;
+
+/* One pooled row of one pair: for each pooled column, the 4x4 input window (zero outside the matrix) times
+ * each phase's kernel, summed in the order of the window (row-major) with one fused multiply-add per nonzero
+ * tap, the max over the phases, then bias and ReLU. */
+TARGET static void conv1_row(const Conv1Job *job, int64_t b, int64_t i) {
+    const int64_t h = job->h, w = job->w, wo = job->wo;
+    const int c16 = job->channels / 16, ldw = 4 * job->channels;
+    const float *sim = job->sim + b * h * w;
+    float *out = job->out + ((b * job->ho + i) * wo) * job->channels;
+    const int64_t keep = job->valid ? job->valid[b] : wo;
+    for (int64_t j = 0; j < wo; j++) {
+        float win[16];
+        for (int wr = 0; wr < 4; wr++) {
+            const int64_t y = 2 * i - 1 + wr;
+            for (int wc = 0; wc < 4; wc++) {
+                const int64_t x = 2 * j - 1 + wc;
+                win[4 * wr + wc] = (y >= 0 && y < h && x >= 0 && x < w) ? sim[y * w + x] : 0.0f;
+            }
+        }
+        float *o = out + j * job->channels;
+        for (int cb = 0; cb < c16; cb++) {
+            if (j >= keep) {
+                _mm512_storeu_ps(o + 16 * cb, _mm512_setzero_ps());
+                continue;
+            }
+            __m512 best = _mm512_set1_ps(-__builtin_inff());
+            for (int p = 0; p < 4; p++) {
+                const int dy = p >> 1, dx = p & 1;
+                const float *wp = job->wphase + p * job->channels + 16 * cb;
+                __m512 acc = _mm512_setzero_ps();
+                for (int ky = 0; ky < 3; ky++)
+                    for (int kx = 0; kx < 3; kx++) {
+                        const int k = 4 * (dy + ky) + dx + kx;
+                        acc = _mm512_fmadd_ps(_mm512_set1_ps(win[k]), _mm512_loadu_ps(wp + (size_t)k * ldw), acc);
+                    }
+                best = _mm512_max_ps(best, acc);
+            }
+            best = _mm512_add_ps(best, _mm512_loadu_ps(job->bias + 16 * cb));
+            _mm512_storeu_ps(o + 16 * cb, _mm512_max_ps(best, _mm512_setzero_ps()));
+        }
+    }
+}
+
+TARGET static void *conv1_worker(void *arg) {
+    Conv1Job *job = (Conv1Job *)arg;
+    const int64_t total = job->batch * job->ho;
+    for (;;) {
+        const int64_t r = (int64_t)atomic_fetch_add(&job->next, 1LL);
+        if (r >= total) break;
+        conv1_row(job, r / job->ho, r % job->ho);
+    }
+    return NULL;
+}
+
+PyDoc_STRVAR(conv1_pool_doc,
+             "conv1_pool(sim, wphase, bias, valid, out, channels, batch, h, w, threads)\n\n"
+             "relu(max_pool2d(conv2d(sim, w1, b1, padding=1), 2)) of float32 sim [B, H, W] into float32\n"
+             "out [B, H//2, W//2, C] (channels-last); wphase float32 [16, 4C] (dnsvr._fine._phase_weight),\n"
+             "bias float32 [C]; valid: int64 [B] pooled columns kept per pair (the rest zero) or None.");
+
+static PyObject *conv1_pool(PyObject *self, PyObject *args) {
+    Py_buffer sbuf = {0}, wbuf = {0}, bbuf = {0}, vbuf = {0}, obuf = {0};
+    PyObject *valid_obj, *result = NULL;
+    int channels, threads;
+    long long batch, h, w;
+    int have_valid = 0;
+    if (!PyArg_ParseTuple(args, "y*y*y*Ow*iLLLi", &sbuf, &wbuf, &bbuf, &valid_obj, &obuf, &channels, &batch, &h,
+                          &w, &threads))
+        return NULL;
+    if (!cpu_supported()) {
+        PyErr_SetString(PyExc_RuntimeError, "this CPU lacks AVX-512: use the torch engine");
+        goto done;
+    }
+    if (channels < 16 || channels % 16 || batch < 0 || h < 2 || w < 2 || threads < 1 || h > (1LL << 30) ||
+        w > (1LL << 30) || batch > (1LL << 30)) {
+        PyErr_Format(PyExc_ValueError, "bad arguments: channels %d, batch %lld, h %lld, w %lld, threads %d",
+                     channels, batch, h, w, threads);
+        goto done;
+    }
+    const int64_t ho = h / 2, wo = w / 2;
+    if (sbuf.len != (Py_ssize_t)(batch * h * w * 4) || wbuf.len != (Py_ssize_t)(16 * 4 * channels * 4) ||
+        bbuf.len != (Py_ssize_t)(channels * 4) || obuf.len != (Py_ssize_t)(batch * ho * wo * channels * 4)) {
+        PyErr_Format(PyExc_ValueError, "conv1_pool: buffer sizes %zd, %zd, %zd, %zd do not fit batch %lld, "
+                     "%lld x %lld, %d channels", sbuf.len, wbuf.len, bbuf.len, obuf.len, batch, h, w, channels);
+        goto done;
+    }
+    if (valid_obj != Py_None) {
+        if (PyObject_GetBuffer(valid_obj, &vbuf, PyBUF_SIMPLE) < 0) goto done;
+        have_valid = 1;
+        if (vbuf.len != (Py_ssize_t)(batch * 8)) {
+            PyErr_Format(PyExc_ValueError, "valid has %zd bytes, expected int64 [%lld]", vbuf.len, batch);
+            goto done;
+        }
+    }
+    Conv1Job job;
+    job.sim = (const float *)sbuf.buf;
+    job.wphase = (const float *)wbuf.buf;
+    job.bias = (const float *)bbuf.buf;
+    job.valid = have_valid ? (const int64_t *)vbuf.buf : NULL;
+    job.out = (float *)obuf.buf;
+    job.batch = batch;
+    job.h = h;
+    job.w = w;
+    job.ho = ho;
+    job.wo = wo;
+    job.channels = channels;
+    atomic_init(&job.next, 0);
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    {
+        const int64_t rows = batch * ho, by_work = rows * wo / 4096 + 1;
+        if (threads > by_work) threads = (int)by_work;
+    }
+    pthread_t tids[MAX_THREADS];
+    int started[MAX_THREADS] = {0};
+    Py_BEGIN_ALLOW_THREADS
+    for (int t = 1; t < threads; t++) started[t] = pthread_create(&tids[t], NULL, conv1_worker, &job) == 0;
+    conv1_worker(&job);
+    for (int t = 1; t < threads; t++)
+        if (started[t]) pthread_join(tids[t], NULL);
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+done:
+    if (have_valid) PyBuffer_Release(&vbuf);
+    PyBuffer_Release(&sbuf);
+    PyBuffer_Release(&wbuf);
+    PyBuffer_Release(&bbuf);
+    PyBuffer_Release(&obuf);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"supported", supported, METH_NOARGS, supported_doc},
     {"region_chamfer", region_chamfer, METH_VARARGS, region_chamfer_doc},
+    {"conv1_pool", conv1_pool, METH_VARARGS, conv1_pool_doc},
     {NULL, NULL, 0, NULL},
 };
 
