@@ -28,7 +28,7 @@
  * step of 4 dimensions). A candidate frame is converted to int8 rows (row-major, D padded to 4; the 9
  * broadcasts of one step address 3 moving pointers plus 1 or 2 row strides: no transposition); a frame
  * with R not a multiple of 9 is split into chunks of 9 rows, the last one filled up with copies of its
- * first row (a copy does not change a maximum). The float32 variant uses [D][9 rows] candidate chunks.
+ * first row (a copy does not change a maximum). The float32 variant does the same with float32 rows.
  *
  * Cache blocking: each thread takes runs of candidate frames as they come (an atomic counter: a thread
  * that gets more of a shared CPU does more), converts a run (at most ~128 KB) and runs it against the
@@ -302,22 +302,26 @@ done:
 
 /* 32 query rows against MR candidate rows in float32: D steps of 2 loads, 9 broadcasts, 18 FMAs; the max over
  * the chunk's rows, stored or max-combined into dst[0..31]. */
-TARGET static inline void micro_tile_f32(const float *qp, const float *cb, int dims, float *dst, int first) {
+TARGET static inline void micro_tile_f32(const float *qp, const float *cb, size_t ks, int dims, float *dst,
+                                         int first) {
 #define ZERO2(m) __m512 a##m##0 = _mm512_setzero_ps(), a##m##1 = _mm512_setzero_ps()
     ZERO2(0); ZERO2(1); ZERO2(2); ZERO2(3); ZERO2(4); ZERO2(5); ZERO2(6); ZERO2(7); ZERO2(8);
 #undef ZERO2
     for (int d = 0; d < dims; d++) {
         const __m512 q0 = _mm512_load_ps(qp + (size_t)d * NR);
         const __m512 q1 = _mm512_load_ps(qp + (size_t)d * NR + 16);
-        const float *c = cb + (size_t)d * MR;
+        /* row-major candidate rows (stride ks floats): rows 0-2 from p0, 3-5 from p3, 6-8 from p6 */
+        const float *p0 = cb + d, *p3 = p0 + 3 * ks, *p6 = p0 + 6 * ks;
+#define ROW(m) ((m) < 3 ? p0[(m) * ks] : (m) < 6 ? p3[((m) - 3) * ks] : p6[((m) - 6) * ks])
 #define STEP(m)                                                   \
     do {                                                          \
-        const __m512 b = _mm512_set1_ps(c[m]);                    \
+        const __m512 b = _mm512_set1_ps(ROW(m));                  \
         a##m##0 = _mm512_fmadd_ps(q0, b, a##m##0);                \
         a##m##1 = _mm512_fmadd_ps(q1, b, a##m##1);                \
     } while (0)
         STEP(0); STEP(1); STEP(2); STEP(3); STEP(4); STEP(5); STEP(6); STEP(7); STEP(8);
 #undef STEP
+#undef ROW
     }
     __m512 r0 = a00, r1 = a01;
 #define MAX2(m)                                 \
@@ -335,21 +339,17 @@ TARGET static inline void micro_tile_f32(const float *qp, const float *cb, int d
     _mm512_storeu_ps(dst + 16, r1);
 }
 
-/* One candidate frame (R rows of float16/float32) as float32 chunks [chunks][dims][MR]. */
-TARGET static void convert_frame_f32(const Job *job, const uint8_t *src, float *rowbuf, float *dst) {
+/* One candidate frame (R rows of float16/float32) as float32 rows (chunks·MR rows of dims; the rows after
+ * the last region copies of its chunk's first row). */
+TARGET static void convert_frame_f32(const Job *job, const uint8_t *src, float *dst) {
     const int regions = job->regions, dims = job->dims;
     const int kind = job->kind == KIND_F16_EXACT ? KIND_F16 : KIND_F32;
-    for (int c = 0; c < job->chunks; c++) {
-        float *chunk = dst + (size_t)c * dims * MR;
-        for (int m = 0; m < MR; m++) {
-            int r = c * MR + m;
-            if (r >= regions) r = c * MR; /* fill with the chunk's first row */
-            for (int d = 0; d < dims; d += 16) {
-                const int left = dims - d < 16 ? dims - d : 16;
-                const __mmask16 k = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
-                _mm512_mask_storeu_ps(rowbuf + d, k, load16(src, (int64_t)r * dims + d, left, kind));
-            }
-            for (int d = 0; d < dims; d++) chunk[(size_t)d * MR + m] = rowbuf[d];
+    for (int r = 0; r < job->chunks * MR; r++) {
+        const int from = r < regions ? r : r / MR * MR; /* a copy does not change a maximum */
+        for (int d = 0; d < dims; d += 16) {
+            const int left = dims - d < 16 ? dims - d : 16;
+            const __mmask16 k = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
+            _mm512_mask_storeu_ps(dst + (size_t)r * dims + d, k, load16(src, (int64_t)from * dims + d, left, kind));
         }
     }
 }
@@ -364,9 +364,8 @@ TARGET static void *run_slice_f32(void *arg) {
     const size_t ldm = (size_t)(block_rows + NR);
     const float *qpack = (const float *)(const void *)job->qpack;
     float *cbuf = alloc64(sizeof(float) * (size_t)per_chunk * frame_floats);
-    float *rowbuf = alloc64(sizeof(float) * ((size_t)dims + 16));
     float *rowmax = alloc64(sizeof(float) * ldm * (size_t)per_chunk);
-    if (!cbuf || !rowbuf || !rowmax) {
+    if (!cbuf || !rowmax) {
         s->failed = 1;
         goto done;
     }
@@ -374,7 +373,7 @@ TARGET static void *run_slice_f32(void *arg) {
         const int64_t g0 = (int64_t)atomic_fetch_add(&job->next, (long long)per_chunk);
         if (g0 >= job->nframes) break;
         const int64_t nf = job->nframes - g0 < per_chunk ? job->nframes - g0 : per_chunk;
-        for (int64_t j = 0; j < nf; j++) convert_frame_f32(job, job->fsrc[g0 + j], rowbuf, cbuf + (size_t)j * frame_floats);
+        for (int64_t j = 0; j < nf; j++) convert_frame_f32(job, job->fsrc[g0 + j], cbuf + (size_t)j * frame_floats);
         for (int64_t b0 = 0; b0 < job->qrows; b0 += block_rows) {
             const int64_t b1 = b0 + block_rows < job->qrows ? b0 + block_rows : job->qrows;
             for (int64_t t0 = b0; t0 < b1; t0 += NR) {
@@ -382,7 +381,8 @@ TARGET static void *run_slice_f32(void *arg) {
                 for (int64_t j = 0; j < nf; j++) {
                     const float *frame = cbuf + (size_t)j * frame_floats;
                     for (int c = 0; c < chunks; c++)
-                        micro_tile_f32(qp, frame + (size_t)c * dims * MR, dims, rowmax + j * ldm + (t0 - b0), c == 0);
+                        micro_tile_f32(qp, frame + (size_t)c * dims * MR, (size_t)dims, dims,
+                                       rowmax + j * ldm + (t0 - b0), c == 0);
                 }
             }
             for (int64_t j = 0; j < nf; j++) {
@@ -398,7 +398,6 @@ TARGET static void *run_slice_f32(void *arg) {
     }
 done:
     free(cbuf);
-    free(rowbuf);
     free(rowmax);
     return NULL;
 }
