@@ -20,7 +20,10 @@ Part ``dns``: end-to-end DnS queries (coarse over every video → selector → f
 budget → one list; segments off) through :class:`dnsvr.index.VideoIndex` on synthetic
 indexes: S^f_B with N videos of 60 frames (default 100,000; 3.5 GB of packed codes), and —
 to fit the shared disk — S^f_A with 10,000 videos of 60 frames (5.5 GB of float16), queried
-with pair budgets equal to 1,000 pairs, 1% and 5% of 100,000.
+with pair budgets equal to 1,000 pairs, 1% and 5% of 100,000. ``--page-cache`` adds rows at the 5%
+budget with the shard files evicted from the page cache before the query ("cold"; as on a machine
+whose memory does not hold the index), with and without the store's read-ahead of the candidates,
+and the same query repeated at once ("warm"), with the major page faults of each.
 
 ``--baseline REV`` times the fine engine of git revision ``REV`` (its ``src/dnsvr/_fine.py``)
 interleaved with the current one, in the ``pairs`` part and in the ``dns`` part (through
@@ -30,7 +33,7 @@ has CPU (process) time next to wall time.
 Usage::
 
     PYTHONPATH=src python benchmarks/bench_search.py [--part pairs|quality|dns|all] [--videos 100000]
-        [--workdir /work/tmp/bench_search] [--keep] [--reuse] [--baseline REV] [--frames 60,120]
+        [--workdir /work/tmp/bench_search] [--keep] [--reuse] [--baseline REV] [--frames 60,120] [--page-cache bin]
         [--out benchmarks/results/search.json]
 
 Writes ``benchmarks/results/search.json``.
@@ -341,7 +344,7 @@ def _baseline_patch(rev: str):
 
 
 def bench_dns(workdir: Path, videos: int, keep: bool, queries: int = 2, fine: str = "both",
-              baseline: str | None = None, reuse: bool = False) -> list[dict]:
+              baseline: str | None = None, reuse: bool = False, page_cache: tuple[str, ...] = ()) -> list[dict]:
     import contextlib
 
     from dnsvr.index import VideoIndex
@@ -408,9 +411,83 @@ def bench_dns(workdir: Path, videos: int, keep: bool, queries: int = 2, fine: st
                     row["engine"] = f"baseline {baseline}"
                 print(json.dumps(row), flush=True)
                 out.append(row)
-        index.close()
+        if page_cache and kind in page_cache:
+            index.close()
+            index = None
+            out.extend(_bench_page_cache(directory, kind, n, frames, budgets[-1], queries, rng))
+        if index is not None:
+            index.close()
         if not keep:
             shutil.rmtree(directory)
+    return out
+
+
+def _evict(directory: Path) -> None:
+    """Drop the shard files' pages from the page cache (no process may have them mapped)."""
+    for path in sorted((directory / "shards").glob("*.bin")):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def _bench_page_cache(directory: Path, kind: str, n: int, frames: int, budget_spec: tuple[str, Budget],
+                      queries: int, rng: np.random.Generator) -> list[dict]:
+    """The DnS query with the candidates' pages on disk ("cold": evicted, index reopened) or in memory.
+
+    Variants, interleaved: cold with the store's read-ahead of the candidates (``fine(..., prefetch=True)``,
+    what ``VideoIndex.search`` does), cold without it, and the same query again at once (warm). Major page
+    faults (reads that waited for the disk) are counted for each.
+    """
+    import contextlib
+    import resource
+
+    from dnsvr.index import VideoIndex
+    from dnsvr.index.store import IndexStore
+
+    label, budget = budget_spec
+    plain_fine = IndexStore.fine
+
+    @contextlib.contextmanager
+    def no_prefetch():
+        IndexStore.fine = lambda self, ids, prefetch=False: plain_fine(self, ids, False)  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            IndexStore.fine = plain_fine  # type: ignore[method-assign]
+
+    variants = ("cold, prefetch", "cold, no prefetch", "warm")
+    rows: dict[str, list[tuple[float, float, int]]] = {v: [] for v in variants}
+    for qi in range(queries):
+        index = VideoIndex.open(directory, readonly=True)
+        q_fine = np.array(index.store.fine([f"v{(qi * 7919 + 17) % n:07d}"])[0])
+        index.close()
+        rep = VideoRepresentation(_unit(rng.standard_normal(1024)), q_fine, 0.6)
+        for variant in (variants[:2] if qi % 2 == 0 else variants[1::-1]):
+            _evict(directory)
+            index = VideoIndex.open(directory, readonly=True)
+            _ = index.store.coarse_search(_unit(rng.standard_normal((1, 1024))), k=10)  # the coarse stage warm
+            for v in (variant, "warm"):
+                ctx = no_prefetch() if v == "cold, no prefetch" else contextlib.nullcontext()
+                with ctx:
+                    faults = resource.getrusage(resource.RUSAGE_SELF).ru_majflt
+                    t, c0 = time.perf_counter(), time.process_time()
+                    index.search_representation(f"q{qi}", rep, top_k=100, budget=budget, segments=False)
+                    rows[v].append((time.perf_counter() - t, time.process_time() - c0,
+                                    resource.getrusage(resource.RUSAGE_SELF).ru_majflt - faults))
+                if v == "warm" and variant != variants[0]:
+                    rows[v].pop()  # one warm repeat per query
+            index.close()
+    out = []
+    for v in variants:
+        row = {"fine": kind, "precision": "exact", "videos": n, "frames_per_video": frames, "budget": label,
+               "pairs": min(budget.pairs, n), "page_cache": v, "queries": queries,
+               "query_s_median": statistics.median(r[0] for r in rows[v]), "query_s_min": min(r[0] for r in rows[v]),
+               "query_cpu_s_median": statistics.median(r[1] for r in rows[v]),
+               "major_faults_median": statistics.median(r[2] for r in rows[v])}
+        print(json.dumps(row), flush=True)
+        out.append(row)
     return out
 
 
@@ -429,6 +506,10 @@ def main() -> None:
     ap.add_argument("--baseline", default=None,
                     help="a git revision whose fine engine (src/dnsvr/_fine.py) is timed too, interleaved with "
                          "this one (pairs and dns parts; exact precision)")
+    ap.add_argument("--page-cache", default="bin",
+                    help="dns part: fine types (comma-separated; '' for none) whose index is also queried at the "
+                         "largest budget with its shard pages evicted from the page cache first (cold, with and "
+                         "without the store's prefetch) and again at once (warm)")
     ap.add_argument("--frames", default="60,120", help="pairs part: comma-separated video lengths")
     ap.add_argument("--threads", type=int, default=2,
                     help="torch threads (2 = the issue's setting; results of other counts are stored under "
@@ -466,7 +547,8 @@ def main() -> None:
     if args.part in ("dns", "all"):
         args.workdir.mkdir(parents=True, exist_ok=True)
         parts["dns" + suffix] = bench_dns(args.workdir, args.videos, args.keep, args.queries, args.fine,
-                                          args.baseline, args.reuse)
+                                          args.baseline, args.reuse, tuple(args.page_cache.split(",")) if
+                                          args.page_cache else ())
     run["calibration_after_ms"] = _calibrate()
     run["load_average_after"] = list(os.getloadavg())
     for key, value in parts.items():

@@ -497,3 +497,42 @@ def test_record_forms(tmp_path: Path) -> None:
             store.add([{"id": "x"}])
         with pytest.raises(RecordError, match="at most 5"):
             store.add([("x", coarse, fine, None, None, "extra")])
+
+
+def test_fine_prefetch_reads_the_same_and_merges_ranges(tmp_path: Path, monkeypatch) -> None:
+    import mmap
+
+    from dnsvr.index._shards import ShardReader
+
+    recs = make_records(30, seed=3)
+    with IndexStore.create(tmp_path / "idx", binary_config()) as store:
+        store.add(recs[:20])
+        store.add(recs[20:])
+    advised: list[list[tuple[int, int, int]]] = []
+    real = ShardReader.will_need
+
+    def spy(self, *args):
+        out = real(self, *args)
+        advised.append(out)
+        for shard, start, length in out:
+            assert start % mmap.PAGESIZE == 0 and length > 0
+            assert start + length <= self._maps[shard][1]
+        return out
+
+    monkeypatch.setattr(ShardReader, "will_need", spy)
+    with IndexStore.open(tmp_path / "idx", readonly=True) as store:
+        ids = [r.video_id for r in recs]
+        wanted = ids[::-1] + ids[:3]  # any order, repeats
+        plain = [np.array(f) for f in store.fine(wanted)]
+        assert advised == []  # only when asked
+        got = store.fine(wanted, prefetch=True)
+        for a, b in zip(plain, got):
+            np.testing.assert_array_equal(a, b)
+        # the videos of the small index lie back to back in one shard: one merged range over all of them
+        assert len(advised) == 1 and len(advised[0]) == 1
+        assert advised[0][0][1] == 0 and advised[0][0][2] >= sum(r.fine.nbytes for r in recs)
+        advised.clear()
+        store.fine([], prefetch=True)
+        store.fine([ids[7]], prefetch=True)
+        assert advised == [[(advised[0][0][0], advised[0][0][1], advised[0][0][2])]]
+        assert advised[0][0][2] <= recs[7].fine.nbytes + 2 * mmap.PAGESIZE

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -48,6 +49,14 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+try:
+    from dnsvr import _finekernel
+except ImportError as _exc:  # not built: the torch engine does the region stage
+    _finekernel = None
+    _FINEKERNEL_MISSING = f"{_exc}"
+else:
+    _FINEKERNEL_MISSING = ""
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +101,25 @@ _BIT_LUT = torch.from_numpy(
     (np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).astype(np.int8) * 2 - 1))
 # the same 8 codes of a byte read as one int64: one 8-byte gather per byte from a 2 KiB table
 _BIT_LUT64 = torch.from_numpy(np.ascontiguousarray(_BIT_LUT.numpy()).view(np.int64).reshape(256))
+
+
+
+def _select_kernel():  # noqa: ANN202  (the extension module, or None)
+    """The compiled region stage when it is built, this CPU runs it and ``DNSVR_FINE_KERNEL`` is not ``0``."""
+    if _finekernel is None:
+        logger.debug("dnsvr._finekernel not built (%s): the torch engine runs the region stage", _FINEKERNEL_MISSING)
+        return None
+    if os.environ.get("DNSVR_FINE_KERNEL", "1") == "0":
+        logger.debug("DNSVR_FINE_KERNEL=0: the torch engine runs the region stage")
+        return None
+    if not _finekernel.supported():
+        logger.debug("this CPU lacks AVX-512 VNNI: the torch engine runs the region stage")
+        return None
+    return _finekernel
+
+
+#: The fused int8 region stage (``dnsvr._finekernel``) in use, or None (the torch engine runs it).
+_KERNEL = _select_kernel()
 
 
 class FineComparator:
@@ -167,9 +195,16 @@ class FineComparator:
         # inside that area only reads valid positions).
         # channels-last throughout: oneDNN's fast layout for these convolutions, and max-pooling a
         # 32-channel map is ~10x faster in it than in NCHW.
-        x = _conv1_pool(sim, self._w1p, w["conv1.bias"])  # [B, 32, H // 2, W // 2], channels-last
         w1 = widths // 2
-        x = colmask(x, w1)
+        positions = sim.shape[0] * (sim.shape[1] // 2) * (sim.shape[2] // 2)
+        if _KERNEL is not None and sim.dtype == torch.float32 and positions >= 2:
+            # the same arithmetic in C (each window times each phase's kernel, fused multiply-adds in the
+            # window's order, as the matrix product sums them: bit-identical — except for a product of one
+            # row, which MKL sums in another order; the comparator never has one), the column mask included
+            x = _kernel_conv1_pool(sim, self._w1p, w["conv1.bias"], None if full else w1)
+        else:
+            x = _conv1_pool(sim, self._w1p, w["conv1.bias"])  # [B, 32, H // 2, W // 2], channels-last
+            x = colmask(x, w1)
         x = fused_conv(self._convs[0], x, "relu")
         w2 = w1 // 2
         x = colmask(_max_pool2(x), w2)
@@ -207,6 +242,25 @@ def _conv1_pool(sim: torch.Tensor, w_phase: torch.Tensor, bias: torch.Tensor) ->
     windows = xp.as_strided((b, ho, wo, 4, 4), (s0, 2 * s1, 2, s1, 1)).reshape(b * ho * wo, 16)
     y = torch.mm(windows, w_phase).view(b * ho * wo, 4, c).amax(1)
     return y.add_(bias).relu_().view(b, ho, wo, c).permute(0, 3, 1, 2)
+
+
+def _kernel_conv1_pool(sim: torch.Tensor, w_phase: torch.Tensor, bias: torch.Tensor,
+                       valid: torch.Tensor | None) -> torch.Tensor:
+    """:func:`_conv1_pool` (then the mask of pooled columns ``>= valid``, when given) in C (``dnsvr._finekernel``).
+
+    The same products summed in the same order as the matrix product of :func:`_conv1_pool` (one fused
+    multiply-add per nonzero tap of the 4×4 window, in window order), so the result is bit-identical; no
+    window matrix, no separate max, bias and ReLU passes.
+    """
+    b, h, w = sim.shape
+    c = w_phase.shape[1] // 4
+    sim = sim.contiguous()
+    out = torch.empty((b, h // 2, w // 2, c), dtype=torch.float32)
+    if valid is not None:
+        valid = valid.to(torch.int64).contiguous()
+    _KERNEL.conv1_pool(sim.numpy(), w_phase.contiguous().numpy(), bias.contiguous().numpy(),  # type: ignore[union-attr]
+                       None if valid is None else valid.numpy(), out.numpy(), c, b, h, w, torch.get_num_threads())
+    return out.permute(0, 3, 1, 2)
 
 
 def _max_pool2(x: torch.Tensor) -> torch.Tensor:
@@ -374,14 +428,106 @@ def _int8_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a.int() @ b.int()
 
 
+_KERNEL_KINDS = {torch.uint8: 0, torch.float16: 1, torch.float32: 2}
+
+
+def _kernel_fits(query: torch.Tensor, cands: list[_Prepared], fine_type: str, precision: str) -> bool:
+    """Whether the compiled region stage takes this call: int8 products (S^f_B codes as packed bits,
+    or ``precision="int8"`` over float16/float32 values), on a CPU that runs it."""
+    if _KERNEL is None or query.dtype != torch.int8:
+        return False
+    if not all(c.raw.is_contiguous() for c in cands):
+        return False
+    if fine_type == "bin":
+        return all(c.raw.dtype == torch.uint8 for c in cands)
+    return precision == "int8" and all(c.raw.dtype in (torch.float16, torch.float32) for c in cands)
+
+
+def kernel_region_chamfer(query: torch.Tensor, q_frames: int, cands: Sequence[_Prepared], regions: int,
+                          fine_type: str, q_scale: torch.Tensor | None = None,
+                          threads: int | None = None) -> list[torch.Tensor]:
+    """The fused region stage (``dnsvr._finekernel``): :func:`_region_chamfer`'s matrices, computed in C.
+
+    Dot products of 32 query rows against one candidate frame's regions in registers (int8 VNNI), their
+    max over the frame's regions there, then the mean over each query frame's regions; the full region
+    product is never written. S^f_B codes are read as packed bits (the result equals the torch engine's
+    bit for bit); float candidates are quantised per frame on the fly exactly as :func:`_quantize_frames`
+    does (the result equals the torch int8 engine up to float rounding of the scaled mean).
+
+    Args:
+        query: int8 ``[q_frames·regions, D]`` (±1/0 codes for ``bin``; quantised values otherwise).
+        q_frames: query frames.
+        cands: candidates (packed uint8 codes ``[T, regions, D/8]`` for ``bin``; float16/float32
+            ``[T, regions, D]`` otherwise), each padded to ``frames`` with zero columns.
+        regions: regions per frame.
+        fine_type: ``bin`` or a float stage (``att``/``chamfer``, whose query is quantised).
+        q_scale: float32 ``[q_frames·regions]`` query row scales (float stages only).
+        threads: worker threads (default ``torch.get_num_threads()``).
+
+    Returns:
+        float32 ``[q_frames, frames_i]`` per candidate (views of one ``[q_frames, Σ frames]`` matrix).
+
+    Raises:
+        RuntimeError: the extension is not available on this machine.
+        ValueError: shapes, dtypes or contiguity that do not match (nothing is read then).
+    """
+    if _KERNEL is None:
+        raise RuntimeError(f"dnsvr._finekernel is not available ({_FINEKERNEL_MISSING or 'off or unsupported CPU'})")
+    bits = fine_type == "bin"
+    if query.dtype != torch.int8 or query.ndim != 2 or not query.is_contiguous():
+        raise ValueError(f"query must be a contiguous int8 [rows, D] matrix, got {query.dtype} {tuple(query.shape)}")
+    dims = int(query.shape[1])
+    if query.shape[0] != q_frames * regions or regions < 1:
+        raise ValueError(f"query has {query.shape[0]} rows, expected {q_frames} frames x {regions} regions")
+    if bits:
+        if q_scale is not None:
+            raise ValueError("packed codes take no query scales")
+        if dims % 8:
+            raise ValueError(f"packed codes need D a multiple of 8, got {dims}")
+    elif (q_scale is None or q_scale.dtype != torch.float32 or q_scale.shape != (query.shape[0],)
+          or not q_scale.is_contiguous()):
+        raise ValueError(f"q_scale must be contiguous float32 [{query.shape[0]}], got "
+                         f"{None if q_scale is None else (q_scale.dtype, tuple(q_scale.shape))}")
+    arrays = []
+    for k, c in enumerate(cands):
+        raw = c.raw
+        want = (regions, dims // 8) if bits else (regions, dims)
+        ok_dtype = raw.dtype == torch.uint8 if bits else raw.dtype in (torch.float16, torch.float32)
+        if (not ok_dtype or raw.ndim != 3 or tuple(raw.shape[1:]) != want or not raw.is_contiguous()
+                or c.frames < raw.shape[0] or c.regions != regions):
+            raise ValueError(f"candidate {k}: {raw.dtype} {tuple(raw.shape)} (contiguous: {raw.is_contiguous()}, "
+                             f"frames {c.frames}) does not fit [T, {want[0]}, {want[1]}] of "
+                             f"{'uint8' if bits else 'float16/float32'} for fine type {fine_type!r}")
+        arrays.append(raw.numpy())
+    frames = [c.frames for c in cands]
+    out = torch.empty((q_frames, sum(frames)), dtype=torch.float32)
+    kinds = {c.raw.dtype for c in cands}
+    if len(kinds) > 1:  # one kind per call: convert the odd ones (float32 and float16 mixed)
+        arrays = [np.ascontiguousarray(a, dtype=np.float32) for a in arrays]
+        kinds = {torch.float32}
+    kind = 0 if bits else _KERNEL_KINDS[kinds.pop()] if kinds else 2
+    _KERNEL.region_chamfer(query.numpy(), None if bits else q_scale.numpy(), arrays, frames,  # type: ignore[union-attr]
+                           out.numpy(), kind, regions, dims, threads or torch.get_num_threads())
+    result = []
+    start = 0
+    for f in frames:
+        result.append(out[:, start:start + f])
+        start += f
+    return result
+
+
 def _region_chamfer(query: torch.Tensor, q_frames: int, cands: list[_Prepared], regions: int, fine_type: str,
                     block_elements: int, precision: str = DEFAULT_PRECISION,
                     q_scale: torch.Tensor | None = None) -> list[torch.Tensor]:
     """Frame-to-frame matrices ``[T1, T2_i]``: region dot products, max over target regions, mean over query regions.
 
     ``query`` is the query's ``[T1·R, D]`` matrix (int8 with per-row ``q_scale`` for the int8 path);
-    candidates are converted straight into one block buffer.
+    candidates are converted straight into one block buffer. Int8 products go to the compiled kernel
+    (:func:`kernel_region_chamfer`) where it runs; this torch code is its fallback and reference.
     """
+    if _kernel_fits(query, cands, fine_type, precision) and query.is_contiguous():
+        return kernel_region_chamfer(query, q_frames, cands, regions, fine_type,
+                                     None if fine_type == "bin" else q_scale)
     qrows = query.shape[0]
     chunks: dict[tuple[int, int], torch.Tensor] = {}
     quant = fine_type != "bin" and precision == "int8"

@@ -94,6 +94,47 @@ class ShardReader:
         arr = np.frombuffer(mm, dtype=self.dtype, count=n_frames * self.frame_items, offset=offset)
         return arr.reshape((n_frames, *self.frame_shape))
 
+    def will_need(self, shards: np.ndarray, offsets: np.ndarray, nbytes: np.ndarray) -> list[tuple[int, int, int]]:
+        """Ask the kernel to read byte ranges into the page cache now, asynchronously (``MADV_WILLNEED``).
+
+        The ranges (one per video) are sorted, widened to whole pages and merged where they touch, so
+        that a block of videos stored back to back costs one system call. Ranges of shards that are not
+        mapped yet are skipped (:meth:`view` maps them); advice the kernel refuses is ignored: it only
+        changes when the reads happen, never what they return.
+
+        Args:
+            shards, offsets, nbytes: int arrays of equal length, one range each.
+
+        Returns:
+            The advised ranges ``(shard, start, length)``, one per ``madvise`` call.
+        """
+        calls: list[tuple[int, int, int]] = []
+        page = mmap.PAGESIZE
+        order = np.lexsort((offsets, shards))
+        shards, offsets, nbytes = shards[order], offsets[order], nbytes[order]
+        starts = offsets // page * page
+        ends = -(-(offsets + nbytes) // page) * page
+        k, n = 0, len(order)
+        while k < n:
+            shard, start, end = int(shards[k]), int(starts[k]), int(ends[k])
+            k += 1
+            while k < n and shards[k] == shard and starts[k] <= end:
+                end = max(end, int(ends[k]))
+                k += 1
+            entry = self._maps.get(shard)
+            if entry is None:
+                continue
+            mm, size = entry
+            end = min(end, size)
+            if end <= start:
+                continue
+            try:
+                mm.madvise(mmap.MADV_WILLNEED, start, end - start)
+                calls.append((shard, start, end - start))
+            except (AttributeError, OSError, ValueError):
+                return calls
+        return calls
+
     def raw(self, shard: int, offset: int, nbytes: int) -> memoryview:
         """The raw bytes of a range (for checksums)."""
         mm = self._map(shard, offset + nbytes)

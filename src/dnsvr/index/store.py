@@ -765,11 +765,14 @@ class IndexStore:
             self._refresh()
             return self._cat.generation
 
-    def fine(self, video_ids: Iterable[str] | str) -> list[np.ndarray]:
+    def fine(self, video_ids: Iterable[str] | str, prefetch: bool = False) -> list[np.ndarray]:
         """Fine representations as read-only memory-mapped arrays ``[T, *fine_shape]`` (no copy).
 
         Args:
             video_ids: ids (a single id is accepted too).
+            prefetch: also ask the kernel to start reading all their bytes into the page cache now
+                (``MADV_WILLNEED``), so that a caller working through many videos in order overlaps
+                the disk reads of later videos with its work on earlier ones.
 
         Returns:
             One array per id, in the given order; valid after :meth:`close` too.
@@ -786,8 +789,11 @@ class IndexStore:
                 pos = self._positions(video_ids)
                 try:
                     view = self._reader.view
-                    return [view(s, o, n) for s, o, n in
-                            zip(cat.shard[pos].tolist(), cat.offset[pos].tolist(), cat.n_frames[pos].tolist())]
+                    shards, offsets, frames = cat.shard[pos], cat.offset[pos], cat.n_frames[pos]
+                    views = [view(s, o, n) for s, o, n in zip(shards.tolist(), offsets.tolist(), frames.tolist())]
+                    if prefetch and len(pos):
+                        self._reader.will_need(shards, offsets, frames.astype(np.int64) * self._frame_bytes)
+                    return views
                 except (FileNotFoundError, KeyError):
                     if attempt or self._pins:
                         raise

@@ -560,7 +560,7 @@ class VideoIndex:
 
         def fine_fn(cand_ids: Sequence[str]) -> np.ndarray:
             t = time.perf_counter()
-            fines = store.fine(list(cand_ids))
+            fines = store.fine(list(cand_ids), prefetch=True)
             scores, _ = self.bundle.fine_similarities(q.rep.fine, fines, precision=precision)
             timings["fine"] = time.perf_counter() - t
             return scores
