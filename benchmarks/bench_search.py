@@ -55,6 +55,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dnsvr import _fine
 from dnsvr._fine import FineComparator, fine_similarities, pack_codes
 from dnsvr.bundle import Bundle, VideoRepresentation
 from dnsvr.nn import CoarseGrainedStudent, FineGrainedStudent, SelectorNetwork
@@ -100,6 +101,8 @@ def bench_pairs(frames_list=(60, 120), n_cands: int = 64, repeats: int = 5, base
     """Per-pair fine time: batched engine (exact and int8) vs the plain network call, interleaved.
 
     With ``baseline`` (a git revision), that revision's engine is timed too, interleaved (``exact`` only).
+    Where the compiled stages (``dnsvr._finekernel``) run, the same engine with them off (the torch
+    path, ``*-torch`` variants: ``torch_path_*`` / ``int8_torch_path_*`` fields) is timed too.
     Wall and CPU (process) time are both recorded.
     """
     base_engine = _load_engine(baseline) if baseline else None
@@ -134,7 +137,9 @@ def bench_pairs(frames_list=(60, 120), n_cands: int = 64, repeats: int = 5, base
                     q_ref = torch.from_numpy(q_fast.astype(np.float32))
                     c_ref = [torch.from_numpy(c.astype(np.float32)) for c in c_fast]
                 precisions = ("exact",) if kind == "bin" else ("exact", "int8")
-                variants = precisions + (("baseline",) if base_engine is not None else ())
+                # the same engine with its compiled stages off (dnsvr._finekernel): the torch path
+                torch_variants = tuple(f"{p}-torch" for p in precisions) if _fine._KERNEL is not None else ()
+                variants = precisions + torch_variants + (("baseline",) if base_engine is not None else ())
                 base_comp = None if (base_engine is None or comp is None) else base_engine.FineComparator(comp.w)
                 n_ref = 8  # per-pair reference calls per repeat (it is the slow side)
                 ref_times: list[float] = []
@@ -150,6 +155,12 @@ def bench_pairs(frames_list=(60, 120), n_cands: int = 64, repeats: int = 5, base
                         t, c0 = time.perf_counter(), time.process_time()
                         if p == "baseline":
                             vals[p], _ = base_engine.fine_similarities(q_fast, c_fast, kind, base_comp)
+                        elif p.endswith("-torch"):
+                            kernel, _fine._KERNEL = _fine._KERNEL, None
+                            try:
+                                vals[p], _ = fine_similarities(q_fast, c_fast, kind, comp, precision=p[:-6])
+                            finally:
+                                _fine._KERNEL = kernel
                         else:
                             vals[p], _ = fine_similarities(q_fast, c_fast, kind, comp, precision=p)
                         times[p].append((time.perf_counter() - t) / n_cands * 1000)
@@ -171,6 +182,14 @@ def bench_pairs(frames_list=(60, 120), n_cands: int = 64, repeats: int = 5, base
                             "int8_speedup_vs_reference_median": statistics.median(ref_times)
                             / statistics.median(times["int8"]),
                             "int8_max_abs_diff_vs_exact": float(np.max(np.abs(vals["int8"] - vals["exact"])))})
+            for p in torch_variants:
+                key = "torch_path" if p == "exact-torch" else "int8_torch_path"
+                mine = p[:-6]
+                row.update({f"{key}_per_pair_ms": statistics.median(times[p]), f"{key}_min_ms": min(times[p]),
+                            f"{key}_cpu_ms_median": statistics.median(cpu[p]),
+                            f"{key}_speedup_of_kernel_median": statistics.median(times[p])
+                            / statistics.median(times[mine]),
+                            f"{key}_max_abs_diff": float(np.max(np.abs(vals[p] - vals[mine])))})
             if "baseline" in times:
                 row.update({"baseline_engine": baseline, "baseline_per_pair_ms": statistics.median(times["baseline"]),
                             "baseline_min_ms": min(times["baseline"]),

@@ -116,6 +116,23 @@ def test_int8_floats_match(monkeypatch, fine_type, dtype, t1, t2s, regions, dims
 
 
 @needs_kernel
+@pytest.mark.parametrize("fine_type", ["att", "chamfer"])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize("t1,t2s,regions,dims", CASES + [(5, [3, 6], 9, 66), (3, [2], 2, 3)])
+def test_float32_products_match(monkeypatch, fine_type, dtype, t1, t2s, regions, dims) -> None:
+    """precision="exact": float32 products in the kernel equal torch's up to summation order."""
+    rng = np.random.default_rng(t1 * 11 + regions)
+    query = _unit(rng, t1, regions, dims).astype(dtype)
+    cands = [_unit(rng, n, regions, dims).astype(dtype) for n in t2s]
+    spy: list[bool] = []
+    got, ref = _both(monkeypatch, lambda: _region_stage(query, cands, fine_type, "exact", regions, spy))
+    assert spy == [True, False]
+    for a, b in zip(got, ref):
+        assert a.shape == b.shape
+        assert float((a - b).abs().max()) <= 1e-6
+
+
+@needs_kernel
 def test_mixed_float_dtypes_and_zero_frames(monkeypatch) -> None:
     """float16 and float32 candidates in one call; an all-zero frame (scale 0) gives zero columns."""
     rng = np.random.default_rng(3)
@@ -264,7 +281,12 @@ def test_bad_input_raises() -> None:
         with pytest.raises(ValueError, match="query scales"):
             k.region_chamfer(q_mat.numpy(), np.ones(35, np.float32), [floats[0].raw.numpy()], [5], out, 1, 9, 64, 2)
         with pytest.raises(ValueError, match="bad arguments"):
-            k.region_chamfer(q_mat.numpy(), None, [raw], [5], out, 3, 9, 64, 2)
+            k.region_chamfer(q_mat.numpy(), None, [raw], [5], out, 5, 9, 64, 2)
+        with pytest.raises(ValueError, match="float32"):  # an int8 query for float32 products
+            k.region_chamfer(q_mat.numpy()[:-4], None, [floats[0].raw.numpy()], [5], out, 3, 9, 64, 2)
+        with pytest.raises(ValueError, match="no query scales"):
+            k.region_chamfer(q_mat.float().numpy(), np.ones(36, np.float32), [floats[0].raw.numpy()], [5], out, 3,
+                             9, 64, 2)
         with pytest.raises(ValueError, match="frame counts"):
             k.region_chamfer(q_mat.numpy(), None, [raw], [5, 5], out, 0, 9, 64, 2)
         with pytest.raises(ValueError, match="not C-contiguous"):  # numpy refuses a strided buffer
@@ -295,3 +317,19 @@ def test_conv1_pool_bit_identical(b, h, w) -> None:
     with pytest.raises(ValueError, match="valid"):
         _fine._KERNEL.conv1_pool(sim.numpy(), comp._w1p.numpy(), comp.w["conv1.bias"].numpy(), np.zeros(b + 1),
                                  np.empty((b, h // 2, w // 2, 32), np.float32), 32, b, h, w, 1)
+
+
+@needs_kernel
+@pytest.mark.parametrize("b,h,w", [(1, 2, 2), (3, 31, 30), (2, 15, 65), (4, 30, 30)])
+def test_max_pool2_bit_identical(b, h, w) -> None:
+    torch.manual_seed(h * w)
+    x = torch.randn(b, 64, h, w).contiguous(memory_format=torch.channels_last)
+    valid = torch.tensor([max(1, w // 2 - k) for k in range(b)])
+    ref = _fine._max_pool2(x)
+    assert torch.equal(_fine._kernel_max_pool2(x, None), ref)
+    cols = torch.arange(w // 2)
+    expected = ref * (cols[None, :] < valid[:, None]).float()[:, None, None, :]
+    assert torch.equal(_fine._kernel_max_pool2(x, valid), expected)
+    with pytest.raises(ValueError, match="buffer sizes"):
+        _fine._KERNEL.max_pool2(x.permute(0, 2, 3, 1).numpy(), None, np.empty((b, h // 2, w // 2, 32), np.float32),
+                                64, b, h, w, 1)

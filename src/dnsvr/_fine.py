@@ -207,7 +207,10 @@ class FineComparator:
             x = colmask(x, w1)
         x = fused_conv(self._convs[0], x, "relu")
         w2 = w1 // 2
-        x = colmask(_max_pool2(x), w2)
+        if _KERNEL is not None and x.dtype == torch.float32 and x.permute(0, 2, 3, 1).is_contiguous():
+            x = _kernel_max_pool2(x, None if full else w2)  # the same maxima in C, the mask included
+        else:
+            x = colmask(_max_pool2(x), w2)
         x = fused_conv(self._convs[1], x, "relu")
         x = F.conv2d(x, w["fconv.weight"], w["fconv.bias"])
         return F.hardtanh(x.squeeze(1))
@@ -260,6 +263,17 @@ def _kernel_conv1_pool(sim: torch.Tensor, w_phase: torch.Tensor, bias: torch.Ten
         valid = valid.to(torch.int64).contiguous()
     _KERNEL.conv1_pool(sim.numpy(), w_phase.contiguous().numpy(), bias.contiguous().numpy(),  # type: ignore[union-attr]
                        None if valid is None else valid.numpy(), out.numpy(), c, b, h, w, torch.get_num_threads())
+    return out.permute(0, 3, 1, 2)
+
+
+def _kernel_max_pool2(x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """:func:`_max_pool2` (then the mask of pooled columns ``>= valid``, when given) in C; ``x`` channels-last."""
+    b, c, h, w = x.shape
+    out = torch.empty((b, h // 2, w // 2, c), dtype=torch.float32)
+    if valid is not None:
+        valid = valid.to(torch.int64).contiguous()
+    _KERNEL.max_pool2(x.permute(0, 2, 3, 1).numpy(), None if valid is None else valid.numpy(),  # type: ignore[union-attr]
+                      out.numpy(), c, b, h, w, torch.get_num_threads())
     return out.permute(0, 3, 1, 2)
 
 
@@ -429,18 +443,21 @@ def _int8_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 _KERNEL_KINDS = {torch.uint8: 0, torch.float16: 1, torch.float32: 2}
+#: Whether exact (float32) products of the float stages go to the kernel too (else torch's matrix product).
+_KERNEL_FLOAT = True
 
 
 def _kernel_fits(query: torch.Tensor, cands: list[_Prepared], fine_type: str, precision: str) -> bool:
-    """Whether the compiled region stage takes this call: int8 products (S^f_B codes as packed bits,
-    or ``precision="int8"`` over float16/float32 values), on a CPU that runs it."""
-    if _KERNEL is None or query.dtype != torch.int8:
-        return False
-    if not all(c.raw.is_contiguous() for c in cands):
+    """Whether the compiled region stage takes this call (on a CPU that runs it): S^f_B codes as packed
+    bits, or float16/float32 candidates — quantised (``precision="int8"``) or in float32."""
+    if _KERNEL is None or not all(c.raw.is_contiguous() for c in cands):
         return False
     if fine_type == "bin":
-        return all(c.raw.dtype == torch.uint8 for c in cands)
-    return precision == "int8" and all(c.raw.dtype in (torch.float16, torch.float32) for c in cands)
+        return query.dtype == torch.int8 and all(c.raw.dtype == torch.uint8 for c in cands)
+    floats = all(c.raw.dtype in (torch.float16, torch.float32) for c in cands)
+    if precision == "int8":
+        return floats and query.dtype == torch.int8
+    return floats and query.dtype == torch.float32 and _KERNEL_FLOAT
 
 
 def kernel_region_chamfer(query: torch.Tensor, q_frames: int, cands: Sequence[_Prepared], regions: int,
@@ -448,14 +465,17 @@ def kernel_region_chamfer(query: torch.Tensor, q_frames: int, cands: Sequence[_P
                           threads: int | None = None) -> list[torch.Tensor]:
     """The fused region stage (``dnsvr._finekernel``): :func:`_region_chamfer`'s matrices, computed in C.
 
-    Dot products of 32 query rows against one candidate frame's regions in registers (int8 VNNI), their
-    max over the frame's regions there, then the mean over each query frame's regions; the full region
-    product is never written. S^f_B codes are read as packed bits (the result equals the torch engine's
-    bit for bit); float candidates are quantised per frame on the fly exactly as :func:`_quantize_frames`
-    does (the result equals the torch int8 engine up to float rounding of the scaled mean).
+    Dot products of 32 query rows against one candidate frame's regions in registers (int8 VNNI, or
+    float32 FMA), their max over the frame's regions there, then the mean over each query frame's
+    regions; the full region product is never written. S^f_B codes are read as packed bits (the result
+    equals the torch engine's bit for bit); float candidates are quantised per frame on the fly exactly
+    as :func:`_quantize_frames` does for an int8 query (the result equals the torch int8 engine up to float
+    rounding of the scaled mean), or converted to float32 for a float32 query (equal to the torch float32
+    product up to its summation order, ~1e-7).
 
     Args:
-        query: int8 ``[q_frames·regions, D]`` (±1/0 codes for ``bin``; quantised values otherwise).
+        query: int8 ``[q_frames·regions, D]`` (±1/0 codes for ``bin``; quantised values with ``q_scale``),
+            or float32 (exact float products).
         q_frames: query frames.
         cands: candidates (packed uint8 codes ``[T, regions, D/8]`` for ``bin``; float16/float32
             ``[T, regions, D]`` otherwise), each padded to ``frames`` with zero columns.
@@ -474,15 +494,17 @@ def kernel_region_chamfer(query: torch.Tensor, q_frames: int, cands: Sequence[_P
     if _KERNEL is None:
         raise RuntimeError(f"dnsvr._finekernel is not available ({_FINEKERNEL_MISSING or 'off or unsupported CPU'})")
     bits = fine_type == "bin"
-    if query.dtype != torch.int8 or query.ndim != 2 or not query.is_contiguous():
-        raise ValueError(f"query must be a contiguous int8 [rows, D] matrix, got {query.dtype} {tuple(query.shape)}")
+    exact = not bits and query.dtype == torch.float32
+    if (query.dtype != torch.int8 and not exact) or query.ndim != 2 or not query.is_contiguous():
+        raise ValueError(f"query must be a contiguous int8 (or float32, float stages) [rows, D] matrix, got "
+                         f"{query.dtype} {tuple(query.shape)}")
     dims = int(query.shape[1])
     if query.shape[0] != q_frames * regions or regions < 1:
         raise ValueError(f"query has {query.shape[0]} rows, expected {q_frames} frames x {regions} regions")
-    if bits:
+    if bits or exact:
         if q_scale is not None:
-            raise ValueError("packed codes take no query scales")
-        if dims % 8:
+            raise ValueError("packed codes and float32 queries take no query scales")
+        if bits and dims % 8:
             raise ValueError(f"packed codes need D a multiple of 8, got {dims}")
     elif (q_scale is None or q_scale.dtype != torch.float32 or q_scale.shape != (query.shape[0],)
           or not q_scale.is_contiguous()):
@@ -506,8 +528,10 @@ def kernel_region_chamfer(query: torch.Tensor, q_frames: int, cands: Sequence[_P
         arrays = [np.ascontiguousarray(a, dtype=np.float32) for a in arrays]
         kinds = {torch.float32}
     kind = 0 if bits else _KERNEL_KINDS[kinds.pop()] if kinds else 2
-    _KERNEL.region_chamfer(query.numpy(), None if bits else q_scale.numpy(), arrays, frames,  # type: ignore[union-attr]
-                           out.numpy(), kind, regions, dims, threads or torch.get_num_threads())
+    if exact:
+        kind += 2  # the float32 variants of the float16/float32 kinds
+    _KERNEL.region_chamfer(query.numpy(), None if (bits or exact) else q_scale.numpy(),  # type: ignore[union-attr]
+                           arrays, frames, out.numpy(), kind, regions, dims, threads or torch.get_num_threads())
     result = []
     start = 0
     for f in frames:

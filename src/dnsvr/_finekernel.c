@@ -50,7 +50,8 @@
 
 #define TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,popcnt")))
 
-enum { KIND_BITS = 0, KIND_F16 = 1, KIND_F32 = 2 };
+/* candidate kinds: packed codes, float16/float32 quantised to int8 per frame, float16/float32 in float32 */
+enum { KIND_BITS = 0, KIND_F16 = 1, KIND_F32 = 2, KIND_F16_EXACT = 3, KIND_F32_EXACT = 4 };
 
 #define MR 9          /* candidate rows per micro-tile (one frame of 9 regions) */
 #define NR 32         /* query rows per micro-tile: two zmm of 16 int32 lanes */
@@ -60,7 +61,7 @@ enum { KIND_BITS = 0, KIND_F16 = 1, KIND_F32 = 2 };
 #define QUERY_BLOCK_BYTES (400 * 1024)
 
 typedef struct {
-    const uint8_t *qpack; /* [qtiles][k4][NR][4] u8 */
+    const uint8_t *qpack; /* [qtiles][k4][NR][4] u8; float32 [qtiles][dims][NR] for the float kinds */
     const float *qscale;  /* [qrows] or NULL (codes) */
     int64_t qrows, qframes;
     int regions, dims, k4, chunks, kind, bias;
@@ -304,6 +305,122 @@ done:
     return NULL;
 }
 
+/* ------------------------------------------------------------------ the float32 variant (exact products) */
+
+/* 32 query rows against MR candidate rows in float32: D steps of 2 loads, 9 broadcasts, 18 FMAs; the max over
+ * the chunk's rows, stored or max-combined into dst[0..31]. */
+TARGET static inline void micro_tile_f32(const float *qp, const float *cb, int dims, float *dst, int first) {
+#define ZERO2(m) __m512 a##m##0 = _mm512_setzero_ps(), a##m##1 = _mm512_setzero_ps()
+    ZERO2(0); ZERO2(1); ZERO2(2); ZERO2(3); ZERO2(4); ZERO2(5); ZERO2(6); ZERO2(7); ZERO2(8);
+#undef ZERO2
+    for (int d = 0; d < dims; d++) {
+        const __m512 q0 = _mm512_load_ps(qp + (size_t)d * NR);
+        const __m512 q1 = _mm512_load_ps(qp + (size_t)d * NR + 16);
+        const float *c = cb + (size_t)d * MR;
+#define STEP(m)                                                   \
+    do {                                                          \
+        const __m512 b = _mm512_set1_ps(c[m]);                    \
+        a##m##0 = _mm512_fmadd_ps(q0, b, a##m##0);                \
+        a##m##1 = _mm512_fmadd_ps(q1, b, a##m##1);                \
+    } while (0)
+        STEP(0); STEP(1); STEP(2); STEP(3); STEP(4); STEP(5); STEP(6); STEP(7); STEP(8);
+#undef STEP
+    }
+    __m512 r0 = a00, r1 = a01;
+#define MAX2(m)                                 \
+    do {                                        \
+        r0 = _mm512_max_ps(r0, a##m##0);        \
+        r1 = _mm512_max_ps(r1, a##m##1);        \
+    } while (0)
+    MAX2(1); MAX2(2); MAX2(3); MAX2(4); MAX2(5); MAX2(6); MAX2(7); MAX2(8);
+#undef MAX2
+    if (!first) {
+        r0 = _mm512_max_ps(r0, _mm512_loadu_ps(dst));
+        r1 = _mm512_max_ps(r1, _mm512_loadu_ps(dst + 16));
+    }
+    _mm512_storeu_ps(dst, r0);
+    _mm512_storeu_ps(dst + 16, r1);
+}
+
+/* One candidate frame (R rows of float16/float32) as float32 chunks [chunks][dims][MR]. */
+TARGET static void convert_frame_f32(const Job *job, const uint8_t *src, float *rowbuf, float *dst) {
+    const int regions = job->regions, dims = job->dims;
+    const int kind = job->kind == KIND_F16_EXACT ? KIND_F16 : KIND_F32;
+    for (int c = 0; c < job->chunks; c++) {
+        float *chunk = dst + (size_t)c * dims * MR;
+        for (int m = 0; m < MR; m++) {
+            int r = c * MR + m;
+            if (r >= regions) r = c * MR; /* fill with the chunk's first row */
+            for (int d = 0; d < dims; d += 16) {
+                const int left = dims - d < 16 ? dims - d : 16;
+                const __mmask16 k = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
+                _mm512_mask_storeu_ps(rowbuf + d, k, load16(src, (int64_t)r * dims + d, left, kind));
+            }
+            for (int d = 0; d < dims; d++) chunk[(size_t)d * MR + m] = rowbuf[d];
+        }
+    }
+}
+
+TARGET static void *run_slice_f32(void *arg) {
+    Slice *s = (Slice *)arg;
+    Job *job = s->job;
+    const int regions = job->regions, dims = job->dims, chunks = job->chunks;
+    const size_t frame_floats = (size_t)chunks * dims * MR;
+    const int64_t per_chunk = job->grab;
+    const int64_t block_rows = job->qblock_rows;
+    const size_t ldm = (size_t)(block_rows + NR);
+    const float *qpack = (const float *)(const void *)job->qpack;
+    float *cbuf = alloc64(sizeof(float) * (size_t)per_chunk * frame_floats);
+    float *rowbuf = alloc64(sizeof(float) * ((size_t)dims + 16));
+    float *rowmax = alloc64(sizeof(float) * ldm * (size_t)per_chunk);
+    if (!cbuf || !rowbuf || !rowmax) {
+        s->failed = 1;
+        goto done;
+    }
+    for (;;) {
+        const int64_t g0 = (int64_t)atomic_fetch_add(&job->next, (long long)per_chunk);
+        if (g0 >= job->nframes) break;
+        const int64_t nf = job->nframes - g0 < per_chunk ? job->nframes - g0 : per_chunk;
+        for (int64_t j = 0; j < nf; j++) convert_frame_f32(job, job->fsrc[g0 + j], rowbuf, cbuf + (size_t)j * frame_floats);
+        for (int64_t b0 = 0; b0 < job->qrows; b0 += block_rows) {
+            const int64_t b1 = b0 + block_rows < job->qrows ? b0 + block_rows : job->qrows;
+            for (int64_t t0 = b0; t0 < b1; t0 += NR) {
+                const float *qp = qpack + (size_t)(t0 / NR) * dims * NR;
+                for (int64_t j = 0; j < nf; j++) {
+                    const float *frame = cbuf + (size_t)j * frame_floats;
+                    for (int c = 0; c < chunks; c++)
+                        micro_tile_f32(qp, frame + (size_t)c * dims * MR, dims, rowmax + j * ldm + (t0 - b0), c == 0);
+                }
+            }
+            for (int64_t j = 0; j < nf; j++) {
+                float *out = job->out + job->fcol[g0 + j];
+                for (int64_t i = b0 / regions; i < b1 / regions; i++) {
+                    const float *mx = rowmax + j * ldm + (i * regions - b0);
+                    float total = 0.0f;
+                    for (int r = 0; r < regions; r++) total += mx[r];
+                    out[i * job->ldo] = total / (float)regions;
+                }
+            }
+        }
+    }
+done:
+    free(cbuf);
+    free(rowbuf);
+    free(rowmax);
+    return NULL;
+}
+
+/* The float32 query [qrows, dims] as [tiles][dims][NR]; rows beyond qrows are 0. */
+static void pack_query_f32(const float *q, int64_t qrows, int dims, float *dst) {
+    const int64_t tiles = (qrows + NR - 1) / NR;
+    memset(dst, 0, sizeof(float) * (size_t)tiles * dims * NR);
+    for (int64_t i = 0; i < qrows; i++) {
+        float *base = dst + (size_t)(i / NR) * dims * NR + (size_t)(i % NR);
+        const float *row = q + (size_t)i * dims;
+        for (int d = 0; d < dims; d++) base[(size_t)d * NR] = row[d];
+    }
+}
+
 /* The query (int8 [qrows, dims]) biased to u8 in [tiles][k4][NR][4]; rows beyond qrows and dims are 0.
  * Returns -1 when out of memory. */
 TARGET static int pack_query(const int8_t *q, int64_t qrows, int dims, int k4, int bias, uint8_t *dst) {
@@ -374,7 +491,7 @@ static PyObject *region_chamfer(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_RuntimeError, "this CPU lacks AVX-512 VNNI: use the torch engine");
         goto done;
     }
-    if (kind < KIND_BITS || kind > KIND_F32 || regions < 1 || dims < 1 || dims > MAX_DIMS || threads < 1) {
+    if (kind < KIND_BITS || kind > KIND_F32_EXACT || regions < 1 || dims < 1 || dims > MAX_DIMS || threads < 1) {
         PyErr_Format(PyExc_ValueError, "bad arguments: kind %d, regions %d, dims %d, threads %d", kind, regions,
                      dims, threads);
         goto done;
@@ -383,16 +500,17 @@ static PyObject *region_chamfer(PyObject *self, PyObject *args) {
         PyErr_Format(PyExc_ValueError, "packed codes need dims a multiple of 8, got %d", dims);
         goto done;
     }
-    const int64_t row_len = (int64_t)regions * dims;
-    if (qbuf.len % row_len) {
-        PyErr_Format(PyExc_ValueError, "query has %zd bytes, not a whole number of frames of %d x %d int8",
-                     qbuf.len, regions, dims);
+    const int float_mode = kind >= KIND_F16_EXACT;
+    const int64_t row_len = (int64_t)regions * dims, q_item = float_mode ? 4 : 1;
+    if (qbuf.len % (row_len * q_item)) {
+        PyErr_Format(PyExc_ValueError, "query has %zd bytes, not a whole number of frames of %d x %d %s",
+                     qbuf.len, regions, dims, float_mode ? "float32" : "int8");
         goto done;
     }
-    const int64_t qframes = qbuf.len / row_len, qrows = qframes * regions;
-    if (kind == KIND_BITS) {
+    const int64_t qframes = qbuf.len / (row_len * q_item), qrows = qframes * regions;
+    if (kind == KIND_BITS || float_mode) {
         if (scale_obj != Py_None) {
-            PyErr_SetString(PyExc_ValueError, "packed codes take no query scales");
+            PyErr_SetString(PyExc_ValueError, "packed codes and float32 products take no query scales");
             goto done;
         }
     } else {
@@ -413,7 +531,7 @@ static PyObject *region_chamfer(PyObject *self, PyObject *args) {
         PyErr_Format(PyExc_ValueError, "%zd candidates but %zd frame counts", n, PySequence_Fast_GET_SIZE(frames));
         goto done;
     }
-    const int64_t item = kind == KIND_BITS ? 1 : (kind == KIND_F16 ? 2 : 4);
+    const int64_t item = kind == KIND_BITS ? 1 : ((kind == KIND_F16 || kind == KIND_F16_EXACT) ? 2 : 4);
     const int64_t frame_bytes = kind == KIND_BITS ? (int64_t)regions * (dims / 8) : row_len * item;
     views = calloc((size_t)(n ? n : 1), sizeof(Py_buffer));
     if (!views) {
@@ -442,8 +560,10 @@ static PyObject *region_chamfer(PyObject *self, PyObject *args) {
     fsrc = malloc(sizeof(*fsrc) * (size_t)(real_frames ? real_frames : 1));
     fcol = malloc(sizeof(*fcol) * (size_t)(real_frames ? real_frames : 1));
     const int k4 = (dims + 3) / 4;
+    /* bytes of one packed row (query) or converted row (candidate): int8 padded to 4, or float32 */
+    const int64_t packed_row = float_mode ? 4 * (int64_t)dims : 4 * (int64_t)k4;
     const int64_t qtiles = (qrows + NR - 1) / NR;
-    qpack = alloc64((size_t)(qtiles ? qtiles : 1) * k4 * NR * 4);
+    qpack = alloc64((size_t)(qtiles ? qtiles : 1) * NR * packed_row);
     if (!fsrc || !fcol || !qpack) {
         PyErr_NoMemory();
         goto done;
@@ -477,7 +597,7 @@ static PyObject *region_chamfer(PyObject *self, PyObject *args) {
     {
         /* query blocks of whole frames and whole tiles, about QUERY_BLOCK_BYTES of packed query */
         const int64_t unit = (int64_t)regions / gcd64(regions, NR) * NR;
-        int64_t units = QUERY_BLOCK_BYTES / (unit * k4 * 4);
+        int64_t units = QUERY_BLOCK_BYTES / (unit * packed_row);
         if (units < 1) units = 1;
         job.qblock_rows = unit * units;
     }
@@ -495,7 +615,7 @@ static PyObject *region_chamfer(PyObject *self, PyObject *args) {
         if (threads > by_work) threads = (int)by_work;
         if (threads > real_frames) threads = (int)(real_frames ? real_frames : 1);
         /* runs of frames: at most ~CAND_CHUNK_BYTES converted, and ~8 runs per thread to balance */
-        const int64_t converted_bytes = (int64_t)job.chunks * k4 * MR * 4; /* one frame, converted */
+        const int64_t converted_bytes = (int64_t)job.chunks * MR * packed_row; /* one frame, converted */
         int64_t grab = CAND_CHUNK_BYTES / converted_bytes;
         const int64_t share = (real_frames + 8 * threads - 1) / (8 * threads);
         if (grab > share) grab = share;
@@ -506,19 +626,23 @@ static PyObject *region_chamfer(PyObject *self, PyObject *args) {
     int started[MAX_THREADS] = {0};
     int failed = 0;
     Py_BEGIN_ALLOW_THREADS
-    failed = pack_query((const int8_t *)qbuf.buf, qrows, dims, k4, job.bias, qpack) != 0;
+    if (float_mode)
+        pack_query_f32((const float *)qbuf.buf, qrows, dims, (float *)(void *)qpack);
+    else
+        failed = pack_query((const int8_t *)qbuf.buf, qrows, dims, k4, job.bias, qpack) != 0;
+    void *(*worker)(void *) = float_mode ? run_slice_f32 : run_slice;
     for (int t = 0; t < threads; t++) {
         slices[t].job = &job;
         slices[t].failed = 0;
     }
     if (failed) threads = 0;
-    for (int t = 1; t < threads; t++) started[t] = pthread_create(&tids[t], NULL, run_slice, &slices[t]) == 0;
-    if (threads) run_slice(&slices[0]);
+    for (int t = 1; t < threads; t++) started[t] = pthread_create(&tids[t], NULL, worker, &slices[t]) == 0;
+    if (threads) worker(&slices[0]);
     for (int t = 1; t < threads; t++) {
         if (started[t])
             pthread_join(tids[t], NULL);
         else
-            run_slice(&slices[t]); /* no thread: this one does its share */
+            worker(&slices[t]); /* no thread: this one does its share */
         failed |= slices[t].failed;
     }
     if (threads) failed |= slices[0].failed;
@@ -684,10 +808,118 @@ done:
     return result;
 }
 
+/* ------------------------------------------------------------------ comparator: 2x2 max-pooling, channels-last */
+
+typedef struct {
+    const float *x; /* [B, H, W, C] */
+    const int64_t *valid;
+    float *out; /* [B, H/2, W/2, C] */
+    int64_t batch, h, w, ho, wo;
+    int channels;
+    atomic_llong next;
+} PoolJob;
+
+TARGET static void *pool_worker(void *arg) {
+    PoolJob *job = (PoolJob *)arg;
+    const int64_t total = job->batch * job->ho, c = job->channels;
+    for (;;) {
+        const int64_t r = (int64_t)atomic_fetch_add(&job->next, 1LL);
+        if (r >= total) break;
+        const int64_t b = r / job->ho, i = r % job->ho;
+        const float *top = job->x + ((b * job->h + 2 * i) * job->w) * c, *bottom = top + job->w * c;
+        float *o = job->out + ((b * job->ho + i) * job->wo) * c;
+        const int64_t keep = job->valid ? job->valid[b] : job->wo;
+        for (int64_t j = 0; j < job->wo; j++)
+            for (int64_t k = 0; k < c; k += 16) {
+                __m512 m = _mm512_setzero_ps();
+                if (j < keep) {
+                    /* the rows first, then the columns: the order of _max_pool2 (exact either way) */
+                    const __m512 left = _mm512_max_ps(_mm512_loadu_ps(top + 2 * j * c + k),
+                                                      _mm512_loadu_ps(bottom + 2 * j * c + k));
+                    const __m512 right = _mm512_max_ps(_mm512_loadu_ps(top + (2 * j + 1) * c + k),
+                                                       _mm512_loadu_ps(bottom + (2 * j + 1) * c + k));
+                    m = _mm512_max_ps(left, right);
+                }
+                _mm512_storeu_ps(o + j * c + k, m);
+            }
+    }
+    return NULL;
+}
+
+PyDoc_STRVAR(max_pool2_doc,
+             "max_pool2(x, valid, out, channels, batch, h, w, threads)\n\n"
+             "2x2 max-pooling (stride 2) of float32 x [B, H, W, C] (channels-last memory) into float32\n"
+             "out [B, H//2, W//2, C]; valid: int64 [B] pooled columns kept per pair (the rest zero) or None.");
+
+static PyObject *max_pool2(PyObject *self, PyObject *args) {
+    Py_buffer xbuf = {0}, vbuf = {0}, obuf = {0};
+    PyObject *valid_obj, *result = NULL;
+    int channels, threads, have_valid = 0;
+    long long batch, h, w;
+    if (!PyArg_ParseTuple(args, "y*Ow*iLLLi", &xbuf, &valid_obj, &obuf, &channels, &batch, &h, &w, &threads))
+        return NULL;
+    if (!cpu_supported()) {
+        PyErr_SetString(PyExc_RuntimeError, "this CPU lacks AVX-512: use the torch engine");
+        goto done;
+    }
+    if (channels < 16 || channels % 16 || batch < 0 || h < 2 || w < 2 || threads < 1 || h > (1LL << 30) ||
+        w > (1LL << 30) || batch > (1LL << 30)) {
+        PyErr_Format(PyExc_ValueError, "bad arguments: channels %d, batch %lld, h %lld, w %lld, threads %d",
+                     channels, batch, h, w, threads);
+        goto done;
+    }
+    const int64_t ho = h / 2, wo = w / 2;
+    if (xbuf.len != (Py_ssize_t)(batch * h * w * channels * 4) ||
+        obuf.len != (Py_ssize_t)(batch * ho * wo * channels * 4)) {
+        PyErr_Format(PyExc_ValueError, "max_pool2: buffer sizes %zd, %zd do not fit batch %lld, %lld x %lld, "
+                     "%d channels", xbuf.len, obuf.len, batch, h, w, channels);
+        goto done;
+    }
+    if (valid_obj != Py_None) {
+        if (PyObject_GetBuffer(valid_obj, &vbuf, PyBUF_SIMPLE) < 0) goto done;
+        have_valid = 1;
+        if (vbuf.len != (Py_ssize_t)(batch * 8)) {
+            PyErr_Format(PyExc_ValueError, "valid has %zd bytes, expected int64 [%lld]", vbuf.len, batch);
+            goto done;
+        }
+    }
+    PoolJob job;
+    job.x = (const float *)xbuf.buf;
+    job.valid = have_valid ? (const int64_t *)vbuf.buf : NULL;
+    job.out = (float *)obuf.buf;
+    job.batch = batch;
+    job.h = h;
+    job.w = w;
+    job.ho = ho;
+    job.wo = wo;
+    job.channels = channels;
+    atomic_init(&job.next, 0);
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    {
+        const int64_t by_work = batch * ho * wo * channels / 65536 + 1;
+        if (threads > by_work) threads = (int)by_work;
+    }
+    pthread_t tids[MAX_THREADS];
+    int started[MAX_THREADS] = {0};
+    Py_BEGIN_ALLOW_THREADS
+    for (int t = 1; t < threads; t++) started[t] = pthread_create(&tids[t], NULL, pool_worker, &job) == 0;
+    pool_worker(&job);
+    for (int t = 1; t < threads; t++)
+        if (started[t]) pthread_join(tids[t], NULL);
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+done:
+    if (have_valid) PyBuffer_Release(&vbuf);
+    PyBuffer_Release(&xbuf);
+    PyBuffer_Release(&obuf);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"supported", supported, METH_NOARGS, supported_doc},
     {"region_chamfer", region_chamfer, METH_VARARGS, region_chamfer_doc},
     {"conv1_pool", conv1_pool, METH_VARARGS, conv1_pool_doc},
+    {"max_pool2", max_pool2, METH_VARARGS, max_pool2_doc},
     {NULL, NULL, 0, NULL},
 };
 
