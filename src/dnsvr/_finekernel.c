@@ -25,9 +25,10 @@
  * while it is converted.
  *
  * Layouts. The query is packed once per call as [tiles of 32 rows][D/4][32 rows][4 bytes] (two zmm per
- * step of 4 dimensions). A candidate frame is converted to [D/4][9 rows][4 bytes], so the 9 broadcasts
- * of one step are at constant offsets; a frame with R not a multiple of 9 is split into chunks of 9
- * rows, the last one filled up with copies of its first row (a copy does not change a maximum).
+ * step of 4 dimensions). A candidate frame is converted to int8 rows (row-major, D padded to 4; the 9
+ * broadcasts of one step address 3 moving pointers plus 1 or 2 row strides: no transposition); a frame
+ * with R not a multiple of 9 is split into chunks of 9 rows, the last one filled up with copies of its
+ * first row (a copy does not change a maximum). The float32 variant uses [D][9 rows] candidate chunks.
  *
  * Cache blocking: each thread takes runs of candidate frames as they come (an atomic counter: a thread
  * that gets more of a shared CPU does more), converts a run (at most ~128 KB) and runs it against the
@@ -86,8 +87,8 @@ static void *alloc64(size_t bytes) {
 
 /* 32 query rows (one tile) against one chunk of MR candidate rows: the max over the chunk's rows of the
  * corrected dot products, stored (first chunk of a frame) or max-combined into dst[0..31]. */
-TARGET static inline void micro_tile(const uint8_t *qp, const int8_t *cb, int k4, const int32_t *corr, int32_t *dst,
-                                     int first) {
+TARGET static inline void micro_tile(const uint8_t *qp, const int8_t *cb, size_t ks, int k4, const int32_t *corr,
+                                     int32_t *dst, int first) {
     /* the inner step in assembly: with the vpdpbusd intrinsic, GCC 12 copies all 18 accumulators (and
      * spills some) on every step */
 #define ZERO2(m) __m512i a##m##0 = _mm512_setzero_si512(), a##m##1 = _mm512_setzero_si512()
@@ -96,23 +97,25 @@ TARGET static inline void micro_tile(const uint8_t *qp, const int8_t *cb, int k4
     for (int k = 0; k < k4; k++) {
         const __m512i q0 = _mm512_load_si512((const void *)(qp + (size_t)k * (NR * 4)));
         const __m512i q1 = _mm512_load_si512((const void *)(qp + (size_t)k * (NR * 4) + 64));
-        const int8_t *c = cb + (size_t)k * (MR * 4);
+        /* the candidate rows are row-major (stride ks): rows 0-2 from p, 3-5 from p + 3·ks, 6-8 from p + 6·ks */
+        const int8_t *p0 = cb + (size_t)k * 4, *p3 = p0 + 3 * ks, *p6 = p0 + 6 * ks;
         __m512i t;
-#define DP(m, off)                                                                              \
-    "vpbroadcastd " #off "(%[c]), %[t]\n\t"                                                     \
+#define DP(m, addr)                                                                             \
+    "vpbroadcastd " addr ", %[t]\n\t"                                                            \
     "vpdpbusd %[t], %[q0], %[a" #m "0]\n\t"                                                      \
     "vpdpbusd %[t], %[q1], %[a" #m "1]\n\t"
         /* two statements: at most 30 operands each */
-        __asm__(DP(0, 0) DP(1, 4) DP(2, 8) DP(3, 12) DP(4, 16)
+        __asm__(DP(0, "(%[p0])") DP(1, "(%[p0],%[s],1)") DP(2, "(%[p0],%[s],2)") DP(3, "(%[p3])")
+                DP(4, "(%[p3],%[s],1)")
                 : [a00] "+v"(a00), [a01] "+v"(a01), [a10] "+v"(a10), [a11] "+v"(a11), [a20] "+v"(a20),
                   [a21] "+v"(a21), [a30] "+v"(a30), [a31] "+v"(a31), [a40] "+v"(a40), [a41] "+v"(a41),
                   [t] "=&v"(t)
-                : [q0] "v"(q0), [q1] "v"(q1), [c] "r"(c)
+                : [q0] "v"(q0), [q1] "v"(q1), [p0] "r"(p0), [p3] "r"(p3), [s] "r"(ks)
                 : "memory");
-        __asm__(DP(5, 20) DP(6, 24) DP(7, 28) DP(8, 32)
+        __asm__(DP(5, "(%[p3],%[s],2)") DP(6, "(%[p6])") DP(7, "(%[p6],%[s],1)") DP(8, "(%[p6],%[s],2)")
                 : [a50] "+v"(a50), [a51] "+v"(a51), [a60] "+v"(a60), [a61] "+v"(a61), [a70] "+v"(a70),
                   [a71] "+v"(a71), [a80] "+v"(a80), [a81] "+v"(a81), [t] "=&v"(t)
-                : [q0] "v"(q0), [q1] "v"(q1), [c] "r"(c)
+                : [q0] "v"(q0), [q1] "v"(q1), [p3] "r"(p3), [p6] "r"(p6), [s] "r"(ks)
                 : "memory");
 #undef DP
     }
@@ -132,11 +135,6 @@ TARGET static inline void micro_tile(const uint8_t *qp, const int8_t *cb, int k4
     }
     _mm512_storeu_si512((void *)dst, r0);
     _mm512_storeu_si512((void *)(dst + 16), r1);
-}
-
-/* Scatter one converted row (k4·4 int8, zero-padded) into a chunk's [k4][MR][4] layout at row m. */
-static inline void scatter_row(const int8_t *row, int k4, int8_t *chunk, int m) {
-    for (int k = 0; k < k4; k++) memcpy(chunk + (size_t)k * (MR * 4) + 4 * m, row + 4 * k, 4);
 }
 
 /* Packed bits of one row (D/8 bytes) → ±1 int8 (D values, natural order); returns the sum of the codes. */
@@ -209,31 +207,28 @@ TARGET static float quantize_frame(const uint8_t *src, int regions, int dims, in
     return p / 127.0f;
 }
 
-/* Convert one candidate frame into its chunks ([chunks][k4][MR][4]) and the chunks' corrections. */
-TARGET static float convert_frame(const Job *job, const uint8_t *src, int8_t *rowbuf, int32_t *sums, int8_t *dst,
-                                  int32_t *corr) {
-    const int regions = job->regions, k4 = job->k4;
+/* Convert one candidate frame into rows of int8 (chunks·MR rows of k4·4 bytes, zero-padded; the rows
+ * after the last region copies of its chunk's first row) and each row's correction. */
+TARGET static float convert_frame(const Job *job, const uint8_t *src, int32_t *sums, int8_t *dst, int32_t *corr) {
+    const int regions = job->regions, k4 = job->k4, rows = job->chunks * MR;
     const int width = 4 * k4;
     float scale = 1.0f;
     if (job->kind == KIND_BITS) {
         const int nbytes = job->dims / 8;
         for (int r = 0; r < regions; r++) {
-            int8_t *row = rowbuf + (size_t)r * width;
+            int8_t *row = dst + (size_t)r * width;
             memset(row, 0, (size_t)width);
             sums[r] = unpack_row(src + (size_t)r * nbytes, job->dims, row);
         }
     } else {
-        scale = quantize_frame(src, regions, job->dims, job->kind, k4, rowbuf, sums);
+        scale = quantize_frame(src, regions, job->dims, job->kind, k4, dst, sums);
     }
-    for (int c = 0; c < job->chunks; c++) {
-        int8_t *chunk = dst + (size_t)c * k4 * MR * 4;
-        for (int m = 0; m < MR; m++) {
-            int r = c * MR + m;
-            if (r >= regions) r = c * MR; /* fill with the chunk's first row */
-            scatter_row(rowbuf + (size_t)r * width, k4, chunk, m);
-            corr[c * MR + m] = job->bias * sums[r];
-        }
+    for (int r = regions; r < rows; r++) { /* a copy does not change a maximum */
+        const int first = r / MR * MR;
+        memcpy(dst + (size_t)r * width, dst + (size_t)first * width, (size_t)width);
+        sums[r] = sums[first];
     }
+    for (int r = 0; r < rows; r++) corr[r] = job->bias * sums[r];
     return scale;
 }
 
@@ -247,11 +242,10 @@ TARGET static void *run_slice(void *arg) {
     int8_t *cbuf = alloc64((size_t)per_chunk * frame_bytes);
     int32_t *corr = malloc(sizeof(int32_t) * (size_t)per_chunk * chunks * MR);
     float *scales = malloc(sizeof(float) * (size_t)per_chunk);
-    int8_t *rowbuf = alloc64((size_t)regions * 4 * k4);
-    int32_t *sums = malloc(sizeof(int32_t) * (size_t)regions);
+    int32_t *sums = malloc(sizeof(int32_t) * (size_t)chunks * MR);
     const size_t ldm = (size_t)(block_rows + NR); /* rowmax: one row of maxima per frame of the run */
     int32_t *rowmax = alloc64(sizeof(int32_t) * ldm * (size_t)per_chunk);
-    if (!cbuf || !corr || !scales || !rowbuf || !sums || !rowmax) {
+    if (!cbuf || !corr || !scales || !sums || !rowmax) {
         s->failed = 1;
         goto done;
     }
@@ -261,7 +255,7 @@ TARGET static void *run_slice(void *arg) {
         if (g0 >= job->nframes) break;
         const int64_t nf = job->nframes - g0 < per_chunk ? job->nframes - g0 : per_chunk;
         for (int64_t j = 0; j < nf; j++)
-            scales[j] = convert_frame(job, job->fsrc[g0 + j], rowbuf, sums, cbuf + (size_t)j * frame_bytes,
+            scales[j] = convert_frame(job, job->fsrc[g0 + j], sums, cbuf + (size_t)j * frame_bytes,
                                       corr + (size_t)j * chunks * MR);
         for (int64_t b0 = 0; b0 < job->qrows; b0 += block_rows) {
             const int64_t b1 = b0 + block_rows < job->qrows ? b0 + block_rows : job->qrows;
@@ -272,7 +266,7 @@ TARGET static void *run_slice(void *arg) {
                     const int8_t *frame = cbuf + (size_t)j * frame_bytes;
                     const int32_t *fcorr = corr + (size_t)j * chunks * MR;
                     for (int c = 0; c < chunks; c++)
-                        micro_tile(qp, frame + (size_t)c * k4 * MR * 4, k4, fcorr + c * MR,
+                        micro_tile(qp, frame + (size_t)c * k4 * MR * 4, (size_t)4 * k4, k4, fcorr + c * MR,
                                    rowmax + j * ldm + (t0 - b0), c == 0);
                 }
             }
@@ -299,7 +293,6 @@ done:
     free(cbuf);
     free(corr);
     free(scales);
-    free(rowbuf);
     free(sums);
     free(rowmax);
     return NULL;
