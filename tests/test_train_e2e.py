@@ -8,17 +8,23 @@ trained on):
 * the trained DnS pipeline (coarse student → selector → fine student, through a real index) retrieves
   near-duplicates better than its untrained coarse stage at every budget from 5 % to 100 %.
 
-The domain (``DOMAIN``): sources made of scenes that share one of three topic vectors, same-topic
-distractors (the hard negatives: related, not copies), and near-duplicates made by
+The domain (``DOMAIN``): sources of 16-32 frames made of scenes that share one of three topic vectors,
+same-topic distractors (the hard negatives: related, not copies), and near-duplicates made by
 :func:`dnsvr.eval.synthetic.transform_video` (noise, temporal crop, embedding between unrelated frames,
-speed-up, all combined). The figures are printed (``pytest -s``) and quoted in README.md; run more
+speed-up, all combined). Sources are at least 16 frames long because the fine students' comparator pools
+time by 4: a 2x speed-up of an 8-frame source (4 frames) leaves it one cell, and the trained students then
+score such copies 0.6 where the teacher says 0.95 (README) — real videos at 1 fps are far longer. The figures are printed (``pytest -s``) and quoted in README.md; run more
 seeds with ``DNSVR_E2E_SEEDS=0,1,2``.
 
 What differs from the recipe, for a run of seconds instead of days: few epochs, small batches, a small
 network (32-d regions, a 128-d feed-forward, 8 NetVLAD clusters) and learning rates 10× the recipe's
 (1e-3 fine / 1e-4 coarse — the recipe's ratio kept). Adam, L1 + 1e-3 regularisation, the
 augmentations, the s/2 + 0.5 coarse targets, and the selector's threshold 0.2 with balanced sampling
-are the library's defaults, unchanged.
+are the library's defaults, unchanged. Besides the figures the report prints the diagnostics that explain
+them: the coarse student's similarities per relation (copy / same topic / other topic), the selector's
+label counts, steps and correlation with the coarse score, and the top-of-list calibration (highest coarse
+score of a non-copy vs the lowest fine score of a copy) that decides whether re-scoring can cost a copy
+its rank; ``cpu_seconds`` per phase.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import pytest
 
 pytest.importorskip("dnsvr.nn")
 
-from train_synthetic import make_collection  # noqa: E402
+from train_synthetic import make_collection, relation  # noqa: E402
 
 from dnsvr.eval import evaluate  # noqa: E402
 from dnsvr.eval.synthetic import TRANSFORMS  # noqa: E402
@@ -44,7 +50,9 @@ from dnsvr.train.students import (StudentTrainConfig, initial_student, pair_simi
                                   pearson, ranking_agreement, train_student)
 
 DIMS = 32
-DOMAIN = {"dims": DIMS, "topic_weight": 0.8, "noise": 0.3, "copy_transforms": TRANSFORMS}
+#: Source lengths in frames (``DNSVR_E2E_FRAMES=8,16`` measures other values).
+FRAMES = tuple(int(v) for v in os.environ.get("DNSVR_E2E_FRAMES", "16,32").split(","))
+DOMAIN = {"dims": DIMS, "topic_weight": 0.8, "noise": 0.3, "copy_transforms": TRANSFORMS, "frames": FRAMES}
 CG_NET = {"transformer_feedforward_dims": 128, "netvlad_clusters": 8, "netvlad_outdims": 64}
 BUDGETS = ("5%", "10%", "25%", "50%", "100%")
 SEEDS = [int(s) for s in os.environ.get("DNSVR_E2E_SEEDS", "0").split(",")]
@@ -52,15 +60,29 @@ SEEDS = [int(s) for s in os.environ.get("DNSVR_E2E_SEEDS", "0").split(",")]
 THRESHOLD = float(os.environ.get("DNSVR_E2E_THRESHOLD", "0.2"))
 #: The coarse student's initial output offset (``DNSVR_E2E_COARSE_BIAS=0``: the reference's zero init).
 COARSE_BIAS = float(os.environ.get("DNSVR_E2E_COARSE_BIAS", "1.0")) or None
+#: Epochs of the fine students (``DNSVR_E2E_FINE_EPOCHS`` measures other values).
+FINE_EPOCHS = int(os.environ.get("DNSVR_E2E_FINE_EPOCHS", "4"))
+#: Measurement knobs of the coarse student (README, "What training achieves"): ``DNSVR_E2E_CG`` is a JSON
+#: object of :class:`StudentTrainConfig` fields that override the test's (e.g. ``{"learning_rate": 1e-5}``),
+#: ``DNSVR_E2E_TRAIN_SOURCES`` the number of training sources (and distractors), ``DNSVR_E2E_ONLY_CG=1``
+#: trains and checks the coarse student alone.
+CG_OVERRIDES = json.loads(os.environ.get("DNSVR_E2E_CG", "{}"))
+TRAIN_SOURCES = int(os.environ.get("DNSVR_E2E_TRAIN_SOURCES", "20"))
+ONLY_CG = os.environ.get("DNSVR_E2E_ONLY_CG", "") not in ("", "0")
 
 
 def configs(seed: int) -> dict[str, StudentTrainConfig]:
     return {
-        "fg-att": StudentTrainConfig(type="fg-att", epochs=4, batch_size=4, seed=seed, learning_rate=1e-3),
-        "fg-bin": StudentTrainConfig(type="fg-bin", epochs=4, batch_size=4, seed=seed, learning_rate=1e-3),
-        "cg": StudentTrainConfig(type="cg", epochs=20, batch_size=8, seed=seed, learning_rate=1e-4, network=CG_NET,
-                                 coarse_bias_init=COARSE_BIAS),
+        "fg-att": StudentTrainConfig(type="fg-att", epochs=FINE_EPOCHS, batch_size=4, seed=seed, learning_rate=1e-3),
+        "fg-bin": StudentTrainConfig(type="fg-bin", epochs=FINE_EPOCHS, batch_size=4, seed=seed, learning_rate=1e-3),
+        "cg": StudentTrainConfig(**{**dict(type="cg", epochs=20, batch_size=8, seed=seed, learning_rate=1e-4,
+                                           network=CG_NET, coarse_bias_init=COARSE_BIAS), **CG_OVERRIDES}),
     }
+
+
+def unexplained(r: float) -> float:
+    """Share of the teacher's variance a linear fit of the student leaves unexplained (negative r: all)."""
+    return 1.0 - max(r, 0.0) ** 2
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -74,21 +96,45 @@ def agreement(student: np.ndarray, teacher: np.ndarray, anchors: np.ndarray) -> 
             "l1": float(np.abs(student - teacher).mean())}
 
 
+def by_relation(scores: dict[str, np.ndarray], rel: np.ndarray) -> dict[str, dict]:
+    """Mean ± std of each score per relation of the pair (copy / same topic / other topic) and each one's
+    Pearson with the teacher inside that relation (how well it orders pairs the teacher barely separates)."""
+    out = {}
+    for r in ("copy", "same topic", "other topic"):
+        m = rel == r
+        out[r] = {"pairs": int(m.sum()),
+                  **{name: [round(float(v[m].mean()), 3), round(float(v[m].std()), 3)] for name, v in scores.items()},
+                  **{f"pearson_{name}": round(pearson(v[m], scores["teacher"][m]), 3)
+                     for name, v in scores.items() if name != "teacher"}}
+    return out
+
+
 def run_e2e(tmp_path, seed: int) -> dict:
     t0 = time.perf_counter()
+    phases: dict[str, float] = {}  # CPU seconds of this process per phase (wall time is shared with others)
+    last = [time.process_time()]
+
+    def lap(name: str) -> None:
+        now = time.process_time()
+        phases[name] = round(now - last[0], 1)
+        last[0] = now
+
     train_h5, held_h5 = tmp_path / "train.h5", tmp_path / "held.h5"
-    make_collection(train_h5, n_sources=20, copies=2, distractors=20, seed=100 + seed, **DOMAIN)
+    make_collection(train_h5, n_sources=TRAIN_SOURCES, copies=2, distractors=TRAIN_SOURCES, seed=100 + seed,
+                    **DOMAIN)
     # the held-out benchmark: 8 queries, their 16 copies, 60 distractors (20 of each topic), so that even
     # 5 % of the database (4 pairs per query) is a budget to choose, as at the paper's scale
     truth = make_collection(held_h5, n_sources=8, copies=2, distractors=60, seed=200 + seed, **DOMAIN)
     params = MiningParams(candidates=10, positives=3, random_negatives=5, seed=seed)
     mine(train_h5, tmp_path / "pairs.h5", "chamfer", params, progress=False)
     mine(held_h5, tmp_path / "held_pairs.h5", "chamfer", params, progress=False)
+    lap("data+mining")
     held = MinedPairs(tmp_path / "held_pairs.h5")
     ids = held.video_ids
     held_store = VideoStore(held_h5, ids)
     held_idx = np.stack([held.anchor, held.other], 1)
     hard = held.kind != RANDOM_NEGATIVE  # each anchor vs its nearest candidates: what the coarse stage must order
+    rel = np.array([relation(ids[a], ids[o]) for a, o in held_idx])
     queries = sorted(truth)
     ground_truth = {q: {c: 1 for c in copies} for q, copies in truth.items()}
     query_pairs = np.array([(ids.index(q), j) for q in queries for j in range(len(ids)) if ids[j] != q])
@@ -104,22 +150,32 @@ def run_e2e(tmp_path, seed: int) -> dict:
     figures: dict[str, dict] = {}
     runs = {}
     for kind, cfg in configs(seed).items():
+        if ONLY_CG and kind != "cg":
+            continue
         untrained = initial_student(cfg, DIMS)
         result = train_student(tmp_path / "pairs.h5", train_h5, tmp_path / kind, cfg, progress=False)
         runs[kind] = result.output_dir
         target = held.similarity / 2 + 0.5 if kind == "cg" else held.similarity
-        fig = {}
+        fig, sims = {}, {"teacher": target}
         for name, model in (("untrained", untrained), ("trained", result.model)):
             s = pair_similarities(model, kind, held_store, held_idx)
+            sims[name] = s
             fig[name] = {**agreement(s, target, held.anchor),
                          "hard": agreement(s[hard], target[hard], held.anchor[hard])}
             if kind == "cg":  # the fine students' retrieval is the DnS figure at a 100 % budget below
                 fig[name]["mAP"] = m_ap(pair_similarities(model, kind, held_store, query_pairs))
+        fig["by_relation"] = by_relation(sims, rel)
         figures[kind] = fig
+        lap(kind)
 
+    if ONLY_CG:
+        held_store.close()
+        return {"seed": seed, "held_out": figures, "cg_config": CG_OVERRIDES, "train_sources": TRAIN_SOURCES,
+                "seconds": time.perf_counter() - t0, "cpu_seconds": phases}
     sel = train_selector(tmp_path / "pairs.h5", train_h5, tmp_path / "selector", runs["fg-att"], runs["cg"],
                          SelectorTrainConfig(epochs=10, batch_size=16, seed=seed, threshold=THRESHOLD), progress=False)
 
+    lap("selector")
     # The trained bundle in a real index vs. the untrained coarse stage alone, same held-out videos.
     from dnsvr.index import VideoIndex
     from dnsvr.train.export import build_bundle
@@ -141,6 +197,20 @@ def run_e2e(tmp_path, seed: int) -> dict:
     index.close()
     # Which pairs to re-rank: the selector's choice (above, through the index) against the plain coarse
     # order (what DnS does without a selector), replayed from the 100 % results (every pair's scores).
+    # The selector's choice vs the coarse scores (an untrained selector is a monotone function of the coarse
+    # score, of either sign), and the calibration that decides whether re-scoring can cost a copy its rank:
+    # the highest coarse score of a non-copy (never re-scored at small budgets) vs the copies' fine scores.
+    sel_vs_coarse = float(np.mean([pearson([r.selector_score for r in res], [r.coarse_score for r in res])
+                                   for res in full.values()]))
+    top = {"max_noncopy_coarse": [], "min_copy_fine": [], "min_copy_teacher": []}
+    for q, results in full.items():
+        copies = set(truth[q])
+        top["max_noncopy_coarse"].append(max(r.coarse_score for r in results if r.video_id not in copies))
+        top["min_copy_fine"].append(min(r.fine_score / 2 + 0.5 for r in results if r.video_id in copies))
+        rows = held.anchor == ids.index(q)
+        top["min_copy_teacher"].append(float(min(held.similarity[rows][np.isin(held.other[rows], [ids.index(c) for c in copies])]
+                                                 / 2 + 0.5, default=np.nan)))
+    lap("index+search")
     coarse_order: dict[str, float] = {}
     for budget in BUDGETS:
         table = {}
@@ -153,11 +223,14 @@ def run_e2e(tmp_path, seed: int) -> dict:
         coarse_order[budget] = m_ap(table)
     held_store.close()
     return {"seed": seed, "held_out": figures,
-            "selector": {"labels": sel.config["labels"], "loss": [round(h["loss"], 4) for h in sel.history]},
+            "selector": {"labels": sel.config["labels"], "steps": sel.config["steps_per_epoch"] * len(sel.history),
+                         "loss": [round(h["loss"], 4) for h in sel.history],
+                         "pearson_with_coarse": round(sel_vs_coarse, 3)},
+            "calibration": {k: [round(float(v), 3) for v in vals] for k, vals in top.items()},
             "near_duplicate_mAP": {"untrained_coarse": figures["cg"]["untrained"]["mAP"],
                                    **{f"trained_dns_{b}": v for b, v in dns.items()},
                                    **{f"trained_coarse_order_{b}": v for b, v in coarse_order.items()}},
-            "seconds": time.perf_counter() - t0}
+            "seconds": time.perf_counter() - t0, "cpu_seconds": phases}
 
 
 @pytest.mark.slow
@@ -166,22 +239,30 @@ def test_end_to_end_distillation(tmp_path, seed):
     report = run_e2e(tmp_path, seed)
     print(json.dumps(report, indent=1))
     fig = report["held_out"]
-    for kind in ("fg-att", "fg-bin"):
+    for kind in () if ONLY_CG else ("fg-att", "fg-bin"):
         u, t = fig[kind]["untrained"], fig[kind]["trained"]
-        assert t["pearson"] > max(0.85, u["pearson"] + 0.25), (kind, u, t)
-        assert t["spearman"] > max(0.7, u["spearman"]), (kind, u, t)
-        assert t["hard"]["pearson"] > max(0.65, u["hard"]["pearson"] + 0.2), (kind, u, t)
+        # "Clearly better" as the share of the teacher's variance the student leaves unexplained, 1 - max(r, 0)²:
+        # at most half the untrained student's. (An untrained fine student can already correlate at 0.9 on
+        # videos of 16-32 frames: its comparator sees the same frame-similarity matrix, so "+0.25" cannot be
+        # the yardstick; a negative correlation counts as explaining nothing.)
+        assert t["pearson"] > 0.9 and unexplained(t["pearson"]) < 0.5 * unexplained(u["pearson"]), (kind, u, t)
+        assert t["spearman"] > max(0.75, u["spearman"]), (kind, u, t)
+        assert t["hard"]["pearson"] > 0.8, (kind, u, t)
+        assert unexplained(t["hard"]["pearson"]) < 0.5 * unexplained(u["hard"]["pearson"]), (kind, u, t)
         assert t["l1"] < 0.3 * u["l1"], (kind, u, t)
     u, t = fig["cg"]["untrained"], fig["cg"]["trained"]
     # The coarse student learns the scale of its targets (L1) and to tell copies from same-topic videos (its
-    # hard pairs, its mAP); over all pairs its Spearman does not rise in so few steps (see README).
+    # hard pairs, its mAP). Over all pairs its Pearson does not rise: the untrained network separates the
+    # topics with an exaggerated gap, training brings the gap to the teacher's but adds pair noise inside each
+    # relation (``by_relation``; README, "What training achieves").
     assert t["hard"]["pearson"] > u["hard"]["pearson"] + 0.1, ("cg", u, t)
     assert t["l1"] < 0.7 * u["l1"], ("cg", u, t)
     assert t["mAP"] > u["mAP"] + 0.02, ("cg", u, t)
+    if ONLY_CG:
+        return
     nd = report["near_duplicate_mAP"]
     assert nd["trained_dns_100%"] > max(0.95, nd["untrained_coarse"] + 0.2), nd
-    # From a quarter of the database up, the trained DnS beats its untrained coarse stage in every seed tried;
-    # at 5-10 % (4-8 pairs per query) re-scoring can also cost a copy its rank (see README), so those are
-    # reported, not asserted.
-    for budget in ("25%", "50%"):
+    # At every budget the trained DnS beats its untrained coarse stage. (At the recipe's threshold the
+    # selector learns from a handful of labels and adds nothing at 5-50 %: README.)
+    for budget in ("5%", "10%", "25%", "50%"):
         assert nd[f"trained_dns_{budget}"] > nd["untrained_coarse"] + 0.02, (budget, nd)

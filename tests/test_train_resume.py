@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 
@@ -88,7 +89,7 @@ def test_export_reference_layout_and_student_as_teacher(mined, tmp_path):
         load_teacher(run, dims=32)
 
 
-def test_selector_resume_is_bit_exact(mined, tmp_path):
+def test_selector_resume_is_bit_exact(mined, tmp_path, caplog):
     from dnsvr.train.selector import SelectorTrainConfig, train_selector
     from dnsvr.train.students import build_student
 
@@ -96,7 +97,11 @@ def test_selector_resume_is_bit_exact(mined, tmp_path):
     fine, coarse = build_student("fg-att", 16), build_student("cg", 16, **CG_NET)
     cfg = SelectorTrainConfig(epochs=2, batch_size=8, pairs_per_class=8, threshold=0.1, seed=3)
     args = (mined / "p.h5", mined / "f.h5")
-    full = train_selector(*args, tmp_path / "full", (fine, "fg-att"), (coarse, "cg"), cfg, progress=False)
+    with caplog.at_level(logging.WARNING, logger="dnsvr.train.selector"):
+        full = train_selector(*args, tmp_path / "full", (fine, "fg-att"), (coarse, "cg"), cfg, progress=False)
+    # 2 x 8 pairs in batches of 8: 2 steps per epoch, 4 in the run -> the starved-selector warning
+    assert full.config["steps_per_epoch"] == 2
+    assert any("4 training steps" in r.getMessage() for r in caplog.records), caplog.text
     train_selector(*args, tmp_path / "part", (fine, "fg-att"), (coarse, "cg"), cfg, progress=False,
                    stop_after_epochs=1)
     res = train_selector(*args, tmp_path / "part", (fine, "fg-att"), (coarse, "cg"), cfg, progress=False,

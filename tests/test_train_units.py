@@ -29,15 +29,24 @@ def _ids(x: np.ndarray) -> list[int]:
 def test_augment_operations():
     rng = np.random.default_rng(0)
     x = _frames(40)
-    for _ in range(20):
-        d = _ids(augment.drop_window(x, rng))
-        assert 40 - 16 <= len(d) <= 40 - 4 and d == sorted(d)
+    dropped_some = shuffled_some = False
+    for _ in range(30):
+        d = _ids(augment.drop_windows(x, rng))
+        assert 0 < len(d) <= 40 and d == sorted(d) and len(set(d)) == len(d)
+        # what is missing comes in whole windows of one size in [4, 16] aligned to the video's start
         missing = sorted(set(range(40)) - set(d))
-        assert missing == list(range(missing[0], missing[-1] + 1))  # one contiguous window
-        s = _ids(augment.shuffle_window(x, rng))
-        assert sorted(s) == list(range(40))
-        moved = [i for i, v in enumerate(s) if v != i]
-        assert not moved or moved[-1] - moved[0] < 16
+        if missing:
+            dropped_some = True
+            runs = np.split(np.array(missing), np.flatnonzero(np.diff(missing) > 1) + 1)
+            assert all(len(r) >= 4 or r[-1] == 39 for r in runs), runs
+        s = _ids(augment.shuffle_windows(x, rng))
+        assert sorted(s) == list(range(40))  # every frame kept
+        # the result is consecutive stretches (windows) of the original, in another order
+        stretches = np.split(np.array(s), np.flatnonzero(np.diff(s) != 1) + 1)
+        assert all(len(r) >= 4 or 39 in r for r in stretches), stretches
+        shuffled_some |= s != list(range(40))
+    assert dropped_some and shuffled_some
+    assert np.array_equal(augment.drop_windows(_frames(4), rng), _frames(4))
     assert _ids(augment.keep_every_second(x, rng)) in (list(range(0, 40, 2)), list(range(1, 40, 2)))
     assert _ids(augment.duplicate_frames(x, rng)) == [i // 2 for i in range(80)]
     assert len(augment.duplicate_frames(_frames(200), rng)) == 200  # would exceed 300 frames
@@ -51,6 +60,9 @@ def test_augment_video_is_repeatable_and_bounded():
     b = augment.augment_video(x, np.random.default_rng(7), probability=1.0)
     assert np.array_equal(a, b) and len(a) <= 300 and a.shape[1:] == (9, 4)
     assert np.array_equal(augment.augment_video(_frames(1), np.random.default_rng(0), 1.0), _frames(1))
+    # as the reference: videos of 8 frames or less are never augmented
+    for seed in range(20):
+        assert np.array_equal(augment.augment_video(_frames(8), np.random.default_rng(seed), 1.0), _frames(8))
     with pytest.raises(ValueError, match="unknown augmentation"):
         augment.augment_video(x, np.random.default_rng(0), operations=["zoom"])
 

@@ -104,3 +104,15 @@ def make_collection(path: str | Path, n_sources: int = 12, copies: int = 2, dist
             h5.create_dataset(f"dis{d:03d}", data=_source(rng, dims, frames, topic_vecs[d % topics], topic_weight))
     return truth
 
+
+
+def relation(a: str, b: str, topics: int = 3) -> str:
+    """How two videos of :func:`make_collection` relate: ``"copy"`` (a source and its copy, or two copies of
+    one source), ``"same topic"`` (related, not copies) or ``"other topic"``.
+
+    The topic of ``srcNNN[_copyC]`` and ``disNNN`` is ``NNN % topics`` (an embedded copy also carries frames of
+    its host, of the next topic: the relation names the copied source's topic).
+    """
+    if a.startswith("src") and b.startswith("src") and a[:6] == b[:6]:
+        return "copy"
+    return "same topic" if int(a[3:6]) % topics == int(b[3:6]) % topics else "other topic"

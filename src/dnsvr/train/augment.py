@@ -2,7 +2,11 @@
 
 Positives and negatives of a training triplet are perturbed along time so that
 the students learn similarities that survive frame drops, re-ordering, speed
-changes and reversal — the kinds of edits near-duplicate copies carry. Every
+changes and reversal — the kinds of edits near-duplicate copies carry. The
+operations follow the reference recipe (each with probability 0.1 per sample):
+drop windows (the video cut into windows of 4–16 frames, each dropped with
+probability 0.3), shuffle windows (the windows played in a random order), keep
+every second frame, duplicate every frame, reverse. Every
 operation works on a ``[T, ...]`` array (features of any trailing shape) and
 draws its randomness from an explicit :class:`numpy.random.Generator`, so an
 augmentation is a pure function of (video, generator state): training is
@@ -28,30 +32,41 @@ logger = logging.getLogger(__name__)
 MAX_FRAMES = 300
 #: Window sizes (inclusive) for the drop/shuffle operations.
 WINDOW_MIN, WINDOW_MAX = 4, 16
+#: Chance that each window is dropped by :func:`drop_windows` (the reference's 0.3).
+DROP_PROBABILITY = 0.3
+#: Videos of fewer frames are never augmented (the reference leaves videos of 8 frames or less alone).
+MIN_AUGMENT_FRAMES = 9
 
 
-def _window(length: int, rng: np.random.Generator) -> tuple[int, int]:
-    size = int(rng.integers(WINDOW_MIN, min(WINDOW_MAX, length - 1) + 1))
-    start = int(rng.integers(0, length - size + 1))
-    return start, size
+def _windows(length: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Cut ``range(length)`` into consecutive windows of one random size in [4, 16] (the last may be shorter)."""
+    size = int(rng.integers(WINDOW_MIN, WINDOW_MAX + 1))
+    return [np.arange(s, min(s + size, length)) for s in range(0, length, size)]
 
 
-def drop_window(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Remove one contiguous window of 4–16 frames (never the whole video)."""
+def drop_windows(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Cut the video into windows of 4–16 frames and drop each with probability 0.3 (never all of them).
+
+    As the reference's window drop: the video keeps its order, but whole stretches go missing.
+    """
     if len(x) <= WINDOW_MIN:
         return x
-    start, size = _window(len(x), rng)
-    return np.concatenate([x[:start], x[start + size:]], axis=0)
+    windows = _windows(len(x), rng)
+    keep = rng.random(len(windows)) > DROP_PROBABILITY
+    if not keep.any():
+        return x
+    return x[np.concatenate([w for w, k in zip(windows, keep) if k])]
 
 
-def shuffle_window(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Randomly permute the frames inside one window of 4–16 frames."""
+def shuffle_windows(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Cut the video into windows of 4–16 frames and play the windows in a random order.
+
+    As the reference's window shuffle: every frame stays, the order of the stretches changes (a re-edit).
+    """
     if len(x) <= WINDOW_MIN:
         return x
-    start, size = _window(len(x), rng)
-    order = np.arange(len(x))
-    order[start:start + size] = start + rng.permutation(size)
-    return x[order]
+    windows = _windows(len(x), rng)
+    return x[np.concatenate([windows[i] for i in rng.permutation(len(windows))])]
 
 
 def keep_every_second(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -75,8 +90,8 @@ def reverse(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 #: The operations by name, in a fixed order (the order matters for repeatability).
 OPERATIONS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]] = {
-    "drop_window": drop_window,
-    "shuffle_window": shuffle_window,
+    "drop_windows": drop_windows,
+    "shuffle_windows": shuffle_windows,
     "keep_every_second": keep_every_second,
     "duplicate_frames": duplicate_frames,
     "reverse": reverse,
@@ -104,7 +119,8 @@ def augment_video(x: np.ndarray, rng: np.random.Generator, probability: float = 
 
     With ``probability`` one operation, chosen uniformly from ``operations``, is
     applied; otherwise the video only goes through the length limit. Videos of
-    fewer than 2 frames are returned unchanged (there is nothing to re-time).
+    fewer than :data:`MIN_AUGMENT_FRAMES` (9) frames only go through the length limit, as in the
+    reference (a short clip has little to re-time).
 
     Args:
         x: ``[T, ...]`` features of one video.
@@ -128,6 +144,6 @@ def augment_video(x: np.ndarray, rng: np.random.Generator, probability: float = 
     # Always draw the same number of values before the operation, so the stream stays aligned.
     apply = rng.random() < probability
     choice = int(rng.integers(0, len(names))) if names else 0
-    if apply and names and len(x) >= 2:
+    if apply and names and len(x) >= MIN_AUGMENT_FRAMES:
         x = OPERATIONS[names[choice]](x, rng)
     return np.ascontiguousarray(clip_length(x, max_frames, rng))

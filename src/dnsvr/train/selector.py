@@ -32,6 +32,9 @@ from dnsvr.train.students import load_student, pair_similarities
 
 logger = logging.getLogger(__name__)
 
+#: Fewer optimisation steps than this in a whole run draw a warning (the selector barely leaves its init).
+MIN_SELECTOR_STEPS = 100
+
 
 @dataclass
 class SelectorTrainConfig:
@@ -153,6 +156,14 @@ def train_selector(pairs: str | Path | MinedPairs, features: str | Path, output_
     if any(len(c) == 0 for c in cls):
         raise ValueError("selector: a label class has no training pair after the validation split")
     per_class = config.pairs_per_class or min(len(c) for c in cls)
+    steps_per_epoch = (2 * per_class) // config.batch_size + int((2 * per_class) % config.batch_size > 1)
+    if steps_per_epoch * config.epochs < MIN_SELECTOR_STEPS:
+        # With the reference's balanced subsampling a rare class starves the selector: e.g. 8 positive
+        # pairs give one step per epoch, and the "trained" selector is its random initialisation.
+        logger.warning("selector: only %d positive / %d negative pairs at threshold %.3f give %d training steps "
+                       "in %d epochs; the selector will stay close to its random initialisation. Lower "
+                       "--threshold (the teacher's similarity spread sets a sensible one) or mine more pairs",
+                       n_pos, n_neg, config.threshold, steps_per_epoch * config.epochs, config.epochs)
 
     torch.manual_seed(config.seed)
     dims = store.dims
@@ -164,6 +175,7 @@ def train_selector(pairs: str | Path | MinedPairs, features: str | Path, output_
                     "kwargs": {"dims": dims, "hidden_size": config.hidden_size, "num_layers": config.num_layers}},
         "training": asdict(config), "fine_student": fine_src, "fine_type": fine_kind,
         "coarse_student": coarse_src, "labels": {"positive": n_pos, "negative": n_neg},
+        "pairs_per_class": int(per_class), "steps_per_epoch": int(steps_per_epoch),
         "pairs": str(pairs.path), "features": str(features)}
     start_epoch, step, history, best = 0, 0, [], None
     output_dir.mkdir(parents=True, exist_ok=True)
