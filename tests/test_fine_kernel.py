@@ -238,6 +238,29 @@ def test_fallback_when_forced_off() -> None:
             _fine._KERNEL = old
 
 
+def test_cpu_without_vnni_uses_torch(monkeypatch) -> None:
+    """On a CPU without AVX-512 VNNI the module imports but is not selected (the torch engine runs)."""
+    if _fine._finekernel is None:
+        pytest.skip("dnsvr._finekernel not built")
+
+    class NoVnni:
+        @staticmethod
+        def supported() -> bool:
+            return False
+
+    monkeypatch.setattr(_fine, "_finekernel", NoVnni)
+    assert _fine._select_kernel() is None
+    monkeypatch.setenv("DNSVR_FINE_KERNEL", "0")
+    monkeypatch.setattr(_fine, "_finekernel", _finekernel_module())
+    assert _fine._select_kernel() is None
+
+
+def _finekernel_module():
+    from dnsvr import _finekernel
+
+    return _finekernel
+
+
 @needs_kernel
 def test_bad_input_raises() -> None:
     rng = np.random.default_rng(8)
