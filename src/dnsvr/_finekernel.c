@@ -673,43 +673,46 @@ typedef struct {
 
 /* One pooled row of one pair: for each pooled column, the 4x4 input window (zero outside the matrix) times
  * each phase's kernel, summed in the order of the window (row-major) with one fused multiply-add per nonzero
- * tap, the max over the phases, then bias and ReLU. */
+ * tap, the max over the phases, then bias and ReLU. The 4 phases share the 3x3 kernel (held in registers, 16
+ * channels at a time); they differ only in which window values meet which tap. */
 TARGET static void conv1_row(const Conv1Job *job, int64_t b, int64_t i) {
     const int64_t h = job->h, w = job->w, wo = job->wo;
-    const int c16 = job->channels / 16, ldw = 4 * job->channels;
+    const int channels = job->channels, ldw = 4 * channels;
     const float *sim = job->sim + b * h * w;
-    float *out = job->out + ((b * job->ho + i) * wo) * job->channels;
-    const int64_t keep = job->valid ? job->valid[b] : wo;
-    for (int64_t j = 0; j < wo; j++) {
-        float win[16];
-        for (int wr = 0; wr < 4; wr++) {
-            const int64_t y = 2 * i - 1 + wr;
-            for (int wc = 0; wc < 4; wc++) {
-                const int64_t x = 2 * j - 1 + wc;
-                win[4 * wr + wc] = (y >= 0 && y < h && x >= 0 && x < w) ? sim[y * w + x] : 0.0f;
-            }
-        }
-        float *o = out + j * job->channels;
-        for (int cb = 0; cb < c16; cb++) {
-            if (j >= keep) {
-                _mm512_storeu_ps(o + 16 * cb, _mm512_setzero_ps());
-                continue;
+    float *out = job->out + ((b * job->ho + i) * wo) * channels;
+    const int64_t keep = job->valid ? (job->valid[b] < wo ? job->valid[b] : wo) : wo;
+    const int full_rows = 2 * i - 1 >= 0 && 2 * i + 2 < h;
+    for (int cb = 0; cb < channels; cb += 16) {
+        /* tap (ky, kx) of phase 0 sits at window row ky, column kx: row 4·ky + kx of the phase weights */
+        __m512 wk[9];
+        for (int ky = 0; ky < 3; ky++)
+            for (int kx = 0; kx < 3; kx++) wk[3 * ky + kx] = _mm512_loadu_ps(job->wphase + (size_t)(4 * ky + kx) * ldw + cb);
+        const __m512 bias = _mm512_loadu_ps(job->bias + cb);
+        for (int64_t j = 0; j < keep; j++) {
+            float win[16];
+            if (full_rows && 2 * j - 1 >= 0 && 2 * j + 2 < w) {
+                for (int wr = 0; wr < 4; wr++) memcpy(win + 4 * wr, sim + (2 * i - 1 + wr) * w + 2 * j - 1, 16);
+            } else {
+                for (int wr = 0; wr < 4; wr++) {
+                    const int64_t y = 2 * i - 1 + wr;
+                    for (int wc = 0; wc < 4; wc++) {
+                        const int64_t x = 2 * j - 1 + wc;
+                        win[4 * wr + wc] = (y >= 0 && y < h && x >= 0 && x < w) ? sim[y * w + x] : 0.0f;
+                    }
+                }
             }
             __m512 best = _mm512_set1_ps(-__builtin_inff());
             for (int p = 0; p < 4; p++) {
                 const int dy = p >> 1, dx = p & 1;
-                const float *wp = job->wphase + p * job->channels + 16 * cb;
                 __m512 acc = _mm512_setzero_ps();
                 for (int ky = 0; ky < 3; ky++)
-                    for (int kx = 0; kx < 3; kx++) {
-                        const int k = 4 * (dy + ky) + dx + kx;
-                        acc = _mm512_fmadd_ps(_mm512_set1_ps(win[k]), _mm512_loadu_ps(wp + (size_t)k * ldw), acc);
-                    }
+                    for (int kx = 0; kx < 3; kx++)
+                        acc = _mm512_fmadd_ps(_mm512_set1_ps(win[4 * (dy + ky) + dx + kx]), wk[3 * ky + kx], acc);
                 best = _mm512_max_ps(best, acc);
             }
-            best = _mm512_add_ps(best, _mm512_loadu_ps(job->bias + 16 * cb));
-            _mm512_storeu_ps(o + 16 * cb, _mm512_max_ps(best, _mm512_setzero_ps()));
+            _mm512_storeu_ps(out + j * channels + cb, _mm512_max_ps(_mm512_add_ps(best, bias), _mm512_setzero_ps()));
         }
+        for (int64_t j = keep; j < wo; j++) _mm512_storeu_ps(out + j * channels + cb, _mm512_setzero_ps());
     }
 }
 
