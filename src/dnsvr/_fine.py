@@ -12,6 +12,11 @@ Here the same arithmetic runs for a whole block of candidates:
   pair's result equals what the network computes for that pair alone (not what the
   reference's padded-batch path computes: its max-pooling of the padding mask lets
   one padded row into odd-length videos);
+* where the CPU has AVX-512 VNNI, the compiled stages of ``dnsvr._finekernel``: the region stage
+  fused (products, max over a candidate frame's regions and mean over the query's, in registers; S^f_B's
+  packed bits read directly; see :func:`kernel_region_chamfer`), and the comparator's conv1 + pooling and
+  second pooling, all with the torch engine's results (bit for bit where the arithmetic is integer or the
+  same float operations in the same order); the torch code below is their fallback and reference;
 * **blocks** bounded in elements (the region product is split over query rows and over
   candidates), and **tiles** for long videos: a pair whose working memory would exceed
   ``memory_budget`` (default 256 MB; one pair of hour-long videos needs ~2.5 GB untiled) is
@@ -103,22 +108,22 @@ _BIT_LUT = torch.from_numpy(
 _BIT_LUT64 = torch.from_numpy(np.ascontiguousarray(_BIT_LUT.numpy()).view(np.int64).reshape(256))
 
 
-
 def _select_kernel():  # noqa: ANN202  (the extension module, or None)
-    """The compiled region stage when it is built, this CPU runs it and ``DNSVR_FINE_KERNEL`` is not ``0``."""
+    """The compiled stages when they are built, this CPU runs them and ``DNSVR_FINE_KERNEL`` is not ``0``."""
     if _finekernel is None:
-        logger.debug("dnsvr._finekernel not built (%s): the torch engine runs the region stage", _FINEKERNEL_MISSING)
+        logger.debug("dnsvr._finekernel not built (%s): the torch engine runs everything", _FINEKERNEL_MISSING)
         return None
     if os.environ.get("DNSVR_FINE_KERNEL", "1") == "0":
-        logger.debug("DNSVR_FINE_KERNEL=0: the torch engine runs the region stage")
+        logger.debug("DNSVR_FINE_KERNEL=0: the torch engine runs everything")
         return None
     if not _finekernel.supported():
-        logger.debug("this CPU lacks AVX-512 VNNI: the torch engine runs the region stage")
+        logger.debug("this CPU lacks AVX-512 VNNI: the torch engine runs everything")
         return None
     return _finekernel
 
 
-#: The fused int8 region stage (``dnsvr._finekernel``) in use, or None (the torch engine runs it).
+#: The compiled stages (``dnsvr._finekernel``: the fused region stage, the comparator's conv1 + pooling and
+#: its second pooling) in use, or None (the torch engine runs them).
 _KERNEL = _select_kernel()
 
 
@@ -197,7 +202,8 @@ class FineComparator:
         # 32-channel map is ~10x faster in it than in NCHW.
         w1 = widths // 2
         positions = sim.shape[0] * (sim.shape[1] // 2) * (sim.shape[2] // 2)
-        if _KERNEL is not None and sim.dtype == torch.float32 and positions >= 2:
+        channels_ok = self._w1p.shape[1] % 64 == 0  # the C code takes channels in blocks of 16
+        if _KERNEL is not None and sim.dtype == torch.float32 and positions >= 2 and channels_ok:
             # the same arithmetic in C (each window times each phase's kernel, fused multiply-adds in the
             # window's order, as the matrix product sums them: bit-identical — except for a product of one
             # row, which MKL sums in another order; the comparator never has one), the column mask included
@@ -207,7 +213,8 @@ class FineComparator:
             x = colmask(x, w1)
         x = fused_conv(self._convs[0], x, "relu")
         w2 = w1 // 2
-        if _KERNEL is not None and x.dtype == torch.float32 and x.permute(0, 2, 3, 1).is_contiguous():
+        if (_KERNEL is not None and x.dtype == torch.float32 and x.shape[1] % 16 == 0 and min(x.shape[2:]) >= 2
+                and x.permute(0, 2, 3, 1).is_contiguous()):
             x = _kernel_max_pool2(x, None if full else w2)  # the same maxima in C, the mask included
         else:
             x = colmask(_max_pool2(x), w2)
@@ -272,8 +279,9 @@ def _kernel_max_pool2(x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tens
     out = torch.empty((b, h // 2, w // 2, c), dtype=torch.float32)
     if valid is not None:
         valid = valid.to(torch.int64).contiguous()
-    _KERNEL.max_pool2(x.permute(0, 2, 3, 1).numpy(), None if valid is None else valid.numpy(),  # type: ignore[union-attr]
-                      out.numpy(), c, b, h, w, torch.get_num_threads())
+    nhwc = x.permute(0, 2, 3, 1).numpy()
+    _KERNEL.max_pool2(nhwc, None if valid is None else valid.numpy(), out.numpy(),  # type: ignore[union-attr]
+                      c, b, h, w, torch.get_num_threads())
     return out.permute(0, 3, 1, 2)
 
 

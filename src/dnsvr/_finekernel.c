@@ -32,12 +32,18 @@
  *
  * Cache blocking: each thread takes runs of candidate frames as they come (an atomic counter: a thread
  * that gets more of a shared CPU does more), converts a run (at most ~128 KB) and runs it against the
- * query in blocks of whole frames and whole 32-row tiles (~400 KB), both held in the per-core L2 cache. Threads: POSIX threads (no OpenMP: torch carries its own
- * runtime), the GIL released for the whole computation.
+ * query in blocks of whole frames and whole 32-row tiles (~400 KB), both held in the per-core L2 cache.
+ * Threads: POSIX threads (no OpenMP: torch carries its own runtime), the GIL released for the whole
+ * computation.
+ *
+ * The comparator's first layers are here too: conv1 + 2x2 max-pooling + bias + ReLU (conv1_pool, the same
+ * fused multiply-adds in the same order as the matrix product it replaces, so bit-identical) and the 2x2
+ * max-pooling after conv2 (max_pool2), both with the column mask of padded pairs.
  *
  * The AVX-512 code is compiled per function (target attributes) and chosen at run time: supported()
  * says whether this CPU has AVX-512 F/BW/VL and VNNI; on any other CPU region_chamfer() refuses, and
- * the caller uses the torch engine. Every buffer size is checked against the shapes before any read.
+ * the caller uses the torch engine (the other entry points likewise). Every buffer size is checked
+ * against the shapes before any read.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -686,7 +692,8 @@ TARGET static void conv1_row(const Conv1Job *job, int64_t b, int64_t i) {
         /* tap (ky, kx) of phase 0 sits at window row ky, column kx: row 4·ky + kx of the phase weights */
         __m512 wk[9];
         for (int ky = 0; ky < 3; ky++)
-            for (int kx = 0; kx < 3; kx++) wk[3 * ky + kx] = _mm512_loadu_ps(job->wphase + (size_t)(4 * ky + kx) * ldw + cb);
+            for (int kx = 0; kx < 3; kx++)
+                wk[3 * ky + kx] = _mm512_loadu_ps(job->wphase + (size_t)(4 * ky + kx) * ldw + cb);
         const __m512 bias = _mm512_loadu_ps(job->bias + cb);
         for (int64_t j = 0; j < keep; j++) {
             float win[16];
