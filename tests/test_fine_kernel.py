@@ -98,37 +98,23 @@ def test_codes_bit_exact(monkeypatch, t1, t2s, regions, dims) -> None:
 
 
 @needs_kernel
+@pytest.mark.parametrize("precision", ["int8", "exact"])
 @pytest.mark.parametrize("fine_type", ["att", "chamfer"])
 @pytest.mark.parametrize("dtype", [np.float16, np.float32])
 @pytest.mark.parametrize("t1,t2s,regions,dims", CASES + [(5, [3, 6], 9, 66), (3, [2], 2, 3)])
-def test_int8_floats_match(monkeypatch, fine_type, dtype, t1, t2s, regions, dims) -> None:
-    """precision="int8": the same quantisation, the same int32 maxima, the scaled mean to float rounding."""
-    rng = np.random.default_rng(t1 * 7 + regions)
+def test_float_stages_match(monkeypatch, precision, fine_type, dtype, t1, t2s, regions, dims) -> None:
+    """The float stages in the kernel equal the torch path: precision="int8" with the same quantisation
+    and int32 maxima (the scaled mean to float rounding), "exact" with float32 products (up to summation
+    order)."""
+    rng = np.random.default_rng(t1 * (7 if precision == "int8" else 11) + regions)
     query = _unit(rng, t1, regions, dims).astype(dtype)
     cands = [_unit(rng, n, regions, dims).astype(dtype) for n in t2s]
     spy: list[bool] = []
-    got, ref = _both(monkeypatch, lambda: _region_stage(query, cands, fine_type, "int8", regions, spy))
+    got, ref = _both(monkeypatch, lambda: _region_stage(query, cands, fine_type, precision, regions, spy))
     assert spy == [True, False]
     pad = 4 if fine_type == "att" else 1
     assert [m.shape for m in got] == [m.shape for m in ref] == [(max(t1, pad), max(n, pad)) for n in t2s]
     for a, b in zip(got, ref):
-        assert float((a - b).abs().max()) <= 1e-6
-
-
-@needs_kernel
-@pytest.mark.parametrize("fine_type", ["att", "chamfer"])
-@pytest.mark.parametrize("dtype", [np.float16, np.float32])
-@pytest.mark.parametrize("t1,t2s,regions,dims", CASES + [(5, [3, 6], 9, 66), (3, [2], 2, 3)])
-def test_float32_products_match(monkeypatch, fine_type, dtype, t1, t2s, regions, dims) -> None:
-    """precision="exact": float32 products in the kernel equal torch's up to summation order."""
-    rng = np.random.default_rng(t1 * 11 + regions)
-    query = _unit(rng, t1, regions, dims).astype(dtype)
-    cands = [_unit(rng, n, regions, dims).astype(dtype) for n in t2s]
-    spy: list[bool] = []
-    got, ref = _both(monkeypatch, lambda: _region_stage(query, cands, fine_type, "exact", regions, spy))
-    assert spy == [True, False]
-    for a, b in zip(got, ref):
-        assert a.shape == b.shape
         assert float((a - b).abs().max()) <= 1e-6
 
 

@@ -63,6 +63,25 @@ enum { KIND_BITS = 0, KIND_F16 = 1, KIND_F32 = 2, KIND_F16_EXACT = 3, KIND_F32_E
 #define MR 9          /* candidate rows per micro-tile (one frame of 9 regions) */
 #define NR 32         /* query rows per micro-tile: two zmm of 16 int32 lanes */
 #define MAX_THREADS 64
+
+/* Runs worker on `threads` threads, this one among them, and waits for all. Thread t gets
+   (char *)args + t * arg_size (arg_size 0: all share one argument). The workers take their work
+   from a shared counter, so a thread that cannot be started is replaced by running its worker here
+   afterwards (it finds its share, or nothing left). Called without the GIL. */
+static void run_workers(void *(*worker)(void *), void *args, size_t arg_size, int threads) {
+    pthread_t tids[MAX_THREADS];
+    int started[MAX_THREADS] = {0};
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    for (int t = 1; t < threads; t++)
+        started[t] = pthread_create(&tids[t], NULL, worker, (char *)args + (size_t)t * arg_size) == 0;
+    if (threads > 0) worker(args);
+    for (int t = 1; t < threads; t++) {
+        if (started[t])
+            pthread_join(tids[t], NULL);
+        else
+            worker((char *)args + (size_t)t * arg_size);
+    }
+}
 #define MAX_DIMS 65536 /* |<u, c>| <= 255·127·D must fit in int32 */
 #define CAND_CHUNK_BYTES (128 * 1024)
 #define QUERY_BLOCK_BYTES (400 * 1024)
@@ -620,8 +639,6 @@ static PyObject *region_chamfer(PyObject *self, PyObject *args) {
         job.grab = grab < 1 ? 1 : grab;
     }
     Slice slices[MAX_THREADS];
-    pthread_t tids[MAX_THREADS];
-    int started[MAX_THREADS] = {0};
     int failed = 0;
     Py_BEGIN_ALLOW_THREADS
     if (float_mode)
@@ -633,17 +650,10 @@ static PyObject *region_chamfer(PyObject *self, PyObject *args) {
         slices[t].job = &job;
         slices[t].failed = 0;
     }
-    if (failed) threads = 0;
-    for (int t = 1; t < threads; t++) started[t] = pthread_create(&tids[t], NULL, worker, &slices[t]) == 0;
-    if (threads) worker(&slices[0]);
-    for (int t = 1; t < threads; t++) {
-        if (started[t])
-            pthread_join(tids[t], NULL);
-        else
-            worker(&slices[t]); /* no thread: this one does its share */
-        failed |= slices[t].failed;
+    if (!failed) {
+        run_workers(worker, slices, sizeof(Slice), threads);
+        for (int t = 0; t < threads; t++) failed |= slices[t].failed;
     }
-    if (threads) failed |= slices[0].failed;
     Py_END_ALLOW_THREADS
     if (failed) {
         PyErr_NoMemory();
@@ -792,13 +802,8 @@ static PyObject *conv1_pool(PyObject *self, PyObject *args) {
         const int64_t rows = batch * ho, by_work = rows * wo / 4096 + 1;
         if (threads > by_work) threads = (int)by_work;
     }
-    pthread_t tids[MAX_THREADS];
-    int started[MAX_THREADS] = {0};
     Py_BEGIN_ALLOW_THREADS
-    for (int t = 1; t < threads; t++) started[t] = pthread_create(&tids[t], NULL, conv1_worker, &job) == 0;
-    conv1_worker(&job);
-    for (int t = 1; t < threads; t++)
-        if (started[t]) pthread_join(tids[t], NULL);
+    run_workers(conv1_worker, &job, 0, threads);
     Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_None);
 done:
@@ -901,13 +906,8 @@ static PyObject *max_pool2(PyObject *self, PyObject *args) {
         const int64_t by_work = batch * ho * wo * channels / 65536 + 1;
         if (threads > by_work) threads = (int)by_work;
     }
-    pthread_t tids[MAX_THREADS];
-    int started[MAX_THREADS] = {0};
     Py_BEGIN_ALLOW_THREADS
-    for (int t = 1; t < threads; t++) started[t] = pthread_create(&tids[t], NULL, pool_worker, &job) == 0;
-    pool_worker(&job);
-    for (int t = 1; t < threads; t++)
-        if (started[t]) pthread_join(tids[t], NULL);
+    run_workers(pool_worker, &job, 0, threads);
     Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_None);
 done:
