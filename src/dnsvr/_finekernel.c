@@ -674,6 +674,36 @@ done:
     return result;
 }
 
+/* ------------------------------------------------------------------ comparator stages: shared argument checks */
+
+/* The sizes of a comparator feature map call: 0, or -1 with the Python error set. */
+static int check_map_args(int channels, long long batch, long long h, long long w, int threads) {
+    if (!cpu_supported()) {
+        PyErr_SetString(PyExc_RuntimeError, "this CPU lacks AVX-512: use the torch engine");
+        return -1;
+    }
+    if (channels < 16 || channels % 16 || batch < 0 || h < 2 || w < 2 || threads < 1 || h > (1LL << 30) ||
+        w > (1LL << 30) || batch > (1LL << 30)) {
+        PyErr_Format(PyExc_ValueError, "bad arguments: channels %d, batch %lld, h %lld, w %lld, threads %d",
+                     channels, batch, h, w, threads);
+        return -1;
+    }
+    return 0;
+}
+
+/* The optional per-pair valid widths (int64 [batch] or None) into vbuf; *have_valid says whether vbuf
+   holds a buffer to release (also after an error). 0, or -1 with the Python error set. */
+static int get_valid(PyObject *valid_obj, Py_buffer *vbuf, long long batch, int *have_valid) {
+    if (valid_obj == Py_None) return 0;
+    if (PyObject_GetBuffer(valid_obj, vbuf, PyBUF_SIMPLE) < 0) return -1;
+    *have_valid = 1;
+    if (vbuf->len != (Py_ssize_t)(batch * 8)) {
+        PyErr_Format(PyExc_ValueError, "valid has %zd bytes, expected int64 [%lld]", vbuf->len, batch);
+        return -1;
+    }
+    return 0;
+}
+
 /* ------------------------------------------------------------------ comparator: conv1 + 2x2 max-pooling */
 
 typedef struct {
@@ -759,16 +789,7 @@ static PyObject *conv1_pool(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "y*y*y*Ow*iLLLi", &sbuf, &wbuf, &bbuf, &valid_obj, &obuf, &channels, &batch, &h,
                           &w, &threads))
         return NULL;
-    if (!cpu_supported()) {
-        PyErr_SetString(PyExc_RuntimeError, "this CPU lacks AVX-512: use the torch engine");
-        goto done;
-    }
-    if (channels < 16 || channels % 16 || batch < 0 || h < 2 || w < 2 || threads < 1 || h > (1LL << 30) ||
-        w > (1LL << 30) || batch > (1LL << 30)) {
-        PyErr_Format(PyExc_ValueError, "bad arguments: channels %d, batch %lld, h %lld, w %lld, threads %d",
-                     channels, batch, h, w, threads);
-        goto done;
-    }
+    if (check_map_args(channels, batch, h, w, threads) < 0) goto done;
     const int64_t ho = h / 2, wo = w / 2;
     if (sbuf.len != (Py_ssize_t)(batch * h * w * 4) || wbuf.len != (Py_ssize_t)(16 * 4 * channels * 4) ||
         bbuf.len != (Py_ssize_t)(channels * 4) || obuf.len != (Py_ssize_t)(batch * ho * wo * channels * 4)) {
@@ -776,14 +797,7 @@ static PyObject *conv1_pool(PyObject *self, PyObject *args) {
                      "%lld x %lld, %d channels", sbuf.len, wbuf.len, bbuf.len, obuf.len, batch, h, w, channels);
         goto done;
     }
-    if (valid_obj != Py_None) {
-        if (PyObject_GetBuffer(valid_obj, &vbuf, PyBUF_SIMPLE) < 0) goto done;
-        have_valid = 1;
-        if (vbuf.len != (Py_ssize_t)(batch * 8)) {
-            PyErr_Format(PyExc_ValueError, "valid has %zd bytes, expected int64 [%lld]", vbuf.len, batch);
-            goto done;
-        }
-    }
+    if (get_valid(valid_obj, &vbuf, batch, &have_valid) < 0) goto done;
     Conv1Job job;
     job.sim = (const float *)sbuf.buf;
     job.wphase = (const float *)wbuf.buf;
@@ -865,16 +879,7 @@ static PyObject *max_pool2(PyObject *self, PyObject *args) {
     long long batch, h, w;
     if (!PyArg_ParseTuple(args, "y*Ow*iLLLi", &xbuf, &valid_obj, &obuf, &channels, &batch, &h, &w, &threads))
         return NULL;
-    if (!cpu_supported()) {
-        PyErr_SetString(PyExc_RuntimeError, "this CPU lacks AVX-512: use the torch engine");
-        goto done;
-    }
-    if (channels < 16 || channels % 16 || batch < 0 || h < 2 || w < 2 || threads < 1 || h > (1LL << 30) ||
-        w > (1LL << 30) || batch > (1LL << 30)) {
-        PyErr_Format(PyExc_ValueError, "bad arguments: channels %d, batch %lld, h %lld, w %lld, threads %d",
-                     channels, batch, h, w, threads);
-        goto done;
-    }
+    if (check_map_args(channels, batch, h, w, threads) < 0) goto done;
     const int64_t ho = h / 2, wo = w / 2;
     if (xbuf.len != (Py_ssize_t)(batch * h * w * channels * 4) ||
         obuf.len != (Py_ssize_t)(batch * ho * wo * channels * 4)) {
@@ -882,14 +887,7 @@ static PyObject *max_pool2(PyObject *self, PyObject *args) {
                      "%d channels", xbuf.len, obuf.len, batch, h, w, channels);
         goto done;
     }
-    if (valid_obj != Py_None) {
-        if (PyObject_GetBuffer(valid_obj, &vbuf, PyBUF_SIMPLE) < 0) goto done;
-        have_valid = 1;
-        if (vbuf.len != (Py_ssize_t)(batch * 8)) {
-            PyErr_Format(PyExc_ValueError, "valid has %zd bytes, expected int64 [%lld]", vbuf.len, batch);
-            goto done;
-        }
-    }
+    if (get_valid(valid_obj, &vbuf, batch, &have_valid) < 0) goto done;
     PoolJob job;
     job.x = (const float *)xbuf.buf;
     job.valid = have_valid ? (const int64_t *)vbuf.buf : NULL;

@@ -578,13 +578,17 @@ class VideoReader:
             if decoded is None:
                 break
             yield from decoded
-        if not self.truncated:
-            # flush the decoder (packet.decode() of the flush packet at the end of demux did it for most
-            # demuxers; an explicit flush is harmless)
-            try:
-                yield from self._stream.decode(None)
-            except (av.error.FFmpegError, ValueError):
-                pass
+        yield from self._flush()
+
+    def _flush(self) -> Iterator[Any]:
+        """The decoder's last frames, unless decoding stopped at damage (packet.decode() of the flush
+        packet at the end of demux did it for most demuxers; an explicit flush is harmless)."""
+        if self.truncated:
+            return
+        try:
+            yield from self._stream.decode(None)
+        except (av.error.FFmpegError, ValueError):
+            pass
 
     def _damaged(self, reason: str) -> None:
         self.truncated = True
@@ -673,11 +677,7 @@ class VideoReader:
             if frames is None:
                 return
             yield from frames
-        if not self.truncated:
-            try:
-                yield from self._stream.decode(None)
-            except (av.error.FFmpegError, ValueError):
-                pass
+        yield from self._flush()
 
     def _sampled_keyframes(self) -> Iterator[tuple[Any, float, int]]:
         """``(frame, rel, repeats)`` with only keyframes decoded: each tick takes the latest keyframe at or
