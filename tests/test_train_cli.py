@@ -48,8 +48,8 @@ def test_cli_train_chain(tmp_path):
     assert (tmp_path / "cg" / "best" / "model.safetensors").is_file()
     out = json.loads(_ok(runner, ["train", "selector", "--fine", str(tmp_path / "fg"), "--coarse",
                                   str(tmp_path / "cg"), "-o", str(tmp_path / "sel"), "--epochs", "1",
-                                  "--batch-size", "8", "--threshold", "0.2", *common]))
-    assert out["labels"]["positive"] + out["labels"]["negative"] == 72
+                                  "--batch-size", "8", "--positive-share", "0.25", *common]))
+    assert out["labels"]["positive"] + out["labels"]["negative"] == 72 and out["labels"]["positive"] == 18
     _ok(runner, ["train", "bundle", "--fine", str(tmp_path / "fg"), "--coarse", str(tmp_path / "cg"),
                  "--selector", str(tmp_path / "sel"), "-o", str(tmp_path / "bundle")])
     from dnsvr.bundle import load_bundle
@@ -67,6 +67,12 @@ def test_cli_train_chain(tmp_path):
     assert len(hist) == 1
     bad = runner.invoke(app, ["train", "student", "--type", "fg-xyz", "-o", str(tmp_path / "x"), *common])
     assert bad.exit_code == 2 and "unknown student type" in bad.output
+    bad = runner.invoke(app, ["train", "student", "--type", "cg", "-o", str(tmp_path / "x"), "--netvlad-init", "pca",
+                              "--network", CG_NET, *common])
+    assert bad.exit_code == 2 and "netvlad_init" in bad.output
+    bad = runner.invoke(app, ["train", "selector", "--fine", str(tmp_path / "fg"), "--coarse", str(tmp_path / "cg"),
+                              "-o", str(tmp_path / "x"), "--positive-share", "1.5", *common])
+    assert bad.exit_code == 2 and "positive_share" in bad.output
 
 
 def test_benchmark_validator_keeps_best(tmp_path):

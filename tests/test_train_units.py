@@ -15,7 +15,7 @@ from dnsvr.train.checkpoint import optimizer_from_flat, optimizer_to_flat
 from dnsvr.train.itq import fit_itq
 from dnsvr.train.mining import (HARD_NEGATIVE, POSITIVE, RANDOM_NEGATIVE, MinedPairs, MiningError, MiningParams,
                                 mine)
-from dnsvr.train.selector import selector_labels
+from dnsvr.train.selector import selector_labels, share_threshold
 
 
 def _frames(t: int) -> np.ndarray:
@@ -167,6 +167,19 @@ def test_selector_labels():
     assert selector_labels(fine, coarse, 0.2).tolist() == [0.0, 1.0, 0.0, 1.0]
 
 
+def test_selector_share_threshold_labels_that_share():
+    rng = np.random.default_rng(0)
+    fine, coarse = rng.uniform(-1, 1, 1000), rng.uniform(0, 1, 1000)
+    for share in (0.05, 0.1, 0.5):
+        labels = selector_labels(fine, coarse, share_threshold(fine, coarse, share))
+        assert labels.mean() == pytest.approx(share, abs=1.5e-3)
+        gap = np.abs(fine / 2 + 0.5 - coarse)  # the positives are the largest disagreements
+        assert gap[labels == 1].min() > gap[labels == 0].max()
+    for bad in (0.0, 1.0, -0.1):
+        with pytest.raises(ValueError, match="positive_share"):
+            share_threshold(fine, coarse, bad)
+
+
 def test_triplet_batches_prefetch_and_streaming_are_identical(tmp_path):
     from dnsvr.train.data import TripletDataset, VideoStore
 
@@ -224,3 +237,55 @@ def test_itq_files_roundtrip(tmp_path):
     np.savez(tmp_path / "bad.npz", other=w)
     with pytest.raises(ValueError, match="no 'proj'"):
         load_itq(tmp_path / "bad.npz")
+
+
+def _clustered_collection(path, centres: np.ndarray, videos: int = 12, frames: int = 10, seed: int = 0) -> list[str]:
+    """Videos whose frames each sit near one of ``centres`` (all 9 regions: the frame vector is that centre)."""
+    rng = np.random.default_rng(seed)
+    ids = []
+    with h5py.File(path, "w") as h5:
+        for v in range(videos):
+            which = rng.integers(0, len(centres), frames)
+            x = centres[which][:, None, :] + 0.05 * rng.standard_normal((frames, 9, centres.shape[1]))
+            h5.create_dataset(f"v{v:02d}", data=(x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32))
+            ids.append(f"v{v:02d}")
+    return ids
+
+
+def test_netvlad_kmeans_init_finds_the_collections_clusters(tmp_path):
+    from dnsvr.train.data import VideoStore
+    from dnsvr.train.students import (NETVLAD_ASSIGNMENT_RATIO, StudentTrainConfig, fit_initialisation,
+                                      initial_student)
+
+    rng = np.random.default_rng(3)
+    centres = np.linalg.qr(rng.standard_normal((16, 4)))[0].T  # 4 orthonormal directions in 16-d
+    ids = _clustered_collection(tmp_path / "f.h5", centres)
+    net = {"attention": False, "transformer": False, "netvlad_clusters": 4, "netvlad_outdims": 8}
+    cfg = StudentTrainConfig(type="cg", seed=1, network=net)
+    store = VideoStore(tmp_path / "f.h5", ids)
+    model = initial_student(cfg, 16)
+    info = fit_initialisation(model, cfg, tmp_path / "f.h5", store)
+    assert info["netvlad_init"] == "kmeans" and info["netvlad_vectors"] == 120
+    found = model.netvlad.centroids.detach().numpy()
+    found = found / np.linalg.norm(found, axis=1, keepdims=True)
+    match = found @ centres.T  # every fitted centre is one true centre, each true centre found once
+    assert sorted(match.argmax(1).tolist()) == [0, 1, 2, 3] and match.max(1).min() > 0.99
+    # assignments: the right cluster, and sharp (nearest/second weight ratio ≈ NETVLAD_ASSIGNMENT_RATIO)
+    w = model.netvlad.conv.weight.detach().numpy()[:, :, 0, 0]
+    logits = centres @ w.T
+    assert np.array_equal(logits.argmax(1), match.argmax(0))
+    top2 = -np.sort(-logits, axis=1)[:, :2]
+    ratio = np.exp(np.mean(top2[:, 0] - top2[:, 1]))
+    assert 0.3 * NETVLAD_ASSIGNMENT_RATIO < ratio < 3 * NETVLAD_ASSIGNMENT_RATIO
+    # deterministic for a seed; "random" keeps the reference's random clusters untouched
+    again = initial_student(cfg, 16)
+    fit_initialisation(again, cfg, tmp_path / "f.h5", store)
+    assert torch.equal(again.netvlad.centroids, model.netvlad.centroids)
+    plain_cfg = StudentTrainConfig(type="cg", seed=1, network=net, netvlad_init="random")
+    plain = initial_student(plain_cfg, 16)
+    assert fit_initialisation(plain, plain_cfg, tmp_path / "f.h5", store) == {}
+    assert torch.equal(plain.netvlad.centroids, initial_student(plain_cfg, 16).netvlad.centroids)
+    with pytest.raises(ValueError, match="netvlad_init"):
+        fit_initialisation(plain, StudentTrainConfig(type="cg", network=net, netvlad_init="pca"), tmp_path / "f.h5",
+                           store)
+    store.close()

@@ -100,6 +100,8 @@ def student_command(
     itq: str = typer.Option("fit", help="fg-bin init: fit | published | PATH.npz | none."),
     network: str = typer.Option("{}", help="JSON of extra network arguments, e.g. '{\"netvlad_clusters\": 32}'."),
     init: Optional[Path] = typer.Option(None, help="Start from these weights (safetensors / .pth)."),
+    netvlad_init: str = typer.Option("kmeans", help="cg: NetVLAD clusters from k-means of the collection's frame "
+                                     "vectors (kmeans) or the reference's random ones (random)."),
     coarse_bias_init: Optional[float] = typer.Option(
         1.0, help="cg: initial output LayerNorm bias (1.0 maps the untrained cosine s to s/2+0.5, the targets' "
         "range); --coarse-bias-init 0 is the reference's init."),
@@ -124,7 +126,7 @@ def student_command(
                                  weight_decay=weight_decay, r_parameter=r_parameter, augmentation=augmentation,
                                  seed=seed, validation_fraction=validation_fraction, amp=amp, itq=itq,
                                  in_memory=in_memory, network=json.loads(network),
-                                 coarse_bias_init=coarse_bias_init or None)
+                                 coarse_bias_init=coarse_bias_init or None, netvlad_init=netvlad_init)
         validator = None
         if val_benchmark is not None:
             from dnsvr.train.validation import benchmark_validator
@@ -152,6 +154,8 @@ def selector_command(
     batch_size: int = typer.Option(64),
     lr: float = typer.Option(1e-4),
     threshold: float = typer.Option(0.2, help="Label 1 when |fine/2+0.5 - coarse| exceeds it."),
+    positive_share: Optional[float] = typer.Option(None, help="Instead of --threshold: label 1 this share of the "
+                                                   "pairs (those where fine and coarse disagree most), e.g. 0.1."),
     pairs_per_class: Optional[int] = typer.Option(None, help="Balanced samples per class and epoch (default: the "
                                                   "smaller class's size, as the reference)."),
     seed: int = typer.Option(0),
@@ -167,7 +171,7 @@ def selector_command(
 
     try:
         cfg = SelectorTrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=lr, threshold=threshold,
-                                  pairs_per_class=pairs_per_class, seed=seed,
+                                  positive_share=positive_share,                                  pairs_per_class=pairs_per_class, seed=seed,
                                   validation_fraction=validation_fraction, in_memory=in_memory)
         result = train_selector(pairs, features, output, fine, coarse, cfg, resume=resume, device=device,
                                 progress=progress)

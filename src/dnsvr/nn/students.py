@@ -318,6 +318,26 @@ class CoarseGrainedStudent(Network):
         Returns:
             [B, output_dims] (B = 1 for a single video).
         """
+        x, mask = self.frame_vectors(x, mask)
+        if hasattr(self, "netvlad"):
+            x = self.netvlad(x.transpose(1, 2).unsqueeze(-1), mask=mask)  # [B, D, T, 1]
+        elif mask is not None:
+            x = x.masked_fill((mask == 0).unsqueeze(-1), 0.0)
+            x = torch.sum(x, 1) / torch.sum(mask, 1, keepdim=True)
+        else:
+            x = torch.mean(x, 1)
+        return F.normalize(x, p=2, dim=-1)
+
+    def frame_vectors(self, x: Any, mask: Any = None) -> tuple[Tensor, Tensor | None]:
+        """The per-frame vectors that NetVLAD pools: attention → region sum → L2 norm → transformer.
+
+        Args:
+            x: [B, T, R, D] or [T, R, D] region features.
+            mask: optional [B, T] / [T] padding mask.
+
+        Returns:
+            ``(vectors [B, T, D], mask [B, T] | None)``.
+        """
         x = as_tensor(x, self.device)
         mask = as_mask(mask, x)
         x, mask = check_dims(x, mask)
@@ -327,14 +347,7 @@ class CoarseGrainedStudent(Network):
         if hasattr(self, "transformer"):
             pad = (mask == 0) if mask is not None else None
             x = self.transformer(x.transpose(0, 1), src_key_padding_mask=pad).transpose(0, 1)
-        if hasattr(self, "netvlad"):
-            x = self.netvlad(x.transpose(1, 2).unsqueeze(-1), mask=mask)  # [B, D, T, 1]
-        elif mask is not None:
-            x = x.masked_fill((mask == 0).unsqueeze(-1), 0.0)
-            x = torch.sum(x, 1) / torch.sum(mask, 1, keepdim=True)
-        else:
-            x = torch.mean(x, 1)
-        return F.normalize(x, p=2, dim=-1)
+        return x, mask
 
     def calculate_video_similarity(self, query: Any, target: Any) -> Tensor:
         """Dot products of indexed vectors: [A, Dc] × [B, Dc] → [A, B]."""

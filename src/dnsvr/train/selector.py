@@ -3,7 +3,10 @@
 For every mined pair the trained fine student's similarity ``s_f`` (in [-1, 1])
 and the coarse student's ``s_c`` (in [0, 1]) are computed; the pair's label is 1
 when they disagree, ``|s_f/2 + 0.5 − s_c| > threshold`` (default 0.2): re-ranking
-it with the fine student changes its score a lot. The selector (per-video
+it with the fine student changes its score a lot. The recipe's 0.2 fits the published
+teacher's spread; ``positive_share`` instead sets the threshold from the data (the
+given share of pairs with the largest disagreement is labelled 1), for teachers and
+students whose similarities lie closer together. The selector (per-video
 self-similarity from an attention + comparator head, and an MLP over
 ``[query self-sim, candidate self-sim, s_c]``) is trained with binary
 cross-entropy and Adam (lr 1e-4) on class-balanced samples drawn afresh each epoch.
@@ -46,6 +49,8 @@ class SelectorTrainConfig:
         learning_rate: Adam lr.
         weight_decay: Adam weight decay.
         threshold: label 1 when the fine and coarse similarities differ by more than this.
+        positive_share: when given (0 < share < 1), the threshold is instead the disagreement exceeded by
+            this share of the pairs (:func:`share_threshold`); ``threshold`` is then ignored.
         pairs_per_class: pairs drawn per class and epoch. Default: the size of the smaller class — the
             reference's balanced sampling (the larger class is subsampled afresh each epoch, no pair
             repeats); a larger value oversamples the smaller class with replacement.
@@ -62,6 +67,7 @@ class SelectorTrainConfig:
     learning_rate: float = 1e-4
     weight_decay: float = 0.0
     threshold: float = 0.2
+    positive_share: float | None = None
     pairs_per_class: int | None = None
     seed: int = 0
     max_frames: int = 300
@@ -84,6 +90,21 @@ class SelectorResult:
 def selector_labels(fine: np.ndarray, coarse: np.ndarray, threshold: float = 0.2) -> np.ndarray:
     """Binary labels ``|fine/2 + 0.5 − coarse| > threshold`` (fine in [-1, 1], coarse in [0, 1])."""
     return (np.abs(np.asarray(fine) / 2.0 + 0.5 - np.asarray(coarse)) > threshold).astype(np.float32)
+
+
+def share_threshold(fine: np.ndarray, coarse: np.ndarray, share: float) -> float:
+    """The label threshold at which about ``share`` of the pairs are positives (their disagreement
+    ``|fine/2 + 0.5 − coarse|`` exceeds it): the ``1 − share`` quantile of the disagreements.
+
+    Raises:
+        ValueError: unless ``0 < share < 1``, or with no pairs.
+    """
+    if not 0.0 < share < 1.0:
+        raise ValueError(f"positive_share must lie strictly between 0 and 1; got {share}")
+    gap = np.abs(np.asarray(fine, dtype=np.float64) / 2.0 + 0.5 - np.asarray(coarse, dtype=np.float64))
+    if gap.size == 0:
+        raise ValueError("no pairs to set a selector threshold on")
+    return float(np.quantile(gap, 1.0 - share, method="lower"))
 
 
 def _student(spec: str | Path | tuple[torch.nn.Module, str]) -> tuple[torch.nn.Module, str, str]:
@@ -132,6 +153,8 @@ def train_selector(pairs: str | Path | MinedPairs, features: str | Path, output_
     from dnsvr.nn import SelectorNetwork
 
     config = config or SelectorTrainConfig()
+    if config.positive_share is not None and not 0.0 < config.positive_share < 1.0:
+        raise ValueError(f"positive_share must lie strictly between 0 and 1; got {config.positive_share}")
     pairs = pairs if isinstance(pairs, MinedPairs) else MinedPairs(pairs)
     output_dir, dev = Path(output_dir), torch.device(device)
     fine, fine_kind, fine_src = _student(fine_student)
@@ -142,12 +165,14 @@ def train_selector(pairs: str | Path | MinedPairs, features: str | Path, output_
     pair_idx = np.stack([pairs.anchor, pairs.other], 1).astype(np.int64)
     fine_s = pair_similarities(fine, fine_kind, store, pair_idx, device=device)
     coarse_s = pair_similarities(coarse, coarse_kind, store, pair_idx, device=device)
-    labels = selector_labels(fine_s, coarse_s, config.threshold)
+    threshold = (config.threshold if config.positive_share is None
+                 else share_threshold(fine_s, coarse_s, config.positive_share))
+    labels = selector_labels(fine_s, coarse_s, threshold)
     n_pos, n_neg = int(labels.sum()), int(len(labels) - labels.sum())
-    logger.info("selector labels: %d positive, %d negative (threshold %.3f)", n_pos, n_neg, config.threshold)
+    logger.info("selector labels: %d positive, %d negative (threshold %.3f)", n_pos, n_neg, threshold)
     if n_pos == 0 or n_neg == 0:
         raise ValueError(f"selector labels are all one class ({n_pos} positive, {n_neg} negative at threshold "
-                         f"{config.threshold}); choose another --threshold")
+                         f"{threshold:.4g}); choose another --threshold, or --positive-share")
 
     order = _rng(config.seed, 5).permutation(len(labels))
     n_val = int(round(len(labels) * config.validation_fraction)) if config.validation_fraction > 0 else 0
@@ -162,8 +187,8 @@ def train_selector(pairs: str | Path | MinedPairs, features: str | Path, output_
         # pairs give one step per epoch, and the "trained" selector is its random initialisation.
         logger.warning("selector: only %d positive / %d negative pairs at threshold %.3f give %d training steps "
                        "in %d epochs; the selector will stay close to its random initialisation. Lower "
-                       "--threshold (the teacher's similarity spread sets a sensible one) or mine more pairs",
-                       n_pos, n_neg, config.threshold, steps_per_epoch * config.epochs, config.epochs)
+                       "--threshold, set --positive-share (e.g. 0.1), or mine more pairs",
+                       n_pos, n_neg, threshold, steps_per_epoch * config.epochs, config.epochs)
 
     torch.manual_seed(config.seed)
     dims = store.dims
@@ -174,7 +199,7 @@ def train_selector(pairs: str | Path | MinedPairs, features: str | Path, output_
         "network": {"class": "SelectorNetwork",
                     "kwargs": {"dims": dims, "hidden_size": config.hidden_size, "num_layers": config.num_layers}},
         "training": asdict(config), "fine_student": fine_src, "fine_type": fine_kind,
-        "coarse_student": coarse_src, "labels": {"positive": n_pos, "negative": n_neg},
+        "coarse_student": coarse_src, "labels": {"positive": n_pos, "negative": n_neg, "threshold": threshold},
         "pairs_per_class": int(per_class), "steps_per_epoch": int(steps_per_epoch),
         "pairs": str(pairs.path), "features": str(features)}
     start_epoch, step, history, best = 0, 0, [], None

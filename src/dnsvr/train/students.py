@@ -123,6 +123,8 @@ class StudentTrainConfig:
         network: extra constructor arguments of the student network.
         coarse_bias_init: initial value of the coarse student's final LayerNorm bias (1.0 maps its
             untrained cosine ``s`` to ``s/2 + 0.5``, the range of its targets); ``None``: the reference's 0.
+        netvlad_init: the coarse student's NetVLAD clusters: ``"kmeans"`` fits them on the collection's
+            frame vectors (see :func:`init_netvlad`), ``"random"`` keeps the reference's random ones.
     """
 
     type: str = "fg-att"
@@ -140,6 +142,7 @@ class StudentTrainConfig:
     itq: str = "fit"
     network: dict[str, Any] = field(default_factory=dict)
     coarse_bias_init: float | None = 1.0
+    netvlad_init: str = "kmeans"
 
     def lr(self) -> float:
         return float(self.learning_rate if self.learning_rate is not None else DEFAULT_LR[self.type])
@@ -234,6 +237,79 @@ def _init_itq(model: torch.nn.Module, cfg: StudentTrainConfig, features: Path, d
     with torch.no_grad():
         layer.W.copy_(torch.from_numpy(w))
     return {"itq": cfg.itq}
+
+
+def fit_initialisation(model: torch.nn.Module, config: StudentTrainConfig, features: str | Path,
+                       store: VideoStore) -> dict[str, Any]:
+    """Fit the parts of a fresh student that start from the collection rather than at random: the
+    binarization student's ITQ projection (``config.itq``) and the coarse student's NetVLAD clusters
+    (``config.netvlad_init``). Unsupervised (no teacher); :func:`train_student` calls it before the first
+    step, and it is deterministic for a given seed and collection.
+
+    Returns:
+        What was done, for ``config.json`` (e.g. ``{"itq": "fit"}``).
+    """
+    if config.type == "fg-bin":
+        return _init_itq(model, config, Path(features), store.dims)
+    if config.type == "cg" and config.netvlad_init == "kmeans" and hasattr(model, "netvlad"):
+        return init_netvlad(model, store, seed=config.seed)
+    if config.netvlad_init not in ("kmeans", "random"):
+        raise ValueError(f"netvlad_init must be 'kmeans' or 'random'; got {config.netvlad_init!r}")
+    return {}
+
+
+#: Mean ratio of the nearest cluster's assignment weight to the second nearest's after :func:`init_netvlad`.
+NETVLAD_ASSIGNMENT_RATIO = 100.0
+
+
+@torch.no_grad()
+def init_netvlad(model: torch.nn.Module, store: VideoStore, max_videos: int = 1000, max_vectors: int = 100_000,
+                 seed: int = 0) -> dict[str, Any]:
+    """Start the coarse student's NetVLAD from k-means clusters of the collection's frame vectors.
+
+    The reference draws the clusters at random and assigns with ``softmax(x · c_k)``; with unit-scale random
+    centroids that assignment is almost uniform, so the pooled vector is close to the mean frame, which
+    tells same-topic videos apart from copies poorly and takes many steps to sharpen. Here, as in NetVLAD's
+    own recipe (Arandjelović et al., 2016), the centroids are k-means centres of the vectors NetVLAD pools
+    (:meth:`CoarseGrainedStudent.frame_vectors` of the initial network, on up to ``max_videos`` videos), and
+    the assignment weights are the unit centres scaled by ``α``, chosen so that on average the nearest
+    cluster gets :data:`NETVLAD_ASSIGNMENT_RATIO` times the weight of the second nearest. The layer keeps
+    the reference's parameters (no assignment bias), so checkpoints stay loadable by the reference code.
+
+    Returns:
+        ``{"netvlad_init": "kmeans", "netvlad_alpha": α, "netvlad_vectors": n}``; ``{"netvlad_init":
+        "random"}`` (with a warning) when the collection has fewer frames than clusters.
+    """
+    import faiss
+
+    netvlad = model.netvlad
+    k = netvlad.num_clusters
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(store))[:max_videos]
+    was_training = model.training
+    model.eval()
+    chunks = []
+    for i in order:
+        vectors, _ = model.frame_vectors(torch.from_numpy(np.ascontiguousarray(store[int(i)])))
+        chunks.append(vectors[0].float().cpu().numpy())
+    model.train(was_training)
+    x = np.concatenate(chunks).astype(np.float32)
+    if len(x) > max_vectors:
+        x = x[rng.choice(len(x), max_vectors, replace=False)]
+    if len(x) < 2 * k:
+        logger.warning("%d frame vectors for %d NetVLAD clusters: keeping the random clusters", len(x), k)
+        return {"netvlad_init": "random"}
+    kmeans = faiss.Kmeans(x.shape[1], k, niter=25, seed=seed, verbose=False)
+    kmeans.train(x)
+    centres = kmeans.centroids.astype(np.float32)
+    units = centres / np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
+    top2 = -np.sort(-(x @ units.T), axis=1)[:, :2]
+    gap = float(np.mean(top2[:, 0] - top2[:, 1]))
+    alpha = math.log(NETVLAD_ASSIGNMENT_RATIO) / max(gap, 1e-6)
+    netvlad.centroids.copy_(torch.from_numpy(centres))
+    netvlad.conv.weight.copy_(torch.from_numpy(alpha * units).view(k, -1, 1, 1))
+    logger.info("NetVLAD: %d clusters fitted on %d frame vectors, assignment scale %.3g", k, len(x), alpha)
+    return {"netvlad_init": "kmeans", "netvlad_alpha": alpha, "netvlad_vectors": int(len(x))}
 
 
 @torch.no_grad()
@@ -336,8 +412,8 @@ def train_student(pairs: str | Path | MinedPairs, features: str | Path, output_d
     if init_state is not None:
         model.load_state_dict(init_state, strict=True)
         init_info = {"init": "given state"}
-    elif config.type == "fg-bin":
-        init_info = _init_itq(model, config, features, dims)
+    else:
+        init_info = fit_initialisation(model, config, features, store)
     model.to(dev).train()
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr(),
                                  weight_decay=config.weight_decay)
