@@ -24,7 +24,7 @@ def _ok(runner, args):
     return res.output
 
 
-def test_cli_train_chain(tmp_path):
+def test_cli_train_chain(tmp_path, caplog):
     runner = CliRunner()
     feats = tmp_path / "f.h5"
     make_collection(feats, n_sources=4, copies=1, distractors=4, dims=16, frames=(6, 10), seed=6)
@@ -50,6 +50,8 @@ def test_cli_train_chain(tmp_path):
                                   str(tmp_path / "cg"), "-o", str(tmp_path / "sel"), "--epochs", "1",
                                   "--batch-size", "8", "--positive-share", "0.25", *common]))
     assert out["labels"]["positive"] + out["labels"]["negative"] == 72 and out["labels"]["positive"] == 18
+    # the students trained on these very pairs: the selector's labels understate their disagreement, it says so
+    assert any("students' own training pairs" in r.getMessage() for r in caplog.records)
     _ok(runner, ["train", "bundle", "--fine", str(tmp_path / "fg"), "--coarse", str(tmp_path / "cg"),
                  "--selector", str(tmp_path / "sel"), "-o", str(tmp_path / "bundle")])
     from dnsvr.bundle import load_bundle

@@ -4,27 +4,36 @@ Proves that distillation works on *held-out* videos (a second collection of the 
 trained on):
 
 * the trained students' similarities follow the teacher's clearly better than the untrained ones'
-  (the fair baseline: the very weights a run starts from, :func:`initial_student`);
+  (the fair baseline: the very weights a run starts from, :func:`initial_student`); the report also
+  gives the *initialised* student (after the collection-fitted start, ITQ or k-means NetVLAD, before any
+  step) to show what the distillation steps add beyond it;
 * the trained DnS pipeline (coarse student → selector → fine student, through a real index) retrieves
-  near-duplicates better than its untrained coarse stage at every budget from 5 % to 100 %.
+  near-duplicates better than its untrained coarse stage at every budget from 5 % to 100 %, and its
+  selector chooses better pairs to re-rank than the top of the coarse order.
 
 The domain (``DOMAIN``): sources of 16-32 frames made of scenes that share one of three topic vectors,
 same-topic distractors (the hard negatives: related, not copies), and near-duplicates made by
 :func:`dnsvr.eval.synthetic.transform_video` (noise, temporal crop, embedding between unrelated frames,
 speed-up, all combined). Sources are at least 16 frames long because the fine students' comparator pools
 time by 4: a 2x speed-up of an 8-frame source (4 frames) leaves it one cell, and the trained students then
-score such copies 0.6 where the teacher says 0.95 (README) — real videos at 1 fps are far longer. The figures are printed (``pytest -s``) and quoted in README.md; run more
-seeds with ``DNSVR_E2E_SEEDS=0,1,2``.
+score such copies 0.6 where the teacher says 0.95 (README) — real videos at 1 fps are far longer. The
+figures are printed (``pytest -s``) and quoted in README.md; run more seeds with ``DNSVR_E2E_SEEDS=0,1,2``.
 
-What differs from the recipe, for a run of seconds instead of days: few epochs, small batches, a small
-network (32-d regions, a 128-d feed-forward, 8 NetVLAD clusters) and learning rates 10× the recipe's
-(1e-3 fine / 1e-4 coarse — the recipe's ratio kept). Adam, L1 + 1e-3 regularisation, the
-augmentations, the s/2 + 0.5 coarse targets, and the selector's threshold 0.2 with balanced sampling
-are the library's defaults, unchanged. Besides the figures the report prints the diagnostics that explain
-them: the coarse student's similarities per relation (copy / same topic / other topic), the selector's
-label counts, steps and correlation with the coarse score, and the top-of-list calibration (highest coarse
-score of a non-copy vs the lowest fine score of a copy) that decides whether re-scoring can cost a copy
-its rank; ``cpu_seconds`` per phase.
+The selector is labelled on a third collection of the domain (``DNSVR_E2E_SELECTOR_PAIRS=fresh``), mined
+like the others: on the students' own training pairs their disagreement is what training left of it, not
+where they disagree on new videos (README). Its labels are the 10 % of pairs where the students disagree
+most (``positive_share``): this teacher's similarities are compressed, and at the recipe's threshold 0.2 the
+trained students disagree on a handful of pairs.
+
+What differs from the recipe, for a run of a minute or two instead of days: few epochs, small batches, a
+small network (32-d regions, a 128-d feed-forward, 32 NetVLAD clusters, a 256-d coarse vector) and learning
+rates 10× the recipe's (1e-3 fine and selector / 1e-4 coarse — the recipe's ratio kept). Adam, L1 + 1e-3
+regularisation, the augmentations, the s/2 + 0.5 coarse targets, the ITQ and k-means starts and the
+selector's balanced sampling are the library's defaults, unchanged. Besides the figures the report prints
+the diagnostics that explain them: the coarse student's similarities per relation (copy / same topic / other
+topic), the selector's labels, steps and correlation with the coarse score, and the top-of-list calibration
+(highest coarse score of a non-copy vs the lowest fine score of a copy) that decides whether re-scoring can
+cost a copy its rank; ``cpu_seconds`` per phase.
 """
 
 from __future__ import annotations
@@ -46,18 +55,28 @@ from dnsvr.search import Budget, combine, select_pairs  # noqa: E402
 from dnsvr.train.data import VideoStore  # noqa: E402
 from dnsvr.train.mining import RANDOM_NEGATIVE, MinedPairs, MiningParams, mine  # noqa: E402
 from dnsvr.train.selector import SelectorTrainConfig, train_selector  # noqa: E402
-from dnsvr.train.students import (StudentTrainConfig, initial_student, pair_similarities,  # noqa: E402
-                                  pearson, ranking_agreement, train_student)
+from dnsvr.train.students import (StudentTrainConfig, fit_initialisation, initial_student,  # noqa: E402
+                                  pair_similarities, pearson, ranking_agreement, train_student)
 
-DIMS = 32
+DIMS = int(os.environ.get("DNSVR_E2E_DIMS", "32"))
 #: Source lengths in frames (``DNSVR_E2E_FRAMES=8,16`` measures other values).
 FRAMES = tuple(int(v) for v in os.environ.get("DNSVR_E2E_FRAMES", "16,32").split(","))
 DOMAIN = {"dims": DIMS, "topic_weight": 0.8, "noise": 0.3, "copy_transforms": TRANSFORMS, "frames": FRAMES}
-CG_NET = {"transformer_feedforward_dims": 128, "netvlad_clusters": 8, "netvlad_outdims": 64}
+CG_NET = {"transformer_feedforward_dims": 128, "netvlad_clusters": 32, "netvlad_outdims": 256}
 BUDGETS = ("5%", "10%", "25%", "50%", "100%")
 SEEDS = [int(s) for s in os.environ.get("DNSVR_E2E_SEEDS", "0").split(",")]
 #: The selector's label threshold: the recipe's 0.2 (``DNSVR_E2E_THRESHOLD`` measures other values).
 THRESHOLD = float(os.environ.get("DNSVR_E2E_THRESHOLD", "0.2"))
+#: Epochs of the selector (``DNSVR_E2E_SELECTOR_EPOCHS``).
+SELECTOR_EPOCHS = int(os.environ.get("DNSVR_E2E_SELECTOR_EPOCHS", "20"))
+#: The selector's share of positive labels (``DNSVR_E2E_POSITIVE_SHARE=none``: label by ``THRESHOLD``).
+_share = os.environ.get("DNSVR_E2E_POSITIVE_SHARE", "0.1")
+POSITIVE_SHARE = None if _share == "none" else float(_share)
+#: Further :class:`SelectorTrainConfig` fields as JSON (``DNSVR_E2E_SELECTOR``, e.g. ``{"learning_rate": 1e-3}``).
+SELECTOR_OVERRIDES = json.loads(os.environ.get("DNSVR_E2E_SELECTOR", "{}"))
+#: Which pairs label the selector: ``fresh`` (a third collection of the domain, mined alike: pairs the students
+#: never trained on) or ``train`` (the students' own training pairs).
+SELECTOR_PAIRS = os.environ.get("DNSVR_E2E_SELECTOR_PAIRS", "fresh")
 #: The coarse student's initial output offset (``DNSVR_E2E_COARSE_BIAS=0``: the reference's zero init).
 COARSE_BIAS = float(os.environ.get("DNSVR_E2E_COARSE_BIAS", "1.0")) or None
 #: Epochs of the fine students (``DNSVR_E2E_FINE_EPOCHS`` measures other values).
@@ -67,7 +86,7 @@ FINE_EPOCHS = int(os.environ.get("DNSVR_E2E_FINE_EPOCHS", "4"))
 #: ``DNSVR_E2E_TRAIN_SOURCES`` the number of training sources (and distractors), ``DNSVR_E2E_ONLY_CG=1``
 #: trains and checks the coarse student alone.
 CG_OVERRIDES = json.loads(os.environ.get("DNSVR_E2E_CG", "{}"))
-TRAIN_SOURCES = int(os.environ.get("DNSVR_E2E_TRAIN_SOURCES", "20"))
+TRAIN_SOURCES = int(os.environ.get("DNSVR_E2E_TRAIN_SOURCES", "40"))
 ONLY_CG = os.environ.get("DNSVR_E2E_ONLY_CG", "") not in ("", "0")
 
 
@@ -153,11 +172,16 @@ def run_e2e(tmp_path, seed: int) -> dict:
         if ONLY_CG and kind != "cg":
             continue
         untrained = initial_student(cfg, DIMS)
+        # the collection-fitted start (ITQ for fg-bin, k-means NetVLAD for cg): what training adds beyond it
+        initialised = initial_student(cfg, DIMS)
+        train_store = VideoStore(train_h5, MinedPairs(tmp_path / "pairs.h5").video_ids)
+        fit_initialisation(initialised, cfg, train_h5, train_store)
+        train_store.close()
         result = train_student(tmp_path / "pairs.h5", train_h5, tmp_path / kind, cfg, progress=False)
         runs[kind] = result.output_dir
         target = held.similarity / 2 + 0.5 if kind == "cg" else held.similarity
         fig, sims = {}, {"teacher": target}
-        for name, model in (("untrained", untrained), ("trained", result.model)):
+        for name, model in (("untrained", untrained), ("initialised", initialised), ("trained", result.model)):
             s = pair_similarities(model, kind, held_store, held_idx)
             sims[name] = s
             fig[name] = {**agreement(s, target, held.anchor),
@@ -172,8 +196,15 @@ def run_e2e(tmp_path, seed: int) -> dict:
         held_store.close()
         return {"seed": seed, "held_out": figures, "cg_config": CG_OVERRIDES, "train_sources": TRAIN_SOURCES,
                 "seconds": time.perf_counter() - t0, "cpu_seconds": phases}
-    sel = train_selector(tmp_path / "pairs.h5", train_h5, tmp_path / "selector", runs["fg-att"], runs["cg"],
-                         SelectorTrainConfig(epochs=10, batch_size=16, seed=seed, threshold=THRESHOLD), progress=False)
+    sel_pairs, sel_h5 = tmp_path / "pairs.h5", train_h5
+    if SELECTOR_PAIRS == "fresh":
+        sel_pairs, sel_h5 = tmp_path / "selector_pairs.h5", tmp_path / "selector.h5"
+        make_collection(sel_h5, n_sources=20, copies=2, distractors=20, seed=300 + seed, **DOMAIN)
+        mine(sel_h5, sel_pairs, "chamfer", params, progress=False)
+    sel_cfg = dict(epochs=SELECTOR_EPOCHS, batch_size=16, seed=seed, learning_rate=1e-3, threshold=THRESHOLD,
+                   positive_share=POSITIVE_SHARE)
+    sel = train_selector(sel_pairs, sel_h5, tmp_path / "selector", runs["fg-att"], runs["cg"],
+                         SelectorTrainConfig(**{**sel_cfg, **SELECTOR_OVERRIDES}), progress=False)
 
     lap("selector")
     # The trained bundle in a real index vs. the untrained coarse stage alone, same held-out videos.
@@ -252,17 +283,20 @@ def test_end_to_end_distillation(tmp_path, seed):
         assert t["l1"] < 0.3 * u["l1"], (kind, u, t)
     u, t = fig["cg"]["untrained"], fig["cg"]["trained"]
     # The coarse student learns the scale of its targets (L1) and to tell copies from same-topic videos (its
-    # hard pairs, its mAP). Over all pairs its Pearson does not rise: the untrained network separates the
-    # topics with an exaggerated gap, training brings the gap to the teacher's but adds pair noise inside each
-    # relation (``by_relation``; README, "What training achieves").
-    assert t["hard"]["pearson"] > u["hard"]["pearson"] + 0.1, ("cg", u, t)
-    assert t["l1"] < 0.7 * u["l1"], ("cg", u, t)
-    assert t["mAP"] > u["mAP"] + 0.02, ("cg", u, t)
+    # hard pairs, its mAP). Over all pairs its Pearson barely moves: the untrained network separates the
+    # topics with an exaggerated gap, training brings the gap to the teacher's but leaves pair noise inside each
+    # relation that the teacher does not have (``by_relation``; README, "What training achieves").
+    assert t["hard"]["pearson"] > u["hard"]["pearson"] + 0.15, ("cg", u, t)
+    assert t["pearson"] > u["pearson"] - 0.05, ("cg", u, t)
+    assert t["l1"] < 0.5 * u["l1"], ("cg", u, t)
+    assert t["mAP"] > u["mAP"] + 0.1, ("cg", u, t)
     if ONLY_CG:
         return
     nd = report["near_duplicate_mAP"]
     assert nd["trained_dns_100%"] > max(0.95, nd["untrained_coarse"] + 0.2), nd
-    # At every budget the trained DnS beats its untrained coarse stage. (At the recipe's threshold the
-    # selector learns from a handful of labels and adds nothing at 5-50 %: README.)
+    # At every budget the trained DnS beats its untrained coarse stage, and the selector's choice of pairs is
+    # at least as good as re-ranking the top of the coarse order — clearly better at 5 %.
     for budget in ("5%", "10%", "25%", "50%"):
-        assert nd[f"trained_dns_{budget}"] > nd["untrained_coarse"] + 0.02, (budget, nd)
+        assert nd[f"trained_dns_{budget}"] > nd["untrained_coarse"] + 0.1, (budget, nd)
+        assert nd[f"trained_dns_{budget}"] >= nd[f"trained_coarse_order_{budget}"], (budget, nd)
+    assert nd["trained_dns_5%"] > nd["trained_coarse_order_5%"] + 0.05, nd

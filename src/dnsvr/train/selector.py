@@ -107,11 +107,16 @@ def share_threshold(fine: np.ndarray, coarse: np.ndarray, share: float) -> float
     return float(np.quantile(gap, 1.0 - share, method="lower"))
 
 
-def _student(spec: str | Path | tuple[torch.nn.Module, str]) -> tuple[torch.nn.Module, str, str]:
+def _student(spec: str | Path | tuple[torch.nn.Module, str]) -> tuple[torch.nn.Module, str, str, str | None]:
+    """``(model, type, source, the pairs file it was trained on or None)``."""
     if isinstance(spec, tuple):
-        return spec[0], spec[1], "in-memory"
+        return spec[0], spec[1], "in-memory", None
     model, cfg = load_student(spec)
-    return model, cfg["network"]["type"], str(spec)
+    return model, cfg["network"]["type"], str(spec), cfg.get("pairs")
+
+
+def _same_file(a: str | Path, b: str | Path | None) -> bool:
+    return b is not None and Path(a).resolve() == Path(b).resolve()
 
 
 def _scores(model: torch.nn.Module, store: VideoStore, pairs: np.ndarray, coarse: np.ndarray,
@@ -133,6 +138,7 @@ def train_selector(pairs: str | Path | MinedPairs, features: str | Path, output_
 
     Args:
         pairs: mined pairs (file or loaded); every pair (positives and negatives) is a training sample.
+            Best mined on videos the students were not trained on (a warning says when they were).
         features: the feature file.
         output_dir: run folder.
         fine_student: a :func:`~dnsvr.train.students.train_student` folder, or ``(model, "fg-att"|"fg-bin")``.
@@ -157,10 +163,15 @@ def train_selector(pairs: str | Path | MinedPairs, features: str | Path, output_
         raise ValueError(f"positive_share must lie strictly between 0 and 1; got {config.positive_share}")
     pairs = pairs if isinstance(pairs, MinedPairs) else MinedPairs(pairs)
     output_dir, dev = Path(output_dir), torch.device(device)
-    fine, fine_kind, fine_src = _student(fine_student)
-    coarse, coarse_kind, coarse_src = _student(coarse_student)
+    fine, fine_kind, fine_src, fine_pairs = _student(fine_student)
+    coarse, coarse_kind, coarse_src, coarse_pairs = _student(coarse_student)
     if not fine_kind.startswith("fg") or coarse_kind != "cg":
         raise ValueError(f"selector needs a fine (fg-*) and a coarse (cg) student; got {fine_kind!r}, {coarse_kind!r}")
+    if _same_file(pairs.path, fine_pairs) or _same_file(pairs.path, coarse_pairs):
+        logger.warning("selector: %s is the students' own training pairs. Training shrinks their disagreement "
+                       "on exactly these pairs, so the labels understate where they disagree on new videos; "
+                       "mine a separate set of videos for the selector (dnsvr train mine) where you can",
+                       pairs.path)
     store = VideoStore(features, pairs.video_ids, in_memory=config.in_memory, max_frames=config.max_frames)
     pair_idx = np.stack([pairs.anchor, pairs.other], 1).astype(np.int64)
     fine_s = pair_similarities(fine, fine_kind, store, pair_idx, device=device)
