@@ -171,7 +171,7 @@ def selector_command(
 
     try:
         cfg = SelectorTrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=lr, threshold=threshold,
-                                  positive_share=positive_share,                                  pairs_per_class=pairs_per_class, seed=seed,
+                                  positive_share=positive_share, pairs_per_class=pairs_per_class, seed=seed,
                                   validation_fraction=validation_fraction, in_memory=in_memory)
         result = train_selector(pairs, features, output, fine, coarse, cfg, resume=resume, device=device,
                                 progress=progress)

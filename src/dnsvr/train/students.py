@@ -18,7 +18,9 @@ vectors into ``(s + b²) / (1 + b²)``; with ``b = 1`` that is ``s/2 + 0.5`` —
 its targets. An untrained student then already speaks in the targets' range (same ranking, lower L1)
 and training spends its steps on the ranking instead of first learning a large shared offset; in
 short runs that offset phase scrambled the untrained ranking (see README, "What training achieves").
-``coarse_bias_init=None`` keeps the reference's zero bias.
+``coarse_bias_init=None`` keeps the reference's zero bias. A second one: its NetVLAD clusters start from
+k-means of the collection's frame vectors (:func:`init_netvlad`; ``netvlad_init="random"`` keeps the
+reference's random clusters), as the binarization student's projection starts from ITQ.
 
 Output folder of :func:`train_student`::
 
@@ -278,7 +280,7 @@ def init_netvlad(model: torch.nn.Module, store: VideoStore, max_videos: int = 10
 
     Returns:
         ``{"netvlad_init": "kmeans", "netvlad_alpha": α, "netvlad_vectors": n}``; ``{"netvlad_init":
-        "random"}`` (with a warning) when the collection has fewer frames than clusters.
+        "random"}`` (with a warning) when the collection has fewer than two frames per cluster.
     """
     import faiss
 
@@ -286,6 +288,7 @@ def init_netvlad(model: torch.nn.Module, store: VideoStore, max_videos: int = 10
     k = netvlad.num_clusters
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(store))[:max_videos]
+    logger.info("NetVLAD: fitting %d clusters on the frame vectors of %d videos", k, len(order))
     was_training = model.training
     model.eval()
     chunks = []
