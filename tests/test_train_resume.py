@@ -54,6 +54,9 @@ def test_resume_is_bit_exact(mined, tmp_path, kind):
     init = build_student(kind, 16, **cfg.network).state_dict()
     assert any(not torch.equal(init[k], a[k]) for k in a)
     assert [h["loss"] for h in full.history] == [h["loss"] for h in resumed.history]
+    # the resumed run skips the collection-fitted start (its weights come from the checkpoint) but keeps its record
+    start = {k: v for k, v in full.config.items() if k in ("itq", "netvlad_init", "netvlad_alpha", "netvlad_vectors")}
+    assert start == {k: resumed.config[k] for k in start} and (kind == "fg-att" or start)
 
 
 def test_resume_refuses_another_config(mined, tmp_path):

@@ -411,11 +411,12 @@ def train_student(pairs: str | Path | MinedPairs, features: str | Path, output_d
                              anchors=val_anchors) if val_anchors else None
 
     model = initial_student(config, dims)
+    resuming = resume and find_checkpoint(output_dir / "last") is not None
     init_info: dict[str, Any] = {}
     if init_state is not None:
         model.load_state_dict(init_state, strict=True)
         init_info = {"init": "given state"}
-    else:
+    elif not resuming:  # a resumed run takes its weights, and what its start was, from the checkpoint
         init_info = fit_initialisation(model, config, features, store)
     model.to(dev).train()
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr(),
@@ -427,11 +428,12 @@ def train_student(pairs: str | Path | MinedPairs, features: str | Path, output_d
     start_epoch, global_step, history = 0, 0, []
     best_score: float | None = None
     output_dir.mkdir(parents=True, exist_ok=True)
-    if resume and find_checkpoint(output_dir / "last") is not None:
+    if resuming:
         meta = load_checkpoint_folder(output_dir / "last", model, optimizer)
         if meta["config"]["training"] != cfg_json["training"] or meta["config"]["network"] != cfg_json["network"]:
             raise ValueError(f"{output_dir}/last was trained with another config; "
                              f"use another output folder or the same options")
+        cfg_json = {**meta["config"], **cfg_json}  # keeps the start's record (e.g. netvlad_alpha, itq)
         start_epoch, global_step, history = meta["epoch"] + 1, meta["global_step"], meta["history"]
         best_score = meta.get("best_score")
         logger.info("resuming %s at epoch %d", output_dir, start_epoch)
