@@ -64,6 +64,13 @@ enum { KIND_BITS = 0, KIND_F16 = 1, KIND_F32 = 2, KIND_F16_EXACT = 3, KIND_F32_E
 #define NR 32         /* query rows per micro-tile: two zmm of 16 int32 lanes */
 #define MAX_THREADS 64
 
+/* The threads worth starting: at most `threads` and MAX_THREADS, and one per `grain` units of work. */
+static int threads_for(int threads, int64_t work, int64_t grain) {
+    const int64_t by_work = work / grain + 1;
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    return threads > by_work ? (int)by_work : threads;
+}
+
 /* Runs worker on `threads` threads, this one among them, and waits for all. Thread t gets
    (char *)args + t * arg_size (arg_size 0: all share one argument). The workers take their work
    from a shared counter, so a thread that cannot be started is replaced by running its worker here
@@ -622,14 +629,11 @@ static PyObject *region_chamfer(PyObject *self, PyObject *args) {
     job.fcol = fcol;
     job.out = out;
     job.ldo = total_cols;
-    if (threads > MAX_THREADS) threads = MAX_THREADS;
     job.nframes = real_frames;
     atomic_init(&job.next, 0);
     {
-        /* no more threads than ~1 M multiply-adds each would pay for */
-        const int64_t work = real_frames * qrows * regions * (int64_t)dims;
-        const int64_t by_work = work / (1 << 22) + 1;
-        if (threads > by_work) threads = (int)by_work;
+        /* no more threads than ~4 M multiply-adds each would pay for */
+        threads = threads_for(threads, real_frames * qrows * regions * (int64_t)dims, (int64_t)1 << 22);
         if (threads > real_frames) threads = (int)(real_frames ? real_frames : 1);
         /* runs of frames: at most ~CAND_CHUNK_BYTES converted, and ~8 runs per thread to balance */
         const int64_t converted_bytes = (int64_t)job.chunks * MR * packed_row; /* one frame, converted */
@@ -811,11 +815,7 @@ static PyObject *conv1_pool(PyObject *self, PyObject *args) {
     job.wo = wo;
     job.channels = channels;
     atomic_init(&job.next, 0);
-    if (threads > MAX_THREADS) threads = MAX_THREADS;
-    {
-        const int64_t rows = batch * ho, by_work = rows * wo / 4096 + 1;
-        if (threads > by_work) threads = (int)by_work;
-    }
+    threads = threads_for(threads, batch * ho * wo, 4096);
     Py_BEGIN_ALLOW_THREADS
     run_workers(conv1_worker, &job, 0, threads);
     Py_END_ALLOW_THREADS
@@ -899,11 +899,7 @@ static PyObject *max_pool2(PyObject *self, PyObject *args) {
     job.wo = wo;
     job.channels = channels;
     atomic_init(&job.next, 0);
-    if (threads > MAX_THREADS) threads = MAX_THREADS;
-    {
-        const int64_t by_work = batch * ho * wo * channels / 65536 + 1;
-        if (threads > by_work) threads = (int)by_work;
-    }
+    threads = threads_for(threads, batch * ho * wo * channels, 65536);
     Py_BEGIN_ALLOW_THREADS
     run_workers(pool_worker, &job, 0, threads);
     Py_END_ALLOW_THREADS
