@@ -31,7 +31,7 @@ def mined(tmp_path_factory):
 
 
 @pytest.mark.parametrize("kind", ["fg-att", "fg-bin", "cg"])
-def test_resume_is_bit_exact(mined, tmp_path, kind):
+def test_resume_is_bit_exact(mined, tmp_path, kind, caplog):
     cfg = StudentTrainConfig(type=kind, epochs=3, batch_size=4, seed=11,
                              network=CG_NET if kind == "cg" else {})
     full = train_student(mined / "p.h5", mined / "f.h5", tmp_path / "full", cfg, progress=False)
@@ -39,6 +39,8 @@ def test_resume_is_bit_exact(mined, tmp_path, kind):
                          stop_after_epochs=1)
     assert not part.config["finished"]
     torch.manual_seed(999)  # a different global RNG state must not matter: resume restores it
+    caplog.set_level("INFO")
+    caplog.clear()
     resumed = train_student(mined / "p.h5", mined / "f.h5", tmp_path / "part", cfg, progress=False, resume=True)
     assert resumed.config["finished"] and [h["epoch"] for h in resumed.history] == [0, 1, 2]
     a = load_file(str(tmp_path / "full" / "model.safetensors"))
@@ -57,6 +59,8 @@ def test_resume_is_bit_exact(mined, tmp_path, kind):
     # the resumed run skips the collection-fitted start (its weights come from the checkpoint) but keeps its record
     start = {k: v for k, v in full.config.items() if k in ("itq", "netvlad_init", "netvlad_alpha", "netvlad_vectors")}
     assert start == {k: resumed.config[k] for k in start} and (kind == "fg-att" or start)
+    fits = [r for r in caplog.records if r.getMessage().startswith(("NetVLAD: fitting", "ITQ:"))]
+    assert not fits  # the resumed call did not fit its start again
 
 
 def test_resume_refuses_another_config(mined, tmp_path):
