@@ -57,9 +57,11 @@ def test_resume_is_bit_exact(mined, tmp_path, kind, caplog):
     assert any(not torch.equal(init[k], a[k]) for k in a)
     assert [h["loss"] for h in full.history] == [h["loss"] for h in resumed.history]
     # the resumed run skips the collection-fitted start (its weights come from the checkpoint) but keeps its record
-    start = {k: v for k, v in full.config.items() if k in ("itq", "netvlad_init", "netvlad_alpha", "netvlad_vectors")}
+    start = {k: v for k, v in full.config.items() if k in ("itq", "netvlad_init", "netvlad_alpha", "netvlad_vectors",
+                                                                "coarse_bias", "coarse_bias_pairs")}
     assert start == {k: resumed.config[k] for k in start} and (kind == "fg-att" or start)
-    fits = [r for r in caplog.records if r.getMessage().startswith(("NetVLAD: fitting", "ITQ:"))]
+    assert kind != "cg" or "coarse_bias" in start
+    fits = [r for r in caplog.records if r.getMessage().startswith(("NetVLAD: fitting", "ITQ:", "coarse output bias"))]
     assert not fits  # the resumed call did not fit its start again
 
 

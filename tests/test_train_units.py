@@ -289,3 +289,55 @@ def test_netvlad_kmeans_init_finds_the_collections_clusters(tmp_path):
         fit_initialisation(plain, StudentTrainConfig(type="cg", network=net, netvlad_init="pca"), tmp_path / "f.h5",
                            store)
     store.close()
+
+
+def test_coarse_bias_fit_is_the_l1_optimum_and_keeps_the_order(tmp_path):
+    from dnsvr.train.data import VideoStore, coarse_target
+    from dnsvr.train.students import (StudentTrainConfig, fit_coarse_bias, fit_initialisation, initial_student,
+                                      pair_similarities, pearson)
+
+    feats = tmp_path / "f.h5"
+    make_collection(feats, n_sources=6, copies=2, distractors=6, dims=16, seed=5)
+    mine(feats, tmp_path / "p.h5", "chamfer", MiningParams(candidates=5, positives=2, random_negatives=3, seed=0),
+         progress=False)
+    pairs = MinedPairs(tmp_path / "p.h5")
+    store = VideoStore(feats, pairs.video_ids)
+    net = {"transformer_feedforward_dims": 32, "netvlad_clusters": 4, "netvlad_outdims": 32}
+    cfg = StudentTrainConfig(type="cg", seed=2, network=net)
+    idx = np.stack([pairs.anchor, pairs.other], 1)
+    target = coarse_target(pairs.similarity)
+    model = initial_student(cfg, 16)
+    before = pair_similarities(model, "cg", store, idx)
+    info = fit_initialisation(model, cfg, feats, store, pairs)
+    assert info["netvlad_init"] == "kmeans" and info["coarse_bias_pairs"] == len(pairs)
+    b = info["coarse_bias"]
+    assert torch.allclose(model.netvlad.norm.bias, torch.full_like(model.netvlad.norm.bias, b))
+
+    def l1_at(bias: float) -> float:
+        with torch.no_grad():
+            model.netvlad.norm.bias.fill_(bias)
+        return float(np.abs(pair_similarities(model, "cg", store, idx) - target).mean())
+
+    fitted = l1_at(b)
+    assert fitted == pytest.approx(info["coarse_bias_l1"], abs=1e-4)  # the closed form is the network's L1
+    assert fitted < l1_at(b - 0.05) and fitted < l1_at(b + 0.05) and fitted < l1_at(1.0)
+    # the same k-means start with bias 0: the fit is an affine map of its similarities, so their order is kept
+    plain = initial_student(StudentTrainConfig(type="cg", seed=2, network=net, fit_coarse_bias=False), 16)
+    assert "coarse_bias" not in fit_initialisation(plain, StudentTrainConfig(type="cg", seed=2, network=net,
+                                                                             fit_coarse_bias=False), feats, store, pairs)
+    with torch.no_grad():
+        plain.netvlad.norm.bias.zero_()
+    centred = pair_similarities(plain, "cg", store, idx)
+    with torch.no_grad():
+        model.netvlad.norm.bias.fill_(b)
+    # (up to the LayerNorm's eps, which shrinks the centred vectors' norm by a factor var / (var + 1e-5))
+    np.testing.assert_allclose(pair_similarities(model, "cg", store, idx), (centred + b * b) / (1 + b * b), atol=1e-3)
+    assert pearson(centred, target) == pytest.approx(pearson(pair_similarities(model, "cg", store, idx), target),
+                                                     abs=1e-3)
+    assert not np.allclose(before, pair_similarities(model, "cg", store, idx), atol=1e-3)
+    # anchors restrict the pairs; targets below every similarity clip the bias at the reference's 0
+    some = sorted(set(pairs.anchor.tolist()))[:3]
+    assert fit_coarse_bias(model, store, pairs, some)["coarse_bias_pairs"] == int(np.isin(pairs.anchor, some).sum())
+    pairs.similarity = np.full_like(pairs.similarity, -1.0)
+    assert fit_coarse_bias(model, store, pairs)["coarse_bias"] == 0.0
+    store.close()

@@ -105,6 +105,9 @@ def student_command(
     coarse_bias_init: Optional[float] = typer.Option(
         1.0, help="cg: initial output LayerNorm bias (1.0 maps the untrained cosine s to s/2+0.5, the targets' "
         "range); --coarse-bias-init 0 is the reference's init."),
+    fit_coarse_bias: bool = typer.Option(True, "--fit-coarse-bias/--no-fit-coarse-bias",
+                                         help="cg: before the first step, fit the output bias so the start's "
+                                         "similarities match the teacher's on the training pairs (L1)."),
     val_benchmark: Optional[str] = typer.Option(None, help="Validate every epoch on a benchmark (FIVR-5K, "
                                                 "CC_WEB_VIDEO, SVD, EVVE, custom) and keep the best epoch."),
     val_features: Optional[Path] = typer.Option(None, help="Feature file of the validation benchmark's videos."),
@@ -126,7 +129,8 @@ def student_command(
                                  weight_decay=weight_decay, r_parameter=r_parameter, augmentation=augmentation,
                                  seed=seed, validation_fraction=validation_fraction, amp=amp, itq=itq,
                                  in_memory=in_memory, network=json.loads(network),
-                                 coarse_bias_init=coarse_bias_init or None, netvlad_init=netvlad_init)
+                                 coarse_bias_init=coarse_bias_init or None, netvlad_init=netvlad_init,
+                                 fit_coarse_bias=fit_coarse_bias)
         validator = None
         if val_benchmark is not None:
             from dnsvr.train.validation import benchmark_validator

@@ -116,6 +116,11 @@ class VideoStore:
         self._ff.close()
 
 
+def coarse_target(similarity: np.ndarray) -> np.ndarray:
+    """The coarse student's target for teacher similarities in [-1, 1]: ``s/2 + 0.5``, in [0, 1]."""
+    return similarity / 2.0 + 0.5
+
+
 def _rng(seed: int, *keys: int) -> np.random.Generator:
     return np.random.default_rng([int(seed) & 0xFFFFFFFF, *[int(k) for k in keys]])
 
@@ -166,7 +171,7 @@ class TripletDataset:
         p, n = int(self.pairs.other[prow]), int(self.pairs.other[nrow])
         sims = np.array([self.pairs.similarity[prow], self.pairs.similarity[nrow]], dtype=np.float32)
         if self.coarse_targets:
-            sims = sims / 2.0 + 0.5
+            sims = coarse_target(sims)
         anchor, positive, negative = self.store[a], self.store[p], self.store[n]
         if self.augmentation:
             rng = _rng(self.seed, 2, self.epoch, i)

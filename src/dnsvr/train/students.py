@@ -20,7 +20,11 @@ and training spends its steps on the ranking instead of first learning a large s
 short runs that offset phase scrambled the untrained ranking (see README, "What training achieves").
 ``coarse_bias_init=None`` keeps the reference's zero bias. A second one: its NetVLAD clusters start from
 k-means of the collection's frame vectors (:func:`init_netvlad`; ``netvlad_init="random"`` keeps the
-reference's random clusters), as the binarization student's projection starts from ITQ.
+reference's random clusters), as the binarization student's projection starts from ITQ. A third: after the
+clusters, that bias is set in closed form so that the start's similarities match the teacher's on the
+mined training pairs (:func:`fit_coarse_bias`; ``fit_coarse_bias=False`` keeps ``coarse_bias_init``): the
+map ``(s + b²) / (1 + b²)`` is affine in ``s``, so the fit changes no ranking, only the scale, which the first
+steps would otherwise have to learn.
 
 Output folder of :func:`train_student`::
 
@@ -127,6 +131,8 @@ class StudentTrainConfig:
             untrained cosine ``s`` to ``s/2 + 0.5``, the range of its targets); ``None``: the reference's 0.
         netvlad_init: the coarse student's NetVLAD clusters: ``"kmeans"`` fits them on the collection's
             frame vectors (see :func:`init_netvlad`), ``"random"`` keeps the reference's random ones.
+        fit_coarse_bias: fit the coarse student's output bias to the teacher's similarities of the mined
+            training pairs before the first step (see :func:`fit_coarse_bias`).
     """
 
     type: str = "fg-att"
@@ -145,6 +151,7 @@ class StudentTrainConfig:
     network: dict[str, Any] = field(default_factory=dict)
     coarse_bias_init: float | None = 1.0
     netvlad_init: str = "kmeans"
+    fit_coarse_bias: bool = True
 
     def lr(self) -> float:
         return float(self.learning_rate if self.learning_rate is not None else DEFAULT_LR[self.type])
@@ -242,22 +249,36 @@ def _init_itq(model: torch.nn.Module, cfg: StudentTrainConfig, features: Path, d
 
 
 def fit_initialisation(model: torch.nn.Module, config: StudentTrainConfig, features: str | Path,
-                       store: VideoStore) -> dict[str, Any]:
+                       store: VideoStore, pairs: MinedPairs | None = None,
+                       anchors: Sequence[int] | None = None) -> dict[str, Any]:
     """Fit the parts of a fresh student that start from the collection rather than at random: the
-    binarization student's ITQ projection (``config.itq``) and the coarse student's NetVLAD clusters
-    (``config.netvlad_init``). Unsupervised (no teacher); :func:`train_student` calls it before the first
-    step, and it is deterministic for a given seed and collection.
+    binarization student's ITQ projection (``config.itq``), the coarse student's NetVLAD clusters
+    (``config.netvlad_init``) and, given the mined ``pairs``, its output bias (``config.fit_coarse_bias``;
+    the only part that sees the teacher). :func:`train_student` calls it before the first step, with the
+    training anchors' pairs; it is deterministic for a given seed and collection.
+
+    Args:
+        model: a fresh student (:func:`initial_student`), changed in place.
+        config: its training config.
+        features: the feature file (ITQ reads it).
+        store: the collection's videos, in the order of ``pairs.video_ids`` when pairs are given.
+        pairs: the mined pairs; without them the coarse student's bias stays ``config.coarse_bias_init``.
+        anchors: use only these anchors' pairs (default: all).
 
     Returns:
         What was done, for ``config.json`` (e.g. ``{"itq": "fit"}``).
     """
-    if config.type == "fg-bin":
-        return _init_itq(model, config, Path(features), store.dims)
-    if config.type == "cg" and config.netvlad_init == "kmeans" and hasattr(model, "netvlad"):
-        return init_netvlad(model, store, seed=config.seed)
     if config.netvlad_init not in ("kmeans", "random"):
         raise ValueError(f"netvlad_init must be 'kmeans' or 'random'; got {config.netvlad_init!r}")
-    return {}
+    if config.type == "fg-bin":
+        return _init_itq(model, config, Path(features), store.dims)
+    info: dict[str, Any] = {}
+    if config.type == "cg" and hasattr(model, "netvlad"):
+        if config.netvlad_init == "kmeans":
+            info.update(init_netvlad(model, store, seed=config.seed))
+        if config.fit_coarse_bias and pairs is not None:
+            info.update(fit_coarse_bias(model, store, pairs, anchors, seed=config.seed))
+    return info
 
 
 #: Mean ratio of the nearest cluster's assignment weight to the second nearest's after :func:`init_netvlad`.
@@ -313,6 +334,62 @@ def init_netvlad(model: torch.nn.Module, store: VideoStore, max_videos: int = 10
     netvlad.conv.weight.copy_(torch.from_numpy(alpha * units).view(k, -1, 1, 1))
     logger.info("NetVLAD: %d clusters fitted on %d frame vectors, assignment scale %.3g", k, len(x), alpha)
     return {"netvlad_init": "kmeans", "netvlad_alpha": alpha, "netvlad_vectors": int(len(x))}
+
+
+@torch.no_grad()
+def fit_coarse_bias(model: torch.nn.Module, store: VideoStore, pairs: MinedPairs,
+                    anchors: Sequence[int] | None = None, max_pairs: int = 4096, seed: int = 0) -> dict[str, Any]:
+    """Set the coarse student's output bias so its similarities match the teacher's on mined pairs.
+
+    The final LayerNorm's output has zero mean and norm √D; with its weight at 1 and its bias at ``b`` in every
+    dimension, the student's similarity of two videos is ``(s + b²) / (1 + b²) = s + u (1 − s)``, where ``s``
+    is the cosine of the centred vectors (the similarity at ``b = 0``) and ``u = b² / (1 + b²)``. The L1 distance
+    to the targets ``t`` (:func:`~dnsvr.train.data.coarse_target` of the teacher's) is then
+    ``Σ (1 − s) |u − (t − s) / (1 − s)|``, minimised by the weighted median of ``(t − s) / (1 − s)`` with
+    weights ``1 − s``: a closed form, on up to ``max_pairs`` pairs of ``anchors`` (drawn with ``seed``).
+    The map is affine in ``s``: it changes the scale of the start's similarities, not their order.
+
+    Args:
+        model: a coarse student with NetVLAD and its LayerNorm weight at 1 (a fresh one), changed in place.
+        store: the videos, in the order of ``pairs.video_ids``.
+        pairs: the mined pairs and their teacher similarities.
+        anchors: use only these anchors' pairs (default: all).
+        max_pairs: at most this many pairs (a random draw).
+        seed: seeds the draw.
+
+    Returns:
+        ``{"coarse_bias": b, "coarse_bias_pairs": n, "coarse_bias_l1": L1 at b}``; ``{}`` (with a warning)
+        when no pair is usable.
+    """
+    from dnsvr.train.data import coarse_target
+
+    norm = model.netvlad.norm
+    rows = np.arange(len(pairs)) if anchors is None else np.flatnonzero(np.isin(pairs.anchor, list(anchors)))
+    if len(rows) > max_pairs:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, max_pairs, replace=False))
+    idx = np.stack([pairs.anchor[rows], pairs.other[rows]], 1)
+    was_training = model.training
+    saved = norm.bias.detach().clone()
+    norm.bias.zero_()
+    s = pair_similarities(model, "cg", store, idx).astype(np.float64)
+    model.train(was_training)
+    t = coarse_target(np.asarray(pairs.similarity[rows], dtype=np.float64))
+    weight = 1.0 - s
+    usable = weight > 1e-6  # identical vectors: their similarity is 1 whatever the bias
+    if not usable.any():
+        norm.bias.copy_(saved)
+        logger.warning("no pair to fit the coarse student's output bias on: keeping it at %.3g", float(saved[0]))
+        return {}
+    ratio, weight = (t - s)[usable] / weight[usable], weight[usable]
+    order = np.argsort(ratio)
+    cumulative = np.cumsum(weight[order])
+    u = float(ratio[order][np.searchsorted(cumulative, 0.5 * cumulative[-1])])
+    u = min(max(u, 0.0), 0.99)  # b from 0 (the reference's) to ~10
+    b = math.sqrt(u / (1.0 - u))
+    norm.bias.fill_(b)
+    l1 = float(np.abs(s + u * (1.0 - s) - t).mean())
+    logger.info("coarse output bias fitted on %d pairs: %.3g (L1 to the teacher %.4f)", len(rows), b, l1)
+    return {"coarse_bias": b, "coarse_bias_pairs": int(len(rows)), "coarse_bias_l1": l1}
 
 
 @torch.no_grad()
@@ -417,7 +494,7 @@ def train_student(pairs: str | Path | MinedPairs, features: str | Path, output_d
         model.load_state_dict(init_state, strict=True)
         init_info = {"init": "given state"}
     elif not resuming:  # a resumed run takes its weights, and what its start was, from the checkpoint
-        init_info = fit_initialisation(model, config, features, store)
+        init_info = fit_initialisation(model, config, features, store, pairs, train_anchors)
     model.to(dev).train()
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr(),
                                  weight_decay=config.weight_decay)
