@@ -46,6 +46,11 @@ def test_cli_train_chain(tmp_path, caplog):
                                    *common]))["history"]
     assert "val_l1" in hist[0] and "val_pearson" in hist[0]
     assert (tmp_path / "cg" / "best" / "model.safetensors").is_file()
+    cg_cfg = json.loads((tmp_path / "cg" / "config.json").read_text())  # the bias is fitted on training anchors only
+    assert cg_cfg["training"]["fit_coarse_bias"] and 0 < cg_cfg["coarse_bias_pairs"] < 72
+    _ok(runner, ["train", "student", "--type", "cg", "-o", str(tmp_path / "cg0"), "--epochs", "1", "--batch-size",
+                 "4", "--network", CG_NET, "--no-fit-coarse-bias", *common])
+    assert "coarse_bias" not in json.loads((tmp_path / "cg0" / "config.json").read_text())
     out = json.loads(_ok(runner, ["train", "selector", "--fine", str(tmp_path / "fg"), "--coarse",
                                   str(tmp_path / "cg"), "-o", str(tmp_path / "sel"), "--epochs", "1",
                                   "--batch-size", "8", "--positive-share", "0.25", *common]))
