@@ -7,9 +7,9 @@ trained on):
   (the fair baseline: the very weights a run starts from, :func:`initial_student`), and the coarse
   student's do on the pairs it must order (hard pairs), in scale and in retrieval — not clearly over all
   pairs, where the untrained network's mean pooling already has this domain's topic order (README, "What
-  training achieves", item 5); the report also
-  gives the *initialised* student (after the collection-fitted start — ITQ, or k-means NetVLAD and the
-  coarse output bias fitted to the teacher — before any step) to show what the distillation steps add;
+  training achieves", item 5); the report also gives the *initialised* student (after the
+  collection-fitted start — ITQ, or k-means NetVLAD and the coarse output bias fitted to the teacher —
+  before any step) to show what the distillation steps add;
 * the trained DnS pipeline (coarse student → selector → fine student, through a real index) retrieves
   near-duplicates better than its untrained coarse stage at every budget from 5 % to 100 %, and its
   selector chooses better pairs to re-rank than the top of the coarse order.
