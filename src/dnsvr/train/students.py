@@ -54,7 +54,8 @@ import torch
 
 from dnsvr._progress import progress_bar
 from dnsvr.train.checkpoint import find_checkpoint, load_checkpoint_folder, save_checkpoint, write_final
-from dnsvr.train.data import TripletDataset, VideoStore, num_batches, pad_videos, split_anchors
+from dnsvr.train.data import (TripletDataset, VideoStore, coarse_target, num_batches, pad_videos,
+                              split_anchors)
 from dnsvr.train.mining import MinedPairs
 
 logger = logging.getLogger(__name__)
@@ -361,8 +362,6 @@ def fit_coarse_bias(model: torch.nn.Module, store: VideoStore, pairs: MinedPairs
         ``{"coarse_bias": b, "coarse_bias_pairs": n, "coarse_bias_l1": L1 at b}``; ``{}`` (with a warning)
         when no pair is usable.
     """
-    from dnsvr.train.data import coarse_target
-
     norm = model.netvlad.norm
     rows = np.arange(len(pairs)) if anchors is None else np.flatnonzero(np.isin(pairs.anchor, list(anchors)))
     if len(rows) > max_pairs:
