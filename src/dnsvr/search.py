@@ -178,18 +178,26 @@ class SearchResult:
 
 @dataclass
 class QueryResults:
-    """The ranked results of one query, plus what the query cost."""
+    """The ranked results of one query, plus what the query cost.
+
+    ``missing_shards`` names the shards of a sharded index left out of a partial result
+    (``allow_partial``); it is empty for a complete one.
+    """
 
     query: str
     results: list[SearchResult]
     fine_pairs: int = 0
     candidates: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    missing_shards: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"query": self.query, "candidates": self.candidates, "fine_pairs": self.fine_pairs,
-                "timings": {k: round(v, 6) for k, v in self.timings.items()},
-                "results": [r.to_dict() for r in self.results]}
+        out = {"query": self.query, "candidates": self.candidates, "fine_pairs": self.fine_pairs,
+               "timings": {k: round(v, 6) for k, v in self.timings.items()},
+               "results": [r.to_dict() for r in self.results]}
+        if self.missing_shards:
+            out["missing_shards"] = list(self.missing_shards)
+        return out
 
 
 def fine_to_score(fine: np.ndarray | float) -> np.ndarray | float:

@@ -29,7 +29,7 @@ import fcntl
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,8 +43,6 @@ from dnsvr.index.store import IndexConfig, IndexRecord, IndexStore
 from dnsvr.search import (
     Budget,
     QueryResults,
-    align_segments,
-    dns_rank,
 )
 
 logger = logging.getLogger(__name__)
@@ -442,18 +440,25 @@ class VideoIndex:
         return out
 
     # -- searching -------------------------------------------------------------------------
-    def _prepare_queries(self, queries: Sequence[str | Path], progress: bool | None) -> list[_Query]:
+    def _indexed_query(self, video_id: str) -> _Query | None:
+        """The query made of an indexed video (None when the id is not in the index)."""
         store = self.store
+        if store is None or video_id not in store:
+            return None
+        fine = np.asarray(store.fine([video_id])[0])
+        entry = store.get(video_id)
+        coarse = store.coarse_vectors([video_id])[0]
+        return _Query(video_id, VideoRepresentation(coarse, fine, entry.selector), entry.timestamps,
+                      index_id=video_id)
+
+    def _prepare_queries(self, queries: Sequence[str | Path], progress: bool | None) -> list[_Query]:
         out: list[_Query] = []
         video_inputs: list[str | Path] = []
         for q in queries:
             text = str(q)
-            if store is not None and text in store:
-                fine = np.asarray(store.fine([text])[0])
-                entry = store.get(text)
-                coarse = store.coarse_vectors([text])[0]
-                sel = entry.selector
-                out.append(_Query(text, VideoRepresentation(coarse, fine, sel), entry.timestamps, index_id=text))
+            indexed = self._indexed_query(text)
+            if indexed is not None:
+                out.append(indexed)
             elif _is_feature_file(text):
                 report = AddReport()
                 for vid, feats, meta in self._iter_inputs([text], report, progress):
@@ -478,7 +483,8 @@ class VideoIndex:
     def search(self, queries: Sequence[str | Path] | str | Path, *, top_k: int | None = 10,
                budget: Budget | str | int | float | None = None, segments: bool = True,
                ann_candidates: int | None = None, include_self: bool = False,
-               progress: bool | None = None, precision: str = DEFAULT_PRECISION) -> list[QueryResults]:
+               progress: bool | None = None, precision: str = DEFAULT_PRECISION,
+               allow_partial: bool = False) -> list[QueryResults]:
         """Rank the indexed videos for each query with the DnS pipeline.
 
         Args:
@@ -493,6 +499,8 @@ class VideoIndex:
             progress: progress bars while extracting query videos.
             precision: fine-stage region products, ``"exact"`` or ``"int8"`` (faster, approximate;
                 S^f_B's binary codes are exact either way; see :mod:`dnsvr._fine`).
+            allow_partial: (sharded index) a shard that cannot answer is left out and named in each
+                result's ``missing_shards`` instead of failing the query.
 
         Returns:
             One :class:`~dnsvr.search.QueryResults` per query video.
@@ -500,85 +508,46 @@ class VideoIndex:
         Raises:
             VideoIndexError: an unknown query, or an empty index.
             ValueError: an unknown ``precision``.
+            dnsvr.index.query.ShardUnavailableError: a shard cannot answer (without ``allow_partial``).
         """
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
         if isinstance(queries, str | Path):
             queries = [queries]
-        store = self.store
-        if store is None or len(store) == 0:
+        if len(self) == 0:
             raise VideoIndexError(f"index {self.directory} is empty: add videos first")
         budget = Budget.parse(budget)
         prepared = self._prepare_queries(list(queries), progress)
-        return [self._search_one(q, store, top_k, budget, segments, ann_candidates, include_self, precision)
-                for q in prepared]
+        group = self._shard_group()
+        return [self._search_one(q, self.store, top_k, budget, segments, ann_candidates, include_self, precision,
+                                 allow_partial, group) for q in prepared]
 
     def search_representation(self, name: str, rep: VideoRepresentation, timestamps: np.ndarray | None = None,
                               **kwargs: Any) -> QueryResults:
         """Search with a query already represented by this index's bundle (see :meth:`search`)."""
-        store = self.store
-        if store is None or len(store) == 0:
+        if len(self) == 0:
             raise VideoIndexError(f"index {self.directory} is empty: add videos first")
-        return self._search_one(_Query(name, rep, timestamps), store, kwargs.get("top_k", 10),
+        return self._search_one(_Query(name, rep, timestamps), self.store, kwargs.get("top_k", 10),
                                 Budget.parse(kwargs.get("budget")), kwargs.get("segments", True),
                                 kwargs.get("ann_candidates"), kwargs.get("include_self", False),
-                                kwargs.get("precision", DEFAULT_PRECISION))
+                                kwargs.get("precision", DEFAULT_PRECISION), kwargs.get("allow_partial", False))
 
-    def _search_one(self, q: _Query, store: IndexStore, top_k: int | None, budget: Budget, segments: bool,
+    def _shard_group(self) -> Any:
+        """The shards a query fans out to: this index is one local shard."""
+        from dnsvr.index.query import LocalGroup, LocalShard
+
+        return LocalGroup([LocalShard(self.directory.name, self.store, self.bundle)])
+
+    def _search_one(self, q: _Query, store: IndexStore | None, top_k: int | None, budget: Budget, segments: bool,
                     ann_candidates: int | None, include_self: bool,
-                    precision: str = DEFAULT_PRECISION) -> QueryResults:
-        timings: dict[str, float] = {}
-        t0 = time.perf_counter()
-        database_size = len(store)
-        generation = store.generation
-        hits = store.coarse_search(q.rep.coarse[None, :], k=ann_candidates)
-        valid = hits.positions[0] >= 0
-        ids = hits.ids[0][valid].tolist()
-        coarse = hits.scores[0][valid]
-        positions = hits.positions[0][valid]
-        if q.index_id is not None and not include_self:
-            keep = [i for i, v in enumerate(ids) if v != q.index_id]
-            ids = [ids[i] for i in keep]
-            coarse = coarse[keep]
-            positions = positions[keep]
-            database_size -= 1
-        timings["coarse"] = time.perf_counter() - t0
+                    precision: str = DEFAULT_PRECISION, allow_partial: bool = False,
+                    group: Any = None) -> QueryResults:
+        from dnsvr.index.query import QueryRep, search_shards
 
-        selector_fn: Callable[[Sequence[str], np.ndarray], np.ndarray] | None = None
-        if self.bundle.has_selector:
-            def selector_fn(cand_ids: Sequence[str], cand_coarse: np.ndarray) -> np.ndarray:
-                t = time.perf_counter()
-                # candidates come in coarse order with their positions in store.ids(): index the
-                # column of all self-similarities instead of looking every id up
-                if store.generation == generation and len(cand_ids) == len(positions):
-                    values = store.selector_values()[positions]
-                else:  # a writer changed the index since the coarse search: look the ids up
-                    values = store.selector_values(list(cand_ids))
-                scores = self.bundle.selector_scores(q.rep.selector, values, cand_coarse)
-                timings["selector"] = time.perf_counter() - t
-                return scores  # type: ignore[return-value]
-
-        def fine_fn(cand_ids: Sequence[str]) -> np.ndarray:
-            t = time.perf_counter()
-            fines = store.fine(list(cand_ids), prefetch=True)
-            scores, _ = self.bundle.fine_similarities(q.rep.fine, fines, precision=precision)
-            timings["fine"] = time.perf_counter() - t
-            return scores
-
-        results, pairs = dns_rank(ids, coarse, budget=budget, database_size=database_size, fine_fn=fine_fn,
-                                  selector_fn=selector_fn, top_k=top_k)
-        if segments:
-            t = time.perf_counter()
-            reranked = [r for r in results if r.fine_score is not None]
-            if reranked:
-                fines = store.fine([r.video_id for r in reranked])
-                _, mats = self.bundle.fine_similarities(q.rep.fine, fines, return_matrices=True,
-                                                        precision=precision)
-                for r, m in zip(reranked, mats or []):
-                    r.segments = align_segments(m, q.timestamps, store.timestamps(r.video_id))
-            timings["segments"] = time.perf_counter() - t
-        timings["total"] = time.perf_counter() - t0
-        return QueryResults(q.name, results, fine_pairs=pairs, candidates=len(ids), timings=timings)
+        rep = QueryRep(q.name, q.rep.coarse, q.rep.fine, q.rep.selector, q.timestamps, q.index_id)
+        return search_shards(rep, group if group is not None else self._shard_group(), self.bundle, top_k=top_k,
+                             budget=budget, segments=segments, ann_candidates=ann_candidates,
+                             include_self=include_self, precision=precision, allow_partial=allow_partial)
 
 
 @contextlib.contextmanager
