@@ -30,6 +30,7 @@ from dnsvr.index.store import (
 # The facade pulls in torch and the networks; import it on first use so that store-only
 # users (readers, benchmarks, subprocess workers) start fast.
 _FACADE = {"AddReport", "VideoIndex", "VideoIndexError", "open_index"}
+_SHARDED = {"ShardedIndex", "open_any"}
 
 
 def __getattr__(name: str) -> Any:
@@ -37,11 +38,17 @@ def __getattr__(name: str) -> Any:
         from dnsvr.index import video_index  # noqa: PLC0415
 
         return getattr(video_index, name)
+    if name in _SHARDED:
+        from dnsvr.index import sharded  # noqa: PLC0415
+
+        return getattr(sharded, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
     "AddReport",
+    "ShardedIndex",
+    "open_any",
     "VideoIndex",
     "VideoIndexError",
     "open_index",

@@ -68,10 +68,15 @@ class AddReport:
     added: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    #: ids already in the index that a resumed (``ray``) add did not extract again
+    resumed: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"added": self.added, "skipped": [{"input": i, "reason": r} for i, r in self.skipped],
-                "seconds": round(self.seconds, 3)}
+        out = {"added": self.added, "skipped": [{"input": i, "reason": r} for i, r in self.skipped],
+               "seconds": round(self.seconds, 3)}
+        if self.resumed:
+            out["resumed"] = self.resumed
+        return out
 
 
 @dataclass
@@ -173,6 +178,9 @@ class VideoIndex:
         if not path.is_file():
             raise VideoIndexError(f"not a dnsvr index (no {MANIFEST}): {directory}")
         manifest = json.loads(path.read_text())
+        if manifest.get("format") == "dnsvr-sharded-index":
+            raise VideoIndexError(f"{directory} is a sharded index: open it with dnsvr.index.open_any() or "
+                                  "dnsvr.index.ShardedIndex.open()")
         if manifest.get("format") != INDEX_FORMAT:
             raise VideoIndexError(f"{path}: not a dnsvr index (format {manifest.get('format')!r})")
         if int(manifest.get("format_version", 0)) > INDEX_FORMAT_VERSION:
@@ -241,9 +249,14 @@ class VideoIndex:
             self._extractor = FeatureExtractor(self.bundle.backbone)
         return self._extractor
 
-    def _iter_inputs(self, inputs: Sequence[str | Path], report: AddReport,
-                     progress: bool | None) -> Iterator[tuple[str, np.ndarray, dict[str, Any]]]:
-        """``(video_id, raw or whitened features [T, 9, D], meta)`` for every input; failures go to ``report``."""
+    def _iter_inputs(self, inputs: Sequence[str | Path], report: AddReport, progress: bool | None,
+                     ray: str | None = None,
+                     skip: set[str] | None = None) -> Iterator[tuple[str, np.ndarray, dict[str, Any]]]:
+        """``(video_id, raw or whitened features [T, 9, D], meta)`` for every input; failures go to ``report``.
+
+        Video files are extracted here, or on a Ray cluster when ``ray`` names one; ids in ``skip`` are not
+        extracted (they are counted in ``report.resumed``).
+        """
         from dnsvr.features import FeatureFile
 
         videos: list[str | Path] = []
@@ -273,8 +286,19 @@ class VideoIndex:
 
             failures: list[Any] = []
             reported = 0
-            for vid, feats, meta in iter_video_features(videos, self._get_extractor(), failures=failures,
-                                                        progress=progress):
+            if skip:
+                from dnsvr.extract import resolve_inputs
+
+                report.resumed = [vid for vid, _ in resolve_inputs(videos, []) if vid in skip]
+            if ray is not None:
+                from dnsvr.cluster.extract import iter_video_features_ray
+
+                features = iter_video_features_ray(videos, self.bundle.backbone, address=ray, failures=failures,
+                                                   skip=skip or (), progress=progress)
+            else:
+                features = iter_video_features(videos, self._get_extractor(), failures=failures, progress=progress,
+                                               skip=skip or ())
+            for vid, feats, meta in features:
                 reported = self._report_failures(failures, reported, report)
                 yield vid, np.asarray(feats, dtype=np.float32), _clean_meta(meta)
             self._report_failures(failures, reported, report)
@@ -290,7 +314,7 @@ class VideoIndex:
 
     # -- writing ---------------------------------------------------------------------------
     def add(self, inputs: Sequence[str | Path] | str | Path, *, on_duplicate: str = "error",
-            progress: bool | None = None, batch_size: int = 64) -> AddReport:
+            progress: bool | None = None, batch_size: int = 64, ray: str | None = None) -> AddReport:
         """Add videos (files, folders, list files) or HDF5 feature files.
 
         Videos that cannot be decoded are reported in the result and skipped. With the ``lite``
@@ -302,6 +326,11 @@ class VideoIndex:
             on_duplicate: ``"error"``, ``"replace"`` or ``"skip"`` for ids already in the index.
             progress: show progress bars (default: when stderr is a terminal).
             batch_size: videos per commit (each commit is durable).
+            ray: decode and extract the videos on a Ray cluster (``"auto"``, an address such as
+                ``"ray://head:10001"``, or ``"local"`` for a cluster on this machine); the features are
+                committed here, by this index's single writer, in order of completion. Videos already
+                in the index are not extracted again (unless ``on_duplicate="replace"``), so re-running
+                an interrupted add resumes it. Needs ``pip install 'dnsvr[ray]'``.
 
         Returns:
             :class:`AddReport`.
@@ -312,19 +341,16 @@ class VideoIndex:
             inputs = [inputs]
         start = time.perf_counter()
         report = AddReport()
-        stream = self._iter_inputs(list(inputs), report, progress)
+        stream = self._iter_inputs(list(inputs), report, progress, ray=ray,
+                                   skip=set(self.ids()) if ray is not None and on_duplicate != "replace" else None)
         if not self.bundle.whitened:
             stream = self._fit_whitening_from(stream)
-        store = self.store
         pending: list[IndexRecord] = []
 
         def flush() -> None:
-            nonlocal store
             if not pending:
                 return
-            if store is None:
-                store = self._create_store()
-            result = store.add(pending, on_duplicate=on_duplicate)  # type: ignore[arg-type]
+            result = self._commit(pending, on_duplicate)
             report.added.extend(result.added)
             for vid in result.skipped:
                 report.skipped.append((vid, "already in the index"))
@@ -346,6 +372,16 @@ class VideoIndex:
                     len(report.skipped), report.seconds)
         return report
 
+    def _commit(self, records: list[IndexRecord], on_duplicate: str) -> Any:
+        """Commit a batch of records through the store (created by the first commit); the store's AddResult."""
+        store = self.store
+        if store is None:
+            store = self._create_store()
+        return store.add(records, on_duplicate=on_duplicate)  # type: ignore[arg-type]
+
+    def _bundle_saved(self) -> None:
+        """Called after the fitted lite whitening was saved into ``bundle/`` (a sharded index copies it)."""
+
     def _fit_whitening_from(self, stream: Iterator[tuple[str, np.ndarray, dict[str, Any]]]
                             ) -> Iterator[tuple[str, np.ndarray, dict[str, Any]]]:
         """Buffer the first videos, fit the lite whitening on them, save the bundle, then replay them."""
@@ -362,6 +398,7 @@ class VideoIndex:
                 fcntl.flock(fh, fcntl.LOCK_EX)
                 self.bundle.fit_whitening([f for _, f, _ in buffered])
                 self.bundle.save(self.directory / BUNDLE_DIR)
+                self._bundle_saved()
         yield from buffered
         yield from stream
 
@@ -382,6 +419,10 @@ class VideoIndex:
     def ids(self) -> list[str]:
         """Ids of the indexed videos, in the order they were added."""
         return [] if self.store is None else self.store.ids()
+
+    def frames(self) -> list[int]:
+        """Frame counts of the indexed videos, in :meth:`ids` order."""
+        return [] if self.store is None else self.store.n_frames().tolist()
 
     def info(self) -> dict[str, Any]:
         """Bundle, counts and storage (JSON-ready)."""
