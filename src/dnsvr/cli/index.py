@@ -47,9 +47,9 @@ def cli_errors() -> Iterator[None]:
 
 
 def _open(directory: Path, readonly: bool) -> Any:
-    from dnsvr.index.video_index import VideoIndex
+    from dnsvr.index.sharded import open_any
 
-    return VideoIndex.open(directory, readonly=readonly)
+    return open_any(directory, readonly=readonly)
 
 
 def _echo_json(payload: Any) -> None:
@@ -62,12 +62,23 @@ def create(directory: Path = typer.Argument(..., help="New (or empty) index dire
                                       help="Model bundle: lite (offline default), paper, paper-bin, or a folder."),
            coarse_index: str = typer.Option("Flat", "--coarse-index",
                                             help="FAISS spec of the coarse search: Flat (exact) or e.g. HNSW32."),
-           offline: bool = typer.Option(False, "--offline", help="Never download published weights.")) -> None:
+           offline: bool = typer.Option(False, "--offline", help="Never download published weights."),
+           shards: int = typer.Option(0, "--shards", help="Create a sharded index of N shards (see docs/scale-out.md)."),
+           ) -> None:
     """Create an empty index with a model bundle."""
     from dnsvr.index.video_index import VideoIndex
 
     with cli_errors():
-        index = VideoIndex.create(directory, bundle, coarse_index=coarse_index, offline=offline or None)
+        if shards:
+            from dnsvr.index.sharded import ShardedIndex
+
+            try:
+                index = ShardedIndex.create(directory, bundle, shards=shards, coarse_index=coarse_index,
+                                            offline=offline or None)
+            except ValueError as exc:
+                raise typer.BadParameter(str(exc), param_hint="--shards") from None
+        else:
+            index = VideoIndex.create(directory, bundle, coarse_index=coarse_index, offline=offline or None)
         index.close()
     _out.print(f"created {directory} (bundle {index.bundle.name}: fine {index.bundle.fine_type}, "
                f"coarse {index.bundle.coarse_type}, selector {'yes' if index.bundle.has_selector else 'coarse order'})")
@@ -79,11 +90,14 @@ def add(directory: Path = typer.Argument(..., help="Index directory."),
         on_duplicate: str = typer.Option("error", "--on-duplicate", help="error | replace | skip"),
         json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
         progress: bool = typer.Option(None, "--progress/--no-progress", help="Progress bars (default: on a TTY)."),
+        ray: str = typer.Option(None, "--ray", help="Extract on a Ray cluster: auto, an address, or local "
+                                                    "(needs dnsvr[ray]); re-running resumes."),
         ) -> None:
     """Add videos or feature files; unreadable videos are reported and skipped (exit status 1 if any was)."""
     with cli_errors():
         with _open(directory, readonly=False) as index:
-            report = index.add(inputs, on_duplicate=on_duplicate, progress=progress)
+            report = index.add(inputs, on_duplicate=on_duplicate, progress=progress,
+                               **({"ray": ray} if ray else {}))
             total = len(index)
     if json_out:
         _echo_json({**report.to_dict(), "videos": total})
@@ -114,7 +128,7 @@ def list_videos(directory: Path = typer.Argument(..., help="Index directory."),
     with cli_errors():
         with _open(directory, readonly=True) as index:
             ids = index.ids()
-            frames = index.store.n_frames().tolist() if index.store is not None else []
+            frames = index.frames()
     if json_out:
         _echo_json([{"video_id": v, "frames": int(f)} for v, f in zip(ids, frames)])
         return
@@ -138,6 +152,8 @@ def info(directory: Path = typer.Argument(..., help="Index directory."),
     table.add_row("stages", f"coarse {b['coarse']}, selector {'network' if b['selector'] else 'coarse order'}, "
                             f"fine {b['fine']}")
     table.add_row("videos", str(data["videos"]))
+    if "shards" in data:
+        table.add_row("shards", ", ".join(f"{s['name']} {s['videos']}" for s in data["shards"]))
     store = data.get("store")
     if store:
         table.add_row("frames", str(store["frames"]))
@@ -189,3 +205,22 @@ def attach(directory: Path = typer.Argument(..., help="A lite index (it stores t
             new.close()
     _out.print(f"built {output} with bundle {bundle}: {n} videos")
 
+
+
+@index_app.command("shard")
+def shard(source: Path = typer.Argument(..., help="An ordinary index."),
+          output: Path = typer.Argument(..., help="New sharded index directory."),
+          shards: int = typer.Option(..., "--shards", help="Number of shards.")) -> None:
+    """Split an index into a sharded index (its stored representations are copied; no decoding)."""
+    from dnsvr.index.sharded import ShardedIndex
+
+    with cli_errors():
+        try:
+            index = ShardedIndex.split(source, output, shards)
+        except ValueError as exc:
+            if isinstance(exc, user_errors()):
+                raise
+            raise typer.BadParameter(str(exc), param_hint="--shards") from None
+        sizes = [len(s) for s in index.shards]
+        index.close()
+    _out.print(f"split {source} into {output}: {sum(sizes)} videos in {len(sizes)} shards ({', '.join(map(str, sizes))})")

@@ -75,9 +75,15 @@ def search_command(
                                   help="Fine-stage region products: 'exact' or 'int8' (faster, approximate; "
                                        "binary S^f_B codes are exact either way). Default: the library's "
                                        "(dnsvr._fine.DEFAULT_PRECISION)."),
+    ray: str = typer.Option(None, "--ray", help="Sharded index: one Ray actor per shard (auto, an address, or local; "
+                                                "needs dnsvr[ray]). Default: the shards in process, one after another."),
+    allow_partial: bool = typer.Option(False, "--allow-partial",
+                                       help="Sharded index: a shard that cannot answer is left out and named in "
+                                            "the results (missing_shards) instead of failing the query."),
 ) -> None:
     """Rank the indexed videos for each query: coarse → selector → fine re-rank within the budget."""
-    from dnsvr.index.video_index import VideoIndex
+    from dnsvr.index.query import ShardUnavailableError
+    from dnsvr.index.sharded import open_any
     from dnsvr.search import Budget
 
     with cli_errors():
@@ -87,10 +93,14 @@ def search_command(
             raise typer.BadParameter(str(exc), param_hint="--budget") from None
         if precision is not None and precision not in ("exact", "int8"):
             raise typer.BadParameter(f"{precision!r}: use 'exact' or 'int8'", param_hint="--precision")
-        with VideoIndex.open(directory, readonly=True) as index:
-            results = index.search(queries, top_k=top_k, budget=parsed, segments=segments,
-                                   ann_candidates=ann, include_self=include_self, progress=False,
-                                   **({} if precision is None else {"precision": precision}))
+        try:
+            with open_any(directory, readonly=True, ray=ray) as index:
+                results = index.search(queries, top_k=top_k, budget=parsed, segments=segments,
+                                       ann_candidates=ann, include_self=include_self, progress=False,
+                                       allow_partial=allow_partial,
+                                       **({} if precision is None else {"precision": precision}))
+        except ShardUnavailableError as exc:
+            raise _shard_error(exc) from None
     if json_out:
         doc = {"index": str(directory), "budget": str(parsed), "top_k": top_k,
                "queries": [q.to_dict() for q in results]}
@@ -98,3 +108,11 @@ def search_command(
         return
     for q in results:
         _out.print(results_table(q))
+        if q.missing_shards:
+            _out.print(f"[yellow]partial:[/yellow] missing shards {', '.join(q.missing_shards)}", highlight=False)
+
+
+def _shard_error(exc: Exception) -> typer.Exit:
+    """A shard that cannot answer: one line on stderr, exit status 3."""
+    Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False)
+    return typer.Exit(3)
