@@ -733,7 +733,7 @@ def extract_videos(inputs: Any, output_h5: str | Path, extractor: Extractor, fps
                    decode_threads: int = 1, limits: DecodeLimits | None = None, skip_unneeded: bool = True,
                    decode: str = "exact",
                    checkpoint_interval: float = 30.0, fsync: bool = True, progress: bool | None = None,
-                   failures_json: str | Path | None = None) -> ExtractionReport:
+                   failures_json: str | Path | None = None, ray: str | None = None) -> ExtractionReport:
     """Extract videos into an HDF5 feature file (one ``[T, 9, D]`` dataset per video id).
 
     Re-running with the same output skips the ids already complete; a crash or Ctrl-C
@@ -769,6 +769,9 @@ def extract_videos(inputs: Any, output_h5: str | Path, extractor: Extractor, fps
         fsync: make every finished video durable on disk.
         progress: progress bar (None: when stderr is a terminal).
         failures_json: also write the failures there as JSON.
+        ray: decode and run the backbone on a Ray cluster (``"auto"``, an address, or ``"local"``; see
+            :mod:`dnsvr.cluster.extract`), one video per task; this process writes the file, in order of
+            completion. Not with ``whitening="fit"`` (fit once, then pass the whitening file).
 
     Returns:
         The :class:`ExtractionReport` (``report.ok`` is False when anything failed or was damaged).
@@ -787,6 +790,9 @@ def extract_videos(inputs: Any, output_h5: str | Path, extractor: Extractor, fps
     report = ExtractionReport(output=output_h5)
     entries = resolve_inputs(inputs, report.failures)
     white, fit = _load_whitening(whitening, extractor, dims)
+    if fit and ray is not None:
+        raise ValueError("whitening 'fit' is not offered with ray: fit it once (dnsvr extract --whitening fit on a "
+                         "sample), then pass the whitening file")
     wfile = Path(whitening_file) if whitening_file else output_h5.with_name(output_h5.stem + ".whitening.npz")
     raw_path = output_h5.with_name(output_h5.stem + ".raw.h5")
     if fit:
@@ -832,8 +838,11 @@ def extract_videos(inputs: Any, output_h5: str | Path, extractor: Extractor, fps
         if raw_path.exists() and white is not None:
             _whiten_raw(raw_path, writer, white, white_id, {vid for vid, _ in todo}, report)
         rest = [e for e in todo if e[0] not in writer.completed_ids()]
-        _extract_into(writer, rest, extractor, opts, _whitener(white), white_id, report, progress,
-                      "extracting" if not fit else "pass 2/2")
+        if ray is not None:
+            _extract_into_ray(writer, rest, extractor, opts, _whitener(white), white_id, report, progress, ray)
+        else:
+            _extract_into(writer, rest, extractor, opts, _whitener(white), white_id, report, progress,
+                          "extracting" if not fit else "pass 2/2")
     if raw_path.exists() and white is not None:
         with FeatureFile(raw_path) as ff:
             leftover = set(ff.ids()) - _complete_ids(output_h5)
@@ -913,6 +922,30 @@ def _extract_into(writer: FeatureWriter, entries: list[tuple[str, Path]], extrac
     finally:
         for part in parts.values():
             part.abort()
+
+
+def _extract_into_ray(writer: FeatureWriter, entries: list[tuple[str, Path]], extractor: Extractor, opts: _Options,
+                      post: Callable[[Any], Any] | None, white_id: str, report: ExtractionReport,
+                      progress: bool | None, address: str) -> None:
+    """:func:`_extract_into` with the decoding and the backbone on a Ray cluster (whitening applied here)."""
+    from dnsvr.cluster.extract import iter_video_features_ray
+
+    weights = str(getattr(extractor, "weights_source", "") or "") or None
+    for vid, feats, meta in iter_video_features_ray(
+            entries, extractor.backbone_name, address=address, failures=report.failures, progress=progress,
+            fps=opts.fps or 1.0, weights=weights, precision=str(getattr(extractor, "precision", "fp32")),
+            batch_size=opts.batch_size, short_side=opts.short_side, crop=opts.crop, decode=opts.decode):
+        if post is not None:
+            feats = _to_numpy(post(feats))
+        meta["whitening"] = white_id
+        try:
+            writer.write(vid, feats, meta)
+        except (OSError, ValueError) as exc:
+            report.failures.append(VideoFailure(vid, str(meta.get("source", "")), "write_error",
+                                                f"cannot write features: {exc}"))
+            continue
+        report.extracted.append(VideoResult(vid, str(meta["source"]), meta["frames"], meta["duration"],
+                                            meta["damage"] or None))
 
 
 def _fit_whitening(raw_path: Path, dims: int, fit_frames: int) -> Any:

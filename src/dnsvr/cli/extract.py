@@ -51,6 +51,9 @@ def extract_command(
         30.0, "--checkpoint-interval", help="Seconds between checkpoints of the output file (0: every video)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (on terminals)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    ray: Optional[str] = typer.Option(
+        None, "--ray", help="Decode and extract on a Ray cluster: auto, an address, or local (needs dnsvr[ray]); "
+                            "this process writes the file."),
 ) -> None:
     """Extract region features from videos into an HDF5 file, in the layout of the published feature files.
 
@@ -81,7 +84,7 @@ def extract_command(
             inputs, output, extractor, fps=fps, whitening=whitening, dims=dims, fit_videos=fit_videos,
             whitening_file=whitening_file, dtype=dtype, short_side=short_side, crop=crop, batch_size=batch_size,
             decode_workers=workers, decode=decode, checkpoint_interval=checkpoint_interval,
-            progress=None if progress else False, failures_json=failures_json)
+            progress=None if progress else False, failures_json=failures_json, **({"ray": ray} if ray else {}))
     except (FeatureFileError, FileNotFoundError, ValueError, WeightsUnavailableError) as exc:
         _fail(str(exc))
     except KeyboardInterrupt:

@@ -26,8 +26,8 @@ from dnsvr.extract import VideoFailure, _progress, resolve_inputs
 
 logger = logging.getLogger(__name__)
 
-#: For tests only: a folder where a worker leaves a marker the first time it takes each video, and exits
-#: abruptly (as if killed) instead of extracting it — so the retry elsewhere is exercised.
+#: For tests only: a folder of ``<video id>.die`` files; the worker that takes such a video first renames the
+#: file to ``.died`` and exits abruptly (as if killed) instead of extracting it, so the retry is exercised.
 FAULT_ENV = "DNSVR_RAY_FAULT_DIR"
 
 
@@ -61,12 +61,10 @@ def _model(spec: WorkerSpec) -> Any:
 def _fault_hook(video_id: str) -> None:
     folder = os.environ.get(FAULT_ENV)
     if folder:
-        marker = Path(folder) / f"{video_id}.died"
         try:
-            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
+            os.rename(Path(folder) / f"{video_id}.die", Path(folder) / f"{video_id}.died")
+        except OSError:
             return
-        os.close(fd)
         os._exit(1)
 
 
@@ -150,7 +148,8 @@ def iter_video_features_ray(inputs: Any, backbone: str = "efficientnet_lite0", *
             if feats is None or meta is None:
                 continue
             bar.add_frames(len(feats))
-            yield vid, feats, meta
+            # arrays from the object store are read-only views of shared memory: hand out our own copy
+            yield vid, np.array(feats, dtype=np.float32), meta
     if failures is None:
         for f in sink[n_before:]:
             logger.warning("%s", f.line())
