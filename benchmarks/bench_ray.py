@@ -140,7 +140,7 @@ def _same(a, b) -> bool:
 
 
 def bench_search(workdir: Path, n: int, queries: int = 2, reuse: bool = False, keep: bool = False,
-                 frames: int = 60) -> list[dict]:
+                 frames: int = 60, budgets: str = "1000,1%,5%") -> list[dict]:
     import ray
 
     from dnsvr.cluster._ray import worker_env
@@ -162,7 +162,7 @@ def bench_search(workdir: Path, n: int, queries: int = 2, reuse: bool = False, k
         print(f"  built {shards} shard(s) in {build_s[shards]:.0f} s", file=sys.stderr, flush=True)
     ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, runtime_env=worker_env(),
              log_to_driver=False)
-    budgets = [("1000 pairs", Budget(pairs=1000)), ("1%", Budget(fraction=0.01)), ("5%", Budget(fraction=0.05))]
+    plan = [(b if b.endswith("%") else f"{b} pairs", Budget.parse(b)) for b in budgets.split(",")]
     rng = np.random.default_rng(2)
     opened = {}
     for shards in layouts:
@@ -184,7 +184,7 @@ def bench_search(workdir: Path, n: int, queries: int = 2, reuse: bool = False, k
     warm_s = time.perf_counter() - t
     out = []
     variants = list(opened)
-    for label, budget in budgets:
+    for label, budget in plan:
         times: dict[tuple, list[float]] = {v: [] for v in variants}
         stages: dict[tuple, list[dict]] = {v: [] for v in variants}
         equal: dict[tuple, bool] = {v: True for v in variants}
@@ -231,6 +231,7 @@ def main() -> None:
     ap.add_argument("--videos", type=int, default=100_000)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--queries", type=int, default=2)
+    ap.add_argument("--budgets", default="1000,1%,5%", help="comma-separated budgets (pairs, or percentages)")
     ap.add_argument("--workdir", type=Path, default=Path("/work/tmp/bench_ray"))
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--reuse", action="store_true")
@@ -248,7 +249,7 @@ def main() -> None:
         result["extract"] = bench_extract(args.workdir, args.workers)
     if args.part in ("search", "all"):
         result["search"] = bench_search(args.workdir, args.videos, queries=args.queries, reuse=args.reuse,
-                                        keep=args.keep)
+                                        keep=args.keep, budgets=args.budgets)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.out}", file=sys.stderr)

@@ -169,3 +169,30 @@ def test_canonical_order_breaks_ties_by_id():
     ids = ["c", "a", "b", "d"]
     scores = np.array([0.5, 0.5, 0.9, 0.5], dtype=np.float32)
     assert [ids[i] for i in canonical_order(ids, scores)] == ["b", "a", "c", "d"]
+
+
+def test_without_ray_the_single_machine_path_works_and_ray_asks_for_the_extra(tmp_path, monkeypatch):
+    """Ray is an optional extra: nothing on the local path imports it; asking for it says how to install it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['ray'] = None\n"
+            "import dnsvr.cli, dnsvr.index.sharded, dnsvr.index.query\n"
+            "from dnsvr.cluster import ClusterError\n"
+            "from dnsvr.cluster._ray import require_ray\n"
+            "try:\n    require_ray()\nexcept ClusterError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**__import__("os").environ, "PYTHONPATH": str(__import__("pathlib").Path(
+                             __file__).parents[1] / "src")})
+    assert "pip install 'dnsvr[ray]'" in out.stdout
+    monkeypatch.setitem(sys.modules, "ray", None)
+    for name in ("dnsvr.cluster.search", "dnsvr.cluster.extract"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    videos, groups, single, sharded = build_pair(tmp_path, plain_bundle, n_shards=2)
+    sharded.close()
+    single.close()
+    from dnsvr.cluster import ClusterError
+
+    with pytest.raises(ClusterError, match="dnsvr\\[ray\\]"):
+        with ShardedIndex.open(tmp_path / "sharded", readonly=True, ray="local") as index:
+            index.search(["g0"])
