@@ -112,7 +112,7 @@ def test_split_existing_index_and_manage(tmp_path):
     with pytest.raises(KeyError):
         split.remove(["nope", "g1"])
     assert "g1" in split  # nothing removed when an id is unknown
-    split.compact()
+    assert split.compact().purged_videos == 2
     assert split.verify().ok
     split.close()
     with pytest.raises(VideoIndexError, match="sharded index"):
@@ -196,3 +196,38 @@ def test_without_ray_the_single_machine_path_works_and_ray_asks_for_the_extra(tm
     with pytest.raises(ClusterError, match="dnsvr\\[ray\\]"):
         with ShardedIndex.open(tmp_path / "sharded", readonly=True, ray="local") as index:
             index.search(["g0"])
+
+
+def test_cli_sharded_lifecycle(tmp_path):
+    from typer.testing import CliRunner
+
+    from dnsvr.cli import app
+
+    runner = CliRunner()
+    videos, groups = make_collection()
+    h5 = write_h5(tmp_path / "f.h5", videos)
+    plain_bundle().save(tmp_path / "b")
+    one, many, split = tmp_path / "one", tmp_path / "many", tmp_path / "split"
+    assert runner.invoke(app, ["index", "create", str(many), "--shards", "3", "--bundle", str(tmp_path / "b")]
+                         ).exit_code == 0
+    assert runner.invoke(app, ["index", "add", str(many), str(h5)]).exit_code == 0
+    r = runner.invoke(app, ["index", "info", str(many), "--json"])
+    info = json.loads(r.stdout)
+    assert info["videos"] == len(videos) and [s["name"] for s in info["shards"]] == ["shard-000", "shard-001",
+                                                                                     "shard-002"]
+    assert runner.invoke(app, ["index", "verify", str(many)]).exit_code == 0
+    listed = runner.invoke(app, ["index", "list", str(many), "--json"])
+    assert sorted(x["video_id"] for x in json.loads(listed.stdout)) == sorted(videos)
+    assert runner.invoke(app, ["index", "create", str(one), "--bundle", str(tmp_path / "b")]).exit_code == 0
+    assert runner.invoke(app, ["index", "add", str(one), str(h5)]).exit_code == 0
+    r = runner.invoke(app, ["index", "shard", str(one), str(split), "--shards", "2"])
+    assert r.exit_code == 0, r.output
+    docs = [json.loads(runner.invoke(app, ["search", str(d), "g0", "g1", "--json", "-b", "30%"]).stdout)
+            for d in (one, many, split)]
+    for doc in docs[1:]:
+        for qa, qb in zip(docs[0]["queries"], doc["queries"]):
+            assert [x["video_id"] for x in qa["results"]] == [x["video_id"] for x in qb["results"]]
+            assert "missing_shards" not in qb
+    assert runner.invoke(app, ["index", "compact", str(many)]).exit_code == 0
+    r = runner.invoke(app, ["index", "create", str(tmp_path / "bad"), "--shards", "5000"])
+    assert r.exit_code == 2 and "shards must lie in" in r.output

@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -36,7 +37,7 @@ import numpy as np
 
 from dnsvr import __version__
 from dnsvr.bundle import Bundle, load_bundle
-from dnsvr.index.store import AddResult, IndexRecord, UnknownVideoError, VerifyReport
+from dnsvr.index.store import AddResult, CompactReport, IndexRecord, UnknownVideoError, VerifyReport
 from dnsvr.index.video_index import (
     BUNDLE_DIR,
     MANIFEST,
@@ -251,11 +252,12 @@ class ShardedIndex(VideoIndex):
                 removed += shard.remove(mine)
         return removed
 
-    def compact(self) -> Any:
-        """Compact every shard; returns the shards' reports."""
+    def compact(self) -> CompactReport:
+        """Compact every shard; one report summed over the shards."""
         if self.readonly:
             raise VideoIndexError(f"index {self.directory} was opened read-only")
-        return [s.compact() for s in self.shards if s.store is not None]
+        reports = [s.compact() for s in self.shards if s.store is not None]
+        return CompactReport(*(sum(getattr(r, f.name) for r in reports) for f in dataclasses.fields(CompactReport)))
 
     def attach(self, bundle: str | Path | Bundle, output: str | Path, *, batch_size: int = 256) -> VideoIndex:
         raise VideoIndexError("attach works on an ordinary index: attach the bundle before sharding "
