@@ -154,6 +154,7 @@ class SearchResult:
         fine_score: the fine similarity in [-1, 1] as the network gives it, or None if not re-ranked.
         segments: aligned matching segments (re-ranked results only).
         stage: ``"fine"`` or ``"coarse"``, the stage whose similarity is ``score``.
+        source: the file the video was indexed from (None when unknown).
     """
 
     video_id: str
@@ -163,6 +164,7 @@ class SearchResult:
     fine_score: float | None
     segments: list[Segment] = field(default_factory=list)
     stage: str = STAGE_COARSE
+    source: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -172,24 +174,33 @@ class SearchResult:
             "selector_score": None if self.selector_score is None else float(self.selector_score),
             "fine_score": None if self.fine_score is None else float(self.fine_score),
             "stage": self.stage,
+            "source": self.source,
             "segments": [s.to_dict() for s in self.segments],
         }
 
 
 @dataclass
 class QueryResults:
-    """The ranked results of one query, plus what the query cost."""
+    """The ranked results of one query, plus what the query cost.
+
+    ``error`` is set (and ``results`` empty) for a query that could not be searched, when the
+    search was asked to report such queries instead of raising.
+    """
 
     query: str
     results: list[SearchResult]
     fine_pairs: int = 0
     candidates: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"query": self.query, "candidates": self.candidates, "fine_pairs": self.fine_pairs,
-                "timings": {k: round(v, 6) for k, v in self.timings.items()},
-                "results": [r.to_dict() for r in self.results]}
+        out = {"query": self.query, "candidates": self.candidates, "fine_pairs": self.fine_pairs,
+               "timings": {k: round(v, 6) for k, v in self.timings.items()},
+               "results": [r.to_dict() for r in self.results]}
+        if self.error is not None:
+            out["error"] = self.error
+        return out
 
 
 def fine_to_score(fine: np.ndarray | float) -> np.ndarray | float:
