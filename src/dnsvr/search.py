@@ -314,7 +314,7 @@ def _frame_times(timestamps: Sequence[float] | np.ndarray | None, n: int) -> tup
 def align_segments(matrix: np.ndarray, query_times: Sequence[float] | np.ndarray | None = None,
                    target_times: Sequence[float] | np.ndarray | None = None, *,
                    min_z: float = 5.0, max_gap: int = 2, max_step: int = 4, min_frames: int = 2,
-                   max_segments: int = 3) -> list[Segment]:
+                   max_segments: int = 3, exact: float = 0.99) -> list[Segment]:
     """Aligned matching segments from a frame-to-frame similarity matrix.
 
     Each query frame is matched to its most similar target frame. A match counts when it
@@ -324,12 +324,14 @@ def align_segments(matrix: np.ndarray, query_times: Sequence[float] | np.ndarray
     are chained into segments while the target position moves forward monotonically (at
     most ``max_step`` target frames per query frame — speed-ups up to that factor stay one
     segment; still frames may repeat a target frame) across gaps of at most ``max_gap``
-    unmatched query frames.
+    unmatched query frames. A frame whose best match reaches ``exact`` (identical frames) always
+    counts, so an exact copy shows its segment even when nothing in its matrix stands out (a
+    still video against itself).
 
     Args:
         matrix: ``[T1, T2]`` frame-to-frame similarities (query rows, target columns).
         query_times, target_times: frame start times in seconds (default: 1 fps).
-        min_z, max_gap, max_step, min_frames, max_segments: the rules above.
+        min_z, max_gap, max_step, min_frames, max_segments, exact: the rules above.
 
     Returns:
         Segments, best (longest × best-scoring) first, times in seconds; ``[]`` when nothing
@@ -341,16 +343,17 @@ def align_segments(matrix: np.ndarray, query_times: Sequence[float] | np.ndarray
     t1, t2 = s.shape
     qt, qstep = _frame_times(query_times, t1)
     tt, tstep = _frame_times(target_times, t2)
-    best_j = s.argmax(1)
-    best_v = s[np.arange(t1), best_j]
+    best_v = s.max(1)
+    # among equally good target frames (still video), take the one nearest the diagonal
+    ties = s >= best_v[:, None] - 1e-6
+    along = np.abs(np.arange(t2)[None, :] - np.arange(t1)[:, None] * (t2 / t1))
+    best_j = np.where(ties, along, np.inf).argmin(1)
     background = float(np.median(s))
     sigma = 1.4826 * float(np.median(np.abs(s - background)))
     if sigma < 1e-9:
         sigma = float(s.std())
-    if sigma < 1e-9:
-        return []
-    thr = background + min_z * sigma
-    matched = np.nonzero(best_v >= thr)[0]
+    thr = background + min_z * sigma if sigma >= 1e-9 else math.inf
+    matched = np.nonzero((best_v >= thr) | (best_v >= exact))[0]
     chains: list[list[int]] = []
     for i in matched:
         if chains:
