@@ -9,7 +9,7 @@ import torch
 from dnsvr._fine import FineComparator, _quantize_frames, fine_similarities, pack_codes, quantize_rows
 from dnsvr.eval.synthetic import random_video, transform_video
 
-#: Worst-case absolute similarity error the int8 path is held to (README, "Index and search").
+#: Worst-case absolute similarity error the int8 path is held to (docs/notes/fine-engine.md).
 TOLERANCE = 1e-2
 
 

@@ -125,8 +125,10 @@ class Bundle:
         fine_net: the fine student for ``att``/``bin``.
         fine_args: constructor arguments of ``fine_net`` (recorded in the config).
         coarse_type: ``"mean"`` (training-free) or ``"student"`` (a :class:`dnsvr.nn.CoarseGrainedStudent`).
-        coarse_net, coarse_args: the coarse student and its constructor arguments.
-        selector_net, selector_args: the :class:`dnsvr.nn.SelectorNetwork` and its arguments, or None.
+        coarse_net: the coarse student.
+        coarse_args: its constructor arguments.
+        selector_net: the :class:`dnsvr.nn.SelectorNetwork`, or None.
+        selector_args: its constructor arguments.
         whitening_dims: the whitened size to fit (lite; when ``whitening`` is not fitted yet).
         extra: free-form JSON-able provenance (training data, run ids, ...).
 

@@ -689,7 +689,8 @@ def iter_video_features(inputs: Any, extractor: Extractor, fps: float | None = 1
         inputs: anything :func:`resolve_inputs` accepts.
         extractor: the network (e.g. :class:`dnsvr.backbones.FeatureExtractor`).
         fps: frames sampled per second.
-        short_side, crop: decoding geometry (default: the extractor's ``preprocessing``, else 256/224).
+        short_side: the short side frames are resized to (default: the extractor's ``preprocessing``, else 256).
+        crop: the centre crop (default: the extractor's ``preprocessing``, else 224).
         batch_size: frames per network call (batches span videos).
         skip: ids to leave out (already done).
         failures: a list receiving a :class:`VideoFailure` per unusable or damaged video; when None,
@@ -819,7 +820,8 @@ def extract_videos(inputs: Any, output_h5: str | Path, extractor: Extractor, fps
         fit_frames: at most this many frames (evenly spread) feed the fit.
         whitening_file: where the fitted whitening is saved / looked up.
         dtype: ``"float32"`` or ``"float16"`` storage.
-        short_side, crop: decoding geometry (default: the extractor's preprocessing).
+        short_side: decoding geometry: the short side (default: the extractor's preprocessing).
+        crop: decoding geometry: the centre crop (default: the extractor's preprocessing).
         batch_size: frames per network call.
         decode_workers: decoder threads; decode_threads: FFmpeg threads per decoder (1, the default, costs the
             least CPU, which the network needs).

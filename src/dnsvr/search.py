@@ -330,8 +330,14 @@ def align_segments(matrix: np.ndarray, query_times: Sequence[float] | np.ndarray
 
     Args:
         matrix: ``[T1, T2]`` frame-to-frame similarities (query rows, target columns).
-        query_times, target_times: frame start times in seconds (default: 1 fps).
-        min_z, max_gap, max_step, min_frames, max_segments, exact: the rules above.
+        query_times: the query's frame start times in seconds (default: 1 fps).
+        target_times: the target's frame start times in seconds (default: 1 fps).
+        min_z: how far above the background a match must stand (robust standard deviations).
+        max_gap: unmatched query frames a segment may bridge.
+        max_step: target frames a segment may advance per query frame.
+        min_frames: matched frames a segment needs.
+        max_segments: segments returned at most.
+        exact: a best match at least this high always counts (identical frames).
 
     Returns:
         Segments, best (longest × best-scoring) first, times in seconds; ``[]`` when nothing

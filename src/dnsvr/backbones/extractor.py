@@ -84,7 +84,7 @@ class FeatureExtractor(nn.Module):
             clearly faster than 16, 8 or 4 (fewer thread synchronisations per frame).
         precision: ``"fp32"`` (default) or ``"int8"`` (opt-in; ResNet-50 on the CPU only): the convolutions
             run on PyTorch's quantized x86 kernels, about 2.8x less CPU time here, at a cost in fidelity
-            (region vectors at cosine ≈ 0.97 to fp32; see the README's extraction section). The int8
+            (region vectors at cosine ≈ 0.97 to fp32; see docs/notes/extraction.md). The int8
             network is calibrated on the first frames it sees (:meth:`calibrate`).
         calibration_frames: frames observed to calibrate the int8 activation ranges (a one-off cost of about
             twice an fp32 pass over them, plus a few seconds to prepare the graph; 32 frames gave the same

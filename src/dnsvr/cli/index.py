@@ -102,7 +102,14 @@ def add(directory: Path = typer.Argument(..., help="Index directory."),
 def remove(directory: Path = typer.Argument(..., help="Index directory."),
            video_ids: list[str] = typer.Argument(..., help="Ids to remove."),
            ignore_missing: bool = typer.Option(False, "--ignore-missing", help="Skip unknown ids.")) -> None:
-    """Remove videos (hidden at once; `compact` reclaims the space)."""
+    """Remove videos (hidden at once; `compact` reclaims the space).
+
+    Examples:
+
+    \b
+      dnsvr index remove my.index clip_0042 sub/clip_0043
+      dnsvr index compact my.index
+    """
     with cli_errors():
         with _open(directory, readonly=False) as index:
             n = index.remove(video_ids, missing="ignore" if ignore_missing else "error")
@@ -112,7 +119,14 @@ def remove(directory: Path = typer.Argument(..., help="Index directory."),
 @index_app.command("list")
 def list_videos(directory: Path = typer.Argument(..., help="Index directory."),
                 json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """List the indexed videos: id, number of frames, and the file it was indexed from (tab-separated)."""
+    """List the indexed videos: id, number of frames, and the file it was indexed from (tab-separated).
+
+    Examples:
+
+    \b
+      dnsvr index list my.index | cut -f1
+      dnsvr index list my.index --json
+    """
     with cli_errors():
         with _open(directory, readonly=True) as index:
             ids = index.ids()
@@ -128,7 +142,13 @@ def list_videos(directory: Path = typer.Argument(..., help="Index directory."),
 @index_app.command("info")
 def info(directory: Path = typer.Argument(..., help="Index directory."),
          json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """Bundle, number of videos, storage per stage."""
+    """Bundle, number of videos, storage per stage.
+
+    Examples:
+
+    \b
+      dnsvr index info my.index
+    """
     with cli_errors():
         with _open(directory, readonly=True) as index:
             data = index.info()
@@ -154,7 +174,14 @@ def info(directory: Path = typer.Argument(..., help="Index directory."),
 def verify(directory: Path = typer.Argument(..., help="Index directory."),
            no_checksums: bool = typer.Option(False, "--no-checksums", help="Skip reading every fine array."),
            json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """Check the index; exit status 1 when damaged."""
+    """Check the index; exit status 1 when damaged.
+
+    Examples:
+
+    \b
+      dnsvr index verify my.index
+      dnsvr index verify my.index --no-checksums --json
+    """
     with cli_errors():
         with _open(directory, readonly=True) as index:
             report = index.verify(checksums=not no_checksums)
@@ -173,7 +200,13 @@ def verify(directory: Path = typer.Argument(..., help="Index directory."),
 
 @index_app.command("compact")
 def compact(directory: Path = typer.Argument(..., help="Index directory.")) -> None:
-    """Reclaim the space of removed videos."""
+    """Reclaim the space of removed videos.
+
+    Examples:
+
+    \b
+      dnsvr index compact my.index
+    """
     with cli_errors():
         with _open(directory, readonly=False) as index:
             rep = index.compact()
@@ -185,7 +218,13 @@ def compact(directory: Path = typer.Argument(..., help="Index directory.")) -> N
 def attach(directory: Path = typer.Argument(..., help="A lite index (it stores the base features)."),
            bundle: str = typer.Argument(..., help="The trained bundle folder (or paper, paper-bin)."),
            output: Path = typer.Argument(..., help="New index directory built with that bundle.")) -> None:
-    """Build a new index with a trained bundle from this index's stored features (no decoding)."""
+    """Build a new index with a trained bundle from this index's stored features (no decoding).
+
+    Examples:
+
+    \b
+      dnsvr index attach my.index my_bundle/ trained.index
+    """
     with cli_errors():
         with _open(directory, readonly=True) as index:
             new = index.attach(bundle, output)

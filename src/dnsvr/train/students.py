@@ -17,7 +17,7 @@ mean over its dimensions, so a constant bias ``b`` turns the student's cosine ``
 vectors into ``(s + b²) / (1 + b²)``; with ``b = 1`` that is ``s/2 + 0.5`` — exactly the mapping of
 its targets. An untrained student then already speaks in the targets' range (same ranking, lower L1)
 and training spends its steps on the ranking instead of first learning a large shared offset; in
-short runs that offset phase scrambled the untrained ranking (see README, "What training achieves").
+short runs that offset phase scrambled the untrained ranking (see docs/notes/training.md).
 ``coarse_bias_init=None`` keeps the reference's zero bias. A second one: its NetVLAD clusters start from
 k-means of the collection's frame vectors (:func:`init_netvlad`; ``netvlad_init="random"`` keeps the
 reference's random clusters), as the binarization student's projection starts from ITQ. A third: after the
