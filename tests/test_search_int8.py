@@ -121,7 +121,7 @@ def test_unknown_precision():
 
 def test_index_search_precision_option(tmp_path):
     """``VideoIndex.search(precision="int8")``: same copies on top, scores within the tolerance."""
-    from test_video_index import make_collection, plain_bundle, write_h5
+    from helpers import make_collection, plain_bundle, write_h5
 
     from dnsvr.index import VideoIndex
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("dnsvr.extract")
-pytest.importorskip("dnsvr.backbones")
 
 
 @pytest.mark.slow

@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 
-pytest.importorskip("dnsvr.nn")
 
 from typer.testing import CliRunner  # noqa: E402
 

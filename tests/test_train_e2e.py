@@ -16,7 +16,6 @@ import time
 import numpy as np
 import pytest
 
-pytest.importorskip("dnsvr.nn")
 
 from train_synthetic import make_collection, relation  # noqa: E402
 
