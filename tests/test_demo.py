@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 
-
 @pytest.mark.slow
 def test_lite_finds_every_transformed_copy_in_top5(tmp_path):
     from dnsvr.demo import DEMO_TRANSFORMS, run_demo
