@@ -51,6 +51,7 @@ import torch
 
 from dnsvr import __version__
 from dnsvr._fine import DEFAULT_PRECISION, FINE_TYPES, FineComparator, fine_similarities, pack_codes
+from dnsvr.stages import Stage
 
 logger = logging.getLogger(__name__)
 
@@ -136,12 +137,14 @@ class Bundle:
         BundleError: an unknown fine/coarse type, or a missing network.
     """
 
-    def __init__(self, name: str, backbone: str, *, whitening: Any = None, fine_type: str = "chamfer",
+    def __init__(self, name: str, backbone: str, *, whitening: Any = None, fine_type: str | Stage = "chamfer",
                  fine_net: torch.nn.Module | None = None, fine_args: dict[str, Any] | None = None,
                  coarse_type: str = "mean", coarse_net: torch.nn.Module | None = None,
                  coarse_args: dict[str, Any] | None = None, selector_net: torch.nn.Module | None = None,
                  selector_args: dict[str, Any] | None = None, whitening_dims: int | None = None,
                  extra: dict[str, Any] | None = None) -> None:
+        if isinstance(fine_type, Stage):  # dnsvr.stages: fg-att → "att", the name bundles store
+            fine_type = fine_type.fine_type or fine_type.value
         if fine_type not in FINE_TYPES:
             raise BundleError(f"unknown fine type {fine_type!r}; expected one of {FINE_TYPES}")
         if coarse_type not in COARSE_TYPES:

@@ -51,9 +51,9 @@ def evaluate_command(
     features: Optional[Path] = typer.Option(
         None, "--features", "-f", help="HDF5 feature file (published layout) to run --model over."),
     model: Optional[str] = typer.Option(
-        None, "--model", "-m", help="With --features: teacher, fg_att, fg_bin, cg or dns."),
+        None, "--model", "-m", help="With --features: teacher, fg-att, fg-bin, cg or dns."),
     bundle: str = typer.Option(
-        "paper", "--bundle", "-b", help="With --features: paper (paper-bin for fg_bin), lite, or a bundle folder."),
+        "paper", "--bundle", "-b", help="With --features: paper (paper-bin for fg-bin), lite, or a bundle folder."),
     output: Path = typer.Option(
         Path("."), "--output", "-o", help="With --features: folder for the report JSON (and the dns curve PNG)."),
     batch_size: int = typer.Option(64, "--batch-size", help="With --features: database videos per fine batch."),
@@ -81,7 +81,7 @@ def evaluate_command(
     if (similarities is None) == (features is None):
         fail("give either --similarities FILE or --features FILE.hdf5 --model M")
     if features is not None and model is None:
-        fail("--features needs --model (teacher, fg_att, fg_bin, cg or dns)")
+        fail("--features needs --model (teacher, fg-att, fg-bin, cg or dns)")
     kwargs = {}
     if benchmark.strip().lower() == "custom":
         if ground_truth is None:
@@ -130,8 +130,12 @@ def _run_features(bench: Any, name: str, features: Path, model: str, bundle: str
     from dnsvr.eval.runner import MODELS, evaluate_features, plot_curve
     from dnsvr.eval.similarities import save_similarities as write_similarities
 
-    if model not in MODELS:
-        fail(f"unknown --model {model!r}; choose one of {', '.join(MODELS)}")
+    from dnsvr.stages import EVALUATED, Stage
+
+    try:
+        model = Stage.parse(model, EVALUATED).value
+    except ValueError:
+        fail(f"--model must be one of {', '.join(MODELS)}, got {model!r}")
     from dnsvr.weights import WeightsUnavailableError
 
     try:

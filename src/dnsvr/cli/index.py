@@ -38,12 +38,14 @@ def create(directory: Path = typer.Argument(..., help="New (or empty) index dire
       dnsvr index create big.index --coarse-index HNSW32
     """
     from dnsvr.index.video_index import VideoIndex
+    from dnsvr.stages import Stage
 
     with cli_errors():
         index = VideoIndex.create(directory, bundle, coarse_index=coarse_index, offline=offline or None)
         index.close()
-    out().print(f"created {directory} (bundle {index.bundle.name}: fine {index.bundle.fine_type}, "
-               f"coarse {index.bundle.coarse_type}, selector {'yes' if index.bundle.has_selector else 'coarse order'})")
+    b = index.bundle
+    out().print(f"created {directory} (bundle {b.name}: fine {Stage.from_fine_type(b.fine_type)}, "
+                f"coarse {b.coarse_type}, selector {'yes' if b.has_selector else 'coarse order'})")
 
 
 @index_app.command("add")

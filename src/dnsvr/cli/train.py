@@ -122,7 +122,7 @@ def info_command(pairs: Path = typer.Argument(..., help="Mined-pairs file."), as
 
 @train_app.command("student")
 def student_command(
-    type: str = typer.Option(..., "--type", help="fg-att | fg-bin | cg"),
+    type: str = typer.Option(..., "--type", metavar="fg-att|fg-bin|cg", help="The student to distil."),
     pairs: Path = typer.Option(..., help="Mined-pairs file (dnsvr train mine)."),
     features: Path = typer.Option(..., help="The students' features: the file the pairs were mined on, or another "
                                   "one with the same video ids (e.g. 512-d whitened vs the teacher's 3840-d)."),

@@ -53,6 +53,7 @@ import numpy as np
 import torch
 
 from dnsvr._progress import progress_bar
+from dnsvr.stages import STUDENTS, Stage
 from dnsvr.train.checkpoint import find_checkpoint, load_checkpoint_folder, save_checkpoint, write_final
 from dnsvr.train.data import (TripletDataset, VideoStore, coarse_target, num_batches, pad_videos,
                               split_anchors)
@@ -60,18 +61,29 @@ from dnsvr.train.mining import MinedPairs
 
 logger = logging.getLogger(__name__)
 
-#: Student types → (network class name, constructor defaults besides dims).
+#: Student types (:data:`dnsvr.stages.STUDENTS`) → (network class name, constructor defaults besides dims).
 STUDENT_TYPES: dict[str, tuple[str, dict[str, Any]]] = {
-    "fg-att": ("FineGrainedStudent", {"attention": True, "binarization": False}),
-    "fg-bin": ("FineGrainedStudent", {"attention": False, "binarization": True}),
-    "cg": ("CoarseGrainedStudent", {}),
+    Stage.FG_ATT.value: ("FineGrainedStudent", {"attention": True, "binarization": False}),
+    Stage.FG_BIN.value: ("FineGrainedStudent", {"attention": False, "binarization": True}),
+    Stage.CG.value: ("CoarseGrainedStudent", {}),
 }
-DEFAULT_LR = {"fg-att": 1e-4, "fg-bin": 1e-4, "cg": 1e-5}
+DEFAULT_LR = {Stage.FG_ATT.value: 1e-4, Stage.FG_BIN.value: 1e-4, Stage.CG.value: 1e-5}
 
 
 def _check_type(kind: str) -> None:
     if kind not in STUDENT_TYPES:
-        raise ValueError(f"unknown student type {kind!r}; valid: {sorted(STUDENT_TYPES)}")
+        raise ValueError(f"unknown student type {kind!r}; choose one of {', '.join(s.value for s in STUDENTS)}")
+
+
+def student_type(kind: str | Stage) -> str:
+    """The canonical name of a student type (``fg_att`` / ``att`` / :attr:`Stage.FG_ATT` → ``"fg-att"``).
+
+    Unknown names come back unchanged (:func:`_check_type` reports them where they are used).
+    """
+    try:
+        return Stage.parse(kind, STUDENTS).value
+    except ValueError:
+        return str(kind)
 
 
 def is_fine(kind: str) -> bool:
@@ -153,6 +165,9 @@ class StudentTrainConfig:
     coarse_bias_init: float | None = 1.0
     netvlad_init: str = "kmeans"
     fit_coarse_bias: bool = True
+
+    def __post_init__(self) -> None:
+        self.type = student_type(self.type)
 
     def lr(self) -> float:
         return float(self.learning_rate if self.learning_rate is not None else DEFAULT_LR[self.type])
@@ -640,7 +655,7 @@ def pair_similarities(model: torch.nn.Module, kind: str, videos: Callable[[int],
     from dnsvr._fine import FineComparator, fine_similarities
 
     comparator = FineComparator(model)
-    fine_type = "bin" if kind == "fg-bin" else "att"
+    fine_type = Stage.parse(kind, STUDENTS).fine_type
     for i in np.unique(pairs[:, 0]):
         rows = np.flatnonzero(pairs[:, 0] == i)
         query = reps[int(i)].float().cpu()
