@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from dnsvr._fine import FineComparator, fine_similarities, pack_codes, unpack_codes
+from dnsvr.fine import FineComparator, fine_similarities, pack_codes, unpack_codes
 
 
 def _golden(golden_models, name):

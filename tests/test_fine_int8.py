@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from dnsvr._fine import FineComparator, _quantize_frames, fine_similarities, pack_codes, quantize_rows
+from dnsvr.fine import FineComparator, fine_similarities, pack_codes, quantize_rows
+from dnsvr.fine.engine import _quantize_frames
 from dnsvr.eval.synthetic import random_video, transform_video
 
 #: Worst-case absolute similarity error the int8 path is held to (docs/notes/fine-engine.md).

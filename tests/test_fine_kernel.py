@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from dnsvr import _fine
-from dnsvr._fine import FineComparator, fine_similarities, pack_codes
+from dnsvr.fine import engine as _fine
+from dnsvr.fine import FineComparator, fine_similarities, pack_codes
 from dnsvr.nn import FineGrainedStudent
 
 needs_kernel = pytest.mark.skipif(_fine._KERNEL is None, reason="dnsvr._finekernel not built or CPU without VNNI")
@@ -209,7 +209,7 @@ def test_thread_counts_agree(threads) -> None:
 
 def test_fallback_when_forced_off() -> None:
     """DNSVR_FINE_KERNEL=0 (or no extension): the torch engine runs and gives the same scores."""
-    code = ("import numpy as np; from dnsvr import _fine; from dnsvr._fine import fine_similarities, pack_codes;"
+    code = ("import numpy as np; from dnsvr.fine import engine as _fine; from dnsvr.fine import fine_similarities, pack_codes;"
             "rng = np.random.default_rng(0);"
             "v = [pack_codes(np.sign(rng.standard_normal((n, 9, 64)))) for n in (6, 9, 2)];"
             "s, _ = fine_similarities(v[0], v[1:], 'chamfer');"

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from dnsvr import __version__
-from dnsvr._fine import DEFAULT_PRECISION, FINE_TYPES, FineComparator, fine_similarities, pack_codes
+from dnsvr.fine import DEFAULT_PRECISION, FINE_TYPES, FineComparator, fine_similarities, pack_codes
 from dnsvr.stages import Stage
 
 logger = logging.getLogger(__name__)
@@ -418,7 +418,7 @@ class Bundle:
     def fine_similarities(self, query_fine: np.ndarray, candidates: Sequence[np.ndarray], *,
                           return_matrices: bool = False,
                           precision: str = DEFAULT_PRECISION) -> tuple[np.ndarray, list[np.ndarray] | None]:
-        """Fine similarity of one query to many candidates (batched; see :mod:`dnsvr._fine`).
+        """Fine similarity of one query to many candidates (batched; see :mod:`dnsvr.fine`).
 
         ``precision``: ``"exact"`` or ``"int8"`` (quantised region products for the float stages).
         """

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from dnsvr import __version__
-from dnsvr._fine import DEFAULT_PRECISION, PRECISIONS
+from dnsvr.fine import DEFAULT_PRECISION, PRECISIONS
 from dnsvr.bundle import Bundle, BundleError, VideoRepresentation, load_bundle
 from dnsvr.index.store import IndexConfig, IndexRecord, IndexStore
 from dnsvr.search import (

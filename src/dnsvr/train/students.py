@@ -652,7 +652,7 @@ def pair_similarities(model: torch.nn.Module, kind: str, videos: Callable[[int],
             sims[r] = float((reps[int(i)] * reps[int(j)]).sum())
         return sims
     # The batched fine path of the search (same results as calculate_video_similarity per pair).
-    from dnsvr._fine import FineComparator, fine_similarities
+    from dnsvr.fine import FineComparator, fine_similarities
 
     comparator = FineComparator(model)
     fine_type = Stage.parse(kind, STUDENTS).fine_type
