@@ -586,8 +586,11 @@ class VideoIndex:
                 bad(pos, text, "neither a video id in the index nor an existing file")
         if video_inputs:
             report = AddReport()
-            pairs = [(f"q{pos}", Path(text)) for pos, text in video_inputs]
-            where = {f"q{pos}": (pos, text) for pos, text in video_inputs}
+            # the file name names the query in progress lines; a name given twice gets its position
+            names = [Path(text).name or f"query{pos}" for pos, text in video_inputs]
+            keys = [n if names.count(n) == 1 else f"{n}#{pos}" for n, (pos, _) in zip(names, video_inputs)]
+            pairs = [(key, Path(text)) for key, (_, text) in zip(keys, video_inputs)]
+            where = {key: item for key, item in zip(keys, video_inputs)}
             for key, feats, meta in self._iter_planned([], pairs, report, progress):
                 pos, text = where[key]
                 try:
