@@ -51,7 +51,7 @@ def create(directory: Path = typer.Argument(..., help="New (or empty) index dire
 @index_app.command("add")
 def add(directory: Path = typer.Argument(..., help="Index directory."),
         inputs: list[str] = typer.Argument(..., help="Video files, folders, list files, or .h5 feature files."),
-        on_duplicate: str = typer.Option("error", "--on-duplicate",
+        on_duplicate: str = typer.Option("error", "--on-duplicate", metavar="error|skip|replace",
                                          help="Videos already in the index: error (stop before decoding "
                                               "anything), skip (add only the new ones), or replace."),
         json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),

@@ -82,7 +82,7 @@ def search_command(
     segments: bool = typer.Option(True, "--segments/--no-segments", help="Aligned matching segments."),
     ann: int = typer.Option(None, "--ann", help="Coarse stage over an ANN top-N (needs an ANN coarse index)."),
     include_self: bool = typer.Option(False, "--include-self", help="Keep an indexed query in its own results."),
-    precision: str = typer.Option("exact", "--precision",
+    precision: str = typer.Option("exact", "--precision", metavar="exact|int8",
                                   help="Fine-stage arithmetic: exact, or int8 (faster, approximate; binary S^f_B "
                                        "codes are exact either way)."),
     progress: bool = typer.Option(None, "--progress/--no-progress",
