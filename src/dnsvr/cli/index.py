@@ -8,7 +8,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from dnsvr.cli._common import TYPER_SETTINGS, cli_errors, echo_json, err, fail, out, plural, user_errors
+from dnsvr.cli._common import TYPER_SETTINGS, cli_errors, echo_json, fail, out, plural, user_errors, warn
 
 __all__ = ["index_app", "cli_errors", "user_errors"]
 
@@ -44,8 +44,8 @@ def create(directory: Path = typer.Argument(..., help="New (or empty) index dire
         index = VideoIndex.create(directory, bundle, coarse_index=coarse_index, offline=offline or None)
         index.close()
     b = index.bundle
-    out().print(f"created {directory} (bundle {b.name}: fine {Stage.from_fine_type(b.fine_type)}, "
-                f"coarse {b.coarse_type}, selector {'yes' if b.has_selector else 'coarse order'})")
+    typer.echo(f"created {directory} (bundle {b.name}: fine {Stage.from_fine_type(b.fine_type)}, "
+               f"coarse {b.coarse_type}, selector {'yes' if b.has_selector else 'coarse order'})")
 
 
 @index_app.command("add")
@@ -91,10 +91,10 @@ def add(directory: Path = typer.Argument(..., help="Index directory."),
         echo_json({**report.to_dict(), "videos": total})
     else:
         known = f", {len(report.existing)} already there" if report.existing else ""
-        out().print(f"added {plural(len(report.added), 'video')} in {report.seconds:.1f} s{known}; "
-                    f"the index holds {plural(total, 'video')}", highlight=False)
+        typer.echo(f"added {plural(len(report.added), 'video')} in {report.seconds:.1f} s{known}; "
+                   f"the index holds {plural(total, 'video')}")
     for item, reason in report.skipped:
-        err().print(f"[yellow]skipped[/yellow] {item}: {reason}", highlight=False)
+        warn(f"skipped {item}: {reason}")
     if report.skipped:
         # as `dnsvr extract`: scripts can tell a partial add from a clean one
         raise typer.Exit(1)
@@ -115,7 +115,7 @@ def remove(directory: Path = typer.Argument(..., help="Index directory."),
     with cli_errors():
         with _open(directory, readonly=False) as index:
             n = index.remove(video_ids, missing="ignore" if ignore_missing else "error")
-    out().print(f"removed {plural(n, 'video')}")
+    typer.echo(f"removed {plural(n, 'video')}")
 
 
 @index_app.command("list")
@@ -190,12 +190,12 @@ def verify(directory: Path = typer.Argument(..., help="Index directory."),
     if json_out:
         echo_json(report.to_dict())
     else:
-        out().print(f"{'ok' if report.ok else 'DAMAGED'}: {plural(report.n_videos, 'video')}, "
-                    f"{report.n_checked} checked")
+        typer.echo(f"{'ok' if report.ok else 'DAMAGED'}: {plural(report.n_videos, 'video')}, "
+                   f"{report.n_checked} checked")
         for p in report.problems:
-            err().print(f"[red]problem[/red] {p.get('video_id') or ''} {p.get('message')}", highlight=False)
+            warn(f"problem {p.get('video_id') or ''} {p.get('message')}")
         for n in report.notes:
-            out().print(f"note: {n}", highlight=False)
+            typer.echo(f"note: {n}")
     if not report.ok:
         raise typer.Exit(1)
 
@@ -212,7 +212,7 @@ def compact(directory: Path = typer.Argument(..., help="Index directory.")) -> N
     with cli_errors():
         with _open(directory, readonly=False) as index:
             rep = index.compact()
-    out().print(f"compacted: {plural(rep.purged_videos, 'removed video')} purged, "
+    typer.echo(f"compacted: {plural(rep.purged_videos, 'removed video')} purged, "
                f"{rep.bytes_before:,} → {rep.bytes_after:,} bytes of fine shards")
 
 
@@ -232,5 +232,5 @@ def attach(directory: Path = typer.Argument(..., help="A lite index (it stores t
             new = index.attach(bundle, output)
             n = len(new)
             new.close()
-    out().print(f"built {output} with bundle {bundle}: {plural(n, 'video')}")
+    typer.echo(f"built {output} with bundle {bundle}: {plural(n, 'video')}")
 

@@ -10,7 +10,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from dnsvr.cli._common import cli_errors, echo_json, err, fail, out, plural
+from dnsvr.cli._common import cli_errors, echo_json, fail, out, plural, warn
 
 #: Values of ``--precision`` in every command that has it.
 PRECISION_CHOICES = ("exact", "int8")
@@ -117,7 +117,7 @@ def search_command(
                                    precision=precision, on_error="report")
     failed = [q for q in results if q.error is not None]
     for q in failed:
-        err().print(f"[red]error:[/red] query {q.query}: {q.error}", highlight=False)
+        warn(f"error: query {q.query}: {q.error}")
     if json_out:
         echo_json({"index": str(directory), "budget": str(parsed), "top_k": top_k,
                    "queries": [q.to_dict() for q in results]})
