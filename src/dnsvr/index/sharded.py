@@ -272,6 +272,13 @@ class ShardedIndex(VideoIndex):
         """Frame counts, in :meth:`ids` order."""
         return [f for s in self.shards for f in s.frames()]
 
+    def sources(self) -> list[str | None]:
+        """The files the videos were added from, in :meth:`ids` order."""
+        return [v for s in self.shards for v in s.sources()]
+
+    def _source_of(self, video_id: str) -> str | None:
+        return self.shards[self.shard_of(video_id)]._source_of(video_id)
+
     def info(self) -> dict[str, Any]:
         """Bundle, counts, storage, and the same per shard (JSON-ready)."""
         per = [s.info() for s in self.shards]
