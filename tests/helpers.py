@@ -61,3 +61,20 @@ def student_bundle(fine_type: str = "att", dims: int = 64, seed: int = 0) -> Bun
                   fine_net=nn.FineGrainedStudent(**fine_args), fine_args=fine_args, coarse_type="student",
                   coarse_net=nn.CoarseGrainedStudent(**coarse_args), coarse_args=coarse_args,
                   selector_net=nn.SelectorNetwork(**selector_args), selector_args=selector_args)
+
+
+def assert_same_results(a, b, tol=1e-6):
+    """Ids and order equal, every score within ``tol``, segments equal."""
+    assert len(a) == len(b)
+    for qa, qb in zip(a, b):
+        assert qa.query == qb.query
+        assert [r.video_id for r in qa.results] == [r.video_id for r in qb.results], qa.query
+        assert qa.fine_pairs == qb.fine_pairs and qa.candidates == qb.candidates
+        for x, y in zip(qa.results, qb.results):
+            assert x.stage == y.stage
+            assert abs(x.score - y.score) <= tol and abs(x.coarse_score - y.coarse_score) <= tol
+            for u, v in ((x.fine_score, y.fine_score), (x.selector_score, y.selector_score)):
+                assert (u is None) == (v is None) and (u is None or abs(u - v) <= tol)
+            assert [s.to_dict() for s in x.segments] == [s.to_dict() for s in y.segments]
+            assert x.source == y.source
+        assert not qa.missing_shards and not qb.missing_shards

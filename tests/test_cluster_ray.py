@@ -24,8 +24,7 @@ from dnsvr.index.sharded import ShardedIndex  # noqa: E402
 from dnsvr.index.store import IndexStore  # noqa: E402
 from dnsvr.index.video_index import VideoIndex  # noqa: E402
 
-from test_sharded_index import assert_same_results  # noqa: E402
-from test_video_index import make_collection, plain_bundle, write_h5  # noqa: E402
+from helpers import assert_same_results, make_collection, plain_bundle, write_h5  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +98,8 @@ def test_killed_distributed_add_resumes_losing_nothing(cluster, videos, tmp_path
         assert index.verify().ok
         before = set(index.ids())
         assert 1 <= len(before) < 5
-        report = index.add([videos], ray="auto")
-        assert set(report.resumed) == before and not before & set(report.added)
+        report = index.add([videos], ray="auto", on_duplicate="skip")  # the same command again resumes
+        assert set(report.existing) == before and not before & set(report.added)
         assert sorted(index.ids()) == [f"v{i}" for i in range(5)]
         assert [i for i, _ in report.skipped] == [str(videos / "broken.mp4")]
         assert index.verify().ok

@@ -16,26 +16,9 @@ from dnsvr.index.query import ShardUnavailableError, canonical_order  # noqa: E4
 from dnsvr.index.sharded import ShardedIndex, open_any, shard_for  # noqa: E402
 from dnsvr.index.video_index import VideoIndex, VideoIndexError  # noqa: E402
 
-from test_bundle import student_bundle  # noqa: E402
-from test_video_index import make_collection, plain_bundle, write_h5  # noqa: E402
+from helpers import assert_same_results, make_collection, plain_bundle, student_bundle, write_h5  # noqa: E402
 
 BUDGETS = ["0", "1", "3", "10%", "35%", "100%", "5,30%"]
-
-
-def assert_same_results(a, b, tol=1e-6):
-    """Ids and order equal, every score within ``tol``, segments equal."""
-    assert len(a) == len(b)
-    for qa, qb in zip(a, b):
-        assert qa.query == qb.query
-        assert [r.video_id for r in qa.results] == [r.video_id for r in qb.results], qa.query
-        assert qa.fine_pairs == qb.fine_pairs and qa.candidates == qb.candidates
-        for x, y in zip(qa.results, qb.results):
-            assert x.stage == y.stage
-            assert abs(x.score - y.score) <= tol and abs(x.coarse_score - y.coarse_score) <= tol
-            for u, v in ((x.fine_score, y.fine_score), (x.selector_score, y.selector_score)):
-                assert (u is None) == (v is None) and (u is None or abs(u - v) <= tol)
-            assert [s.to_dict() for s in x.segments] == [s.to_dict() for s in y.segments]
-        assert not qa.missing_shards and not qb.missing_shards
 
 
 def build_pair(tmp_path, bundle_factory, n_shards=3, seed=0):
@@ -222,7 +205,7 @@ def test_cli_sharded_lifecycle(tmp_path):
     assert runner.invoke(app, ["index", "add", str(one), str(h5)]).exit_code == 0
     r = runner.invoke(app, ["index", "shard", str(one), str(split), "--shards", "2"])
     assert r.exit_code == 0, r.output
-    docs = [json.loads(runner.invoke(app, ["search", str(d), "g0", "g1", "--json", "-b", "30%"]).stdout)
+    docs = [json.loads(runner.invoke(app, ["search", str(d), "g0", "g1", "--json", "--budget", "30%"]).stdout)
             for d in (one, many, split)]
     for doc in docs[1:]:
         for qa, qb in zip(docs[0]["queries"], doc["queries"]):
