@@ -160,6 +160,13 @@ def test_actor_killed_mid_query_is_restarted_and_retried(sharded):
         assert killed and group.pids()[1] != pids[1]
         # an actor that cannot come back: a clear error, or partial results naming the shard
         ray.kill(group.actors[2], no_restart=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # the kill is asynchronous: wait until the actor is gone
+            try:
+                ray.get(group.actors[2].pid.remote(), timeout=30)
+            except ray.exceptions.RayActorError:
+                break
+            time.sleep(0.2)
         with pytest.raises(ShardUnavailableError, match="shard-002"):
             index.search(queries[:1], budget="40%")
         (partial,) = index.search(queries[:1], top_k=None, budget="40%", allow_partial=True)
