@@ -65,6 +65,23 @@ def test_distributed_extraction_equals_local_and_retries_a_dead_worker(cluster, 
     assert [f.video_id for f in remote_fail] == ["broken"]
 
 
+def test_extract_to_a_feature_file_on_ray_equals_local(cluster, videos, tmp_path):
+    from dnsvr.extract import extract_videos
+    from dnsvr.features import FeatureFile
+
+    extractor = FeatureExtractor("efficientnet_lite0")
+    remote = extract_videos([videos], tmp_path / "ray.h5", extractor, ray="auto", progress=False)
+    local = extract_videos([videos], tmp_path / "local.h5", extractor, progress=False)
+    assert [f.video_id for f in remote.failures] == [f.video_id for f in local.failures] == ["broken"]
+    with FeatureFile(tmp_path / "ray.h5") as a, FeatureFile(tmp_path / "local.h5") as b:
+        assert sorted(a.ids()) == sorted(b.ids()) == [f"v{i}" for i in range(5)]
+        for vid in b.ids():
+            np.testing.assert_allclose(a.read(vid), b.read(vid), atol=1e-4, rtol=0)
+            np.testing.assert_array_equal(a.info(vid)["timestamps"], b.info(vid)["timestamps"])
+    again = extract_videos([videos], tmp_path / "ray.h5", extractor, ray="auto", progress=False)
+    assert sorted(again.skipped) == [f"v{i}" for i in range(5)] and not again.extracted  # resumed: nothing to do
+
+
 def test_killed_distributed_add_resumes_losing_nothing(cluster, videos, tmp_path):
     index_dir = tmp_path / "idx"
     VideoIndex.create(index_dir, plain_bundle_for_videos()).close()
