@@ -25,8 +25,8 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
+import os
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -39,7 +39,9 @@ import numpy as np
 from dnsvr import __version__
 from dnsvr._fine import DEFAULT_PRECISION, PRECISIONS
 from dnsvr.bundle import Bundle, BundleError, VideoRepresentation, load_bundle
-from dnsvr.index.store import IndexConfig, IndexRecord, IndexStore
+from dnsvr.index._lock import LOCK_NAME, WriterLock
+from dnsvr.index._paths import DamagedIndexError, check_entries, create_new, inside, read_json
+from dnsvr.index.store import IndexConfig, IndexRecord, IndexStore, check_video_id
 from dnsvr.search import (
     Budget,
     QueryResults,
@@ -87,9 +89,38 @@ class _Query:
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
-    tmp.replace(path)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with os.fdopen(create_new(tmp), "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(payload, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _read_manifest(directory: Path) -> dict[str, Any]:
+    """``index.json``, checked (format, version); damage is one :class:`DamagedIndexError` line."""
+    path = directory / MANIFEST
+    if not os.path.lexists(path):
+        raise VideoIndexError(f"not a dnsvr index (no {MANIFEST}): {directory}")
+    try:
+        manifest = read_json(directory, MANIFEST)
+    except OSError as exc:
+        raise DamagedIndexError(MANIFEST, f"unreadable ({exc.strerror or exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != INDEX_FORMAT:
+        fmt = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise VideoIndexError(f"{path}: not a dnsvr index (format {fmt!r})")
+    version = manifest.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise DamagedIndexError(MANIFEST, f"bad format_version {version!r}")
+    if version > INDEX_FORMAT_VERSION:
+        raise VideoIndexError(f"{path}: index format {version} is newer than this dnsvr supports "
+                              f"({INDEX_FORMAT_VERSION}); written by {manifest.get('written_by')}")
+    if not isinstance(manifest.get("coarse_index", "Flat"), str):
+        raise DamagedIndexError(MANIFEST, f"coarse_index {manifest.get('coarse_index')!r} is not a string")
+    return manifest
+
+
+def _check_layout(directory: Path) -> None:
+    """The fixed entries of an index folder resolve inside it and are what they should be."""
+    check_entries(directory, files=(MANIFEST, LOCK_NAME), dirs=(BUNDLE_DIR, STORE_DIR))
 
 
 def _clean_meta(meta: dict[str, Any] | None) -> dict[str, Any]:
@@ -119,11 +150,13 @@ class VideoIndex:
     another process adds.
     """
 
-    def __init__(self, directory: Path, bundle: Bundle, store: IndexStore | None, readonly: bool) -> None:
+    def __init__(self, directory: Path, bundle: Bundle, store: IndexStore | None, readonly: bool,
+                 lock: WriterLock | None = None) -> None:
         self.directory = directory
         self.bundle = bundle
         self._store = store
         self.readonly = readonly
+        self._lock = lock  # the writer lock of the whole folder (held by a writable index)
         self._extractor: Any = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -151,14 +184,22 @@ class VideoIndex:
             raise FileExistsError(f"cannot create an index at {directory}: the directory is not empty")
         b = load_bundle(bundle, offline=offline)
         directory.mkdir(parents=True, exist_ok=True)
-        b.save(directory / BUNDLE_DIR)
-        manifest = {"format": INDEX_FORMAT, "format_version": INDEX_FORMAT_VERSION,
-                    "written_by": {"dnsvr": __version__}, "created": time.time(),
-                    "bundle": b.identity(), "coarse_index": coarse_index}
-        _write_json(directory / MANIFEST, manifest)
-        index = cls(directory, b, None, readonly=False)
-        if b.whitened:
-            index._create_store()
+        lock = WriterLock(directory)
+        lock.acquire()
+        try:
+            if any(p.name != LOCK_NAME for p in directory.iterdir()):
+                raise FileExistsError(f"cannot create an index at {directory}: another process is creating one")
+            b.save(directory / BUNDLE_DIR)
+            manifest = {"format": INDEX_FORMAT, "format_version": INDEX_FORMAT_VERSION,
+                        "written_by": {"dnsvr": __version__}, "created": time.time(),
+                        "bundle": b.identity(), "coarse_index": coarse_index}
+            _write_json(directory / MANIFEST, manifest)
+            index = cls(directory, b, None, readonly=False, lock=lock)
+            if b.whitened:
+                index._create_store()
+        except BaseException:
+            lock.release()
+            raise
         logger.info("created index %s with bundle %s", directory, b)
         return index
 
@@ -171,26 +212,38 @@ class VideoIndex:
             dnsvr.index.IndexLockedError: another process is writing (``readonly=False``).
         """
         directory = Path(directory)
-        path = directory / MANIFEST
-        if not path.is_file():
-            raise VideoIndexError(f"not a dnsvr index (no {MANIFEST}): {directory}")
-        manifest = json.loads(path.read_text())
-        if manifest.get("format") != INDEX_FORMAT:
-            raise VideoIndexError(f"{path}: not a dnsvr index (format {manifest.get('format')!r})")
-        if int(manifest.get("format_version", 0)) > INDEX_FORMAT_VERSION:
-            raise VideoIndexError(f"{path}: index format {manifest['format_version']} is newer than this dnsvr "
-                                  f"supports ({INDEX_FORMAT_VERSION}); written by {manifest.get('written_by')}")
-        bundle = Bundle.load(directory / BUNDLE_DIR)
-        store = None
-        if (directory / STORE_DIR).is_dir():
-            store = IndexStore.open(directory / STORE_DIR, readonly=readonly)
-        return cls(directory, bundle, store, readonly)
+        if not directory.is_dir():
+            raise VideoIndexError(f"not a dnsvr index (no such folder): {directory}")
+        _check_layout(directory)
+        _read_manifest(directory)
+        lock = None
+        if not readonly:
+            # one writer for the whole folder, taken before the bundle is read: the first add's
+            # whitening is fitted under it, so a second writer never replaces what a first committed
+            lock = WriterLock(directory)
+            lock.acquire()
+        try:
+            bundle = Bundle.load(inside(directory, BUNDLE_DIR, kind="dir"))
+            store = None
+            store_dir = inside(directory, STORE_DIR, kind="dir")
+            if store_dir.is_dir():
+                store = IndexStore.open(store_dir, readonly=readonly)
+            return cls(directory, bundle, store, readonly, lock=lock)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
 
     def close(self) -> None:
-        """Release the store (and its writer lock)."""
-        if self._store is not None:
-            self._store.close()
-            self._store = None
+        """Release the store (and the writer locks)."""
+        try:
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
 
     def __enter__(self) -> VideoIndex:
         return self
@@ -210,15 +263,16 @@ class VideoIndex:
     @property
     def store(self) -> IndexStore | None:
         """The underlying store (None until the lite whitening is fitted by the first ``add``)."""
-        if self._store is None and (self.directory / STORE_DIR).is_dir():
-            self._store = IndexStore.open(self.directory / STORE_DIR, readonly=self.readonly)
-            # another process fitted the lite whitening and created the store: take its bundle
-            self.bundle = Bundle.load(self.directory / BUNDLE_DIR)
+        if self._store is None and inside(self.directory, STORE_DIR, kind="dir").is_dir():
+            # another process fitted the lite whitening and created the store: take its bundle first
+            # (the bundle is saved before the store is created, so it is the one the store was built with)
+            self.bundle = Bundle.load(inside(self.directory, BUNDLE_DIR, kind="dir"))
+            self._store = IndexStore.open(inside(self.directory, STORE_DIR, kind="dir"), readonly=self.readonly)
         return self._store
 
     def _create_store(self) -> IndexStore:
         dtype, shape = self.bundle.fine_layout()
-        manifest = json.loads((self.directory / MANIFEST).read_text())
+        manifest = _read_manifest(self.directory)
         config = IndexConfig(coarse_dim=self.bundle.coarse_dims(), fine_dtype=dtype, fine_shape=shape,
                              coarse_index=manifest.get("coarse_index", "Flat"),
                              extra={"bundle": self.bundle.identity()})
@@ -333,6 +387,10 @@ class VideoIndex:
             pending.clear()
 
         for vid, feats, meta in stream:
+            problem = check_video_id(vid)
+            if problem:  # one odd name is one skipped input, never a failed call
+                report.skipped.append((repr(vid), f"invalid video id: {problem}"))
+                continue
             try:
                 rep = self.bundle.represent(self.bundle.whiten(feats))
             except BundleError as exc:
@@ -359,11 +417,15 @@ class VideoIndex:
             if vectors >= WHITENING_SAMPLE_VECTORS:
                 break
         if buffered:
-            lock_path = self.directory / "whitening.lock"
-            with open(lock_path, "w") as fh:
-                fcntl.flock(fh, fcntl.LOCK_EX)
+            # under the folder's writer lock (held since open): look again, in case a writer that
+            # held it before us fitted and committed a whitening since we read the bundle
+            on_disk = Bundle.load(inside(self.directory, BUNDLE_DIR, kind="dir"))
+            if on_disk.whitened:
+                logger.info("the whitening of %s was fitted by another writer; using it", self.directory)
+                self.bundle = on_disk
+            else:
                 self.bundle.fit_whitening([f for _, f, _ in buffered])
-                self.bundle.save(self.directory / BUNDLE_DIR)
+                self.bundle.save(inside(self.directory, BUNDLE_DIR, kind="dir"))
         yield from buffered
         yield from stream
 
@@ -387,7 +449,7 @@ class VideoIndex:
 
     def info(self) -> dict[str, Any]:
         """Bundle, counts and storage (JSON-ready)."""
-        manifest = json.loads((self.directory / MANIFEST).read_text())
+        manifest = _read_manifest(self.directory)
         out: dict[str, Any] = {"directory": str(self.directory), "format_version": manifest.get("format_version"),
                                "bundle": self.bundle.identity(), "videos": len(self)}
         if self.store is not None:
