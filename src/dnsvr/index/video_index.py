@@ -138,6 +138,11 @@ def _clean_meta(meta: dict[str, Any] | None) -> dict[str, Any]:
     return out
 
 
+def _check_top_k(top_k: object) -> None:
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise VideoIndexError(f"top_k must be a positive number of results (or None for all), got {top_k!r}")
+
+
 def _is_feature_file(path: str | Path) -> bool:
     return Path(path).suffix.lower() in FEATURE_SUFFIXES
 
@@ -571,9 +576,16 @@ class VideoIndex:
         if store is None or len(store) == 0:
             raise VideoIndexError(f"index {self.directory} is empty: add videos first")
         budget = Budget.parse(budget)
-        prepared = self._prepare_queries(list(queries), progress)
-        return [self._search_one(q, store, top_k, budget, segments, ann_candidates, include_self, precision)
-                for q in prepared]
+        _check_top_k(top_k)
+        if ann_candidates is not None and (isinstance(ann_candidates, bool) or not isinstance(ann_candidates, int)
+                                           or ann_candidates < 1):
+            raise VideoIndexError(f"ann_candidates must be a positive number of candidates, got {ann_candidates!r}")
+        # one consistent state for the whole search: a concurrent remove/compact/add never makes an
+        # id found by the coarse stage disappear before the fine stage reads it
+        with store.snapshot():
+            prepared = self._prepare_queries(list(queries), progress)
+            return [self._search_one(q, store, top_k, budget, segments, ann_candidates, include_self, precision)
+                    for q in prepared]
 
     def search_representation(self, name: str, rep: VideoRepresentation, timestamps: np.ndarray | None = None,
                               **kwargs: Any) -> QueryResults:
@@ -581,10 +593,12 @@ class VideoIndex:
         store = self.store
         if store is None or len(store) == 0:
             raise VideoIndexError(f"index {self.directory} is empty: add videos first")
-        return self._search_one(_Query(name, rep, timestamps), store, kwargs.get("top_k", 10),
-                                Budget.parse(kwargs.get("budget")), kwargs.get("segments", True),
-                                kwargs.get("ann_candidates"), kwargs.get("include_self", False),
-                                kwargs.get("precision", DEFAULT_PRECISION))
+        _check_top_k(kwargs.get("top_k", 10))
+        with store.snapshot():
+            return self._search_one(_Query(name, rep, timestamps), store, kwargs.get("top_k", 10),
+                                    Budget.parse(kwargs.get("budget")), kwargs.get("segments", True),
+                                    kwargs.get("ann_candidates"), kwargs.get("include_self", False),
+                                    kwargs.get("precision", DEFAULT_PRECISION))
 
     def _search_one(self, q: _Query, store: IndexStore, top_k: int | None, budget: Budget, segments: bool,
                     ann_candidates: int | None, include_self: bool,
