@@ -11,6 +11,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 index_app = typer.Typer(name="index", help="Create and manage a persistent video index.", no_args_is_help=True)
@@ -42,7 +43,9 @@ def cli_errors() -> Iterator[None]:
     try:
         yield
     except user_errors() as exc:
-        _err.print(f"[red]error:[/red] {exc}", highlight=False, markup=True)
+        # one line whatever the width: a long path must not wrap the message onto several lines
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        _err.print(f"[red]error:[/red] {escape(text)}", highlight=False, markup=True, soft_wrap=True)
         raise typer.Exit(2) from None
 
 

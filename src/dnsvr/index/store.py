@@ -528,6 +528,13 @@ def _is_int(v: object, lo: int, hi: int) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
 
 
+def _attr_value(key: str, text: Any) -> Any:
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError, RecursionError):
+        raise DamagedIndexError(f"{DB_NAME} attrs", f"the value of {key!r} is not JSON") from None
+
+
 def _check_rows(rows: list[tuple]) -> None:
     """Types and ranges of catalog rows read from SQLite (before numpy sees them)."""
     for rowid, vid, shard, offset, nfr, sel, crc in rows:
@@ -816,7 +823,10 @@ class IndexStore:
 
     def _state(self) -> tuple[int, int]:
         rows = dict(self._db.execute("SELECT key, value FROM state").fetchall())
-        return int(rows["generation"]), int(rows["epoch"])
+        gen, epoch = rows.get("generation"), rows.get("epoch")
+        if not (_is_int(gen, 0, 1 << 62) and _is_int(epoch, 0, 1 << 62)):
+            raise DamagedIndexError(f"{DB_NAME} state", f"generation {gen!r} / epoch {epoch!r} are not counters")
+        return gen, epoch  # type: ignore[return-value]
 
     def _refresh(self, force: bool = False) -> None:
         """Pick up commits made since the catalog was loaded (cheap when nothing changed)."""
@@ -1083,6 +1093,10 @@ class IndexStore:
             for rowid, blob in cur:
                 i = index.get(rowid)
                 if i is not None:
+                    if not isinstance(blob, bytes) or len(blob) != 4 * dim:
+                        raise DamagedIndexError(f"{DB_NAME} coarse", f"the coarse vector of row {rowid} has "
+                                                f"{len(blob) if isinstance(blob, bytes) else type(blob).__name__} "
+                                                f"bytes, not {4 * dim}")
                     out[i] = np.frombuffer(blob, dtype="<f4", count=dim)
                     found[i] = True
         if not found.all():
@@ -1174,14 +1188,26 @@ class IndexStore:
         if row is None:
             raise UnknownVideoError([video_id])
         vid, nfr, t0, dt, blob, duration, source, sel, added, meta, shard, offset, nbytes, crc = row
-        if blob is not None:
-            ts = np.frombuffer(blob, dtype="<f8").copy()
-        elif t0 is not None and dt is not None:
-            ts = t0 + np.arange(nfr, dtype=np.float64) * dt
-        else:
-            ts = None
-        return VideoEntry(vid, int(nfr), ts, duration, source, sel, float(added), json.loads(meta) if meta else {},
-                          int(shard), int(offset), int(nbytes), int(crc))
+        try:
+            if not _is_int(nfr, 1, 1 << 40):
+                raise ValueError(f"n_frames {nfr!r}")
+            if blob is not None:
+                if not isinstance(blob, bytes) or len(blob) != 8 * nfr:
+                    raise ValueError(f"{len(blob) if isinstance(blob, bytes) else blob!r} timestamp bytes")
+                ts = np.frombuffer(blob, dtype="<f8").copy()
+            elif t0 is not None and dt is not None:
+                ts = float(t0) + np.arange(nfr, dtype=np.float64) * float(dt)
+            else:
+                ts = None
+            extra = json.loads(meta) if meta else {}
+            if not isinstance(extra, dict):
+                raise ValueError("meta is not a JSON object")
+            entry = VideoEntry(vid, int(nfr), ts, None if duration is None else float(duration),
+                               None if source is None else str(source), None if sel is None else float(sel),
+                               float(added), extra, int(shard), int(offset), int(nbytes), int(crc))
+        except (ValueError, TypeError, RecursionError) as exc:
+            raise DamagedIndexError(f"{DB_NAME} videos", f"the row of {video_id!r} is damaged ({exc})") from None
+        return entry
 
     def timestamps(self, video_id: str) -> np.ndarray | None:
         """Frame timestamps in seconds (None when the record had none)."""
@@ -1194,7 +1220,7 @@ class IndexStore:
         with self._mutex:
             self._check_open()
             row = self._db.execute("SELECT value FROM attrs WHERE key = ?", (key,)).fetchone()
-        return default if row is None else json.loads(row[0])
+        return default if row is None else _attr_value(key, row[0])
 
     @_guarded
     def set_attr(self, key: str, value: Any) -> None:
@@ -1209,7 +1235,7 @@ class IndexStore:
         """Every index-level JSON value."""
         with self._mutex:
             self._check_open()
-            return {k: json.loads(v) for k, v in self._db.execute("SELECT key, value FROM attrs")}
+            return {k: _attr_value(k, v) for k, v in self._db.execute("SELECT key, value FROM attrs")}
 
     # -- writing ---------------------------------------------------------------------------
     def _prepare(self, record: Any) -> _Prepared:
@@ -1513,7 +1539,7 @@ class IndexStore:
             n_removed = db.execute("SELECT COUNT(*) FROM videos WHERE status != 0").fetchone()[0]
             rows = db.execute("SELECT rowid, video_id, shard, offset, nbytes, crc32 FROM videos WHERE status = 0 "
                               "ORDER BY rowid").fetchall()
-            live_bytes = sum(r[4] for r in rows)
+            live_bytes = sum(r[4] for r in rows if isinstance(r[4], int))
             if n_removed == 0 and live_bytes == bytes_before:
                 return CompactReport(0, bytes_before, bytes_before, len(old_shards), len(old_shards),
                                      time.perf_counter() - t0)
@@ -1521,6 +1547,12 @@ class IndexStore:
             # new shard ids continue after the old ones, so old and new files never share a name
             new = ShardAppender(self.directory / SHARD_DIR, {}, self.config.shard_bytes, first_shard=first)
             updates = []
+            for rowid, vid, shard, offset, nbytes, crc in rows:
+                entry = old_shards.get(shard)
+                if not (_is_int(offset, 0, _MAX_BYTES) and _is_int(nbytes, 0, _MAX_BYTES)) or entry is None \
+                        or offset + nbytes > entry[1]:
+                    raise DamagedIndexError(f"{DB_NAME} videos", f"compaction aborted: video {vid!r} lies outside "
+                                            f"the committed bytes of shard {shard!r}; run verify()")
             try:
                 for rowid, vid, shard, offset, nbytes, crc in rows:
                     buf = self._reader.raw(shard, offset, nbytes)
@@ -1683,6 +1715,11 @@ class IndexStore:
                     n_active += 1
                 else:
                     n_removed += 1
+                if not (_is_int(nfr, 1, 1 << 40) and _is_int(shard, 0, _MAX_SHARD_ID) and _is_int(offset, 0, _MAX_BYTES)
+                        and _is_int(nbytes, 0, _MAX_BYTES) and _is_int(crc, 0, 0xFFFFFFFF)):
+                    bad("row", f"non-integer or out-of-range values: frames {nfr!r}, shard {shard!r}, offset "
+                               f"{offset!r}, bytes {nbytes!r}, crc32 {crc!r}", vid)
+                    continue
                 if nbytes != nfr * fb or nfr < 1:
                     bad("shape", f"{nbytes} bytes stored for {nfr} frames of {fb} bytes "
                                  f"({self.config.fine_dtype} {self.config.fine_shape})", vid)
@@ -1695,13 +1732,14 @@ class IndexStore:
                                     f"length {shards[shard][1]}", vid)
                     continue
                 ranges.setdefault(shard, []).append((offset, offset + nbytes, vid))
-                if coarse is None or len(coarse) != 4 * dim:
-                    bad("coarse", f"coarse blob has {0 if coarse is None else len(coarse)} bytes, expected {4 * dim}",
-                        vid)
+                if not isinstance(coarse, bytes) or len(coarse) != 4 * dim:
+                    size = len(coarse) if isinstance(coarse, bytes) else f"no ({type(coarse).__name__})"
+                    bad("coarse", f"coarse blob has {size} bytes, expected {4 * dim}", vid)
                 elif not np.isfinite(np.frombuffer(coarse, dtype="<f4")).all():
                     bad("coarse", "coarse vector contains NaN or inf", vid)
-                if ts_blob is not None and len(ts_blob) != 8 * nfr:
-                    bad("timestamps", f"{len(ts_blob) // 8} timestamps for {nfr} frames", vid)
+                if ts_blob is not None and (not isinstance(ts_blob, bytes) or len(ts_blob) != 8 * nfr):
+                    bad("timestamps", f"{len(ts_blob) // 8 if isinstance(ts_blob, bytes) else 'no'} timestamps "
+                                      f"for {nfr} frames", vid)
                 if checksums and status == STATUS_ACTIVE:
                     try:
                         got = zlib.crc32(self._reader.raw(shard, offset, nbytes))
