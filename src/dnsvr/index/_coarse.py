@@ -168,14 +168,20 @@ class CoarseCache:
         """A derived file inside ``coarse/`` (resolved; damage when it leads outside or is not a file)."""
         return inside(self.directory, name, where=f"{self.directory.name}/{name}")
 
+    def _unmap(self) -> None:
+        """Forget the mapped files and the view computed from them (the next sync recomputes it)."""
+        if self._file_rowids is not None:
+            self.rowids = None
+        self._names = None
+        self._file_vectors = self._file_rowids = None
+
     def _map_files(self) -> None:
         """(Re)map the derived files if they changed (grew, or were replaced by a rewrite)."""
         if self.pinned:
             return
         cur = self._read_current()
         if not cur or not cur.get("vectors") or not cur.get("rowids"):
-            self._names = None
-            self._file_vectors = self._file_rowids = None
+            self._unmap()
             return
         names = (cur["vectors"], cur["rowids"])
         try:
@@ -184,8 +190,7 @@ class CoarseCache:
         except (OSError, DamagedIndexError) as exc:
             if isinstance(exc, DamagedIndexError):
                 logger.warning("ignoring the derived coarse files (rebuilt from SQLite): %s", exc)
-            self._names = None
-            self._file_vectors = self._file_rowids = None
+            self._unmap()
             return
         n = min(vsize // (4 * self.dim), rsize // 8)
         if self._names == names and self._file_rowids is not None and len(self._file_rowids) == n:
@@ -196,14 +201,12 @@ class CoarseCache:
                        else np.empty((0, self.dim), np.float32))
         except (OSError, ValueError) as exc:
             logger.info("derived coarse files unreadable (%s); using SQLite", exc)
-            self._names = None
-            self._file_vectors = self._file_rowids = None
+            self._unmap()
             return
         if n > 1 and not (np.diff(rowids) > 0).all():
             logger.warning("derived coarse rowids in %s are not ascending; ignoring the files (verify() reports it)",
                            rpath)
-            self._names = None
-            self._file_vectors = self._file_rowids = None
+            self._unmap()
             return
         self._names, self._file_vectors, self._file_rowids = names, vectors, rowids
         self.rowids = None  # force a re-sync of the view

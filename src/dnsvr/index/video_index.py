@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -116,6 +117,16 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
     if not isinstance(manifest.get("coarse_index", "Flat"), str):
         raise DamagedIndexError(MANIFEST, f"coarse_index {manifest.get('coarse_index')!r} is not a string")
     return manifest
+
+
+def _store_dir(directory: Path) -> Path | None:
+    """The folder's store if one was fully created (its manifest is written last), else None."""
+    store = inside(directory, STORE_DIR, kind="dir")
+    if not store.is_dir():
+        return None
+    if not os.path.lexists(store / "manifest.json"):
+        return None  # an interrupted first add: the writer that holds the lock removes and recreates it
+    return store
 
 
 def _check_layout(directory: Path) -> None:
@@ -230,8 +241,8 @@ class VideoIndex:
         try:
             bundle = Bundle.load(inside(directory, BUNDLE_DIR, kind="dir"))
             store = None
-            store_dir = inside(directory, STORE_DIR, kind="dir")
-            if store_dir.is_dir():
+            store_dir = _store_dir(directory)
+            if store_dir is not None:
                 store = IndexStore.open(store_dir, readonly=readonly)
             return cls(directory, bundle, store, readonly, lock=lock)
         except BaseException:
@@ -268,11 +279,13 @@ class VideoIndex:
     @property
     def store(self) -> IndexStore | None:
         """The underlying store (None until the lite whitening is fitted by the first ``add``)."""
-        if self._store is None and inside(self.directory, STORE_DIR, kind="dir").is_dir():
-            # another process fitted the lite whitening and created the store: take its bundle first
-            # (the bundle is saved before the store is created, so it is the one the store was built with)
-            self.bundle = Bundle.load(inside(self.directory, BUNDLE_DIR, kind="dir"))
-            self._store = IndexStore.open(inside(self.directory, STORE_DIR, kind="dir"), readonly=self.readonly)
+        if self._store is None:
+            store_dir = _store_dir(self.directory)
+            if store_dir is not None:
+                # another process fitted the lite whitening and created the store: take its bundle first
+                # (the bundle is saved before the store is created, so it is the one the store was built with)
+                self.bundle = Bundle.load(inside(self.directory, BUNDLE_DIR, kind="dir"))
+                self._store = IndexStore.open(store_dir, readonly=self.readonly)
         return self._store
 
     def _create_store(self) -> IndexStore:
@@ -281,6 +294,12 @@ class VideoIndex:
         config = IndexConfig(coarse_dim=self.bundle.coarse_dims(), fine_dtype=dtype, fine_shape=shape,
                              coarse_index=manifest.get("coarse_index", "Flat"),
                              extra={"bundle": self.bundle.identity()})
+        partial = inside(self.directory, STORE_DIR, kind="dir")
+        if partial.is_dir() and _store_dir(self.directory) is None:
+            # a first add killed while creating the store: nothing was committed in it (its manifest,
+            # written last, is missing); under the writer lock it is safe to start again
+            logger.warning("removing the unfinished store of %s (an interrupted first add)", self.directory)
+            shutil.rmtree(partial)
         self._store = IndexStore.create(self.directory / STORE_DIR, config)
         manifest["bundle"] = self.bundle.identity()
         _write_json(self.directory / MANIFEST, manifest)
