@@ -521,6 +521,12 @@ class _Catalog:
         return cat
 
 
+try:  # ISA-L's CRC32 gives zlib's values about 4x faster (the read checks of every search use it)
+    from isal.isal_zlib import crc32 as _crc32
+except ImportError:  # pragma: no cover - isal is optional
+    _crc32 = zlib.crc32
+
+
 _ROW_COLS = "rowid, video_id, shard, offset, n_frames, selector, crc32"
 
 
@@ -1007,7 +1013,7 @@ class IndexStore:
             rid = int(cat.rowid[p])
             if rid in verified:
                 continue
-            if zlib.crc32(v) != int(cat.crc32[p]):
+            if _crc32(v) != int(cat.crc32[p]):
                 name = cat.shard_files.get(int(cat.shard[p]), ("?", 0))[0]
                 raise DamagedIndexError(f"{SHARD_DIR}/{name}", f"the fine bytes of video {cat.ids[p]!r} fail their "
                                         f"CRC32 check (run `dnsvr index verify`)")
@@ -1443,7 +1449,7 @@ class IndexStore:
                         result.replaced.append(vid)
                     buf = memoryview(p.fine).cast("B")
                     shard, offset = appender.append(buf)
-                    rows.append((next_rowid, vid, p.fine.shape[0], shard, offset, buf.nbytes, zlib.crc32(buf),
+                    rows.append((next_rowid, vid, p.fine.shape[0], shard, offset, buf.nbytes, _crc32(buf),
                                  p.selector, p.duration, p.source, p.ts_start, p.ts_step, p.ts_blob, now,
                                  p.meta_json))
                     coarse_rows.append((next_rowid, p.coarse.tobytes()))
@@ -1556,7 +1562,7 @@ class IndexStore:
             try:
                 for rowid, vid, shard, offset, nbytes, crc in rows:
                     buf = self._reader.raw(shard, offset, nbytes)
-                    if zlib.crc32(buf) != crc:
+                    if _crc32(buf) != crc:
                         raise IndexStoreError(f"compaction aborted: video {vid!r} fails its checksum "
                                               f"(shard {shard} offset {offset}); run verify()")
                     s, o = new.append(buf)
@@ -1742,7 +1748,7 @@ class IndexStore:
                                       f"for {nfr} frames", vid)
                 if checksums and status == STATUS_ACTIVE:
                     try:
-                        got = zlib.crc32(self._reader.raw(shard, offset, nbytes))
+                        got = _crc32(self._reader.raw(shard, offset, nbytes))
                     except (OSError, DamagedIndexError) as exc:
                         bad("read", f"cannot read its fine bytes: {exc}", vid)
                         continue
