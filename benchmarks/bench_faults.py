@@ -317,14 +317,15 @@ def make_template(work: Path) -> tuple[Path, list[str]]:
     return path, ids
 
 
-def run(trials: int, n_readers: int, seed: int, out: Path | None) -> dict:
+def run(trials: int, n_readers: int, seed: int, out: Path | None, kinds: tuple[str, ...] = KINDS) -> dict:
+    """Run ``trials`` trials (kinds in turn) and return (and write to ``out``) the summary."""
     base = Path(tempfile.mkdtemp(prefix="bench_faults_"))
     try:
         template, template_ids = make_template(base)
         results = []
         t0 = time.perf_counter()
         for i in range(trials):
-            kind = KINDS[i % len(KINDS)]
+            kind = kinds[i % len(kinds)]
             work = base / f"t{i}"
             work.mkdir()
             res = run_trial(work, kind, seed + i, n_readers, template, template_ids)
@@ -337,7 +338,7 @@ def run(trials: int, n_readers: int, seed: int, out: Path | None) -> dict:
             "benchmark": "faults", "trials": trials, "readers": n_readers, "writers": 2, "seed": seed,
             "ok": sum(r["ok"] for r in results), "failed": sum(not r["ok"] for r in results),
             "by_kind": {k: {"trials": sum(r["kind"] == k for r in results),
-                            "ok": sum(r["ok"] for r in results if r["kind"] == k)} for k in KINDS},
+                            "ok": sum(r["ok"] for r in results if r["kind"] == k)} for k in kinds},
             "kills": 2 * trials, "committed_ops": sum(r["committed_ops"] for r in results),
             "searches": sum(r["searches"] for r in results),
             "reader_errors": sum(r["n_reader_errors"] for r in results),

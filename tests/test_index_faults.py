@@ -500,7 +500,7 @@ def test_strict_top_k(template: dict, top_k: str) -> None:
 
 # ----------------------------------------------------------------------------------------------
 # hostile inputs: FIFOs, devices, newline names (in subprocesses: a hang would be a timeout)
-def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1] / "src"))
     return subprocess.run([sys.executable, "-m", "dnsvr", *args], capture_output=True, text=True,
                           timeout=timeout, env=env)
@@ -578,13 +578,13 @@ def test_evaluate_strict_scores(tmp_path: Path) -> None:
 # kill -9 with concurrent writers and readers: the CI-sized run of benchmarks/bench_faults.py
 @pytest.mark.slow
 def test_kill9_trials_lose_nothing_and_readers_never_fail() -> None:
-    """One trial of each kind (first add, add, remove, compact), two writers killed in each, one reader."""
+    """A first-add trial and a compact-heavy one (adds, removes, compactions), two writers killed in each."""
     sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
     try:
         import bench_faults
     finally:
         sys.path.pop(0)
-    summary = bench_faults.run(trials=4, n_readers=1, seed=1600, out=None)
+    summary = bench_faults.run(trials=2, n_readers=1, seed=1600, out=None, kinds=("first-add", "compact"))
     bad = [t for t in summary["trials_detail"] if not t["ok"]]
     assert not bad, bad
     assert summary["committed_ops"] > 0 and summary["searches"] > 0
