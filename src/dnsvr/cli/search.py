@@ -78,7 +78,7 @@ def search_command(
 ) -> None:
     """Rank the indexed videos for each query: coarse → selector → fine re-rank within the budget."""
     from dnsvr.index.video_index import VideoIndex
-    from dnsvr.search import Budget
+    from dnsvr.search import Budget, results_document
 
     with cli_errors():
         try:
@@ -92,8 +92,7 @@ def search_command(
                                    ann_candidates=ann, include_self=include_self, progress=False,
                                    **({} if precision is None else {"precision": precision}))
     if json_out:
-        doc = {"index": str(directory), "budget": str(parsed), "top_k": top_k,
-               "queries": [q.to_dict() for q in results]}
+        doc = results_document(str(directory), parsed, top_k, results)
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
         return
     for q in results:
