@@ -137,7 +137,8 @@ def create_app(index_path: str | Path | None = None, config: ServeConfig | None 
         finally:
             app.state.dnsvr.close()
 
-    app = FastAPI(title="dnsvr", version=__version__, lifespan=lifespan,
+    # no /docs or /redoc: their pages load scripts from a CDN; the description is /openapi.json
+    app = FastAPI(title="dnsvr", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="DnS video copy search over one index: search, add/remove jobs, media for review, "
                               "reviewer verdicts exported as a custom benchmark.")
     install_error_handlers(app)
