@@ -133,6 +133,18 @@ function spans(bar, segments, startKey, endKey, duration) {
   }
 }
 
+const durations = new Map();
+
+// a video's duration in seconds (the index's record, or the file's header); `fallback` if unknown
+function durationOf(ref, fallback) {
+  if (!durations.has(ref)) {
+    const url = ref.startsWith("video:") ? "/api/videos/" + ref.slice(6).split("/").map(encodeURIComponent).join("/") :
+      "/api/media/info?ref=" + encodeURIComponent(ref);
+    durations.set(ref, api(url).then((d) => d.duration || null).catch(() => null));
+  }
+  return durations.get(ref).then((d) => Math.max(d || 0, fallback));
+}
+
 function fmt(x) { return x === null || x === undefined ? "–" : Number(x).toFixed(3); }
 
 function showResults(doc) {
@@ -142,7 +154,9 @@ function showResults(doc) {
   const q = doc.queries[0];
   $("#results-meta").textContent = "· query " + q.query + " · " + q.candidates + " candidates · " + q.fine_pairs +
     " re-ranked · " + Math.round((q.timings.total || 0) * 1000) + " ms";
-  const qDur = Math.max(1, ...q.results.flatMap((r) => r.segments.map((s) => s.query_end)));
+  // timelines span each video's whole duration (asked once per video, drawn when known)
+  const segEnd = (key) => Math.max(1, ...q.results.flatMap((r) => r.segments.map((s) => s[key])));
+  const qDurP = durationOf(state.ref, segEnd("query_end"));
   const list = $("#result-list");
   list.replaceChildren();
   q.results.forEach((r, i) => {
@@ -152,11 +166,13 @@ function showResults(doc) {
       src: mediaUrl("frame", "video:" + r.video_id, { t: thumbT, w: 176 }), loading: "lazy" });
     const bar = el("div", { class: "scorebar", role: "img", "aria-label": "score " + fmt(r.score) }, [el("span")]);
     bar.firstChild.style.width = (Math.max(0, Math.min(1, r.score)) * 100).toFixed(1) + "%";
-    const tDur = Math.max(1, ...r.segments.map((s) => s.target_end));
     const qBar = el("div", { class: "timeline q", role: "img", "aria-label": "matched part of the query" });
     const tBar = el("div", { class: "timeline t", role: "img", "aria-label": "matched part of the result" });
-    spans(qBar, r.segments, "query_start", "query_end", qDur);
-    spans(tBar, r.segments, "target_start", "target_end", tDur);
+    const tFallback = Math.max(1, ...r.segments.map((s) => s.target_end));
+    Promise.all([qDurP, durationOf("video:" + r.video_id, tFallback)]).then(([qDur, tDur]) => {
+      spans(qBar, r.segments, "query_start", "query_end", qDur);
+      spans(tBar, r.segments, "target_start", "target_end", tDur);
+    });
     const cov = [];
     if (r.query_coverage !== undefined) cov.push("query coverage " + (100 * r.query_coverage).toFixed(0) + "%");
     if (r.target_coverage !== undefined) cov.push("result coverage " + (100 * r.target_coverage).toFixed(0) + "%");
