@@ -109,13 +109,16 @@ class MediaResolver:
         if source.endswith(f":{video_id}") or Path(source).suffix.lower() in FEATURE_SUFFIXES:
             raise ApiError(404, f"{video_id!r} was indexed from a feature file: there is no video to show")
         path = Path(source)
-        try:
-            real = path.resolve(strict=True)
-        except (OSError, RuntimeError):
-            raise ApiError(404, f"the source file of {video_id!r} is not available on this server") from None
-        if not real.is_file():
-            raise ApiError(404, f"the source file of {video_id!r} is not available on this server")
-        return real
+        # a relative source was recorded against the working directory of the add; try the
+        # service's, then the media roots
+        for cand in [path] if path.is_absolute() else [path, *(root / path for root in self.roots)]:
+            try:
+                real = cand.resolve(strict=True)
+            except (OSError, RuntimeError):
+                continue
+            if real.is_file():
+                return real
+        raise ApiError(404, f"the source file of {video_id!r} is not available on this server")
 
     def resolve(self, ref: str) -> Path:
         """The file of a media reference ``kind:value`` (see the module docstring)."""
