@@ -1,7 +1,9 @@
 """The compiled region stage (dnsvr._finekernel) against the torch engine it replaces.
 
-S^f_B codes must give bit-identical matrices and scores; the int8 float stages the torch int8 engine's
-values up to float rounding (1e-6). The torch engine is the reference here (itself checked against the
+What is exact and what is not: S^f_B codes give bit-identical similarity matrices (integer arithmetic on
+both sides) and max-pooling is exact; every float sum (the int8 stages' scaled means, conv1 + pooling, the
+comparator's scores) is compared to float32 rounding, since the BLAS under torch picks its summation order
+per CPU and per shape (each test states its bound). The torch engine is the reference here (itself checked against the
 networks in test_search_fine.py / test_fine_tiles.py, which run with the kernel on).
 """
 
@@ -154,7 +156,10 @@ def test_scores_and_matrices_through_the_engine(monkeypatch, fine_type) -> None:
 
     (got, got_m), (ref, ref_m) = _both(monkeypatch, run)
     if fine_type == "bin":
-        np.testing.assert_array_equal(got, ref)
+        # the ±1 matrices are integer arithmetic on both sides: bit for bit; the scores go through the comparator,
+        # whose conv1 differs by float32 rounding (test_conv1_pool_matches_to_rounding, ~1e-8 here) and whose
+        # three further layers of unit-scale weights keep that far below 1e-6
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6)
         for a, b in zip(got_m, ref_m):
             np.testing.assert_array_equal(a, b)
         np.testing.assert_allclose(got, expected, atol=1e-5)
@@ -304,10 +309,40 @@ def test_bad_input_raises() -> None:
             k.region_chamfer(q_mat.numpy(), None, [raw], [5], b"\0" * out.nbytes, 0, 9, 64, 2)
 
 
+def _conv1_pool_rounding_bound(sim: torch.Tensor, w_phase: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """How far two float32 evaluations of :func:`_fine._conv1_pool` may differ, element by element.
+
+    Each pre-bias value is a dot product of one 4×4 window (16 taps) with a phase's weights. Summed in float32
+    in *any* order, with or without fused multiply-adds, it lies within ``γ_16 · Σ|x_i w_i|`` of the exact
+    value (Higham, eq. 3.5; ``γ_n = n·u / (1 − n·u)``, ``u = 2⁻²⁴``), so two evaluations differ by at most twice
+    that. The max over the 4 phases and the ReLU are 1-Lipschitz (they add nothing); the bias addition rounds
+    once on each side (``u·|result|`` each). The window sums are taken in float64 so the bound has no error of
+    its own worth counting.
+    """
+    u = 2.0 ** -24
+    gamma16 = 16 * u / (1 - 16 * u)
+    b, h, w = sim.shape
+    ho, wo = h // 2, w // 2
+    c = w_phase.shape[1] // 4
+    xp = torch.nn.functional.pad(sim.double().abs(), (1, 2 * wo + 1 - w, 1, 2 * ho + 1 - h))
+    s0, s1, _ = xp.stride()
+    windows = xp.as_strided((b, ho, wo, 4, 4), (s0, 2 * s1, 2, s1, 1)).reshape(b * ho * wo, 16)
+    magnitude = torch.mm(windows, w_phase.double().abs()).view(b * ho * wo, 4, c).amax(1)
+    magnitude = magnitude.view(b, ho, wo, c).permute(0, 3, 1, 2)
+    return 2 * gamma16 * magnitude + 2 * u * ref.double().abs() + 1e-30
+
+
 @needs_kernel
 @pytest.mark.parametrize("b,h,w", [(1, 4, 4), (3, 61, 37), (2, 5, 130), (5, 60, 60), (2, 2, 3), (1, 4, 5)])
-def test_conv1_pool_bit_identical(b, h, w) -> None:
-    """The comparator's conv1 + pooling in C equals the matrix-product version bit for bit, masks included."""
+def test_conv1_pool_matches_to_rounding(b, h, w) -> None:
+    """The comparator's conv1 + pooling in C equals the matrix-product version to float32 rounding, masks exactly.
+
+    Not bit for bit: the reference's ``torch.mm`` goes through oneDNN/BLAS, which picks its kernels — and so
+    its summation order — per CPU and per shape (on an AMD EPYC a 2×3 input differed by 1.5e-8 where an
+    Intel Xeon was bit-identical). The bound is the rounding bound of both evaluations
+    (:func:`_conv1_pool_rounding_bound`). The masked and unmasked C results come from the same C code in the
+    same order, so those two are compared bit for bit.
+    """
     torch.manual_seed(b * h + w)
     comp = FineComparator(FineGrainedStudent(binarization=True).eval())
     sim = torch.randn(b, h, w) * 0.3
@@ -315,10 +350,14 @@ def test_conv1_pool_bit_identical(b, h, w) -> None:
     with torch.inference_mode():
         ref = _fine._conv1_pool(sim, comp._w1p, comp.w["conv1.bias"])
         got = _fine._kernel_conv1_pool(sim, comp._w1p, comp.w["conv1.bias"], None)
-        assert got.shape == ref.shape and torch.equal(got, ref)
+        assert got.shape == ref.shape
+        bound = _conv1_pool_rounding_bound(sim, comp._w1p, ref)
+        excess = ((got.double() - ref.double()).abs() - bound).max().item()
+        assert excess <= 0, f"C conv1_pool differs from torch beyond float32 rounding by {excess:.3g}"
+        assert bound.max().item() < 1e-5  # the bound itself is tight: rounding, not a loose tolerance
         masked = _fine._kernel_conv1_pool(sim, comp._w1p, comp.w["conv1.bias"], valid)
         cols = torch.arange(w // 2)
-        expected = ref * (cols[None, :] < valid[:, None]).float()[:, None, None, :]
+        expected = got * (cols[None, :] < valid[:, None]).float()[:, None, None, :]
         assert torch.equal(masked, expected)
     with pytest.raises(ValueError, match="buffer sizes"):
         _fine._KERNEL.conv1_pool(sim.numpy(), comp._w1p.numpy(), comp.w["conv1.bias"].numpy(), None,

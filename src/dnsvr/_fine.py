@@ -15,8 +15,9 @@ Here the same arithmetic runs for a whole block of candidates:
 * where the CPU has AVX-512 VNNI, the compiled stages of ``dnsvr._finekernel``: the region stage
   fused (products, max over a candidate frame's regions and mean over the query's, in registers; S^f_B's
   packed bits read directly; see :func:`kernel_region_chamfer`), and the comparator's conv1 + pooling and
-  second pooling, all with the torch engine's results (bit for bit where the arithmetic is integer or the
-  same float operations in the same order); the torch code below is their fallback and reference;
+  second pooling, all with the torch engine's results (bit for bit where the arithmetic is integer or a
+  max; float sums to float32 rounding, since the BLAS under torch picks its summation order per CPU and
+  shape); the torch code below is their fallback and reference;
 * **blocks** bounded in elements (the region product is split over query rows and over
   candidates), and **tiles** for long videos: a pair whose working memory would exceed
   ``memory_budget`` (default 256 MB; one pair of hour-long videos needs ~2.5 GB untiled) is
@@ -205,8 +206,8 @@ class FineComparator:
         channels_ok = self._w1p.shape[1] % 64 == 0  # the C code takes channels in blocks of 16
         if _KERNEL is not None and sim.dtype == torch.float32 and positions >= 2 and channels_ok:
             # the same arithmetic in C (each window times each phase's kernel, fused multiply-adds in the
-            # window's order, as the matrix product sums them: bit-identical — except for a product of one
-            # row, which MKL sums in another order; the comparator never has one), the column mask included
+            # window's order: equal to the matrix product to float32 rounding — bit-identical wherever the BLAS
+            # sums in window order too, which depends on the CPU and the shape), the column mask included
             x = _kernel_conv1_pool(sim, self._w1p, w["conv1.bias"], None if full else w1)
         else:
             x = _conv1_pool(sim, self._w1p, w["conv1.bias"])  # [B, 32, H // 2, W // 2], channels-last
@@ -258,9 +259,10 @@ def _kernel_conv1_pool(sim: torch.Tensor, w_phase: torch.Tensor, bias: torch.Ten
                        valid: torch.Tensor | None) -> torch.Tensor:
     """:func:`_conv1_pool` (then the mask of pooled columns ``>= valid``, when given) in C (``dnsvr._finekernel``).
 
-    The same products summed in the same order as the matrix product of :func:`_conv1_pool` (one fused
-    multiply-add per nonzero tap of the 4×4 window, in window order), so the result is bit-identical; no
-    window matrix, no separate max, bias and ReLU passes.
+    The same products as the matrix product of :func:`_conv1_pool` (one fused multiply-add per nonzero tap of
+    the 4×4 window, in window order), so the result equals it to float32 rounding — bit for bit only where
+    the BLAS under ``torch.mm`` happens to sum in window order too, which depends on the CPU
+    (tests/test_fine_kernel.py states the bound); no window matrix, no separate max, bias and ReLU passes.
     """
     b, h, w = sim.shape
     c = w_phase.shape[1] // 4

@@ -37,7 +37,8 @@
  * computation.
  *
  * The comparator's first layers are here too: conv1 + 2x2 max-pooling + bias + ReLU (conv1_pool, the same
- * fused multiply-adds in the same order as the matrix product it replaces, so bit-identical) and the 2x2
+ * fused multiply-adds in window order: the matrix product it replaces to float32 rounding, bit-identical
+ * where that BLAS sums in window order too, which varies by CPU) and the 2x2
  * max-pooling after conv2 (max_pool2), both with the column mask of padded pairs.
  *
  * The AVX-512 code is compiled per function (target attributes) and chosen at run time: supported()
