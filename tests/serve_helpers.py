@@ -32,7 +32,7 @@ def serve_data(tmp_path_factory: pytest.TempPathFactory) -> ServeData:
     base = tmp_path_factory.mktemp("serve")
     root = base / "media"
     col = make_collection(root / "col", n_originals=2, n_distractors=2, transforms=("crop", "hflip"),
-                          seconds=6.0, fps=10.0, size=(160, 96))
+                          seconds=12.0, fps=10.0, size=(160, 96))
     extra = root / "extra"
     extra.mkdir()
     for i in range(3):

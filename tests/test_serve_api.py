@@ -200,7 +200,7 @@ def test_videos(client):
     assert r["total"] == 7 and {v["video_id"] for v in r["videos"]} >= {"orig_1", "orig_0_crop", "dist_1"}
     assert client.get("/api/videos", params={"contains": "crop"}).json()["total"] == 2
     v = client.get("/api/videos/orig_1").json()
-    assert v["frames"] == 6 and v["ref"] == "video:orig_1" and abs(v["duration"] - 6.0) < 0.2
+    assert v["frames"] == 12 and v["ref"] == "video:orig_1" and abs(v["duration"] - 12.0) < 0.2
     _err(client.get("/api/videos/nope"), 404)
     _err(client.get("/api/videos", params={"limit": 0}), 422)
 
@@ -209,7 +209,7 @@ def test_media_frames_sheets_and_ranges(client, serve_data):
     from PIL import Image
 
     info = client.get("/api/media/info", params={"ref": "video:orig_1"}).json()
-    assert info["width"] == 160 and info["height"] == 96 and abs(info["duration"] - 6.0) < 0.2
+    assert info["width"] == 160 and info["height"] == 96 and abs(info["duration"] - 12.0) < 0.2
     a = client.get("/api/media/frame", params={"ref": "video:orig_1", "t": 0.5, "w": 80})
     b = client.get("/api/media/frame", params={"ref": "video:orig_1", "t": 4.5, "w": 80})
     assert a.status_code == b.status_code == 200
@@ -263,6 +263,16 @@ def test_add_and_remove_jobs(serve_data, tmp_path):
         _err(c.post("/api/jobs/add", json={"paths": ["../x"]}, headers=AUTH), 400)
         _err(c.post("/api/jobs/add", json={"paths": ["/etc"]}, headers=AUTH), 403)
         _err(c.post("/api/jobs/add", json={"paths": []}, headers=AUTH), 422)
+        # a list file could name any path: refused; so is a symlink in a folder that leads outside
+        (serve_data.root / "list.txt").write_text(f"{serve_data.query}\n")
+        _err(c.post("/api/jobs/add", json={"paths": ["list.txt"]}, headers=AUTH), 415)
+        sneaky = serve_data.root / "sneaky"
+        sneaky.mkdir(exist_ok=True)
+        outside = tmp_path / "outside.mp4"
+        outside.write_bytes(serve_data.query.read_bytes())
+        if not (sneaky / "link.mp4").exists():
+            os.symlink(outside, sneaky / "link.mp4")
+        assert "nothing to add" in _err(c.post("/api/jobs/add", json={"paths": ["sneaky"]}, headers=AUTH), 422)
         r = c.post("/api/jobs/add", json={"paths": ["extra"]}, headers=AUTH)
         assert r.status_code == 202, r.text
         job, seen = _wait(c, r.json()["id"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import tempfile
 import threading
 import time
 import uuid
@@ -45,6 +46,8 @@ class Job:
     error: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
     _start_count: int = 0
+    _videos: list[tuple[str, Path]] = field(default_factory=list)
+    _features: list[Path] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "kind": self.kind, "state": self.state, "created": self.created,
@@ -53,25 +56,17 @@ class Job:
                 "error": self.error, "inputs": self.inputs[:50]}
 
 
-def _count_inputs(paths: Sequence[Path]) -> int:
-    """How many videos an add of ``paths`` will try (folders scanned, feature files opened)."""
-    from dnsvr.extract import resolve_inputs
+def _count_features(paths: Sequence[Path]) -> int:
+    """How many videos the feature files hold (1 for an unreadable one: it is reported)."""
     from dnsvr.features import FeatureFile
-    from dnsvr.index.video_index import FEATURE_SUFFIXES
 
     n = 0
-    videos = []
     for p in paths:
-        if p.suffix.lower() in FEATURE_SUFFIXES:
-            try:
-                with FeatureFile(p) as ff:
-                    n += len(ff.ids())
-            except (OSError, ValueError):
-                n += 1
-        else:
-            videos.append(p)
-    if videos:
-        n += len(resolve_inputs(videos, failures=[]))
+        try:
+            with FeatureFile(p) as ff:
+                n += len(ff.ids())
+        except (OSError, ValueError):
+            n += 1
     return n
 
 
@@ -103,10 +98,17 @@ class JobRunner:
         logger.info("job %s queued: %s %d input(s)", job.id, job.kind, len(job.inputs))
         return job
 
-    def submit_add(self, paths: Sequence[Path], on_duplicate: str = "skip") -> Job:
-        """Queue an add of videos/folders/feature files (paths already confined by the caller)."""
-        return self._submit(Job(uuid.uuid4().hex[:16], "add", [str(p) for p in paths],
-                                options={"on_duplicate": on_duplicate}))
+    def submit_add(self, videos: Sequence[tuple[str, Path]], features: Sequence[Path] = (), *,
+                   refused: Sequence[dict[str, str]] = (), on_duplicate: str = "skip") -> Job:
+        """Queue an add of ``(video_id, path)`` videos and feature files (confined by the caller).
+
+        ``refused`` inputs are reported among the job's failures.
+        """
+        job = Job(uuid.uuid4().hex[:16], "add", [str(p) for p in features] + [str(p) for _, p in videos],
+                  options={"on_duplicate": on_duplicate}, failures=list(refused), total=len(videos))
+        job._videos = list(videos)
+        job._features = list(features)
+        return self._submit(job)
 
     def submit_remove(self, video_ids: Sequence[str], missing: str = "ignore") -> Job:
         """Queue a removal of indexed videos."""
@@ -155,14 +157,19 @@ class JobRunner:
         job.started = time.time()
         try:
             if job.kind == "add":
-                paths = [Path(p) for p in job.inputs]
-                job.total = _count_inputs(paths)
+                job.total = len(job._videos) + _count_features(job._features)
                 job._start_count = len(self.reader)
-                with VideoIndex.open(self.index_dir, readonly=False) as writer:
-                    report = writer.add(paths, on_duplicate=job.options.get("on_duplicate", "skip"),
-                                        progress=False, batch_size=ADD_BATCH)
+                with tempfile.TemporaryDirectory(prefix="dnsvr-job-") as tmp:
+                    inputs: list[Path] = list(job._features)
+                    if job._videos:  # a list file keeps the ids the caller resolved (folder-relative)
+                        listing = Path(tmp) / "videos.tsv"
+                        listing.write_text("".join(f"{vid}\t{path}\n" for vid, path in job._videos), encoding="utf-8")
+                        inputs.append(listing)
+                    with VideoIndex.open(self.index_dir, readonly=False) as writer:
+                        report = writer.add(inputs, on_duplicate=job.options.get("on_duplicate", "skip"),
+                                            progress=False, batch_size=ADD_BATCH)
                 job.added = list(report.added)
-                job.failures = [{"input": i, "reason": r} for i, r in report.skipped]
+                job.failures += [{"input": i, "reason": r} for i, r in report.skipped]
                 job.done = job.total
             else:
                 with VideoIndex.open(self.index_dir, readonly=False) as writer:

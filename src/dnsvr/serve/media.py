@@ -50,8 +50,9 @@ class MediaResolver:
         self.roots = tuple(r.resolve(strict=True) for r in roots)
         self.uploads_dir = uploads_dir
 
-    def under_roots(self, text: str) -> Path:
-        """The file a client names by ``text`` (relative to a media root, or absolute inside one).
+    def under_roots(self, text: str, allow_dir: bool = False) -> Path:
+        """The file (or, with ``allow_dir``, folder) a client names by ``text``: relative to a media
+        root, or absolute inside one.
 
         Raises:
             ApiError: 400 for ``..``/NUL/empty, 403 outside every root (symlinks included), 404 missing.
@@ -71,13 +72,21 @@ class MediaResolver:
             except (OSError, RuntimeError):
                 continue
             if any(real.is_relative_to(root) for root in self.roots):
-                if not real.is_file():
+                if not (real.is_file() or (allow_dir and real.is_dir())):
                     raise ApiError(400, f"not a file: {text!r}")
                 return real
             outside = True
         if outside or pure.is_absolute():
             raise ApiError(403, f"path outside the media roots: {text!r}")
         raise ApiError(404, f"no such file under the media roots: {text!r}")
+
+    def confined(self, path: Path) -> bool:
+        """Whether ``path`` (symlinks resolved) lies inside a media root."""
+        try:
+            real = path.resolve(strict=True)
+        except (OSError, RuntimeError):
+            return False
+        return any(real.is_relative_to(root) for root in self.roots)
 
     def relative(self, path: Path) -> str:
         """``path`` relative to the first media root holding it (for ``path:`` references)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends
@@ -17,35 +18,38 @@ router = APIRouter(prefix="/api/jobs", tags=["jobs"], dependencies=[Depends(requ
 @router.post("/add", response_model=JobOut, status_code=202, dependencies=[Depends(require_write)],
              summary="Add videos (files, folders, feature files under the media roots)")
 def add_job(body: AddJobRequest, state: ServiceState = Depends(get_state)) -> dict[str, Any]:
-    paths = [state.resolver.under_roots(p) if not _is_dir_under(state, p) else _dir_under(state, p)
-             for p in body.paths]
-    return state.jobs.submit_add(paths, on_duplicate=body.on_duplicate).to_dict()
+    """Folders are scanned here, and every video found must itself lie inside a media root (a
+    symlink in a folder cannot pull in a file from elsewhere); list files are refused (they could
+    name any path)."""
+    from dnsvr.extract import resolve_inputs
+    from dnsvr.index.video_index import FEATURE_SUFFIXES
+    from dnsvr.video import VIDEO_EXTENSIONS
 
-
-def _is_dir_under(state: ServiceState, text: str) -> bool:
-    try:
-        _dir_under(state, text)
-        return True
-    except ApiError:
-        return False
-
-
-def _dir_under(state: ServiceState, text: str) -> Any:
-    """A folder under the media roots (same confinement rules as files)."""
-    from pathlib import Path, PurePosixPath
-
-    pure = PurePosixPath(text.replace("\\", "/"))
-    if not text or "\x00" in text or ".." in pure.parts:
-        raise ApiError(400, f"invalid path {text!r}")
-    cands = [Path(pure)] if pure.is_absolute() else [r / pure for r in state.resolver.roots]
-    for c in cands:
-        try:
-            real = c.resolve(strict=True)
-        except (OSError, RuntimeError):
-            continue
-        if real.is_dir() and any(real.is_relative_to(r) for r in state.resolver.roots):
-            return real
-    raise ApiError(404, f"no folder {text!r} under the media roots")
+    resolver = state.resolver
+    videos: list[Path] = []
+    features: list[Path] = []
+    for text in body.paths:
+        path = resolver.under_roots(text, allow_dir=True)
+        suffix = path.suffix.lower()
+        if path.is_dir() or suffix in VIDEO_EXTENSIONS:
+            videos.append(path)
+        elif suffix in FEATURE_SUFFIXES:
+            features.append(path)
+        else:
+            raise ApiError(415, f"{text!r}: add takes video files, folders of videos, or .h5 feature files")
+    entries: list[tuple[str, Path]] = []
+    refused: list[dict[str, str]] = []
+    for vid, path in resolve_inputs(videos, failures=[]) if videos else []:
+        if not resolver.confined(path):
+            refused.append({"input": vid, "reason": "outside the media roots"})
+        elif any(c in vid or c in str(path) for c in "\t\r\n") or vid != vid.strip() or vid.startswith("#"):
+            refused.append({"input": vid, "reason": "unsupported characters in the id or path"})
+        else:
+            entries.append((vid, path.resolve()))
+    if not entries and not features:
+        raise ApiError(422, "nothing to add: no video found under the given paths"
+                       + (f" ({len(refused)} refused)" if refused else ""))
+    return state.jobs.submit_add(entries, features, refused=refused, on_duplicate=body.on_duplicate).to_dict()
 
 
 @router.post("/remove", response_model=JobOut, status_code=202, dependencies=[Depends(require_write)],

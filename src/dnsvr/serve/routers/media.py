@@ -29,7 +29,7 @@ async def media_info(ref: str = REF, state: ServiceState = Depends(get_state)) -
     try:
         info = await run_in_threadpool(probe, path, False)
     except VideoError as exc:
-        raise ApiError(415, f"not a usable video: {exc}") from None
+        raise ApiError(415, f"not a usable video: {exc.reason}") from None
     return {"ref": ref, "duration": info.duration, "width": info.display_width or info.width,
             "height": info.display_height or info.height, "fps": info.fps, "codec": info.codec,
             "bytes": path.stat().st_size}

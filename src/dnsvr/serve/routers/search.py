@@ -28,7 +28,7 @@ def _check_video(state: ServiceState, path: Path) -> None:
     try:
         info = probe(path, decode_first=True)
     except VideoError as exc:
-        raise ApiError(415, f"not a usable video: {exc.message if hasattr(exc, 'message') else exc}") from None
+        raise ApiError(415, f"not a usable video: {exc.reason}") from None  # the reason, not the server path
     limit = state.config.max_query_seconds
     if info.duration is not None and info.duration > limit:
         raise ApiError(413, f"the query video lasts {info.duration:.0f} s; this service searches at most {limit:g} s")
