@@ -200,6 +200,7 @@ def main() -> None:
 
     from dnsvr.index.video_index import VideoIndex
 
+    load_start = list(os.getloadavg())
     media, index, new = build(args.workdir, args.videos, args.add, args.seconds, args.reuse)
     with VideoIndex.open(index, readonly=True) as ix:
         ids = ix.ids()
@@ -248,7 +249,7 @@ def main() -> None:
     doc = {
         "command": "PYTHONPATH=src python benchmarks/bench_serve.py " + " ".join(sys.argv[1:]),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "load_avg_start_end": None},
+                    "load_avg_1_5_15_at_start": load_start, "load_avg_1_5_15_at_end": None},
         "index": {"videos_before": len(ids), "videos_after": videos_after, "clip_seconds": args.seconds,
                   "verify_ok": report.ok, "problems": report.problems[:5]},
         "client": {"clients": args.clients, "server_concurrency": args.concurrency,
@@ -259,7 +260,7 @@ def main() -> None:
                 "seconds": round(job_seconds, 2), "failures": job["failures"][:5], "error": job["error"]},
         "server_metrics": {"queries_served": metrics["queries_served"], "search": metrics["search"]},
     }
-    doc["machine"]["load_avg_start_end"] = list(os.getloadavg())
+    doc["machine"]["load_avg_1_5_15_at_end"] = list(os.getloadavg())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2) + "\n")
     print(json.dumps({k: doc[k] for k in ("index", "job", "ratio_p50_busy_over_quiet")}, indent=1))

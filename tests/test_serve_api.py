@@ -406,3 +406,42 @@ def test_busy_and_timeout(serve_data):
         asyncio.run(scenario())
     finally:
         state.close()
+
+
+# -- the command --------------------------------------------------------------------------------------------
+def test_serve_command(serve_data, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import uvicorn
+
+    from dnsvr.cli import app
+
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
+    runner = CliRunner()
+    # beyond loopback without a token: refused before anything listens
+    out = runner.invoke(app, ["serve", str(serve_data.index), "--host", "0.0.0.0"])
+    assert out.exit_code == 2 and "token" in out.output and not calls
+    token_file = tmp_path / "token"
+    token_file.write_text("file-token-123456\n")
+    out = runner.invoke(app, ["serve", str(serve_data.index), "--host", "0.0.0.0", "--port", "8123",
+                              "--token-file", str(token_file), "--media-root", str(serve_data.root)])
+    assert out.exit_code == 0, out.output
+    served, kw = calls[-1]
+    assert kw["host"] == "0.0.0.0" and kw["port"] == 8123
+    with TestClient(served) as c:
+        _err(c.get("/api/videos"), 401)
+        assert c.get("/api/videos", headers={"Authorization": "Bearer file-token-123456"}).status_code == 200
+    # loopback without a token: a fresh one, printed in the page's link
+    out = runner.invoke(app, ["serve", str(serve_data.index)])
+    assert out.exit_code == 0 and "#token=" in out.output
+    token = out.output.split("#token=")[1].split()[0]
+    with TestClient(calls[-1][0]) as c:
+        assert c.get("/api/videos").status_code == 200
+        r = c.put("/api/verdicts", json={"query": "q", "video_id": "v", "verdict": "copy"},
+                  headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200
+        assert c.delete("/api/verdicts", params={"query": "q", "video_id": "v"},
+                        headers={"Authorization": f"Bearer {token}"}).status_code == 204
+    out = runner.invoke(app, ["serve", str(tmp_path / "nothing")])
+    assert out.exit_code == 2

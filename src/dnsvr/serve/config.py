@@ -66,6 +66,10 @@ class ServeConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.max_queued_searches < 0 or self.search_timeout_s <= 0 or self.max_query_seconds <= 0:
             raise ValueError("max_queued_searches must be >= 0, search_timeout_s and max_query_seconds > 0")
+        from dnsvr.index.video_index import MANIFEST
+
+        if not (self.index_path / MANIFEST).is_file():
+            raise ValueError(f"not a dnsvr index (no {MANIFEST}): {self.index_path}")
         for root in self.media_roots:
             if not root.is_dir():
                 raise ValueError(f"media root is not a folder: {root}")
