@@ -56,7 +56,8 @@ def serve_command(
         app = create_app(config=config)
         shown = f"[{host}]" if ":" in host else host
         url = f"http://{shown}:{port}/"
-        _err.print(f"dnsvr serve: {directory} at {url}  (API description: {url}openapi.json)", highlight=False)
+        # plain lines (no rich wrapping): the links must survive copy and paste
+        typer.echo(f"dnsvr serve: {directory} at {url}  (API description: {url}openapi.json)", err=True)
         if generated:
-            _err.print(f"open the review page with its write token: {url}#token={token}", highlight=False)
+            typer.echo(f"open the review page with its write token: {url}#token={token}", err=True)
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
