@@ -150,6 +150,17 @@ def test_oversize_upload_and_body(serve_data):
         with open(serve_data.query, "rb") as fh:
             r = c.post("/api/search/upload", files={"file": ("q.mp4", fh, "video/mp4")})
         assert "larger than" in _err(r, 413)
+        # a streamed (chunked) body without Content-Length is cut off at the limit too
+
+        def chunks():
+            yield (b'--XX\r\nContent-Disposition: form-data; name="file"; filename="a.mp4"\r\n'
+                   b"Content-Type: video/mp4\r\n\r\n")
+            for _ in range(small // 1000 + 100):
+                yield b"\0" * 1000
+            yield b"\r\n--XX--\r\n"
+
+        r = c.post("/api/search/upload", content=chunks(), headers={"content-type": "multipart/form-data; boundary=XX"})
+        assert "larger than" in _err(r, 413)
         # a JSON body past the limit is refused before parsing
         _err(c.post("/api/search", content=b"x" * (2 << 20), headers={"content-type": "application/json"}), 413)
 
