@@ -232,7 +232,6 @@ def main() -> None:
 
             poller = threading.Thread(target=poll, daemon=True)
             poller.start()
-            t_job = time.perf_counter()
             busy = run_phase(server.url, ids, paths, args.requests, args.clients, args.path_every, seed=2,
                              job_running=job_running)
             print("with_add_job:", json.dumps({k: v for k, v in busy.items() if k != "failures"}), flush=True)

@@ -10,7 +10,8 @@ from dnsvr.serve.verdicts import VERDICTS
 
 Precision = Literal["exact", "int8"]
 VerdictName = Literal["copy", "partial", "related", "not_related"]
-assert set(VerdictName.__args__) == set(VERDICTS)  # noqa: S101 - one list of verdicts (import-time check)
+if set(VerdictName.__args__) != set(VERDICTS):  # one list of verdicts: the store's
+    raise RuntimeError(f"the API's verdicts {VerdictName.__args__} differ from the store's {VERDICTS}")
 
 
 class SearchParams(BaseModel):
