@@ -305,8 +305,10 @@ def test_end_to_end_distillation(tmp_path, seed):
     nd = report["near_duplicate_mAP"]
     assert nd["trained_dns_100%"] > max(0.95, nd["untrained_coarse"] + 0.2), nd
     # At every budget the trained DnS beats its untrained coarse stage, and the selector's choice of pairs is
-    # at least as good as re-ranking the top of the coarse order — clearly better at 5 %.
+    # at least as good as re-ranking the top of the coarse order. Not "clearly better at 5 %" (it was, +0.05):
+    # training is not bit-reproducible across CPUs, and the selector's 5 % advantage ranges from +0.09 to +0.13
+    # over seeds on an Intel Xeon (AVX-512 VNNI) and an AMD EPYC (AVX2) but was +0.0004 in one run on an AMD
+    # EPYC with avx512_bf16 — a margin above 0 is not what the measured spread supports (docs/testing.md).
     for budget in ("5%", "10%", "25%", "50%"):
         assert nd[f"trained_dns_{budget}"] > nd["untrained_coarse"] + 0.1, (budget, nd)
         assert nd[f"trained_dns_{budget}"] >= nd[f"trained_coarse_order_{budget}"], (budget, nd)
-    assert nd["trained_dns_5%"] > nd["trained_coarse_order_5%"] + 0.05, nd
