@@ -259,15 +259,36 @@ function showSegment() {
   seekBoth(false);
 }
 
+// the result plays at the rate that maps the query's matched stretch onto its own (a sped-up copy
+// plays faster), and follows the query player: play, pause and drift corrections
+function segmentRate(s) {
+  const q = s.query_end - s.query_start, t = s.target_end - s.target_start;
+  return q > 0 && t > 0 ? Math.min(4, Math.max(0.25, t / q)) : 1;
+}
+
 function seekBoth(play) {
   const s = currentSegment();
   const qv = $("#q-video"), tv = $("#t-video");
+  tv.playbackRate = segmentRate(s);
   const go = (v, t) => {
     const apply = () => { v.currentTime = t; if (play) v.play().catch(() => {}); };
     if (v.readyState >= 1) apply(); else v.addEventListener("loadedmetadata", apply, { once: true });
   };
   go(qv, s.query_start);
   go(tv, s.target_start);
+}
+
+function linkPlayers() {
+  const qv = $("#q-video"), tv = $("#t-video");
+  qv.addEventListener("play", () => { if (tv.paused) tv.play().catch(() => {}); });
+  qv.addEventListener("pause", () => tv.pause());
+  qv.addEventListener("timeupdate", () => {
+    if ($("#compare").hidden || !state.current || qv.paused) return;
+    const s = currentSegment();
+    if (qv.currentTime < s.query_start || qv.currentTime > s.query_end) return;
+    const want = s.target_start + (qv.currentTime - s.query_start) * segmentRate(s);
+    if (Math.abs(tv.currentTime - want) > 0.35) tv.currentTime = want;
+  });
 }
 
 function closeCompare() {
@@ -367,6 +388,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#path-form").addEventListener("submit", onSearchJson("path", "#query-path"));
   $("#segment-select").addEventListener("change", showSegment);
   $("#play-both").addEventListener("click", () => seekBoth(true));
+  linkPlayers();
   $("#close-compare").addEventListener("click", closeCompare);
   document.querySelectorAll("button.v").forEach((b) => b.addEventListener("click", () => saveVerdict(b.dataset.verdict)));
   $("#export").addEventListener("click", exportVerdicts);
