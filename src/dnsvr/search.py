@@ -203,6 +203,12 @@ class QueryResults:
         return out
 
 
+def results_document(index: str, budget: Budget, top_k: int | None,
+                     results: Sequence[QueryResults]) -> dict[str, Any]:
+    """The JSON document of ``dnsvr search --json`` (the service answers the same)."""
+    return {"index": index, "budget": str(budget), "top_k": top_k, "queries": [q.to_dict() for q in results]}
+
+
 def fine_to_score(fine: np.ndarray | float) -> np.ndarray | float:
     """Map a fine similarity in [-1, 1] to the coarse scale: ``s/2 + 0.5`` (the reference's combination)."""
     return fine / 2.0 + 0.5

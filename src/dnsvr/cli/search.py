@@ -102,7 +102,7 @@ def search_command(
       dnsvr search my.index clip_0042 --budget 5%      # an indexed video as the query
     """
     from dnsvr.index.video_index import VideoIndex
-    from dnsvr.search import Budget
+    from dnsvr.search import Budget, results_document
 
     try:
         parsed = Budget.parse(budget)
@@ -119,8 +119,7 @@ def search_command(
     for q in failed:
         warn(f"error: query {q.query}: {q.error}")
     if json_out:
-        echo_json({"index": str(directory), "budget": str(parsed), "top_k": top_k,
-                   "queries": [q.to_dict() for q in results]})
+        echo_json(results_document(str(directory), parsed, top_k, results))
     else:
         console = out()
         for q in results:
