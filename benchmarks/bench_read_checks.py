@@ -27,7 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from dnsvr._fine import DEFAULT_PRECISION, fine_similarities  # noqa: E402
+from dnsvr.fine import DEFAULT_PRECISION, fine_similarities  # noqa: E402
 from dnsvr.index import IndexConfig, IndexRecord, IndexStore  # noqa: E402
 from dnsvr.index import store as store_module  # noqa: E402
 

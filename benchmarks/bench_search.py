@@ -1,7 +1,7 @@
 """Benchmark of the fine stage and of the end-to-end DnS query.
 
 Part ``pairs``: per-pair fine similarity at T=60 and T=120 for S^f_A, S^f_B and the lite
-Chamfer stage — the batched engine (:mod:`dnsvr._fine`: one matrix product per block of
+Chamfer stage — the batched engine (:mod:`dnsvr.fine`: one matrix product per block of
 candidates, comparator batched over pairs, int8 products for S^f_B's codes) at
 ``precision="exact"`` and, for the float stages, ``precision="int8"``, against the plain
 per-pair network call (``FineGrainedStudent.calculate_video_similarity`` /
@@ -25,7 +25,7 @@ budget with the shard files evicted from the page cache before the query ("cold"
 whose memory does not hold the index), with and without the store's read-ahead of the candidates,
 and the same query repeated at once ("warm"), with the major page faults of each.
 
-``--baseline REV`` times the fine engine of git revision ``REV`` (its ``src/dnsvr/_fine.py``)
+``--baseline REV`` times the fine engine of git revision ``REV`` (its ``src/dnsvr/fine/engine.py``)
 interleaved with the current one, in the ``pairs`` part and in the ``dns`` part (through
 :mod:`dnsvr.bundle`), so that a speed-up is a ratio measured under the same load. Every row also
 has CPU (process) time next to wall time.
@@ -55,8 +55,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dnsvr import _fine
-from dnsvr._fine import FineComparator, fine_similarities, pack_codes
+from dnsvr.fine import engine as _fine
+from dnsvr.fine import FineComparator, fine_similarities, pack_codes
 from dnsvr.bundle import Bundle, VideoRepresentation
 from dnsvr.nn import CoarseGrainedStudent, FineGrainedStudent, SelectorNetwork
 from dnsvr.nn.similarity import chamfer_video_similarity
@@ -71,12 +71,19 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def _load_engine(rev: str):
-    """The fine engine (``src/dnsvr/_fine.py``) of git revision ``rev``, as a separate module."""
+    """The fine engine (``src/dnsvr/fine/engine.py``, earlier ``src/dnsvr/_fine.py``) of git revision ``rev``,
+    as a separate module."""
     import importlib.util
     import tempfile
 
-    src = subprocess.run(["git", "show", f"{rev}:src/dnsvr/_fine.py"], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parent).stdout
+    for where in ("src/dnsvr/fine/engine.py", "src/dnsvr/_fine.py"):  # the engine's path before and after the move
+        shown = subprocess.run(["git", "show", f"{rev}:{where}"], capture_output=True, text=True,
+                               cwd=Path(__file__).resolve().parent)
+        if shown.returncode == 0:
+            src = shown.stdout
+            break
+    else:
+        raise FileNotFoundError(f"revision {rev} has no fine engine (src/dnsvr/fine/engine.py or src/dnsvr/_fine.py)")
     path = Path(tempfile.mkdtemp()) / f"fine_{rev}.py"
     path.write_text(src)
     spec = importlib.util.spec_from_file_location(f"fine_{rev}", path)
@@ -530,7 +537,7 @@ def main() -> None:
                     help="dns part: which synthetic index(es) to build and query")
     ap.add_argument("--queries", type=int, default=2, help="dns part: queries per budget (and precision)")
     ap.add_argument("--baseline", default=None,
-                    help="a git revision whose fine engine (src/dnsvr/_fine.py) is timed too, interleaved with "
+                    help="a git revision whose fine engine (src/dnsvr/fine/engine.py) is timed too, interleaved with "
                          "this one (pairs and dns parts; exact precision)")
     ap.add_argument("--page-cache", default="bin",
                     help="dns part: fine types (comma-separated; '' for none) whose index is also queried at the "

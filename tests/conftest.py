@@ -36,7 +36,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     """
     import torch
 
-    from dnsvr import _fine
+    from dnsvr.fine import engine as _fine
 
     if _fine._KERNEL is not None:
         fine = "compiled kernel (dnsvr._finekernel, AVX-512 VNNI)"

@@ -9,26 +9,13 @@ import pytest
 import torch
 
 from dnsvr.bundle import Bundle, BundleError, lite_coarse_vector, load_bundle
+from helpers import student_bundle
 
-nn = pytest.importorskip("dnsvr.nn")
 
 
 def _features(rng, t, dims=64):
     x = rng.standard_normal((t, 9, dims)).astype(np.float32)
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
-
-
-def student_bundle(fine_type: str = "att", dims: int = 64, seed: int = 0) -> Bundle:
-    """A bundle of randomly initialised students and selector (small sizes), no whitening."""
-    torch.manual_seed(seed)
-    fine_args = {"dims": dims, "attention": fine_type == "att", "binarization": fine_type == "bin"}
-    coarse_args = {"dims": dims, "transformer_heads": 4, "transformer_feedforward_dims": 64,
-                   "netvlad_clusters": 4, "netvlad_outdims": 32}
-    selector_args = {"dims": dims, "hidden_size": 16, "num_layers": 1}
-    return Bundle(f"test-{fine_type}", "efficientnet_lite0", fine_type=fine_type,
-                  fine_net=nn.FineGrainedStudent(**fine_args), fine_args=fine_args, coarse_type="student",
-                  coarse_net=nn.CoarseGrainedStudent(**coarse_args), coarse_args=coarse_args,
-                  selector_net=nn.SelectorNetwork(**selector_args), selector_args=selector_args)
 
 
 @pytest.mark.parametrize("fine_type", ["att", "bin"])
@@ -86,7 +73,6 @@ def test_lite_coarse_vector_and_chamfer_bundle():
 
 
 def test_lite_whitening_fit_save_load(tmp_path):
-    pytest.importorskip("dnsvr.backbones")
     from dnsvr.bundle import lite_bundle
 
     rng = np.random.default_rng(2)
@@ -122,7 +108,7 @@ def test_load_bundle_errors(tmp_path):
 
 
 def test_paper_bundle_offline_error(tmp_path, monkeypatch):
-    weights = pytest.importorskip("dnsvr.weights")
+    from dnsvr import weights
     monkeypatch.setenv("DNSVR_CACHE", str(tmp_path / "cache"))
     with pytest.raises(weights.WeightsUnavailableError):
         load_bundle("paper", offline=True)

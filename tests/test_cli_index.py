@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from typer.testing import CliRunner
 
-pytest.importorskip("dnsvr.index.store")
 
 from dnsvr.bundle import Bundle  # noqa: E402
 from dnsvr.cli import app  # noqa: E402
 from dnsvr.index.video_index import VideoIndex  # noqa: E402
 
-from test_video_index import DIMS, make_collection, write_h5  # noqa: E402
+from helpers import DIMS, make_collection, write_h5  # noqa: E402
 
 runner = CliRunner()
 

@@ -45,7 +45,7 @@ def test_cli_dns_curve_json_and_png(synth, random_bundle: Path, tmp_path: Path) 
     out = tmp_path / "out"
     result = CliRunner().invoke(app, [
         "evaluate", "--benchmark", "custom", "--ground-truth", str(synth.ground_truth_path), "--positive-labels", "ND",
-        "--features", str(synth.features), "--model", "dns", "--bundle", str(random_bundle), "--out", str(out),
+        "--features", str(synth.features), "--model", "dns", "--bundle", str(random_bundle), "--output", str(out),
         "--batch-size", "8", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -61,7 +61,7 @@ def test_cli_dns_curve_json_and_png(synth, random_bundle: Path, tmp_path: Path) 
     png = Path(report["plot"])
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The table output names the curve too (the training-free lite bundle: fast).
-    gt_args = ["-b", "custom", "--ground-truth", str(synth.ground_truth_path), "--positive-labels", "ND"]
+    gt_args = ["--benchmark", "custom", "--ground-truth", str(synth.ground_truth_path), "--positive-labels", "ND"]
     saved = tmp_path / "sims.npz"
     result = CliRunner().invoke(app, ["evaluate", *gt_args, "-f", str(synth.features), "-m", "dns", "--bundle", "lite",
                                       "-o", str(out), "--save-similarities", str(saved)])
@@ -128,7 +128,7 @@ def test_errors(synth, random_bundle: Path) -> None:
         evaluate_features(bench, synth.features, "nope")
     with pytest.raises(ValueError, match="none of the"):
         evaluate_features(CustomBenchmark({"zzz": {"a": 1}}), synth.features, "cg", bundle="lite")
-    result = CliRunner().invoke(app, ["evaluate", "-b", "custom", "--ground-truth", str(synth.ground_truth_path),
+    result = CliRunner().invoke(app, ["evaluate", "--benchmark", "custom", "--ground-truth", str(synth.ground_truth_path),
                                       "-f", str(synth.features)])
     assert result.exit_code == 2 and "--model" in result.output
 
@@ -136,7 +136,7 @@ def test_errors(synth, random_bundle: Path) -> None:
 def test_cli_reports_unavailable_weights(synth, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DNSVR_OFFLINE", "1")
     monkeypatch.setenv("DNSVR_CACHE", str(tmp_path / "empty-cache"))
-    result = CliRunner().invoke(app, ["evaluate", "-b", "custom", "--ground-truth", str(synth.ground_truth_path),
+    result = CliRunner().invoke(app, ["evaluate", "--benchmark", "custom", "--ground-truth", str(synth.ground_truth_path),
                                       "-f", str(synth.features), "-m", "fg_att", "--bundle", "paper"])
     assert result.exit_code == 2 and "not cached" in result.output
     assert np.isfinite(FRACTIONS).all()

@@ -4,7 +4,7 @@ What is exact and what is not: S^f_B codes give bit-identical similarity matrice
 both sides) and max-pooling is exact; every float sum (the int8 stages' scaled means, conv1 + pooling, the
 comparator's scores) is compared to float32 rounding, since the BLAS under torch picks its summation order
 per CPU and per shape (each test states its bound). The torch engine is the reference here (itself checked against the
-networks in test_search_fine.py / test_fine_tiles.py, which run with the kernel on).
+networks in test_fine_engine.py / test_fine_tiles.py, which run with the kernel on).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from dnsvr import _fine
-from dnsvr._fine import FineComparator, fine_similarities, pack_codes
+from dnsvr.fine import engine as _fine
+from dnsvr.fine import FineComparator, fine_similarities, pack_codes
 from dnsvr.nn import FineGrainedStudent
 
 needs_kernel = pytest.mark.skipif(_fine._KERNEL is None, reason="dnsvr._finekernel not built or CPU without VNNI")
@@ -167,7 +167,7 @@ def test_scores_and_matrices_through_the_engine(monkeypatch, fine_type) -> None:
         np.testing.assert_allclose(got, ref, atol=1e-6)
         for a, b in zip(got_m, ref_m):
             np.testing.assert_allclose(a, b, atol=1e-6)
-        np.testing.assert_allclose(got, expected, atol=2e-2)  # int8 vs exact network (test_search_int8's bound)
+        np.testing.assert_allclose(got, expected, atol=2e-2)  # int8 vs exact network (test_fine_int8's bound)
 
 
 @needs_kernel
@@ -209,7 +209,7 @@ def test_thread_counts_agree(threads) -> None:
 
 def test_fallback_when_forced_off() -> None:
     """DNSVR_FINE_KERNEL=0 (or no extension): the torch engine runs and gives the same scores."""
-    code = ("import numpy as np; from dnsvr import _fine; from dnsvr._fine import fine_similarities, pack_codes;"
+    code = ("import numpy as np; from dnsvr.fine import engine as _fine; from dnsvr.fine import fine_similarities, pack_codes;"
             "rng = np.random.default_rng(0);"
             "v = [pack_codes(np.sign(rng.standard_normal((n, 9, 64)))) for n in (6, 9, 2)];"
             "s, _ = fine_similarities(v[0], v[1:], 'chamfer');"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from dnsvr._fine import (
+from dnsvr.fine.engine import (
     DEFAULT_MEMORY_BUDGET,
     FineComparator,
     TilePlan,
@@ -114,7 +114,7 @@ def test_planner_bounds_long_pairs() -> None:
 _RSS_SCRIPT = r"""
 import sys, threading, time
 import numpy as np, psutil, torch
-from dnsvr._fine import FineComparator, fine_similarities, pack_codes
+from dnsvr.fine import FineComparator, fine_similarities, pack_codes
 from dnsvr.nn import FineGrainedStudent
 
 torch.manual_seed(3)
@@ -165,7 +165,7 @@ def test_long_pair_resident_memory_is_bounded() -> None:
 
 def test_long_pair_tiles_follow_the_plan(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every comparator call and every region-product block of a tiled pair stays within the plan."""
-    import dnsvr._fine as fine
+    import dnsvr.fine.engine as fine
 
     torch.manual_seed(4)
     rng = np.random.default_rng(4)

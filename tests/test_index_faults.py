@@ -495,7 +495,7 @@ def test_strict_budget(tmp_path: Path, template: dict, budget: str) -> None:
 @pytest.mark.parametrize("top_k", ["0", "-1"])
 def test_strict_top_k(template: dict, top_k: str) -> None:
     r = runner.invoke(app, ["search", str(template["index"]), "v1_00", "--top-k", top_k])
-    assert r.exit_code == 2 and "top_k" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert r.exit_code == 2 and "top" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 # ----------------------------------------------------------------------------------------------

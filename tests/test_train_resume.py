@@ -11,7 +11,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-pytest.importorskip("dnsvr.nn")
 
 from train_synthetic import make_collection  # noqa: E402
 

@@ -51,7 +51,8 @@ import numpy as np
 import torch
 
 from dnsvr import __version__
-from dnsvr._fine import DEFAULT_PRECISION, FINE_TYPES, FineComparator, fine_similarities, pack_codes
+from dnsvr.fine import DEFAULT_PRECISION, FINE_TYPES, FineComparator, fine_similarities, pack_codes
+from dnsvr.stages import Stage
 
 logger = logging.getLogger(__name__)
 
@@ -201,8 +202,10 @@ class Bundle:
         fine_net: the fine student for ``att``/``bin``.
         fine_args: constructor arguments of ``fine_net`` (recorded in the config).
         coarse_type: ``"mean"`` (training-free) or ``"student"`` (a :class:`dnsvr.nn.CoarseGrainedStudent`).
-        coarse_net, coarse_args: the coarse student and its constructor arguments.
-        selector_net, selector_args: the :class:`dnsvr.nn.SelectorNetwork` and its arguments, or None.
+        coarse_net: the coarse student.
+        coarse_args: its constructor arguments.
+        selector_net: the :class:`dnsvr.nn.SelectorNetwork`, or None.
+        selector_args: its constructor arguments.
         whitening_dims: the whitened size to fit (lite; when ``whitening`` is not fitted yet).
         extra: free-form JSON-able provenance (training data, run ids, ...).
 
@@ -210,12 +213,14 @@ class Bundle:
         BundleError: an unknown fine/coarse type, or a missing network.
     """
 
-    def __init__(self, name: str, backbone: str, *, whitening: Any = None, fine_type: str = "chamfer",
+    def __init__(self, name: str, backbone: str, *, whitening: Any = None, fine_type: str | Stage = "chamfer",
                  fine_net: torch.nn.Module | None = None, fine_args: dict[str, Any] | None = None,
                  coarse_type: str = "mean", coarse_net: torch.nn.Module | None = None,
                  coarse_args: dict[str, Any] | None = None, selector_net: torch.nn.Module | None = None,
                  selector_args: dict[str, Any] | None = None, whitening_dims: int | None = None,
                  extra: dict[str, Any] | None = None) -> None:
+        if isinstance(fine_type, Stage):  # dnsvr.stages: fg-att → "att", the name bundles store
+            fine_type = fine_type.fine_type or fine_type.value
         if fine_type not in FINE_TYPES:
             raise BundleError(f"unknown fine type {fine_type!r}; expected one of {FINE_TYPES}")
         if coarse_type not in COARSE_TYPES:
@@ -515,7 +520,7 @@ class Bundle:
     def fine_similarities(self, query_fine: np.ndarray, candidates: Sequence[np.ndarray], *,
                           return_matrices: bool = False,
                           precision: str = DEFAULT_PRECISION) -> tuple[np.ndarray, list[np.ndarray] | None]:
-        """Fine similarity of one query to many candidates (batched; see :mod:`dnsvr._fine`).
+        """Fine similarity of one query to many candidates (batched; see :mod:`dnsvr.fine`).
 
         ``precision``: ``"exact"`` or ``"int8"`` (quantised region products for the float stages).
         """

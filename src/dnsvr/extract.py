@@ -36,7 +36,6 @@ import math
 import os
 import queue
 import stat
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -48,6 +47,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from dnsvr import __version__
+from dnsvr._progress import progress_bar
 from dnsvr.features import FeatureFile, FeatureWriter, validate_video_id
 from dnsvr.video import DECODE_MODES, VIDEO_EXTENSIONS, DecodeLimits, VideoError, VideoReader
 
@@ -163,7 +163,9 @@ class ExtractionReport:
     def summary(self) -> str:
         """A few human lines: counts, then one line per failure (``id<TAB>path<TAB>reason``)."""
         d = self.to_dict()
-        lines = [f"extracted {d['extracted']} videos ({d['frames']} frames, {d['frames_per_second']:.1f} frames/s), "
+        n = d["extracted"]
+        lines = [f"extracted {n} video{'' if n == 1 else 's'} ({d['frames']} frame{'' if d['frames'] == 1 else 's'}, "
+                 f"{d['frames_per_second']:.1f} frames/s), "
                  f"skipped {d['skipped']} already done, {d['failed']} failed, {d['damaged']} damaged"]
         if self.failures:
             lines.append("failures (id, path, reason):")
@@ -204,6 +206,58 @@ def not_regular(path: str | Path) -> str | None:
     kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode)
             else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "not a regular file")
     return f"{kind}, not a regular file: refused"
+
+
+def _tail_id(path: Path, n: int, extension: bool) -> str:
+    """The last ``n`` components of ``path`` (absolute), the file's extension kept or not."""
+    p = Path(path).absolute()
+    parts = [*p.parent.parts[1:], p.name if extension or not p.suffix else p.stem]
+    return "/".join(parts[-n:])
+
+
+def unique_ids(pairs: Sequence[tuple[str, Path]], given: Sequence[bool] | None = None) -> list[tuple[str, Path]]:
+    """Give different files that got the same id different ids (the documented rule).
+
+    A folder's videos are named by their path under the folder without the extension
+    (``sub/clip``), a single file by its name without the extension (``clip``). When inputs of
+    one call give the same id to *different* files (``a/clip.mp4`` and ``b/clip.mp4``, or
+    ``clip.mp4`` and ``clip.avi``), each of those files is named instead by as many of its parent
+    folders as make the names differ (``a/clip``, ``b/clip``), and failing that by its name with the
+    extension (``clip.mp4``, ``clip.avi``). Ids the user gave (``given``: list files, pairs) are
+    never changed (a clash between them is the caller's to report). Order is kept; a file given
+    twice keeps one id.
+    """
+    given = [False] * len(pairs) if given is None else list(given)
+    groups: dict[str, list[Path]] = {}
+    fixed = {vid for (vid, _), g in zip(pairs, given) if g}
+    for (vid, path), g in zip(pairs, given):
+        if g or vid in fixed:
+            continue
+        paths = groups.setdefault(vid, [])
+        if path not in paths:
+            paths.append(path)
+    taken = set(groups) | fixed
+    renamed: dict[tuple[str, Path], str] = {}
+    for vid, paths in groups.items():
+        if len(paths) < 2:
+            continue
+        depth = vid.count("/") + 1
+        longest = max(len(Path(p).absolute().parts) - 1 for p in paths)
+        choice: list[str] | None = None
+        for extension in (False, True):
+            for n in range(depth + (0 if extension else 1), longest + 1):
+                names = [_tail_id(p, n, extension) for p in paths]
+                if len(set(names)) == len(names) and not (set(names) & (taken - {vid})):
+                    choice = names
+                    break
+            if choice is not None:
+                break
+        if choice is None:  # left to the caller's duplicate check
+            continue
+        for p, name in zip(paths, choice):
+            renamed[(vid, p)] = name
+        taken |= set(choice)
+    return [(vid if g else renamed.get((vid, p), vid), p) for (vid, p), g in zip(pairs, given)]
 
 
 def _scan(directory: Path, extensions: frozenset[str], problems: list[VideoFailure] | None = None,
@@ -305,13 +359,16 @@ def resolve_inputs(inputs: str | Path | Iterable[str | Path | tuple[str, str | P
     else:
         items = list(inputs)
     pairs: list[tuple[str, Path]] = []
+    explicit: set[int] = set()  # positions of ids given by the user (pairs, mappings, list files)
     for item in items:
         if isinstance(item, Mapping):
+            explicit.update(range(len(pairs), len(pairs) + len(item)))
             pairs.extend((str(k), Path(v)) for k, v in item.items())
             continue
         if isinstance(item, tuple):
             if len(item) != 2:
                 raise ValueError(f"an input pair must be (video_id, path), got {item!r}")
+            explicit.add(len(pairs))
             pairs.append((str(item[0]), Path(item[1])))
             continue
         text = str(item)
@@ -323,7 +380,9 @@ def resolve_inputs(inputs: str | Path | Iterable[str | Path | tuple[str, str | P
                                              f"folder has no files with a video extension ({', '.join(sorted(exts)[:6])}, ...)"))
             pairs.extend((_id_from(p, path), p) for p in found)
         elif path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
-            pairs.extend(_read_list(path, problems))
+            listed = _read_list(path, problems)
+            explicit.update(range(len(pairs), len(pairs) + len(listed)))
+            pairs.extend(listed)
         elif not path.exists() and _GLOB_CHARS & set(text):
             matches = sorted(glob.glob(text, recursive=True))
             base = _glob_base(text)
@@ -337,14 +396,17 @@ def resolve_inputs(inputs: str | Path | Iterable[str | Path | tuple[str, str | P
                     pairs.append((_id_from(mp, base), mp))
         else:
             pairs.append((_id_from(path, None), path))
-    out: list[tuple[str, Path]] = []
-    seen: dict[str, Path] = {}
-    for vid, path in pairs:
+    valid: list[tuple[str, Path]] = []
+    given: list[bool] = []
+    for i, (vid, path) in enumerate(pairs):
         try:
-            vid = validate_video_id(vid)
+            valid.append((validate_video_id(vid), path))
+            given.append(i in explicit)
         except ValueError as exc:
             problems.append(VideoFailure(str(vid), str(path), "bad_id", str(exc)))
-            continue
+    out: list[tuple[str, Path]] = []
+    seen: dict[str, Path] = {}
+    for vid, path in unique_ids(valid, given):
         why = not_regular(path)
         if why is not None:
             problems.append(VideoFailure(vid, str(path), "not_a_file", why))
@@ -586,19 +648,22 @@ def _video_meta(v: _Video, meta: dict[str, Any], fps: float | None, extractor: E
 # ---------------------------------------------------------------------------
 
 class _NoProgress:
-    def advance_video(self, n: int = 1) -> None: ...
+    def advance_video(self, video_id: str = "", frames: int | None = None) -> None: ...
     def add_frames(self, n: int) -> None: ...
     def set_current(self, text: str) -> None: ...
 
 
-class _RichProgress(_NoProgress):
+class _VideoProgress(_NoProgress):
+    """Videos done, frames per second and the video being decoded, on :func:`dnsvr._progress.progress_bar`."""
+
     def __init__(self, progress: Any, task: Any) -> None:
         self._p, self._task = progress, task
         self._frames = 0
         self._t0 = time.monotonic()
 
-    def advance_video(self, n: int = 1) -> None:
-        self._p.advance(self._task, n)
+    def advance_video(self, video_id: str = "", frames: int | None = None) -> None:
+        item = video_id if frames is None else f"{video_id} ({frames} frames)"
+        self._p.update(self._task, advance=1, item=item)
 
     def add_frames(self, n: int) -> None:
         self._frames += n
@@ -611,18 +676,16 @@ class _RichProgress(_NoProgress):
 
 @contextmanager
 def _progress(enabled: bool | None, total: int, label: str) -> Iterator[_NoProgress]:
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    if not enabled or total == 0:
+    if enabled is False or total == 0:
         yield _NoProgress()
         return
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("videos"),
-               TextColumn("{task.fields[fps]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
-    with Progress(*columns, transient=False) as progress:
-        task = progress.add_task(label, total=total, fps="")
-        yield _RichProgress(progress, task)
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("videos"),
+               TextColumn("{task.fields[fps]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    with progress_bar(enabled, columns=columns, min_interval=0.0) as progress:
+        task = progress.add_task(label, total=total, fps="", item="")
+        yield _VideoProgress(progress, task)
 
 
 # ---------------------------------------------------------------------------
@@ -671,7 +734,8 @@ def iter_video_features(inputs: Any, extractor: Extractor, fps: float | None = 1
         inputs: anything :func:`resolve_inputs` accepts.
         extractor: the network (e.g. :class:`dnsvr.backbones.FeatureExtractor`).
         fps: frames sampled per second.
-        short_side, crop: decoding geometry (default: the extractor's ``preprocessing``, else 256/224).
+        short_side: the short side frames are resized to (default: the extractor's ``preprocessing``, else 256).
+        crop: the centre crop (default: the extractor's ``preprocessing``, else 224).
         batch_size: frames per network call (batches span videos).
         skip: ids to leave out (already done).
         failures: a list receiving a :class:`VideoFailure` per unusable or damaged video; when None,
@@ -715,13 +779,13 @@ def iter_video_features(inputs: Any, extractor: Extractor, fps: float | None = 1
             elif kind == "fail":
                 buffers.pop(v.idx, None)
                 sink.append(VideoFailure(v.video_id, str(v.path), *payload))
-                bar.advance_video()
+                bar.advance_video(f"{v.video_id} failed: {payload[0]}")
             elif kind == "done":
                 feats = np.concatenate(buffers.pop(v.idx))
                 meta = _video_meta(v, payload, opts.fps, extractor, white_id)
                 if meta["damage"]:
                     sink.append(VideoFailure(v.video_id, str(v.path), "damaged", meta["damage"], extracted=True))
-                bar.advance_video()
+                bar.advance_video(v.video_id, meta["frames"])
                 yield v.video_id, feats, meta
     if failures is None:
         for f in sink[n_before:]:
@@ -801,7 +865,8 @@ def extract_videos(inputs: Any, output_h5: str | Path, extractor: Extractor, fps
         fit_frames: at most this many frames (evenly spread) feed the fit.
         whitening_file: where the fitted whitening is saved / looked up.
         dtype: ``"float32"`` or ``"float16"`` storage.
-        short_side, crop: decoding geometry (default: the extractor's preprocessing).
+        short_side: decoding geometry: the short side (default: the extractor's preprocessing).
+        crop: decoding geometry: the centre crop (default: the extractor's preprocessing).
         batch_size: frames per network call.
         decode_workers: decoder threads; decode_threads: FFmpeg threads per decoder (1, the default, costs the
             least CPU, which the network needs).
@@ -930,7 +995,7 @@ def _extract_into(writer: FeatureWriter, entries: list[tuple[str, Path]], extrac
                         v.closed = True
                         report.failures.append(VideoFailure(v.video_id, str(v.path), "write_error",
                                                             f"cannot write features: {exc}"))
-                        bar.advance_video()
+                        bar.advance_video(f"{v.video_id} failed: write_error")
                         continue
                     bar.add_frames(len(payload))
                 elif kind == "fail":
@@ -938,7 +1003,7 @@ def _extract_into(writer: FeatureWriter, entries: list[tuple[str, Path]], extrac
                     if part is not None:
                         part.abort()
                     report.failures.append(VideoFailure(v.video_id, str(v.path), *payload))
-                    bar.advance_video()
+                    bar.advance_video(f"{v.video_id} failed: {payload[0]}")
                 elif kind == "done":
                     meta = _video_meta(v, payload, opts.fps, extractor, white_id)
                     part = parts.pop(v.idx)
@@ -947,14 +1012,14 @@ def _extract_into(writer: FeatureWriter, entries: list[tuple[str, Path]], extrac
                     except (OSError, ValueError) as exc:
                         report.failures.append(VideoFailure(v.video_id, str(v.path), "write_error",
                                                             f"cannot write features: {exc}"))
-                        bar.advance_video()
+                        bar.advance_video(f"{v.video_id} failed: write_error")
                         continue
                     report.extracted.append(VideoResult(v.video_id, str(v.path), meta["frames"], meta["duration"],
                                                         meta["damage"] or None))
                     if meta["damage"]:
                         report.failures.append(VideoFailure(v.video_id, str(v.path), "damaged", meta["damage"],
                                                             extracted=True))
-                    bar.advance_video()
+                    bar.advance_video(v.video_id, meta["frames"])
     finally:
         for part in parts.values():
             part.abort()

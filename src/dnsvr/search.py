@@ -166,6 +166,7 @@ class SearchResult:
         fine_score: the fine similarity in [-1, 1] as the network gives it, or None if not re-ranked.
         segments: aligned matching segments (re-ranked results only).
         stage: ``"fine"`` or ``"coarse"``, the stage whose similarity is ``score``.
+        source: the file the video was indexed from (None when unknown).
     """
 
     video_id: str
@@ -175,6 +176,7 @@ class SearchResult:
     fine_score: float | None
     segments: list[Segment] = field(default_factory=list)
     stage: str = STAGE_COARSE
+    source: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -184,24 +186,39 @@ class SearchResult:
             "selector_score": None if self.selector_score is None else float(self.selector_score),
             "fine_score": None if self.fine_score is None else float(self.fine_score),
             "stage": self.stage,
+            "source": self.source,
             "segments": [s.to_dict() for s in self.segments],
         }
 
 
 @dataclass
 class QueryResults:
-    """The ranked results of one query, plus what the query cost."""
+    """The ranked results of one query, plus what the query cost.
+
+    ``error`` is set (and ``results`` empty) for a query that could not be searched, when the
+    search was asked to report such queries instead of raising.
+    """
 
     query: str
     results: list[SearchResult]
     fine_pairs: int = 0
     candidates: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"query": self.query, "candidates": self.candidates, "fine_pairs": self.fine_pairs,
-                "timings": {k: round(v, 6) for k, v in self.timings.items()},
-                "results": [r.to_dict() for r in self.results]}
+        out = {"query": self.query, "candidates": self.candidates, "fine_pairs": self.fine_pairs,
+               "timings": {k: round(v, 6) for k, v in self.timings.items()},
+               "results": [r.to_dict() for r in self.results]}
+        if self.error is not None:
+            out["error"] = self.error
+        return out
+
+
+def results_document(index: str, budget: Budget, top_k: int | None,
+                     results: Sequence[QueryResults]) -> dict[str, Any]:
+    """The JSON document of ``dnsvr search --json`` (the service answers the same)."""
+    return {"index": index, "budget": str(budget), "top_k": top_k, "queries": [q.to_dict() for q in results]}
 
 
 def fine_to_score(fine: np.ndarray | float) -> np.ndarray | float:
@@ -315,7 +332,7 @@ def _frame_times(timestamps: Sequence[float] | np.ndarray | None, n: int) -> tup
 def align_segments(matrix: np.ndarray, query_times: Sequence[float] | np.ndarray | None = None,
                    target_times: Sequence[float] | np.ndarray | None = None, *,
                    min_z: float = 5.0, max_gap: int = 2, max_step: int = 4, min_frames: int = 2,
-                   max_segments: int = 3) -> list[Segment]:
+                   max_segments: int = 3, exact: float = 0.99) -> list[Segment]:
     """Aligned matching segments from a frame-to-frame similarity matrix.
 
     Each query frame is matched to its most similar target frame. A match counts when it
@@ -325,12 +342,20 @@ def align_segments(matrix: np.ndarray, query_times: Sequence[float] | np.ndarray
     are chained into segments while the target position moves forward monotonically (at
     most ``max_step`` target frames per query frame — speed-ups up to that factor stay one
     segment; still frames may repeat a target frame) across gaps of at most ``max_gap``
-    unmatched query frames.
+    unmatched query frames. A frame whose best match reaches ``exact`` (identical frames) always
+    counts, so an exact copy shows its segment even when nothing in its matrix stands out (a
+    still video against itself).
 
     Args:
         matrix: ``[T1, T2]`` frame-to-frame similarities (query rows, target columns).
-        query_times, target_times: frame start times in seconds (default: 1 fps).
-        min_z, max_gap, max_step, min_frames, max_segments: the rules above.
+        query_times: the query's frame start times in seconds (default: 1 fps).
+        target_times: the target's frame start times in seconds (default: 1 fps).
+        min_z: how far above the background a match must stand (robust standard deviations).
+        max_gap: unmatched query frames a segment may bridge.
+        max_step: target frames a segment may advance per query frame.
+        min_frames: matched frames a segment needs.
+        max_segments: segments returned at most.
+        exact: a best match at least this high always counts (identical frames).
 
     Returns:
         Segments, best (longest × best-scoring) first, times in seconds; ``[]`` when nothing
@@ -342,16 +367,17 @@ def align_segments(matrix: np.ndarray, query_times: Sequence[float] | np.ndarray
     t1, t2 = s.shape
     qt, qstep = _frame_times(query_times, t1)
     tt, tstep = _frame_times(target_times, t2)
-    best_j = s.argmax(1)
-    best_v = s[np.arange(t1), best_j]
+    best_v = s.max(1)
+    # among equally good target frames (still video), take the one nearest the diagonal
+    ties = s >= best_v[:, None] - 1e-6
+    along = np.abs(np.arange(t2)[None, :] - np.arange(t1)[:, None] * (t2 / t1))
+    best_j = np.where(ties, along, np.inf).argmin(1)
     background = float(np.median(s))
     sigma = 1.4826 * float(np.median(np.abs(s - background)))
     if sigma < 1e-9:
         sigma = float(s.std())
-    if sigma < 1e-9:
-        return []
-    thr = background + min_z * sigma
-    matched = np.nonzero(best_v >= thr)[0]
+    thr = background + min_z * sigma if sigma >= 1e-9 else math.inf
+    matched = np.nonzero((best_v >= thr) | (best_v >= exact))[0]
     chains: list[list[int]] = []
     for i in matched:
         if chains:

@@ -28,8 +28,6 @@ import hashlib
 import logging
 import os
 import pickle  # only for its UnpicklingError type: nothing here unpickles
-import shutil
-import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -39,6 +37,8 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+
+from dnsvr._progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -313,17 +313,11 @@ def _download(url: str, target: Path, progress: bool, timeout: float) -> None:
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310
             total = int(resp.headers.get("Content-Length") or 0) or None
-            show = progress and sys.stderr.isatty()
-            if show:
-                from rich.progress import Progress
-
-                with Progress(transient=True) as bar:
-                    task = bar.add_task(f"downloading {target.name}", total=total)
-                    for block in iter(lambda: resp.read(1 << 20), b""):
-                        out.write(block)
-                        bar.advance(task, len(block))
-            else:
-                shutil.copyfileobj(resp, out, 1 << 20)
+            with progress_bar(None if progress else False, transient=True) as bar:
+                task = bar.add_task(f"downloading {target.name}", total=total)
+                for block in iter(lambda: resp.read(1 << 20), b""):
+                    out.write(block)
+                    bar.advance(task, len(block))
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -369,7 +363,8 @@ def resolve_weights(
     target = cache_path(name)
     urls = _urls(info)
     where = (f"Put the file at {target} (or set DNSVR_CACHE to a folder holding weights/{info.filename}), "
-             f"or pass its location explicitly (path=... / --weights PATH).")
+             f"or give the file's location explicitly (the path argument in Python, --weights where a command "
+             f"has it).")
     if info.local_path is not None and not urls:
         raise WeightsUnavailableError(
             f"weights {name!r} ({info.filename}) come with an installed package and were not found: "

@@ -6,11 +6,8 @@ int8 per-channel weights, uint8 activations whose ranges are observed on calibra
 frames (min/max), convolutions fused with their ReLU and residual additions with theirs.
 The four stage outputs come back as float32; the region pooling stays float32.
 
-Measured on this project's 2-core machine (see the README's extraction section): about
-2.8x less CPU time per frame for ResNet-50. EfficientNet-Lite0 has no int8 path: its
-depthwise convolutions with TF "same" padding either fall on a generic quantized kernel
-(fbgemm, 5x slower than fp32) or gain nothing (oneDNN), and its region vectors lost more
-fidelity (stage cosine 0.75-0.87 to fp32), so fp32 stays its only precision.
+About 2.8x less CPU per frame for ResNet-50; EfficientNet-Lite0 has no int8 path (no faster, less
+faithful). Measurements: docs/notes/extraction.md and ``benchmarks/bench_backbones.py``.
 
 Activations use the full 8-bit range (``reduce_range=False``), which is exact in
 integer arithmetic on CPUs with AVX-512 VNNI (this project's machine has it); on older

@@ -43,6 +43,7 @@ BACKBONES: dict[str, tuple[type[nn.Module], dict, str]] = {
 }
 
 #: Inference precisions: ``fp32`` (default, exact) and ``int8`` (opt-in, CPU: quantized x86 kernels).
+#: ``"exact"`` — the word the command line and the fine stage use — is accepted for ``fp32``.
 PRECISIONS = ("fp32", "int8")
 
 #: ``weights=RANDOM`` builds the backbone with random initialisation (tests, throughput benchmarks).
@@ -83,7 +84,7 @@ class FeatureExtractor(nn.Module):
             clearly faster than 16, 8 or 4 (fewer thread synchronisations per frame).
         precision: ``"fp32"`` (default) or ``"int8"`` (opt-in; ResNet-50 on the CPU only): the convolutions
             run on PyTorch's quantized x86 kernels, about 2.8x less CPU time here, at a cost in fidelity
-            (region vectors at cosine ≈ 0.97 to fp32; see the README's extraction section). The int8
+            (region vectors at cosine ≈ 0.97 to fp32; see docs/notes/extraction.md). The int8
             network is calibrated on the first frames it sees (:meth:`calibrate`).
         calibration_frames: frames observed to calibrate the int8 activation ranges (a one-off cost of about
             twice an fp32 pass over them, plus a few seconds to prepare the graph; 32 frames gave the same
@@ -124,15 +125,17 @@ class FeatureExtractor(nn.Module):
             raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if precision == "exact":
+            precision = "fp32"
         if precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+            raise ValueError(f"unknown precision {precision!r}; choose exact (fp32) or int8")
         if precision == "int8" and (torch.device(device).type != "cpu" or not fold_batchnorm):
-            raise ValueError("precision='int8' runs on the CPU with batch norm folded")
+            raise ValueError("int8 precision runs on the CPU with batch norm folded")
         if precision == "int8" and backbone not in INT8_BACKBONES:
-            raise ValueError(f"precision='int8' is offered for {', '.join(INT8_BACKBONES)}, not {backbone}: "
+            raise ValueError(f"int8 precision is offered for {', '.join(INT8_BACKBONES)}, not {backbone}: "
                              "EfficientNet-Lite0 measured no faster in int8 on this CPU, and less faithful")
         if precision == "int8" and not int8_available():
-            raise ValueError("precision='int8' needs PyTorch's quantized x86 kernels, which this torch build lacks")
+            raise ValueError("int8 precision needs PyTorch's quantized x86 kernels, which this torch build lacks")
         if calibration_frames < 1:
             raise ValueError(f"calibration_frames must be positive, got {calibration_frames}")
         net_cls, preprocessing, registry_name = BACKBONES[backbone]

@@ -5,18 +5,21 @@ Each command group lives in its own module of this package and is registered her
 
 from __future__ import annotations
 
-import logging
-
 import typer
 
 from dnsvr import __version__
+from dnsvr.cli._common import TYPER_SETTINGS, Group, configure_logging
 
 app = typer.Typer(
     name="dnsvr",
-    help="DnS video retrieval: extract features, index videos, search, evaluate, distil.",
-    no_args_is_help=True,
+    cls=Group,
+    help="DnS video retrieval: extract features, index videos, search, evaluate, distil.\n\n"
+         "Results go to stdout (tables, or one JSON document with --json); progress and messages to "
+         "stderr. Exit status: 0 done, 1 done but some inputs failed, 2 a usage error.",
+    epilog="Start with: dnsvr demo   ·   dnsvr index create my.index && dnsvr index add my.index videos/",
     add_completion=False,
     pretty_exceptions_enable=False,
+    **TYPER_SETTINGS,
 )
 
 
@@ -28,12 +31,11 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def _root(
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details (also after the command)."),
     version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
                                  help="Print the version and exit."),
 ) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(verbose)
 
 
 # Command groups register themselves below, one import per module.
@@ -56,6 +58,9 @@ app.add_typer(train_app, name="train")
 from dnsvr.cli.weights import weights_app  # noqa: E402
 
 app.add_typer(weights_app, name="weights")
+from dnsvr.cli.serve import serve_command  # noqa: E402
+
+app.command("serve")(serve_command)
 
 
 def main() -> None:

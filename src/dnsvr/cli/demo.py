@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
-from dnsvr.cli.index import cli_errors
+from dnsvr.cli._common import cli_errors, echo_json, out, plural
 from dnsvr.cli.search import results_table, segment_text
-
-# piped output gets room for the result columns (rich assumes 80 when it cannot ask a terminal)
-_out = Console(width=None if sys.stdout.isatty() else 100)
 
 
 def demo_command(
@@ -27,9 +21,18 @@ def demo_command(
     top_k: int = typer.Option(8, "--top-k", "-k", help="Results shown per query."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON document instead of tables."),
 ) -> None:
-    """Offline demo: generated videos → lite index → DnS search with matched segments."""
+    """Offline demo: generated videos → lite index → DnS search with matched segments.
+
+    Examples:
+
+    \b
+      dnsvr demo
+      dnsvr demo --workdir demo/      # keep the videos and the index, then try dnsvr search on them
+      dnsvr demo --json | python -m json.tool
+    """
     from dnsvr.demo import run_demo
 
+    _out = out()
     start = time.perf_counter()
     tmp = None
     if workdir is None:
@@ -50,9 +53,10 @@ def demo_command(
         doc = {"indexed": res.indexed, "frames": res.frames, "timings": res.timings,
                "copies_in_top5": hit, "copies": total, "seconds": elapsed,
                "queries": [q.to_dict() for q in res.results]}
-        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        echo_json(doc)
         return
-    _out.print(f"  indexed {res.indexed} videos ({res.frames} frames at 1 fps) in {res.timings['index']:.1f} s")
+    _out.print(f"  indexed {plural(res.indexed, 'video')} ({plural(res.frames, 'frame')} at 1 fps) "
+               f"in {res.timings['index']:.1f} s")
     for q in res.results:
         relevant = set(res.positives.get(q.query, []))
         _out.print()

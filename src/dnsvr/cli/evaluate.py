@@ -6,9 +6,11 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
+
+from dnsvr.cli._common import echo_json, fail, out
 
 logger = logging.getLogger(__name__)
 
@@ -16,17 +18,11 @@ logger = logging.getLogger(__name__)
 def _split_labels(values: Optional[list[str]]) -> Optional[list[str]]:
     if not values:
         return None
-    out = [part.strip() for value in values for part in value.split(",") if part.strip()]
-    return out or None
-
-
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code=2)
+    parts = [part.strip() for value in values for part in value.split(",") if part.strip()]
+    return parts or None
 
 
 def _print_table(title: str, rows: list[tuple[str, str]]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=title, show_header=True, header_style="bold")
@@ -34,11 +30,11 @@ def _print_table(title: str, rows: list[tuple[str, str]]) -> None:
     table.add_column("value", justify="right")
     for name, value in rows:
         table.add_row(name, value)
-    Console().print(table)
+    out().print(table)
 
 
 def evaluate_command(
-    benchmark: str = typer.Option(..., "--benchmark", "-b",
+    benchmark: str = typer.Option(..., "--benchmark",
                                   help="FIVR-5K, FIVR-200K, CC_WEB_VIDEO, SVD, EVVE, or custom."),
     similarities: Optional[Path] = typer.Option(
         None, "--similarities", "-s", help="{query_id: {video_id: score}} as .json or .json.gz (or a .npz written by dnsvr)."),
@@ -55,47 +51,55 @@ def evaluate_command(
     features: Optional[Path] = typer.Option(
         None, "--features", "-f", help="HDF5 feature file (published layout) to run --model over."),
     model: Optional[str] = typer.Option(
-        None, "--model", "-m", help="With --features: teacher, fg_att, fg_bin, cg or dns."),
+        None, "--model", "-m", help="With --features: teacher, fg-att, fg-bin, cg or dns."),
     bundle: str = typer.Option(
-        "paper", "--bundle", help="With --features: paper (paper-bin for fg_bin), lite, or a bundle folder."),
-    out: Path = typer.Option(
-        Path("."), "--out", "-o", help="With --features: folder for the report JSON (and the dns curve PNG)."),
+        "paper", "--bundle", "-b", help="With --features: paper (paper-bin for fg-bin), lite, or a bundle folder."),
+    output: Path = typer.Option(
+        Path("."), "--output", "-o", help="With --features: folder for the report JSON (and the dns curve PNG)."),
     batch_size: int = typer.Option(64, "--batch-size", help="With --features: database videos per fine batch."),
     save_similarities: Optional[Path] = typer.Option(
         None, "--save-similarities", help="With --features: also write the similarities (.json, .json.gz, or .npz: fastest to reload)."),
-    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bars (default: on a terminal)."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress",
+                                            help="Progress on stderr (default: a bar on a terminal, lines otherwise)."),
 ) -> None:
     """Evaluate retrieval results on a benchmark with the reference protocol.
 
     Either --similarities FILE ({query: {video: score}}; the available videos are every id in
     it), or --features FILE.hdf5 --model M to run the networks and report mAP, time per query,
     storage per video, and for dns the curve of mAP against the fraction of pairs re-scored.
+
+    Examples:
+
+    \b
+      dnsvr evaluate --benchmark FIVR-5K -s similarities.json.gz
+      dnsvr evaluate --benchmark FIVR-5K -f fivr5k_features.hdf5 -m dns -o reports/
+      dnsvr evaluate --benchmark custom --ground-truth gt.json -s sims.json --json
     """
     from dnsvr.eval import get_benchmark
     from dnsvr.eval.similarities import SimilarityFileError, SimilarityTable
 
     if (similarities is None) == (features is None):
-        _fail("give either --similarities FILE or --features FILE.hdf5 --model M")
+        fail("give either --similarities FILE or --features FILE.hdf5 --model M")
     if features is not None and model is None:
-        _fail("--features needs --model (teacher, fg_att, fg_bin, cg or dns)")
+        fail("--features needs --model (teacher, fg-att, fg-bin, cg or dns)")
     kwargs = {}
     if benchmark.strip().lower() == "custom":
         if ground_truth is None:
-            _fail("the custom benchmark needs --ground-truth FILE (and optionally --positive-labels)")
+            fail("the custom benchmark needs --ground-truth FILE (and optionally --positive-labels)")
         kwargs = {"ground_truth": ground_truth, "positive_labels": _split_labels(positive_labels)}
     elif ground_truth is not None or positive_labels:
-        _fail("--ground-truth/--positive-labels apply to --benchmark custom only")
+        fail("--ground-truth/--positive-labels apply to --benchmark custom only")
     if annotation is not None:
         if not benchmark.upper().startswith("FIVR"):
-            _fail("--annotation applies to FIVR-5K/FIVR-200K only")
+            fail("--annotation applies to FIVR-5K/FIVR-200K only")
         kwargs["annotation"] = annotation
     if features is not None:
         try:
             bench = get_benchmark(benchmark, **kwargs)
         except (FileNotFoundError, ValueError) as exc:
-            _fail(str(exc))
+            fail(str(exc))
             return
-        _run_features(bench, benchmark, features, str(model), bundle, out, batch_size, save_similarities,
+        _run_features(bench, benchmark, features, str(model), bundle, output, batch_size, save_similarities,
                       as_json, progress)
         return
     try:
@@ -103,10 +107,10 @@ def evaluate_command(
         table = SimilarityTable.from_file(similarities)  # type: ignore[arg-type]
         result = bench.evaluate_detailed(table)
     except (FileNotFoundError, ValueError, SimilarityFileError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return
     if as_json:
-        typer.echo(json.dumps({k: (None if math.isnan(v) else v) for k, v in result.metrics.items()}))
+        echo_json({k: (None if math.isnan(v) else v) for k, v in result.metrics.items()})
         return
     rows = [(name, f"{value:.4f}") for name, value in result.metrics.items()]
     rows += [("queries", str(result.n_queries)), ("database videos", str(result.n_database))]
@@ -121,32 +125,36 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in text).strip("_") or "benchmark"
 
 
-def _run_features(bench, name: str, features: Path, model: str, bundle: str, out: Path, batch_size: int,
+def _run_features(bench: Any, name: str, features: Path, model: str, bundle: str, output_dir: Path, batch_size: int,
                   save_similarities: Optional[Path], as_json: bool, progress: Optional[bool]) -> None:
     from dnsvr.eval.runner import MODELS, evaluate_features, plot_curve
     from dnsvr.eval.similarities import save_similarities as write_similarities
 
-    if model not in MODELS:
-        _fail(f"unknown --model {model!r}; choose one of {', '.join(MODELS)}")
+    from dnsvr.stages import EVALUATED, Stage
+
+    try:
+        model = Stage.parse(model, EVALUATED).value
+    except ValueError:
+        fail(f"--model must be one of {', '.join(MODELS)}, got {model!r}")
     from dnsvr.weights import WeightsUnavailableError
 
     try:
         report, table = evaluate_features(bench, features, model, bundle=bundle, batch_size=batch_size,
                                           progress=progress)
     except (FileNotFoundError, ValueError, WeightsUnavailableError) as exc:  # incl. BundleError, FeatureFileError
-        _fail(str(exc))
+        fail(str(exc))
         return
-    out.mkdir(parents=True, exist_ok=True)
+    output_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{_slug(name)}_{model}"
-    report_path = out / f"{stem}.json"
+    report_path = output_dir / f"{stem}.json"
     payload = report.to_dict()
     if model == "dns":
-        payload["plot"] = str(plot_curve(report, out / f"{stem}_curve.png"))
-    report_path.write_text(json.dumps(payload, indent=2) + "\n")
+        payload["plot"] = str(plot_curve(report, output_dir / f"{stem}_curve.png"))
+    report_path.write_text(json.dumps(payload, indent=2) + "\n")  # a local report; not a commit point
     if save_similarities is not None:
         write_similarities(table, save_similarities)
     if as_json:
-        typer.echo(json.dumps(payload))
+        echo_json(payload)
         return
     rows = [(k, f"{v:.4f}") for k, v in report.metrics.items()]
     rows += [(f"time per query: {k} (s)", f"{v:.4g}") for k, v in report.time_per_query_s.items()]
@@ -154,7 +162,6 @@ def _run_features(bench, name: str, features: Path, model: str, bundle: str, out
     rows += [("queries", str(report.n_queries)), ("database videos", str(report.n_database))]
     _print_table(f"{report.benchmark} — {model}" + (f" ({report.bundle})" if report.bundle else ""), rows)
     if report.curve:
-        from rich.console import Console
         from rich.table import Table
 
         metrics = list(report.curve[0]["metrics"])
@@ -164,5 +171,5 @@ def _run_features(bench, name: str, features: Path, model: str, bundle: str, out
         for point in report.curve:
             curve.add_row(f"{100 * point['fraction']:.0f}%", str(point["pairs"]), f"{point['time_per_query_s']:.4g}",
                           *(f"{point['metrics'].get(m, float('nan')):.4f}" for m in metrics))
-        Console().print(curve)
+        out().print(curve)
     typer.echo(f"report: {report_path}" + (f"; plot: {payload['plot']}" if "plot" in payload else ""))

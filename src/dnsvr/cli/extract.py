@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Optional
 
 import typer
+
+from dnsvr.cli._common import echo_json, fail, warn
 
 logger = logging.getLogger(__name__)
 
@@ -16,7 +17,7 @@ def extract_command(
     inputs: list[str] = typer.Argument(
         ..., help="Video files, folders (recursive), glob patterns, or list files of 'video_id<TAB>path' lines."),
     output: Path = typer.Option(..., "--output", "-o", help="The HDF5 feature file (created, or resumed)."),
-    backbone: str = typer.Option("efficientnet_lite0", "--backbone", "-b",
+    backbone: str = typer.Option("efficientnet_lite0", "--backbone",
                                  help="efficientnet_lite0 (offline default) or resnet50 (the paper's)."),
     fps: float = typer.Option(1.0, "--fps", help="Frames sampled per second of video."),
     whitening: str = typer.Option(
@@ -34,9 +35,9 @@ def extract_command(
     batch_size: int = typer.Option(32, "--batch-size", help="Frames per network call."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
     precision: str = typer.Option(
-        "fp32", "--precision",
-        help="fp32 (default) or int8 (resnet50 on the CPU: about 2.8x less CPU per frame, region vectors at "
-             "cosine ~0.97 to fp32; calibrated on the first frames extracted)."),
+        "exact", "--precision", metavar="exact|int8",
+        help="Network arithmetic: exact (float32), or int8 (resnet50 on the CPU: about 2.8x less CPU per frame, "
+             "region vectors at cosine ~0.97 to exact; calibrated on the first frames extracted)."),
     workers: int = typer.Option(1, "--workers", help="Decoder threads (each decodes different videos)."),
     decode: str = typer.Option(
         "exact", "--decode",
@@ -49,7 +50,9 @@ def extract_command(
         None, "--failures-json", help="Also write the failure summary as JSON to this file."),
     checkpoint_interval: float = typer.Option(
         30.0, "--checkpoint-interval", help="Seconds between checkpoints of the output file (0: every video)."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (on terminals)."),
+    progress: bool = typer.Option(None, "--progress/--no-progress",
+                                  help="Progress on stderr (default: a bar on a terminal, a line per video "
+                                       "otherwise)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Extract region features from videos into an HDF5 file, in the layout of the published feature files.
@@ -57,6 +60,13 @@ def extract_command(
     Re-running the same command resumes: finished videos are skipped. Bad inputs are listed
     (id, path, reason) at the end and do not stop the others; the exit status is 1 when any
     video failed or was damaged, 2 on a usage error.
+
+    Examples:
+
+    \b
+      dnsvr extract videos/ -o features.h5
+      dnsvr extract videos/ -o features.h5 --whitening fit       # + a PCA fitted on these videos
+      dnsvr extract list.tsv -o features.h5 --backbone resnet50 --whitening published
     """
     from dnsvr.backbones import BACKBONES, FeatureExtractor
     from dnsvr.extract import extract_videos
@@ -64,31 +74,33 @@ def extract_command(
     from dnsvr.weights import WeightsUnavailableError
 
     if backbone not in BACKBONES:
-        _fail(f"unknown backbone {backbone!r}; choose one of {', '.join(sorted(BACKBONES))}")
+        fail(f"--backbone must be one of {', '.join(sorted(BACKBONES))}, got {backbone!r}")
     if dtype not in ("float32", "float16"):
-        _fail(f"--dtype must be float32 or float16, got {dtype!r}")
+        fail(f"--dtype must be float32 or float16, got {dtype!r}")
     if fps <= 0:
-        _fail(f"--fps must be > 0, got {fps}")
+        fail(f"--fps must be > 0, got {fps}")
     if decode not in ("exact", "keyframes"):
-        _fail(f"--decode must be exact or keyframes, got {decode!r}")
+        fail(f"--decode must be exact or keyframes, got {decode!r}")
+    if precision not in ("exact", "int8", "fp32"):  # fp32: the earlier name of exact
+        fail(f"--precision must be exact or int8, got {precision!r}")
     try:
         extractor = FeatureExtractor(backbone, device=device, weights=weights, batch_size=batch_size,
                                      precision=precision)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     try:
         report = extract_videos(
             inputs, output, extractor, fps=fps, whitening=whitening, dims=dims, fit_videos=fit_videos,
             whitening_file=whitening_file, dtype=dtype, short_side=short_side, crop=crop, batch_size=batch_size,
             decode_workers=workers, decode=decode, checkpoint_interval=checkpoint_interval,
-            progress=None if progress else False, failures_json=failures_json)
+            progress=progress, failures_json=failures_json)
     except (FeatureFileError, FileNotFoundError, ValueError, WeightsUnavailableError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except KeyboardInterrupt:
-        typer.echo(f"interrupted: every finished video is in {output}; run the same command to resume", err=True)
+        warn(f"interrupted: every finished video is in {output}; run the same command to resume")
         raise typer.Exit(code=130) from None
     if as_json:
-        typer.echo(json.dumps(report.to_dict(), indent=1))
+        echo_json(report.to_dict())
     else:
         typer.echo(report.summary())
         if report.whitening_file:
@@ -96,8 +108,3 @@ def extract_command(
         typer.echo(f"features: {output}")
     if not report.ok:
         raise typer.Exit(code=1)
-
-
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code=2)

@@ -2,43 +2,50 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich import box
-from rich.console import Console
 from rich.table import Table
 
-from dnsvr.cli.index import cli_errors
+from dnsvr.cli._common import cli_errors, echo_json, fail, out, plural, warn
 
-# piped output gets room for the result columns (rich assumes 80 when it cannot ask a terminal)
-_out = Console(width=None if sys.stdout.isatty() else 100)
+#: Values of ``--precision`` in every command that has it.
+PRECISION_CHOICES = ("exact", "int8")
 
 
 def _fmt(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
+def hms(seconds: float) -> str:
+    """``HH:MM:SS.s`` (tenths of a second), e.g. ``00:01:02.5``."""
+    tenths = int(round(max(0.0, float(seconds)) * 10))
+    h, rest = divmod(tenths, 36000)
+    m, rest = divmod(rest, 600)
+    return f"{h:02d}:{m:02d}:{rest / 10:04.1f}"
+
+
 def segment_text(seg: Any, short: bool = False) -> str:
-    """``q 0.0–12.0 s ↔ t 3.0–15.0 s (0.91)``, or ``0–12 ↔ 3–15 s`` when ``short``."""
-    if short:
-        return f"{seg.query_start:g}–{seg.query_end:g} ↔ {seg.target_start:g}–{seg.target_end:g} s"
-    return (f"q {seg.query_start:.1f}–{seg.query_end:.1f} s ↔ t {seg.target_start:.1f}–{seg.target_end:.1f} s "
-            f"({seg.score:.2f})")
+    """``00:00:00.0–00:00:12.0 ↔ 00:00:03.0–00:00:15.0 (0.91)``; ``short`` leaves out the score."""
+    text = f"{hms(seg.query_start)}–{hms(seg.query_end)} ↔ {hms(seg.target_start)}–{hms(seg.target_end)}"
+    return text if short else f"{text} ({seg.score:.2f})"
 
 
 def results_table(q: Any, title: str | None = None, relevant: set[str] | None = None) -> Table:
     """A rich table of one query's ranked results (``relevant`` ids are marked with ✓).
 
-    The selector column appears only when a selector scored the pairs (not with ``lite``).
+    Every matched segment is shown (one per line, query ↔ video, ``HH:MM:SS.s``), and the file each
+    video was indexed from. The selector column appears only when a selector scored the pairs.
     """
-    table = Table(title=title or f"{q.query}: {q.candidates} candidates, {q.fine_pairs} fine pairs, "
+    table = Table(title=title or f"{q.query}: {plural(q.candidates, 'candidate')}, "
+                                 f"{plural(q.fine_pairs, 'fine pair')}, "
                                  f"{q.timings.get('total', 0.0) * 1000:.0f} ms", title_justify="left",
                   box=box.SIMPLE_HEAD, pad_edge=False)
     with_selector = any(r.selector_score is not None for r in q.results)
+    with_source = any(getattr(r, "source", None) for r in q.results)
     table.add_column("#", justify="right")
     table.add_column("video", no_wrap=True)
     table.add_column("score", justify="right")
@@ -48,14 +55,18 @@ def results_table(q: Any, title: str | None = None, relevant: set[str] | None = 
     table.add_column("fine", justify="right")
     table.add_column("stage")
     table.add_column("matched: query ↔ video", no_wrap=True)
+    if with_source:
+        table.add_column("source", overflow="fold")
     for rank, r in enumerate(q.results, 1):
         name = r.video_id if relevant is None else (f"✓ {r.video_id}" if r.video_id in relevant
                                                     else f"  {r.video_id}")
-        seg = segment_text(r.segments[0], short=True) if r.segments else ""
+        segs = "\n".join(segment_text(s, short=True) for s in r.segments)
         row = [str(rank), name, f"{r.score:.3f}", _fmt(r.coarse_score)]
         if with_selector:
             row.append(_fmt(r.selector_score))
-        row += [_fmt(r.fine_score), r.stage, seg]
+        row += [_fmt(r.fine_score), r.stage, segs]
+        if with_source:
+            row.append(getattr(r, "source", None) or "")
         table.add_row(*row)
     return table
 
@@ -64,37 +75,58 @@ def search_command(
     directory: Path = typer.Argument(..., help="Index directory."),
     queries: list[str] = typer.Argument(..., help="Query video files, ids of indexed videos, or .h5 feature files."),
     top_k: int = typer.Option(10, "--top-k", "-k", help="Results per query."),
-    budget: str = typer.Option(None, "--budget", "-b",
+    budget: str = typer.Option(None, "--budget",
                                help="Fine re-ranking budget: '5%' or '0.05' of the database, '1000' pairs, "
                                     "or both ('5%,1000'). Default: 1000 pairs."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON document instead of tables."),
     segments: bool = typer.Option(True, "--segments/--no-segments", help="Aligned matching segments."),
     ann: int = typer.Option(None, "--ann", help="Coarse stage over an ANN top-N (needs an ANN coarse index)."),
     include_self: bool = typer.Option(False, "--include-self", help="Keep an indexed query in its own results."),
-    precision: str = typer.Option(None, "--precision",
-                                  help="Fine-stage region products: 'exact' or 'int8' (faster, approximate; "
-                                       "binary S^f_B codes are exact either way). Default: the library's "
-                                       "(dnsvr._fine.DEFAULT_PRECISION)."),
+    precision: str = typer.Option("exact", "--precision", metavar="exact|int8",
+                                  help="Fine-stage arithmetic: exact, or int8 (faster, approximate; binary S^f_B "
+                                       "codes are exact either way)."),
+    progress: bool = typer.Option(None, "--progress/--no-progress",
+                                  help="Progress on stderr while query videos are decoded (default: a bar on a "
+                                       "terminal, a line per video otherwise)."),
 ) -> None:
-    """Rank the indexed videos for each query: coarse → selector → fine re-rank within the budget."""
-    from dnsvr.index.video_index import VideoIndex
-    from dnsvr.search import Budget
+    """Rank the indexed videos for each query: coarse → selector → fine re-rank within the budget.
 
+    A query that cannot be searched (missing file, unreadable video) is reported on stderr and
+    the others are still searched; the exit status is then 1.
+
+    Examples:
+
+    \b
+      dnsvr search my.index query.mp4
+      dnsvr search my.index query.mp4 other.mp4 -k 20 --json > hits.json
+      dnsvr search my.index clip_0042 --budget 5%      # an indexed video as the query
+    """
+    from dnsvr.index.video_index import VideoIndex
+    from dnsvr.search import Budget, results_document
+
+    try:
+        parsed = Budget.parse(budget)
+    except ValueError as exc:
+        fail(f"--budget: {exc}")
+    if precision not in PRECISION_CHOICES:
+        fail(f"--precision must be {' or '.join(PRECISION_CHOICES)}, got {precision!r}")
     with cli_errors():
-        try:
-            parsed = Budget.parse(budget)
-        except ValueError as exc:
-            raise typer.BadParameter(str(exc), param_hint="--budget") from None
-        if precision is not None and precision not in ("exact", "int8"):
-            raise typer.BadParameter(f"{precision!r}: use 'exact' or 'int8'", param_hint="--precision")
         with VideoIndex.open(directory, readonly=True) as index:
             results = index.search(queries, top_k=top_k, budget=parsed, segments=segments,
-                                   ann_candidates=ann, include_self=include_self, progress=False,
-                                   **({} if precision is None else {"precision": precision}))
+                                   ann_candidates=ann, include_self=include_self, progress=progress,
+                                   precision=precision, on_error="report")
+    failed = [q for q in results if q.error is not None]
+    for q in failed:
+        warn(f"error: query {q.query}: {q.error}")
     if json_out:
-        doc = {"index": str(directory), "budget": str(parsed), "top_k": top_k,
-               "queries": [q.to_dict() for q in results]}
-        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
-        return
-    for q in results:
-        _out.print(results_table(q))
+        echo_json(results_document(str(directory), parsed, top_k, results))
+    else:
+        console = out()
+        for q in results:
+            if q.error is None:
+                console.print(results_table(q))
+    if failed:
+        if len(failed) == len(results):
+            raise typer.Exit(2)
+        raise typer.Exit(1)
+    sys.stdout.flush()

@@ -12,19 +12,37 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
+
+from dnsvr.cli._common import TYPER_SETTINGS, echo_json, fail
 
 logger = logging.getLogger(__name__)
 
 train_app = typer.Typer(help="Distil students and a selector on your own unlabelled videos (DnS training).",
-                        no_args_is_help=True)
+                        **TYPER_SETTINGS)
+
+_JSON = typer.Option(False, "--json", help="Print the result as one JSON document.")
+_PROGRESS = typer.Option(None, "--progress/--no-progress",
+                         help="Progress on stderr (default: a bar on a terminal, lines otherwise).")
 
 
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code=2)
+def _report(payload: dict[str, Any], as_json: bool) -> None:
+    """``--json``: the payload as JSON; otherwise one ``key: value`` line per entry (lists summarised)."""
+    if as_json:
+        echo_json(payload)
+        return
+    for key, value in payload.items():
+        if key == "history" and isinstance(value, list):
+            last = value[-1] if value else {}
+            shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in last.items())
+            typer.echo(f"history: {len(value)} epoch{'' if len(value) == 1 else 's'}; last: {shown}")
+        elif isinstance(value, dict):
+            typer.echo(f"{key}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                              for k, v in value.items()))
+        else:
+            typer.echo(f"{key}: {value}")
 
 
 @train_app.command("mine")
@@ -42,9 +60,17 @@ def mine_command(
     faiss_index: str = typer.Option("Flat", help="FAISS index_factory spec of the candidate search."),
     device: str = typer.Option("cpu", help="Device of the teacher."),
     restart: bool = typer.Option(False, help="Start over instead of resuming an existing output file."),
-    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress"),
+    progress: Optional[bool] = _PROGRESS,
+    as_json: bool = _JSON,
 ) -> None:
-    """Score candidate pairs with a teacher and store per-anchor pools of positives and negatives."""
+    """Score candidate pairs with a teacher and store per-anchor pools of positives and negatives.
+
+    Examples:
+
+    \b
+      dnsvr train mine features.h5 -o pairs.h5
+      dnsvr train mine features.h5 -o pairs.h5 --teacher runs/fg_att   # a trained student as the teacher
+    """
     from dnsvr.train.mining import MinedPairs, MiningError, MiningParams, mine
     from dnsvr.weights import WeightsUnavailableError
 
@@ -53,8 +79,8 @@ def mine_command(
     try:
         out = mine(features, output, teacher, params, device=device, resume=not restart, progress=progress)
     except (MiningError, FileNotFoundError, ValueError, WeightsUnavailableError) as exc:
-        _fail(str(exc))
-    typer.echo(json.dumps(MinedPairs(out).summary(), indent=1))
+        fail(str(exc))
+    _report(MinedPairs(out).summary(), as_json)
 
 
 @train_app.command("features")
@@ -62,29 +88,41 @@ def features_command(
     index: Path = typer.Argument(..., help="A dnsvr index built with the lite bundle."),
     output: Path = typer.Option(..., "--output", "-o", help="HDF5 feature file to write."),
 ) -> None:
-    """Write the base features an index keeps to a feature file (train on an indexed collection)."""
+    """Write the base features an index keeps to a feature file (train on an indexed collection).
+
+    Examples:
+
+    \b
+      dnsvr train features my.index -o features.h5
+    """
     from dnsvr.train.collection import features_from_index
 
     try:
         typer.echo(str(features_from_index(index, output)))
     except (ValueError, FileNotFoundError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 @train_app.command("info")
-def info_command(pairs: Path = typer.Argument(..., help="Mined-pairs file.")) -> None:
-    """Counts and teacher similarity statistics of a mined-pairs file."""
+def info_command(pairs: Path = typer.Argument(..., help="Mined-pairs file."), as_json: bool = _JSON) -> None:
+    """Counts and teacher similarity statistics of a mined-pairs file.
+
+    Examples:
+
+    \b
+      dnsvr train info pairs.h5 --json
+    """
     from dnsvr.train.mining import MinedPairs, MiningError
 
     try:
-        typer.echo(json.dumps(MinedPairs(pairs).summary(), indent=1))
+        _report(MinedPairs(pairs).summary(), as_json)
     except (MiningError, FileNotFoundError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 @train_app.command("student")
 def student_command(
-    type: str = typer.Option(..., "--type", help="fg-att | fg-bin | cg"),
+    type: str = typer.Option(..., "--type", metavar="fg-att|fg-bin|cg", help="The student to distil."),
     pairs: Path = typer.Option(..., help="Mined-pairs file (dnsvr train mine)."),
     features: Path = typer.Option(..., help="The students' features: the file the pairs were mined on, or another "
                                   "one with the same video ids (e.g. 512-d whitened vs the teacher's 3840-d)."),
@@ -118,9 +156,17 @@ def student_command(
     resume: bool = typer.Option(False, help="Continue the run in --output."),
     device: str = typer.Option("cpu"),
     amp: bool = typer.Option(True, "--amp/--no-amp", help="bfloat16 autocast on CUDA."),
-    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress"),
+    progress: Optional[bool] = _PROGRESS,
+    as_json: bool = _JSON,
 ) -> None:
-    """Distil one student from the teacher similarities of mined pairs."""
+    """Distil one student from the teacher similarities of mined pairs.
+
+    Examples:
+
+    \b
+      dnsvr train student --type fg-att --pairs pairs.h5 --features features.h5 -o runs/fg_att
+      dnsvr train student --type cg --pairs pairs.h5 --features features.h5 -o runs/cg --epochs 30
+    """
     from dnsvr.train.students import StudentTrainConfig, train_student
     from dnsvr.train.teachers import load_state_dict
 
@@ -136,15 +182,15 @@ def student_command(
             from dnsvr.train.validation import benchmark_validator
 
             if val_features is None:
-                _fail("--val-benchmark needs --val-features (the benchmark videos' feature file)")
+                fail("--val-benchmark needs --val-features (the benchmark videos' feature file)")
             extra = {"ground_truth": str(val_ground_truth)} if val_ground_truth else {}
             validator = benchmark_validator(val_features, val_benchmark, type, max_queries=val_max_queries,
                                             device=device, **extra)
         result = train_student(pairs, features, output, cfg, resume=resume, device=device, progress=progress,
                                init_state=load_state_dict(init) if init else None, validator=validator)
     except (ValueError, FileNotFoundError, KeyError) as exc:
-        _fail(str(exc))
-    typer.echo(json.dumps({"output": str(result.output_dir), "history": result.history}, indent=1))
+        fail(str(exc))
+    _report({"output": str(result.output_dir), "history": result.history}, as_json)
 
 
 @train_app.command("selector")
@@ -168,9 +214,16 @@ def selector_command(
                                              help="Load all features into memory (default: files < 4 GiB)."),
     resume: bool = typer.Option(False),
     device: str = typer.Option("cpu"),
-    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress"),
+    progress: Optional[bool] = _PROGRESS,
+    as_json: bool = _JSON,
 ) -> None:
-    """Train the selector network for a (coarse, fine) student pair."""
+    """Train the selector network for a (coarse, fine) student pair.
+
+    Examples:
+
+    \b
+      dnsvr train selector --pairs pairs.h5 --features features.h5 --fine runs/fg_att --coarse runs/cg -o runs/sel
+    """
     from dnsvr.train.selector import SelectorTrainConfig, train_selector
 
     try:
@@ -180,9 +233,9 @@ def selector_command(
         result = train_selector(pairs, features, output, fine, coarse, cfg, resume=resume, device=device,
                                 progress=progress)
     except (ValueError, FileNotFoundError) as exc:
-        _fail(str(exc))
-    typer.echo(json.dumps({"output": str(result.output_dir), "labels": result.config["labels"],
-                           "history": result.history}, indent=1))
+        fail(str(exc))
+    _report({"output": str(result.output_dir), "labels": result.config["labels"], "history": result.history},
+            as_json)
 
 
 @train_app.command("itq")
@@ -193,13 +246,19 @@ def itq_command(
     max_vectors: int = typer.Option(200_000, help="Region vectors sampled for the fit."),
     seed: int = typer.Option(0),
 ) -> None:
-    """Fit an ITQ projection (the binarization student's initialisation)."""
+    """Fit an ITQ projection (the binarization student's initialisation).
+
+    Examples:
+
+    \b
+      dnsvr train itq features.h5 -o itq.npz
+    """
     from dnsvr.train.itq import fit_itq, sample_regions, save_itq
 
     try:
         w = fit_itq(sample_regions(features, max_vectors, seed), bits=bits, seed=seed)
     except (ValueError, FileNotFoundError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(str(save_itq(output, w)))
 
 
@@ -214,13 +273,20 @@ def bundle_command(
     backbone: Optional[str] = typer.Option(None, help="Backbone name when --base is not given."),
     name: str = typer.Option("trained"),
 ) -> None:
-    """Assemble trained students and selector into a bundle an index can use."""
+    """Assemble trained students and selector into a bundle an index can use.
+
+    Examples:
+
+    \b
+      dnsvr train bundle --fine runs/fg_att --coarse runs/cg --selector runs/sel --base my.index/bundle -o my_bundle
+      dnsvr index attach my.index my_bundle trained.index
+    """
     from dnsvr.train.export import build_bundle
 
     try:
         bundle = build_bundle(fine, coarse, selector, base=base, name=name, backbone=backbone)
     except (ValueError, FileNotFoundError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(str(bundle.save(output)))
 
 
@@ -229,10 +295,16 @@ def export_command(
     run: Path = typer.Argument(..., help="Student or selector run folder."),
     output: Path = typer.Option(..., "--output", "-o", help="The .pth to write ({'model': state_dict})."),
 ) -> None:
-    """Export a trained network in the reference code's checkpoint layout."""
+    """Export a trained network in the reference code's checkpoint layout.
+
+    Examples:
+
+    \b
+      dnsvr train export runs/fg_att -o fg_att.pth
+    """
     from dnsvr.train.export import export_reference_checkpoint
 
     try:
         typer.echo(str(export_reference_checkpoint(run, output)))
     except (ValueError, FileNotFoundError) as exc:
-        _fail(str(exc))
+        fail(str(exc))

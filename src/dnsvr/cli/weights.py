@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from typing import Optional
 
 import typer
 
+from dnsvr.cli._common import TYPER_SETTINGS, echo_json, fail, warn
+
 weights_app = typer.Typer(help="Published and bundled weights: list, inspect, download into the cache.",
-                          no_args_is_help=True)
+                          **TYPER_SETTINGS)
 
 
 @weights_app.command("list")
@@ -16,7 +17,14 @@ def list_command(
     pattern: str = typer.Argument("*", help="Glob over names, e.g. 'dns_*'."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """List registered weights and whether each is on this machine."""
+    """List registered weights and whether each is on this machine.
+
+    Examples:
+
+    \b
+      dnsvr weights list
+      dnsvr weights list 'dns_*' --json
+    """
     from dnsvr import weights as W
 
     rows = []
@@ -25,7 +33,7 @@ def list_command(
         rows.append({"name": name, "available": found is not None, "path": str(found or W.cache_path(name)),
                      "description": W.weights_info(name).description})
     if as_json:
-        typer.echo(json.dumps(rows, indent=1))
+        echo_json(rows)
         return
     for r in rows:
         typer.echo(f"{r['name']:<30} {'cached' if r['available'] else 'missing':<8} {r['description']}")
@@ -36,18 +44,23 @@ def info_command(
     name: str = typer.Argument(..., help="Registry name (see 'dnsvr weights list')."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Show an entry: URLs, hash, expected shapes, the preprocessing the weights expect, where it is cached."""
+    """Show an entry: URLs, hash, expected shapes, the preprocessing the weights expect, where it is cached.
+
+    Examples:
+
+    \b
+      dnsvr weights info dns_fg_att_student
+    """
     from dnsvr import weights as W
 
     try:
         info = W.weights_info(name).as_dict()
     except ValueError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(2) from exc
+        fail(str(exc))
     found = W.find_weights(name)
     info.update(cache_path=str(W.cache_path(name)), available=found is not None, path=str(found) if found else None)
     if as_json:
-        typer.echo(json.dumps(info, indent=1))
+        echo_json(info)
         return
     for key, value in info.items():
         if key == "shapes" and value:
@@ -61,7 +74,14 @@ def fetch_command(
     path: Optional[str] = typer.Option(None, "--path", help="Use (and hash-check) this local file instead."),
     offline: bool = typer.Option(False, "--offline", help="Never download; fail if not cached."),
 ) -> None:
-    """Download weights once into the cache ($DNSVR_CACHE/weights); print each file's path."""
+    """Download weights once into the cache ($DNSVR_CACHE/weights); print each file's path.
+
+    Examples:
+
+    \b
+      dnsvr weights fetch dns_fg_att_student dns_cg_student
+      dnsvr weights fetch pca_resnet50_vcdb_1M --path ~/Downloads/pca.pth    # a copy you already have
+    """
     from dnsvr import weights as W
 
     failed = False
@@ -69,7 +89,7 @@ def fetch_command(
         try:
             typer.echo(f"{name}\t{W.resolve_weights(name, path=path, offline=offline or None)}")
         except (ValueError, FileNotFoundError, W.WeightsUnavailableError) as exc:
-            typer.echo(f"{name}: {exc}", err=True)
+            warn(f"error: {name}: {exc}")
             failed = True
     if failed:
         raise typer.Exit(1)

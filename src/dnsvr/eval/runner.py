@@ -10,7 +10,7 @@ selection is :func:`dnsvr.search.select_pairs`.
 Models:
 
 * ``teacher`` — ViSiL (``visil`` for 3840-d features, ``visil_symmetric`` for 512-d);
-* ``fg_att`` / ``fg_bin`` — the bundle's fine student (S^f_A / S^f_B) on every pair;
+* ``fg-att`` / ``fg-bin`` — the bundle's fine student (S^f_A / S^f_B) on every pair;
 * ``cg`` — the bundle's coarse stage (S^c) on every pair;
 * ``dns`` — coarse on every pair, the selector picks which pairs the fine stage re-scores
   (its similarity ``s`` becomes ``s/2 + 0.5``, as in the reference), evaluated at every
@@ -38,11 +38,12 @@ from dnsvr.eval.benchmarks import Benchmark, CustomBenchmark
 from dnsvr.eval.similarities import SimilarityTable
 from dnsvr.features import FeatureFile
 from dnsvr._progress import progress_bar
+from dnsvr.stages import EVALUATED, Stage
 
 logger = logging.getLogger(__name__)
 
-#: Models ``evaluate_features`` runs.
-MODELS: tuple[str, ...] = ("teacher", "fg_att", "fg_bin", "cg", "dns")
+#: Models ``evaluate_features`` runs (:data:`dnsvr.stages.EVALUATED`; ``fg_att`` etc. are read too).
+MODELS: tuple[str, ...] = tuple(s.value for s in EVALUATED)
 #: Fractions of the (query, database video) pairs sent to the fine stage on the DnS curve.
 FRACTIONS: tuple[float, ...] = tuple(float(np.round(i * 0.05, 2)) for i in range(21))
 
@@ -94,10 +95,10 @@ def _bundle_for(model: str, bundle: Any, dims: int) -> Any:
         if spec == "lite":
             chosen = lite_bundle(dims=dims)
         else:
-            if spec == "paper" and model == "fg_bin":
+            if spec == "paper" and model == Stage.FG_BIN:
                 spec = "paper-bin"
             chosen = load_bundle(spec)
-    want = {"fg_att": "att", "fg_bin": "bin"}.get(model)
+    want = Stage.parse(model).fine_type if model in (Stage.FG_ATT, Stage.FG_BIN) else None
     if want is not None and chosen.fine_type != want:
         raise BundleError(f"--model {model} needs a bundle whose fine stage is {want!r}; bundle "
                           f"{chosen.name!r} has {chosen.fine_type!r} (use --model dns or cg, or another bundle)")
@@ -139,7 +140,7 @@ def evaluate_features(benchmark: Benchmark, features: str | Path, model: str, *,
             a custom benchmark takes every video in the file as the database).
         features: HDF5 feature file in the published layout (``[T, 9, D]`` per video id).
         model: one of :data:`MODELS`.
-        bundle: for the student models: ``"paper"`` (default; ``paper-bin`` for ``fg_bin``),
+        bundle: for the student models: ``"paper"`` (default; ``paper-bin`` for ``fg-bin``),
             ``"lite"``, a bundle folder, or a :class:`dnsvr.bundle.Bundle`.
         teacher: for ``teacher``: the network (default: the published ViSiL head for the
             features' size, downloaded once).
@@ -156,8 +157,10 @@ def evaluate_features(benchmark: Benchmark, features: str | Path, model: str, *,
         dnsvr.bundle.BundleError: the bundle lacks the stage the model needs.
         dnsvr.weights.WeightsUnavailableError: published weights not cached and offline.
     """
-    if model not in MODELS:
-        raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
+    try:
+        model = Stage.parse(model, EVALUATED).value
+    except ValueError:
+        raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}") from None
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     fractions = [float(f) for f in fractions]
@@ -249,7 +252,7 @@ class _BundleRun:
         self.bundle = bundle
         self.bundle_name = bundle.name
         self.model = model
-        self.need_fine = model in ("fg_att", "fg_bin", "dns")
+        self.need_fine = model in (Stage.FG_ATT, Stage.FG_BIN, Stage.DNS)
         self.need_coarse = model in ("cg", "dns")
         self.q_reps: list[Any] = []
         self.fine_cols: list[np.ndarray] = []

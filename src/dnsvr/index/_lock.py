@@ -40,7 +40,7 @@ class IndexLockedError(RuntimeError):
             since = time.strftime(" since %Y-%m-%d %H:%M:%S UTC", time.gmtime(holder["since"]))
         super().__init__(
             f"index {path.parent} is open for writing by {who}{since}; only one writer at a time "
-            f"(open it with readonly=True to search while it writes)"
+            f"(searches, which open it read-only, still work)"
         )
 
 

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from dnsvr import __version__
-from dnsvr._fine import DEFAULT_PRECISION, PRECISIONS
+from dnsvr.fine import DEFAULT_PRECISION, PRECISIONS
 from dnsvr.bundle import Bundle, BundleError, VideoRepresentation, load_bundle
 from dnsvr.index._lock import LOCK_NAME, WriterLock
 from dnsvr.index._paths import DamagedIndexError, check_entries, create_new, inside, read_json
@@ -68,15 +68,25 @@ class VideoIndexError(ValueError):
 
 @dataclass
 class AddReport:
-    """What :meth:`VideoIndex.add` did: ids added, and ``(input, reason)`` for what was skipped."""
+    """What :meth:`VideoIndex.add` did.
+
+    Attributes:
+        added: ids added (or replaced).
+        skipped: ``(input, reason)`` for inputs that could not be added (unreadable, damaged,
+            an id that another file already has): the caller's to look at.
+        existing: ids already in the index and left as they were (``on_duplicate="skip"``);
+            nothing of theirs was decoded. Not a failure.
+        seconds: wall time.
+    """
 
     added: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    existing: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {"added": self.added, "skipped": [{"input": i, "reason": r} for i, r in self.skipped],
-                "seconds": round(self.seconds, 3)}
+                "already_indexed": self.existing, "seconds": round(self.seconds, 3)}
 
 
 @dataclass
@@ -324,30 +334,58 @@ class VideoIndex:
     def _iter_inputs(self, inputs: Sequence[str | Path], report: AddReport,
                      progress: bool | None) -> Iterator[tuple[str, np.ndarray, dict[str, Any]]]:
         """``(video_id, raw or whitened features [T, 9, D], meta)`` for every input; failures go to ``report``."""
+        features, videos = self._plan(inputs, report)
+        return self._iter_planned(features, videos, report, progress)
+
+    def _plan(self, inputs: Sequence[str | Path], report: AddReport
+              ) -> tuple[list[tuple[Path, list[str]]], list[tuple[str, Path]]]:
+        """Split inputs into feature files (with their ids) and ``(video_id, path)`` videos, without decoding."""
+        from dnsvr.extract import resolve_inputs
         from dnsvr.features import FeatureFile
 
-        videos: list[str | Path] = []
+        features: list[tuple[Path, list[str]]] = []
+        others: list[str | Path] = []
         for item in inputs:
             if _is_feature_file(item):
                 try:
-                    ff = FeatureFile(item)
+                    with FeatureFile(item) as ff:
+                        features.append((Path(item), list(ff.ids())))
                 except (OSError, ValueError) as exc:
                     report.skipped.append((str(item), str(exc)))
-                    continue
-                with ff:
-                    for vid in ff.ids():
-                        try:
-                            feats = ff.read(vid)
-                            info = ff.info(vid)
-                        except (OSError, ValueError, KeyError) as exc:
-                            report.skipped.append((f"{item}:{vid}", str(exc)))
-                            continue
-                        meta = {"source": f"{item}:{vid}"}
-                        if "timestamps" in info and len(info["timestamps"]) == len(feats):
-                            meta["timestamps"] = [float(t) for t in info["timestamps"]]
-                        yield vid, feats, meta
             else:
-                videos.append(item)
+                others.append(item)
+        videos: list[tuple[str, Path]] = []
+        if others:
+            failures: list[Any] = []
+            videos = resolve_inputs(others, failures)
+            self._report_failures(failures, 0, report)
+        return features, videos
+
+    def _iter_planned(self, features: list[tuple[Path, list[str]]], videos: list[tuple[str, Path]],
+                      report: AddReport, progress: bool | None
+                      ) -> Iterator[tuple[str, np.ndarray, dict[str, Any]]]:
+        from dnsvr.features import FeatureFile
+
+        for path, ids in features:
+            if not ids:
+                continue
+            try:
+                ff = FeatureFile(path)
+            except (OSError, ValueError) as exc:
+                report.skipped.append((str(path), str(exc)))
+                continue
+            with ff:
+                for vid in ids:
+                    try:
+                        feats = ff.read(vid)
+                        info = ff.info(vid)
+                    except (OSError, ValueError, KeyError) as exc:
+                        report.skipped.append((f"{path}:{vid}", str(exc)))
+                        continue
+                    meta = {"source": f"{path.absolute()}:{vid}"}
+                    if "timestamps" in info and len(info["timestamps"]) == len(feats):
+                        meta["timestamps"] = [float(t) for t in info["timestamps"]]
+                    yield vid, feats, meta
         if videos:
             from dnsvr.extract import iter_video_features
 
@@ -356,8 +394,51 @@ class VideoIndex:
             for vid, feats, meta in iter_video_features(videos, self._get_extractor(), failures=failures,
                                                         progress=progress):
                 reported = self._report_failures(failures, reported, report)
-                yield vid, np.asarray(feats, dtype=np.float32), _clean_meta(meta)
+                meta = _clean_meta(meta)
+                if meta.get("source"):
+                    meta["source"] = str(Path(meta["source"]).absolute())
+                yield vid, np.asarray(feats, dtype=np.float32), meta
             self._report_failures(failures, reported, report)
+
+    def _drop_known(self, features: list[tuple[Path, list[str]]], videos: list[tuple[str, Path]],
+                    report: AddReport, on_duplicate: str
+                    ) -> tuple[list[tuple[Path, list[str]]], list[tuple[str, Path]]]:
+        """Apply ``on_duplicate`` to ids already in the index *before* anything is decoded or read.
+
+        ``"error"`` raises :class:`~dnsvr.index.store.DuplicateVideoError` naming them; ``"skip"``
+        leaves them out (``report.existing``; a *different* file under a known id is reported in
+        ``report.skipped``); ``"replace"`` keeps them.
+        """
+        from dnsvr.index.store import DuplicateVideoError
+
+        store = self.store
+        if on_duplicate not in ("error", "replace", "skip"):
+            raise ValueError(f"on_duplicate must be 'error', 'replace' or 'skip', got {on_duplicate!r}")
+        if store is None or len(store) == 0 or on_duplicate == "replace":
+            return features, videos
+        known = [vid for _, ids in features for vid in ids if vid in store]
+        known += [vid for vid, _ in videos if vid in store]
+        if not known:
+            return features, videos
+        if on_duplicate == "error":
+            shown = ", ".join(repr(v) for v in known[:5]) + (", ..." if len(known) > 5 else "")
+            raise DuplicateVideoError(known, f"{len(known)} of the inputs {'is' if len(known) == 1 else 'are'} "
+                                             f"already in the index ({shown}); skip or replace them")
+        kept_features = [(path, [v for v in ids if v not in store]) for path, ids in features]
+        report.existing.extend(v for _, ids in features for v in ids if v in store)
+        kept_videos = []
+        for vid, path in videos:
+            if vid not in store:
+                kept_videos.append((vid, path))
+                continue
+            stored = store.get(vid).source
+            if stored and Path(stored).absolute() != Path(path).absolute():
+                report.skipped.append((str(path), f"id {vid!r} already names another file in the index "
+                                                  f"({stored}); give this one its own id in a list file "
+                                                  "(id<TAB>path lines)"))
+            else:
+                report.existing.append(vid)
+        return kept_features, kept_videos
 
     @staticmethod
     def _report_failures(failures: list[Any], reported: int, report: AddReport) -> int:
@@ -379,12 +460,18 @@ class VideoIndex:
         Args:
             inputs: paths; ``.h5``/``.hdf5`` files are read as feature files, everything else goes to
                 :func:`dnsvr.extract.iter_video_features`.
-            on_duplicate: ``"error"``, ``"replace"`` or ``"skip"`` for ids already in the index.
-            progress: show progress bars (default: when stderr is a terminal).
+            on_duplicate: for ids already in the index: ``"error"`` (raise before decoding anything),
+                ``"replace"``, or ``"skip"`` (left out before decoding; listed in ``existing``).
+            progress: progress on stderr (default: a bar on a terminal, a line per video otherwise;
+                False: none).
             batch_size: videos per commit (each commit is durable).
 
         Returns:
             :class:`AddReport`.
+
+        Raises:
+            dnsvr.index.store.DuplicateVideoError: ``on_duplicate="error"`` and some ids are already
+                in the index (nothing was decoded or added).
         """
         if self.readonly:
             raise VideoIndexError(f"index {self.directory} was opened read-only")
@@ -392,7 +479,9 @@ class VideoIndex:
             inputs = [inputs]
         start = time.perf_counter()
         report = AddReport()
-        stream = self._iter_inputs(list(inputs), report, progress)
+        features, videos = self._plan(list(inputs), report)
+        features, videos = self._drop_known(features, videos, report, on_duplicate)
+        stream = self._iter_planned(features, videos, report, progress)
         if not self.bundle.whitened:
             stream = self._fit_whitening_from(stream)
         store = self.store
@@ -406,8 +495,7 @@ class VideoIndex:
                 store = self._create_store()
             result = store.add(pending, on_duplicate=on_duplicate)  # type: ignore[arg-type]
             report.added.extend(result.added)
-            for vid in result.skipped:
-                report.skipped.append((vid, "already in the index"))
+            report.existing.extend(result.skipped)
             pending.clear()
 
         for vid, feats, meta in stream:
@@ -528,47 +616,94 @@ class VideoIndex:
         return out
 
     # -- searching -------------------------------------------------------------------------
-    def _prepare_queries(self, queries: Sequence[str | Path], progress: bool | None) -> list[_Query]:
+    def _prepare_queries(self, queries: Sequence[Any], progress: bool | None,
+                         failed: list[tuple[int, str, str]] | None = None) -> list[tuple[int, _Query]]:
+        """``(position in queries, prepared query)`` for each query video, in order.
+
+        A query that cannot be used raises :class:`VideoIndexError`, or with ``failed`` given is
+        appended there as ``(position, name, reason)`` and the others go on.
+        """
         store = self.store
-        out: list[_Query] = []
-        video_inputs: list[str | Path] = []
-        for q in queries:
+        out: list[tuple[int, _Query]] = []
+        video_inputs: list[tuple[int, str]] = []
+
+        def bad(pos: int, name: str, reason: str) -> None:
+            if failed is None:
+                raise VideoIndexError(f"query {name}: {reason}")
+            failed.append((pos, name, reason))
+
+        for pos, q in enumerate(queries):
+            if isinstance(q, np.ndarray):
+                name = f"array{pos}"
+                try:
+                    rep = self.bundle.represent(self.bundle.whiten(q))
+                except BundleError as exc:
+                    bad(pos, name, str(exc))
+                    continue
+                out.append((pos, _Query(name, rep, None)))
+                continue
+            if not isinstance(q, str | Path):
+                bad(pos, f"#{pos}", f"a query is a video file, an indexed video id, a feature file (.h5) or a "
+                                    f"[T, 9, D] feature array (numpy), not {type(q).__name__}")
+                continue
             text = str(q)
             if store is not None and text in store:
                 fine = np.asarray(store.fine([text])[0])
                 entry = store.get(text)
                 coarse = store.coarse_vectors([text])[0]
                 sel = entry.selector
-                out.append(_Query(text, VideoRepresentation(coarse, fine, sel), entry.timestamps, index_id=text))
+                out.append((pos, _Query(text, VideoRepresentation(coarse, fine, sel), entry.timestamps,
+                                        index_id=text)))
             elif _is_feature_file(text):
                 report = AddReport()
                 for vid, feats, meta in self._iter_inputs([text], report, progress):
-                    rep = self.bundle.represent(self.bundle.whiten(feats))
-                    out.append(_Query(vid, rep, np.asarray(meta["timestamps"]) if "timestamps" in meta else None))
+                    try:
+                        rep = self.bundle.represent(self.bundle.whiten(feats))
+                    except BundleError as exc:
+                        bad(pos, f"{text}:{vid}", str(exc))
+                        continue
+                    ts = meta.get("timestamps")
+                    out.append((pos, _Query(vid, rep, None if ts is None else np.asarray(ts, dtype=np.float64))))
                 for item, reason in report.skipped:
-                    raise VideoIndexError(f"query {item}: {reason}")
+                    bad(pos, item, reason)
             elif Path(text).exists():
-                video_inputs.append(text)
+                video_inputs.append((pos, text))
             else:
-                raise VideoIndexError(f"query {text!r} is neither a video id in the index nor an existing file")
+                bad(pos, text, "neither a video id in the index nor an existing file")
         if video_inputs:
             report = AddReport()
-            for vid, feats, meta in self._iter_inputs(video_inputs, report, progress):
-                rep = self.bundle.represent(self.bundle.whiten(feats))
+            # the file name names the query in progress lines; a name given twice gets its position
+            names = [Path(text).name or f"query{pos}" for pos, text in video_inputs]
+            keys = [n if names.count(n) == 1 else f"{n}#{pos}" for n, (pos, _) in zip(names, video_inputs)]
+            pairs = [(key, Path(text)) for key, (_, text) in zip(keys, video_inputs)]
+            where = {key: item for key, item in zip(keys, video_inputs)}
+            for key, feats, meta in self._iter_planned([], pairs, report, progress):
+                pos, text = where[key]
+                try:
+                    rep = self.bundle.represent(self.bundle.whiten(feats))
+                except BundleError as exc:
+                    bad(pos, text, str(exc))
+                    continue
                 ts = meta.get("timestamps")
-                out.append(_Query(vid, rep, None if ts is None else np.asarray(ts, dtype=np.float64)))
+                out.append((pos, _Query(Path(text).stem or text, rep,
+                                        None if ts is None else np.asarray(ts, dtype=np.float64))))
+            by_path = {str(Path(text)): (pos, text) for pos, text in video_inputs}
             for item, reason in report.skipped:
-                raise VideoIndexError(f"query {item}: {reason}")
+                pos, text = by_path.get(str(Path(item)), (len(queries), item))
+                bad(pos, text, reason)
+        out.sort(key=lambda x: x[0])
         return out
 
-    def search(self, queries: Sequence[str | Path] | str | Path, *, top_k: int | None = 10,
-               budget: Budget | str | int | float | None = None, segments: bool = True,
+    def search(self, queries: Sequence[str | Path | np.ndarray] | str | Path | np.ndarray, *,
+               top_k: int | None = 10, budget: Budget | str | int | float | None = None, segments: bool = True,
                ann_candidates: int | None = None, include_self: bool = False,
-               progress: bool | None = None, precision: str = DEFAULT_PRECISION) -> list[QueryResults]:
+               progress: bool | None = None, precision: str = DEFAULT_PRECISION,
+               on_error: str = "raise") -> list[QueryResults]:
         """Rank the indexed videos for each query with the DnS pipeline.
 
         Args:
-            queries: video files, ids of indexed videos, or HDF5 feature files (every video in it).
+            queries: video files, ids of indexed videos, HDF5 feature files (every video in it), or
+                feature arrays ``[T, 9, D]`` (numpy; raw backbone regions or already whitened).
             top_k: results per query (None = all).
             budget: fine re-ranking budget: a :class:`~dnsvr.search.Budget`, ``"5%"``, ``"1000"``,
                 ``"5%,1000"``... (default: up to 1,000 pairs).
@@ -576,21 +711,30 @@ class VideoIndex:
             ann_candidates: coarse stage over an ANN top-N instead of every video (needs an ANN
                 coarse index; exact otherwise).
             include_self: keep a query that is an indexed video in its own results.
-            progress: progress bars while extracting query videos.
+            progress: progress on stderr while extracting query videos.
             precision: fine-stage region products, ``"exact"`` or ``"int8"`` (faster, approximate;
-                S^f_B's binary codes are exact either way; see :mod:`dnsvr._fine`).
+                S^f_B's binary codes are exact either way).
+            on_error: ``"raise"`` (a query that cannot be used raises) or ``"report"`` (it comes back
+                as a :class:`~dnsvr.search.QueryResults` with ``error`` set and no results; the
+                others are searched).
 
         Returns:
-            One :class:`~dnsvr.search.QueryResults` per query video.
+            One :class:`~dnsvr.search.QueryResults` per query video, in the order of ``queries``.
 
         Raises:
-            VideoIndexError: an unknown query, or an empty index.
-            ValueError: an unknown ``precision``.
+            VideoIndexError: an unknown or unreadable query (``on_error="raise"``), or an empty index.
+            ValueError: an unknown ``precision`` or ``on_error``.
+
+        Example:
+            >>> hits = index.search(["query.mp4"], top_k=5)[0]     # doctest: +SKIP
+            >>> [(r.video_id, round(r.score, 2), r.source) for r in hits.results]  # doctest: +SKIP
         """
         if precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
-        if isinstance(queries, str | Path):
-            queries = [queries]
+            raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+        if on_error not in ("raise", "report"):
+            raise ValueError(f"on_error must be 'raise' or 'report', got {on_error!r}")
+        if isinstance(queries, str | Path | np.ndarray):
+            queries = [queries]  # type: ignore[list-item]
         store = self.store
         if store is None or len(store) == 0:
             raise VideoIndexError(f"index {self.directory} is empty: add videos first")
@@ -599,12 +743,27 @@ class VideoIndex:
         if ann_candidates is not None and (isinstance(ann_candidates, bool) or not isinstance(ann_candidates, int)
                                            or ann_candidates < 1):
             raise VideoIndexError(f"ann_candidates must be a positive number of candidates, got {ann_candidates!r}")
+        failed: list[tuple[int, str, str]] | None = [] if on_error == "report" else None
         # one consistent state for the whole search: a concurrent remove/compact/add never makes an
         # id found by the coarse stage disappear before the fine stage reads it
         with store.snapshot():
-            prepared = self._prepare_queries(list(queries), progress)
-            return [self._search_one(q, store, top_k, budget, segments, ann_candidates, include_self, precision)
-                    for q in prepared]
+            prepared = self._prepare_queries(list(queries), progress, failed)
+            done = [(pos, self._with_sources(self._search_one(q, store, top_k, budget, segments, ann_candidates,
+                                                              include_self, precision), store))
+                    for pos, q in prepared]
+        done += [(pos, QueryResults(name, [], error=reason)) for pos, name, reason in failed or []]
+        done.sort(key=lambda x: x[0])
+        return [q for _, q in done]
+
+    @staticmethod
+    def _with_sources(q: QueryResults, store: IndexStore) -> QueryResults:
+        """Fill each result's ``source`` (the file it was indexed from) from the store."""
+        for r in q.results:
+            try:
+                r.source = store.get(r.video_id).source
+            except KeyError:  # removed by a writer since the coarse search
+                r.source = None
+        return q
 
     def search_representation(self, name: str, rep: VideoRepresentation, timestamps: np.ndarray | None = None,
                               **kwargs: Any) -> QueryResults:
@@ -614,10 +773,11 @@ class VideoIndex:
             raise VideoIndexError(f"index {self.directory} is empty: add videos first")
         _check_top_k(kwargs.get("top_k", 10))
         with store.snapshot():
-            return self._search_one(_Query(name, rep, timestamps), store, kwargs.get("top_k", 10),
-                                    Budget.parse(kwargs.get("budget")), kwargs.get("segments", True),
-                                    kwargs.get("ann_candidates"), kwargs.get("include_self", False),
-                                    kwargs.get("precision", DEFAULT_PRECISION))
+            return self._with_sources(
+                self._search_one(_Query(name, rep, timestamps), store, kwargs.get("top_k", 10),
+                                 Budget.parse(kwargs.get("budget")), kwargs.get("segments", True),
+                                 kwargs.get("ann_candidates"), kwargs.get("include_self", False),
+                                 kwargs.get("precision", DEFAULT_PRECISION)), store)
 
     def _search_one(self, q: _Query, store: IndexStore, top_k: int | None, budget: Budget, segments: bool,
                     ann_candidates: int | None, include_self: bool,

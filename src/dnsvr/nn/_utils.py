@@ -62,7 +62,7 @@ def pad_min_frames(x: Tensor, mask: Tensor | None, min_frames: int = MIN_COMPARA
     """Zero-pad videos [B, T, R, D] shorter than ``min_frames`` with *valid* zero frames (mask 1).
 
     The reference comparator fails on fewer than 4 frames; a zero frame has similarity 0 to everything, which is
-    what the reference computes for zero padding it is not told about (and what ``dnsvr._fine`` does).
+    what the reference computes for zero padding it is not told about (and what ``dnsvr.fine`` does).
     """
     short = min_frames - x.shape[1]
     if short <= 0:

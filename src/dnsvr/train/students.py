@@ -17,7 +17,7 @@ mean over its dimensions, so a constant bias ``b`` turns the student's cosine ``
 vectors into ``(s + b²) / (1 + b²)``; with ``b = 1`` that is ``s/2 + 0.5`` — exactly the mapping of
 its targets. An untrained student then already speaks in the targets' range (same ranking, lower L1)
 and training spends its steps on the ranking instead of first learning a large shared offset; in
-short runs that offset phase scrambled the untrained ranking (see README, "What training achieves").
+short runs that offset phase scrambled the untrained ranking (see docs/notes/training.md).
 ``coarse_bias_init=None`` keeps the reference's zero bias. A second one: its NetVLAD clusters start from
 k-means of the collection's frame vectors (:func:`init_netvlad`; ``netvlad_init="random"`` keeps the
 reference's random clusters), as the binarization student's projection starts from ITQ. A third: after the
@@ -53,6 +53,7 @@ import numpy as np
 import torch
 
 from dnsvr._progress import progress_bar
+from dnsvr.stages import STUDENTS, Stage
 from dnsvr.train.checkpoint import find_checkpoint, load_checkpoint_folder, save_checkpoint, write_final
 from dnsvr.train.data import (TripletDataset, VideoStore, coarse_target, num_batches, pad_videos,
                               split_anchors)
@@ -60,18 +61,29 @@ from dnsvr.train.mining import MinedPairs
 
 logger = logging.getLogger(__name__)
 
-#: Student types → (network class name, constructor defaults besides dims).
+#: Student types (:data:`dnsvr.stages.STUDENTS`) → (network class name, constructor defaults besides dims).
 STUDENT_TYPES: dict[str, tuple[str, dict[str, Any]]] = {
-    "fg-att": ("FineGrainedStudent", {"attention": True, "binarization": False}),
-    "fg-bin": ("FineGrainedStudent", {"attention": False, "binarization": True}),
-    "cg": ("CoarseGrainedStudent", {}),
+    Stage.FG_ATT.value: ("FineGrainedStudent", {"attention": True, "binarization": False}),
+    Stage.FG_BIN.value: ("FineGrainedStudent", {"attention": False, "binarization": True}),
+    Stage.CG.value: ("CoarseGrainedStudent", {}),
 }
-DEFAULT_LR = {"fg-att": 1e-4, "fg-bin": 1e-4, "cg": 1e-5}
+DEFAULT_LR = {Stage.FG_ATT.value: 1e-4, Stage.FG_BIN.value: 1e-4, Stage.CG.value: 1e-5}
 
 
 def _check_type(kind: str) -> None:
     if kind not in STUDENT_TYPES:
-        raise ValueError(f"unknown student type {kind!r}; valid: {sorted(STUDENT_TYPES)}")
+        raise ValueError(f"unknown student type {kind!r}; choose one of {', '.join(s.value for s in STUDENTS)}")
+
+
+def student_type(kind: str | Stage) -> str:
+    """The canonical name of a student type (``fg_att`` / ``att`` / :attr:`Stage.FG_ATT` → ``"fg-att"``).
+
+    Unknown names come back unchanged (:func:`_check_type` reports them where they are used).
+    """
+    try:
+        return Stage.parse(kind, STUDENTS).value
+    except ValueError:
+        return str(kind)
 
 
 def is_fine(kind: str) -> bool:
@@ -153,6 +165,9 @@ class StudentTrainConfig:
     coarse_bias_init: float | None = 1.0
     netvlad_init: str = "kmeans"
     fit_coarse_bias: bool = True
+
+    def __post_init__(self) -> None:
+        self.type = student_type(self.type)
 
     def lr(self) -> float:
         return float(self.learning_rate if self.learning_rate is not None else DEFAULT_LR[self.type])
@@ -637,10 +652,10 @@ def pair_similarities(model: torch.nn.Module, kind: str, videos: Callable[[int],
             sims[r] = float((reps[int(i)] * reps[int(j)]).sum())
         return sims
     # The batched fine path of the search (same results as calculate_video_similarity per pair).
-    from dnsvr._fine import FineComparator, fine_similarities
+    from dnsvr.fine import FineComparator, fine_similarities
 
     comparator = FineComparator(model)
-    fine_type = "bin" if kind == "fg-bin" else "att"
+    fine_type = Stage.parse(kind, STUDENTS).fine_type
     for i in np.unique(pairs[:, 0]):
         rows = np.flatnonzero(pairs[:, 0] == i)
         query = reps[int(i)].float().cpu()

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("dnsvr.extract")
-pytest.importorskip("dnsvr.backbones")
-
 
 @pytest.mark.slow
 def test_lite_finds_every_transformed_copy_in_top5(tmp_path):

@@ -38,7 +38,7 @@ def _custom_files(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_cli_custom_json_and_table(tmp_path: Path) -> None:
     gt, sims = _custom_files(tmp_path)
-    args = ["evaluate", "-b", "custom", "-s", str(sims), "--ground-truth", str(gt), "--positive-labels", "ND,DS"]
+    args = ["evaluate", "--benchmark", "custom", "-s", str(sims), "--ground-truth", str(gt), "--positive-labels", "ND,DS"]
     result = runner.invoke(app, args + ["--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == {"mAP": 0.75}
@@ -49,11 +49,11 @@ def test_cli_custom_json_and_table(tmp_path: Path) -> None:
 
 def test_cli_errors(tmp_path: Path) -> None:
     gt, sims = _custom_files(tmp_path)
-    result = runner.invoke(app, ["evaluate", "-b", "custom", "-s", str(sims)])
+    result = runner.invoke(app, ["evaluate", "--benchmark", "custom", "-s", str(sims)])
     assert result.exit_code == 2 and "--ground-truth" in result.output
-    result = runner.invoke(app, ["evaluate", "-b", "FIVR-5K", "-s", str(tmp_path / "missing.json")])
+    result = runner.invoke(app, ["evaluate", "--benchmark", "FIVR-5K", "-s", str(tmp_path / "missing.json")])
     assert result.exit_code == 2 and "missing.json" in result.output
-    result = runner.invoke(app, ["evaluate", "-b", "nope", "-s", str(sims)])
+    result = runner.invoke(app, ["evaluate", "--benchmark", "nope", "-s", str(sims)])
     assert result.exit_code == 2 and "CC_WEB_VIDEO" in result.output
 
 
@@ -66,9 +66,9 @@ def test_cli_fivr_annotation_override_gives_davr(tmp_path: Path) -> None:
     ann.write_text(json.dumps({query: {"ND": [db[0]], "DA": [db[1], db[2]]}}))
     sims = tmp_path / "sims.json"
     sims.write_text(json.dumps({query: {db[1]: 0.9, db[0]: 0.8, db[3]: 0.7, db[2]: 0.6}}))
-    result = runner.invoke(app, ["evaluate", "-b", "FIVR-5K", "-s", str(sims), "--annotation", str(ann), "--json"])
+    result = runner.invoke(app, ["evaluate", "--benchmark", "FIVR-5K", "-s", str(sims), "--annotation", str(ann), "--json"])
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.stdout)
     assert metrics["DSVR"] == 0.5 and metrics["DAVR"] == pytest.approx((1 + 2 / 4) / 2)
-    result = runner.invoke(app, ["evaluate", "-b", "SVD", "-s", str(sims), "--annotation", str(ann)])
+    result = runner.invoke(app, ["evaluate", "--benchmark", "SVD", "-s", str(sims), "--annotation", str(ann)])
     assert result.exit_code == 2 and "FIVR" in result.output

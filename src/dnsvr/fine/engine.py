@@ -673,11 +673,14 @@ def plan_tiles(t1: int, t2: int, regions: int, dims: int, fine_type: str, memory
     that is exceeded rather than refused.
 
     Args:
-        t1, t2: query and candidate frames.
-        regions, dims: per-frame regions and their dimensions (of the converted representation).
+        t1: query frames.
+        t2: candidate frames.
+        regions: regions per frame.
+        dims: their dimensions (of the converted representation).
         fine_type: ``att`` / ``bin`` / ``chamfer``.
         memory_budget: bytes.
-        precision, block_elements: as :func:`fine_similarities`.
+        precision: as :func:`fine_similarities`.
+        block_elements: as :func:`fine_similarities`.
 
     Returns:
         The :class:`TilePlan`.

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from dnsvr._fine import FineComparator, _quantize_frames, fine_similarities, pack_codes, quantize_rows
+from dnsvr.fine import FineComparator, fine_similarities, pack_codes, quantize_rows
+from dnsvr.fine.engine import _quantize_frames
 from dnsvr.eval.synthetic import random_video, transform_video
 
-#: Worst-case absolute similarity error the int8 path is held to (README, "Index and search").
+#: Worst-case absolute similarity error the int8 path is held to (docs/notes/fine-engine.md).
 TOLERANCE = 1e-2
 
 
@@ -121,7 +122,7 @@ def test_unknown_precision():
 
 def test_index_search_precision_option(tmp_path):
     """``VideoIndex.search(precision="int8")``: same copies on top, scores within the tolerance."""
-    from test_video_index import make_collection, plain_bundle, write_h5
+    from helpers import make_collection, plain_bundle, write_h5
 
     from dnsvr.index import VideoIndex
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from dnsvr._fine import FineComparator, fine_similarities, pack_codes, unpack_codes
+from dnsvr.fine import FineComparator, fine_similarities, pack_codes, unpack_codes
 
 
 def _golden(golden_models, name):
@@ -53,7 +53,7 @@ def _random_videos(rng, lengths, dims=64):
 
 @pytest.mark.parametrize("fine_type", ["att", "bin"])
 def test_batched_matches_network_per_pair(fine_type):
-    nn_mod = pytest.importorskip("dnsvr.nn")
+    from dnsvr import nn as nn_mod
     torch.manual_seed(0)
     net = nn_mod.FineGrainedStudent(dims=64, attention=fine_type == "att",
                                     binarization=fine_type == "bin").eval()
@@ -75,7 +75,7 @@ def test_batched_matches_network_per_pair(fine_type):
 
 
 def test_chamfer_matches_nn_similarity():
-    sim = pytest.importorskip("dnsvr.nn.similarity")
+    from dnsvr.nn import similarity as sim
     rng = np.random.default_rng(2)
     query = _random_videos(rng, [11])[0]
     cands = _random_videos(rng, [1, 2, 5, 11, 40])
@@ -116,7 +116,7 @@ def test_errors():
 @pytest.mark.parametrize("length", [60, 61, 63])
 def test_uniform_length_bucket_matches_network(length):
     """A bucket whose pairs share one length skips the re-masking (and the padding to a multiple of 4)."""
-    nn_mod = pytest.importorskip("dnsvr.nn")
+    from dnsvr import nn as nn_mod
     torch.manual_seed(1)
     net = nn_mod.FineGrainedStudent(dims=64, attention=True).eval()
     rng = np.random.default_rng(7)
