@@ -24,7 +24,17 @@ def serve_command(
     concurrency: int = typer.Option(2, "--concurrency", help="Searches running at once (more wait)."),
     timeout: float = typer.Option(120.0, "--timeout", help="Seconds before a search answers 504."),
 ) -> None:
-    """Serve the HTTP API (described at /openapi.json) and the review page at http://HOST:PORT/."""
+    """Serve the HTTP API (described at /openapi.json) and the review page at http://HOST:PORT/.
+
+    Writes (add/remove jobs, verdicts) need the token; beyond loopback every request does. On
+    loopback without --token a fresh token is made and the page's link carrying it is printed.
+
+    Examples:
+
+    \b
+      dnsvr serve demo/index --media-root demo/videos
+      dnsvr serve my.index --host 0.0.0.0 --port 8080 --token-file /etc/dnsvr/token --media-root /data/videos
+    """
     import uvicorn
 
     from dnsvr.serve import ServeConfig, create_app, is_loopback
