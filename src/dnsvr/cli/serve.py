@@ -6,11 +6,8 @@ import secrets
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
-from dnsvr.cli.index import cli_errors
-
-_err = Console(stderr=True)
+from dnsvr.cli._common import cli_errors, fail, warn
 
 
 def serve_command(
@@ -27,18 +24,28 @@ def serve_command(
     concurrency: int = typer.Option(2, "--concurrency", help="Searches running at once (more wait)."),
     timeout: float = typer.Option(120.0, "--timeout", help="Seconds before a search answers 504."),
 ) -> None:
-    """Serve the HTTP API (described at /openapi.json) and the review page at http://HOST:PORT/."""
+    """Serve the HTTP API (described at /openapi.json) and the review page at http://HOST:PORT/.
+
+    Writes (add/remove jobs, verdicts) need the token; beyond loopback every request does. On
+    loopback without --token a fresh token is made and the page's link carrying it is printed.
+
+    Examples:
+
+    \b
+      dnsvr serve demo/index --media-root demo/videos
+      dnsvr serve my.index --host 0.0.0.0 --port 8080 --token-file /etc/dnsvr/token --media-root /data/videos
+    """
     import uvicorn
 
     from dnsvr.serve import ServeConfig, create_app, is_loopback
 
     if token and token_file:
-        raise typer.BadParameter("give --token or --token-file, not both", param_hint="--token")
+        fail("give --token or --token-file, not both")
     if token_file is not None:
         try:
             token = token_file.read_text().splitlines()[0].strip()
         except (OSError, IndexError):
-            raise typer.BadParameter(f"cannot read a token from {token_file}", param_hint="--token-file") from None
+            fail(f"--token-file: cannot read a token from {token_file}")
     public = not is_loopback(host)
     generated = False
     if token is None and not public:
@@ -51,13 +58,12 @@ def serve_command(
                                  max_query_seconds=max_query_seconds, max_concurrent_searches=concurrency,
                                  search_timeout_s=timeout)
         except ValueError as exc:
-            _err.print(f"[red]error:[/red] {exc}", highlight=False)
-            raise typer.Exit(2) from None
+            fail(str(exc))
         app = create_app(config=config)
         shown = f"[{host}]" if ":" in host else host
         url = f"http://{shown}:{port}/"
-        # plain lines (no rich wrapping): the links must survive copy and paste
-        typer.echo(f"dnsvr serve: {directory} at {url}  (API description: {url}openapi.json)", err=True)
+        # plain lines (never wrapped): the links must survive copy and paste
+        warn(f"dnsvr serve: {directory} at {url}  (API description: {url}openapi.json)")
         if generated:
-            typer.echo(f"open the review page with its write token: {url}#token={token}", err=True)
+            warn(f"open the review page with its write token: {url}#token={token}")
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
