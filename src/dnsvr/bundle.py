@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -110,7 +111,82 @@ def _load_state(module: torch.nn.Module, path: Path) -> None:
 
     if not path.is_file():
         raise BundleError(f"bundle weights missing: {path}")
-    module.load_state_dict(load_file(str(path)), strict=True)
+    try:
+        module.load_state_dict(load_file(str(path)), strict=True)
+    except Exception as exc:  # noqa: BLE001 - SafetensorError, shape mismatches: one line naming the file
+        raise BundleError(f"damaged bundle: {path}: {_one_line(exc)}") from None
+
+
+def _replace_file(path: Path, write: Any) -> None:
+    """``write(tmp)`` into a new temporary regular file beside ``path``, then rename it over ``path``."""
+    from dnsvr.index._paths import create_new  # noqa: PLC0415
+
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
+    os.close(create_new(tmp))
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+#: Largest value a network argument in bundle.json may have (dims, sizes, layers): checked before anything is built.
+_MAX_ARG = 1 << 16
+
+
+def _check_args(args: Any, what: str, where: Path) -> dict[str, Any]:
+    """A network's constructor arguments from bundle.json, with every number in range."""
+    if args is None:
+        return {}
+    if not isinstance(args, dict) or not all(isinstance(k, str) for k in args):
+        raise BundleError(f"damaged bundle: {where}: {what} args must be an object, got {type(args).__name__}")
+    for key, value in args.items():
+        if isinstance(value, bool) or value is None or isinstance(value, str):
+            continue
+        if not isinstance(value, (int, float)) or not np.isfinite(value) or not -_MAX_ARG <= value <= _MAX_ARG:
+            raise BundleError(f"damaged bundle: {where}: {what} argument {key}={value!r} is out of range")
+        if isinstance(value, int) and value < 0:
+            raise BundleError(f"damaged bundle: {where}: {what} argument {key}={value!r} is negative")
+    return args
+
+
+def _build_net(factory: Any, args: dict[str, Any], what: str, folder: Path, file: str) -> torch.nn.Module:
+    """Build a network from bundle.json arguments and load its weights, sized on the meta device first.
+
+    The network is first built without memory (``torch.device("meta")``): its size must fit in its
+    weights file, so absurd arguments are refused before a byte is allocated.
+    """
+    from dnsvr.index._paths import DamagedIndexError, inside  # noqa: PLC0415
+
+    where = folder / CONFIG_NAME
+    try:
+        path = inside(folder, file, where=str(folder / file))
+    except DamagedIndexError as exc:
+        raise BundleError(str(exc)) from None
+    if not path.is_file():
+        raise BundleError(f"bundle weights missing: {folder / file}")
+    try:
+        with torch.device("meta"):
+            probe = factory(**args)
+    except Exception as exc:  # noqa: BLE001 - bad arguments of any kind: one line
+        raise BundleError(f"damaged bundle: {where}: {what} args {args}: {_one_line(exc)}") from None
+    need = sum(t.numel() * t.element_size() for t in probe.state_dict().values())
+    have = path.stat().st_size
+    if need > have:
+        raise BundleError(f"damaged bundle: {folder / file}: holds {have:,} bytes, the {what} network of "
+                          f"{CONFIG_NAME} needs {need:,}")
+    try:
+        net = factory(**args)
+    except Exception as exc:  # noqa: BLE001
+        raise BundleError(f"damaged bundle: {where}: {what} args {args}: {_one_line(exc)}") from None
+    _load_state(net, path)
+    return net
 
 
 class Bundle:
@@ -243,17 +319,15 @@ class Bundle:
         """
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
+        # every file goes through a fresh temporary file and a rename: a link already standing at one
+        # of these names (a received folder) is replaced, never written through
         if self.whitening is not None and self.whitened:
-            self.whitening.save(out / "whitening.safetensors")
-        if self.fine_net is not None:
-            _save_state(self.fine_net, out / "fine.safetensors")
-        if self.coarse_net is not None:
-            _save_state(self.coarse_net, out / "coarse.safetensors")
-        if self.selector_net is not None:
-            _save_state(self.selector_net, out / "selector.safetensors")
-        tmp = out / (CONFIG_NAME + ".tmp")
-        tmp.write_text(json.dumps(self.config(), indent=2, sort_keys=True))
-        tmp.replace(out / CONFIG_NAME)
+            _replace_file(out / "whitening.safetensors", self.whitening.save)
+        for net, name in ((self.fine_net, "fine"), (self.coarse_net, "coarse"), (self.selector_net, "selector")):
+            if net is not None:
+                _replace_file(out / f"{name}.safetensors", lambda p, net=net: _save_state(net, p))
+        text = json.dumps(self.config(), indent=2, sort_keys=True)
+        _replace_file(out / CONFIG_NAME, lambda p: p.write_text(text))
         logger.info("saved bundle %s to %s", self.name, out)
         return out
 
@@ -264,50 +338,78 @@ class Bundle:
         Raises:
             BundleError: missing/malformed config, unsupported format version, missing weights.
         """
+        from dnsvr.index._paths import DamagedIndexError, inside, read_json  # noqa: PLC0415
+
         folder = Path(directory)
         path = folder / CONFIG_NAME
-        if not path.is_file():
+        if not os.path.lexists(path):
             raise BundleError(f"not a bundle folder (no {CONFIG_NAME}): {folder}")
         try:
-            cfg = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise BundleError(f"{path}: invalid JSON ({exc})") from exc
-        if cfg.get("format") != BUNDLE_FORMAT:
-            raise BundleError(f"{path}: not a dnsvr bundle (format {cfg.get('format')!r})")
-        version = int(cfg.get("format_version", 0))
+            cfg = read_json(folder, CONFIG_NAME, where=str(path))
+        except DamagedIndexError as exc:
+            raise BundleError(f"damaged bundle: {path}: {exc.what}") from None
+        except OSError as exc:
+            raise BundleError(f"damaged bundle: {path}: unreadable ({exc.strerror or exc})") from None
+        if not isinstance(cfg, dict) or cfg.get("format") != BUNDLE_FORMAT:
+            fmt = cfg.get("format") if isinstance(cfg, dict) else type(cfg).__name__
+            raise BundleError(f"{path}: not a dnsvr bundle (format {fmt!r})")
+        version = cfg.get("format_version", 0)
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise BundleError(f"damaged bundle: {path}: bad format_version {version!r}")
         if version > BUNDLE_FORMAT_VERSION:
             raise BundleError(f"{path}: bundle format version {version} is newer than this dnsvr supports "
                               f"({BUNDLE_FORMAT_VERSION}); written by {cfg.get('written_by')}")
+        for key in ("name", "backbone"):
+            if not isinstance(cfg.get(key), str):
+                raise BundleError(f"damaged bundle: {path}: {key} must be a string, got {cfg.get(key)!r}")
+        for key in ("fine", "coarse"):
+            if not isinstance(cfg.get(key), dict) or not isinstance(cfg[key].get("type"), str):
+                raise BundleError(f"damaged bundle: {path}: {key} must be an object with a type")
+        if not isinstance(cfg.get("selector") or {}, dict) or not isinstance(cfg.get("extra") or {}, dict):
+            raise BundleError(f"damaged bundle: {path}: selector and extra must be objects")
+        if cfg.get("whitening") is not None and not isinstance(cfg["whitening"], dict):
+            raise BundleError(f"damaged bundle: {path}: whitening must be an object or null")
         whitening = None
         white_cfg = cfg.get("whitening")
         if white_cfg is not None:
             from dnsvr.backbones import PCAWhitening
 
-            wfile = folder / "whitening.safetensors"
+            wname = "whitening.safetensors"
+            dims = white_cfg.get("dims")
+            if dims is None and not white_cfg.get("fitted"):
+                dims = LITE_DIMS
+            if isinstance(dims, bool) or not isinstance(dims, int) or not 1 <= dims <= _MAX_ARG:
+                raise BundleError(f"damaged bundle: {path}: whitening dims {dims!r} out of range 1..{_MAX_ARG}")
             if white_cfg.get("fitted"):
-                whitening = PCAWhitening.from_file(wfile, dims=int(white_cfg["dims"]))
+                try:
+                    wfile = inside(folder, wname, where=str(folder / wname))
+                    whitening = PCAWhitening.from_file(wfile, dims=dims)
+                except FileNotFoundError:
+                    raise BundleError(f"bundle weights missing: {folder / wname}") from None
+                except Exception as exc:  # noqa: BLE001 - SafetensorError, bad shapes: one line naming the file
+                    raise BundleError(f"damaged bundle: {folder / wname}: {_one_line(exc)}") from None
                 if white_cfg.get("identity") and whitening.identity != white_cfg["identity"]:
-                    raise BundleError(f"{wfile}: whitening identity {whitening.identity} differs from the "
+                    raise BundleError(f"{folder / wname}: whitening identity {whitening.identity} differs from the "
                                       f"config's {white_cfg['identity']}")
             else:
-                whitening = PCAWhitening(dims=int(white_cfg.get("dims") or LITE_DIMS))
+                whitening = PCAWhitening(dims=dims)
         fine_cfg, coarse_cfg, sel_cfg = cfg["fine"], cfg["coarse"], cfg.get("selector") or {}
+        fine_cfg["args"] = _check_args(fine_cfg.get("args"), "fine", path)
+        coarse_cfg["args"] = _check_args(coarse_cfg.get("args"), "coarse", path)
+        sel_cfg["args"] = _check_args(sel_cfg.get("args"), "selector", path)
         fine_net = coarse_net = selector_net = None
         if fine_cfg["type"] in ("att", "bin"):
             from dnsvr.nn import FineGrainedStudent
 
-            fine_net = FineGrainedStudent(**fine_cfg.get("args", {}))
-            _load_state(fine_net, folder / "fine.safetensors")
+            fine_net = _build_net(FineGrainedStudent, fine_cfg["args"], "fine", folder, "fine.safetensors")
         if coarse_cfg["type"] == "student":
             from dnsvr.nn import CoarseGrainedStudent
 
-            coarse_net = CoarseGrainedStudent(**coarse_cfg.get("args", {}))
-            _load_state(coarse_net, folder / "coarse.safetensors")
+            coarse_net = _build_net(CoarseGrainedStudent, coarse_cfg["args"], "coarse", folder, "coarse.safetensors")
         if sel_cfg.get("type") == "network":
             from dnsvr.nn import SelectorNetwork
 
-            selector_net = SelectorNetwork(**sel_cfg.get("args", {}))
-            _load_state(selector_net, folder / "selector.safetensors")
+            selector_net = _build_net(SelectorNetwork, sel_cfg["args"], "selector", folder, "selector.safetensors")
         return cls(cfg["name"], cfg["backbone"], whitening=whitening, fine_type=fine_cfg["type"],
                    fine_net=fine_net, fine_args=fine_cfg.get("args"), coarse_type=coarse_cfg["type"],
                    coarse_net=coarse_net, coarse_args=coarse_cfg.get("args"), selector_net=selector_net,

@@ -33,7 +33,9 @@ import glob
 import json
 import logging
 import math
+import os
 import queue
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -185,6 +187,27 @@ def _id_from(path: Path, base: Path | None) -> str:
     return path.stem or path.name
 
 
+def not_regular(path: str | Path) -> str | None:
+    """Why ``path`` must not be opened as an input (None for a regular file or a missing path).
+
+    Only regular files are read: a FIFO would block forever, a device could be endless, a
+    symlink loop never resolves. A missing path is left to the reader to report as not found.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None if not os.path.islink(path) else "a dangling symlink"
+    except OSError as exc:
+        return f"cannot be examined ({exc.strerror or exc}; a symlink loop?)"
+    if stat.S_ISREG(st.st_mode):
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        return "a folder, not a file"
+    kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode)
+            else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "not a regular file")
+    return f"{kind}, not a regular file: refused"
+
+
 def _tail_id(path: Path, n: int, extension: bool) -> str:
     """The last ``n`` components of ``path`` (absolute), the file's extension kept or not."""
     p = Path(path).absolute()
@@ -237,15 +260,33 @@ def unique_ids(pairs: Sequence[tuple[str, Path]], given: Sequence[bool] | None =
     return [(vid if g else renamed.get((vid, p), vid), p) for (vid, p), g in zip(pairs, given)]
 
 
-def _scan(directory: Path, extensions: frozenset[str]) -> list[Path]:
+def _scan(directory: Path, extensions: frozenset[str], problems: list[VideoFailure] | None = None,
+          base: Path | None = None) -> list[Path]:
+    """Files with a video extension under ``directory`` (hidden entries skipped); every other entry
+    with a video extension (FIFO, socket, device, dangling link, symlink loop) goes to ``problems``."""
     found = []
-    for p in sorted(directory.rglob("*")):
-        rel = p.relative_to(directory)
-        if any(part.startswith(".") for part in rel.parts):
-            continue
-        if p.suffix.lower() in extensions and p.is_file():
-            found.append(p)
-    return found
+    base = directory if base is None else base
+
+    def onerror(exc: OSError) -> None:
+        if problems is not None:
+            where = getattr(exc, "filename", None) or str(directory)
+            problems.append(VideoFailure(str(where), str(where), "unreadable", f"folder entry skipped: {exc.strerror or exc}"))
+
+    for root, dirs, files in os.walk(directory, onerror=onerror):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files + [d for d in dirs if os.path.islink(os.path.join(root, d))]):
+            if name.startswith("."):
+                continue
+            p = Path(root) / name
+            if p.suffix.lower() not in extensions:
+                continue
+            why = not_regular(p)
+            if why is None and p.exists():
+                found.append(p)
+            elif problems is not None:
+                problems.append(VideoFailure(_id_from(p, base), str(p), "not_a_file",
+                                             f"folder entry skipped: {why or 'missing'}"))
+    return sorted(found)
 
 
 def _glob_base(pattern: str) -> Path:
@@ -333,7 +374,7 @@ def resolve_inputs(inputs: str | Path | Iterable[str | Path | tuple[str, str | P
         text = str(item)
         path = Path(text)
         if path.is_dir():
-            found = _scan(path, exts)
+            found = _scan(path, exts, problems)
             if not found:
                 problems.append(VideoFailure(path.name or text, text, "empty_folder",
                                              f"folder has no files with a video extension ({', '.join(sorted(exts)[:6])}, ...)"))
@@ -350,7 +391,7 @@ def resolve_inputs(inputs: str | Path | Iterable[str | Path | tuple[str, str | P
             for m in matches:
                 mp = Path(m)
                 if mp.is_dir():
-                    pairs.extend((_id_from(p, base), p) for p in _scan(mp, exts))
+                    pairs.extend((_id_from(p, base), p) for p in _scan(mp, exts, problems, base))
                 else:
                     pairs.append((_id_from(mp, base), mp))
         else:
@@ -366,6 +407,10 @@ def resolve_inputs(inputs: str | Path | Iterable[str | Path | tuple[str, str | P
     out: list[tuple[str, Path]] = []
     seen: dict[str, Path] = {}
     for vid, path in unique_ids(valid, given):
+        why = not_regular(path)
+        if why is not None:
+            problems.append(VideoFailure(vid, str(path), "not_a_file", why))
+            continue
         if vid in seen:
             if seen[vid] != path:
                 problems.append(VideoFailure(vid, str(path), "duplicate_id",

@@ -56,6 +56,8 @@ class FeatureFile:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        if self.path.exists() and not self.path.is_file():
+            raise FeatureFileError(f"{self.path}: not a regular file (a FIFO, device, socket or folder): refused")
         if not self.path.is_file():
             raise FileNotFoundError(f"feature file not found: {self.path}")
         try:
@@ -543,8 +545,13 @@ def validate_video_id(video_id: str) -> str:
     """
     if not isinstance(video_id, str):
         raise ValueError(f"video id must be a string, got {type(video_id).__name__}")
+    from dnsvr.index.store import check_video_id  # noqa: PLC0415 - the one rule, shared with the index
+
     vid = video_id.strip().strip("/")
     parts = vid.split("/")
     if not vid or any(p in ("", ".", "..") for p in parts):
         raise ValueError(f"invalid video id {video_id!r}: empty, '.' or '..' path components")
+    problem = check_video_id(vid)
+    if problem:
+        raise ValueError(f"invalid video id {video_id!r}: {problem}")
     return vid

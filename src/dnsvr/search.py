@@ -90,14 +90,22 @@ class Budget:
         if isinstance(text, bool):
             raise ValueError(f"invalid budget {text!r}")
         if isinstance(text, int):
+            if text < 0:
+                raise ValueError(f"invalid budget {text!r}: a number of pairs is >= 0")
             return cls(pairs=text)
         if isinstance(text, float):
+            if not math.isfinite(text) or text < 0:
+                raise ValueError(f"invalid budget {text!r}: a fraction in [0, 1] or a number of pairs")
             return cls(fraction=text) if text <= 1.0 else cls(pairs=int(text))
+        usage = ("use a fraction of the database ('5%' or '0.05'), a number of pairs ('1000'), "
+                 "or both ('5%,1000')")
+        parts = str(text).replace(" ", "").split(",")
+        if not str(text).strip() or len(parts) > 2 or any(not p for p in parts):
+            raise ValueError(f"invalid budget {text!r}: {usage}")
         fraction: float | None = None
         pairs: int | None = None
-        for part in str(text).replace(" ", "").split(","):
-            if not part:
-                continue
+        kinds: list[str] = []
+        for part in parts:
             if re.fullmatch(r"\d+(\.\d+)?%", part):
                 value: float | None = float(part[:-1]) / 100.0
                 kind = "fraction"
@@ -106,8 +114,12 @@ class Budget:
             elif re.fullmatch(r"0?\.\d+|1\.0*|0", part):
                 value, kind = float(part), "fraction"
             else:
-                raise ValueError(f"invalid budget {text!r}: use a fraction of the database ('5%' or '0.05'), "
-                                 f"a number of pairs ('1000'), or both ('5%,1000')")
+                raise ValueError(f"invalid budget {text!r}: {usage}")
+            if kind in kinds:
+                raise ValueError(f"invalid budget {text!r}: two {kind} parts; {usage}")
+            kinds.append(kind)
+            if kind == "fraction" and value > 1.0:  # type: ignore[operator]
+                raise ValueError(f"invalid budget {text!r}: a fraction above 100%")
             if kind == "fraction":
                 fraction = value
             else:
@@ -207,6 +219,12 @@ class QueryResults:
         if self.error is not None:
             out["error"] = self.error
         return out
+
+
+def results_document(index: str, budget: Budget, top_k: int | None,
+                     results: Sequence[QueryResults]) -> dict[str, Any]:
+    """The JSON document of ``dnsvr search --json`` (the service answers the same)."""
+    return {"index": index, "budget": str(budget), "top_k": top_k, "queries": [q.to_dict() for q in results]}
 
 
 def fine_to_score(fine: np.ndarray | float) -> np.ndarray | float:

@@ -58,6 +58,9 @@ app.add_typer(train_app, name="train")
 from dnsvr.cli.weights import weights_app  # noqa: E402
 
 app.add_typer(weights_app, name="weights")
+from dnsvr.cli.serve import serve_command  # noqa: E402
+
+app.command("serve")(serve_command)
 
 
 def main() -> None:

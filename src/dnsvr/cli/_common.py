@@ -121,7 +121,7 @@ def cli_errors() -> Iterator[None]:
     try:
         yield
     except user_errors() as exc:
-        fail(str(exc))
+        fail(" ".join(str(exc).split()) or type(exc).__name__)  # one line, whatever the exception holds
 
 
 def configure_logging(verbose: bool) -> None:

@@ -108,7 +108,7 @@ def search_command(
     """
     from dnsvr.index.query import ShardUnavailableError
     from dnsvr.index.sharded import open_any
-    from dnsvr.search import Budget
+    from dnsvr.search import Budget, results_document
 
     try:
         parsed = Budget.parse(budget)
@@ -128,8 +128,7 @@ def search_command(
     for q in failed:
         warn(f"error: query {q.query}: {q.error}")
     if json_out:
-        echo_json({"index": str(directory), "budget": str(parsed), "top_k": top_k,
-                   "queries": [q.to_dict() for q in results]})
+        echo_json(results_document(str(directory), parsed, top_k, results))
     else:
         console = out()
         for q in results:

@@ -19,6 +19,7 @@ import contextlib
 import gzip
 import json
 import logging
+import math
 import mmap
 import os
 import zlib
@@ -57,8 +58,19 @@ def _read_bytes(path: Path) -> bytes:
     data = path.read_bytes()
     if data[:2] == b"\x1f\x8b":  # gzip magic, whatever the suffix says
         # whole-buffer decompression (every gzip member) is faster than reading a GzipFile
-        return (_igzip if _igzip is not None else gzip).decompress(data)
+        try:
+            return (_igzip if _igzip is not None else gzip).decompress(data)
+        except (EOFError, OSError, zlib.error, ValueError) as exc:
+            raise SimilarityFileError(f"{path}: damaged gzip data ({exc}); truncated download?") from None
     return data
+
+
+def _check_regular(path: Path) -> None:
+    """FileNotFoundError for a missing path, SimilarityFileError for a FIFO/device/folder (never opened)."""
+    if path.exists() and not path.is_file():
+        raise SimilarityFileError(f"{path}: not a regular file (a FIFO, device, socket or folder): refused")
+    if not path.is_file():
+        raise FileNotFoundError(f"file not found: {path}")
 
 
 @contextlib.contextmanager
@@ -98,8 +110,8 @@ def parse_json_bytes(data: bytes, *, source: str = "<bytes>") -> Any:
         if _orjson is not None:
             return _orjson.loads(data)
         return json.loads(data)
-    except ValueError as exc:  # orjson.JSONDecodeError and json.JSONDecodeError are ValueErrors
-        raise SimilarityFileError(f"{source}: not valid JSON ({exc})") from exc
+    except (ValueError, RecursionError) as exc:  # orjson's and json's decode errors are ValueErrors
+        raise SimilarityFileError(f"{source}: not valid JSON ({str(exc)[:200]})") from None
 
 
 def load_json(path: str | Path) -> Any:
@@ -110,8 +122,7 @@ def load_json(path: str | Path) -> Any:
         SimilarityFileError: if it is not valid JSON.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"file not found: {path}")
+    _check_regular(path)
     return parse_json_bytes(_read_bytes(path), source=str(path))
 
 
@@ -182,6 +193,10 @@ def _check_shape(data: Any, *, source: str) -> None:
             raise SimilarityFileError(
                 f"{source}: results of query {query!r} must be an object {{video_id: score}}, "
                 f"got {type(res).__name__}")
+        for video, score in res.items():
+            if type(score) not in (float, int) or not math.isfinite(score):
+                raise SimilarityFileError(f"{source}: score of video {video!r} for query {query!r} is not a "
+                                          f"finite number: {score!r}")
 
 
 @dataclass(frozen=True)
@@ -225,16 +240,20 @@ class SimilarityTable:
             if not isinstance(res, Mapping):
                 raise SimilarityFileError(f"results of query {query!r} must be a mapping, got {type(res).__name__}")
             keys = list(res)
-            try:
-                scores = np.fromiter(res.values(), dtype=np.float64, count=len(keys))
-                valid = not np.isnan(scores).any()  # None also becomes NaN here
-            except (TypeError, ValueError, OverflowError):
-                valid = False
+            # numbers only: a string "0.9" or a bool is a mistake in the file, not a score
+            valid = all(type(v) in (float, int) or isinstance(v, (np.floating, np.integer)) for v in res.values())
+            if valid:
+                try:
+                    scores = np.fromiter(res.values(), dtype=np.float64, count=len(keys))
+                    valid = bool(np.isfinite(scores).all())
+                except (TypeError, ValueError, OverflowError):
+                    valid = False
             if not valid:
                 bad = next((k for k, v in res.items()
-                            if not isinstance(v, (int, float)) or v != v), "?")
+                            if not (type(v) in (float, int) or isinstance(v, (np.floating, np.integer)))
+                            or not np.isfinite(float(v))), "?")
                 raise SimilarityFileError(
-                    f"score of video {bad!r} for query {query!r} is not a number: {res.get(bad)!r}")
+                    f"score of video {bad!r} for query {query!r} is not a finite number: {res.get(bad)!r}")
             self._append(str(query), keys, scores)
             if consume:
                 del similarities[query]  # type: ignore[attr-defined]
@@ -278,8 +297,7 @@ class SimilarityTable:
             SimilarityFileError: if the content is not ``{query_id: {video_id: number}}``.
         """
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"file not found: {path}")
+        _check_regular(path)
         if _is_npz(path):
             return cls.from_npz(path)
         with _file_text(path, inflate=False) as text:
@@ -290,6 +308,8 @@ class SimilarityTable:
                         decompressobj=(_isal_zlib if _isal_zlib is not None else zlib).decompressobj)
                 else:
                     parsed = _fastjson.parse_similarities(text)
+            except (EOFError, OSError, zlib.error) as exc:
+                raise SimilarityFileError(f"{path}: damaged gzip data ({exc}); truncated download?") from None
             except _fastjson.FastPathUnavailable as exc:
                 logger.info("%s: general JSON parser (%s)", path, exc)
                 data = bytes(exc.text if exc.text is not None else text)

@@ -56,6 +56,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dnsvr.nn._utils import MIN_COMPARATOR_FRAMES
+
 try:
     from dnsvr import _finekernel
 except ImportError as _exc:  # not built: the torch engine does the region stage
@@ -83,8 +85,8 @@ FLOAT_BLOCK_ELEMENTS = 3_000_000
 #: Default bound on the elements of one comparator batch's first feature map (32 channels × pairs × T1 × T2):
 #: ~70 pairs of 60 frames (32 MB; 2–3% faster per pair than ~35 with 2 threads, ~140 was slower).
 DEFAULT_CNN_ELEMENTS = 8_000_000
-#: Smallest video length the comparator can take (two 2×2 poolings).
-MIN_FRAMES = 4
+#: Smallest video length the comparator can take (two 2×2 poolings): the networks' own constant.
+MIN_FRAMES = MIN_COMPARATOR_FRAMES
 #: Default bound on the working memory of one pair (bytes). A pair that would need more (long videos:
 #: one pair of hour-long videos needs ~2.5 GB untiled) runs in tiles: the frame-to-frame matrix in row
 #: strips, the comparator in tiles with a halo, the region product in blocks of candidate frames.

@@ -20,7 +20,6 @@ or at close when rows are missing or a quarter of them are dead.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -29,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from dnsvr.index._paths import DamagedIndexError, create_new, inside, open_nofollow, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,47 @@ DEAD_REWRITE_FRACTION = 0.25
 
 CURRENT = "current.json"
 LAYOUT = "appendable-f32-v1"  # recorded in current.json; other layouts are ignored (and rebuilt)
+
+# The only names current.json may give (those this module writes); anything else is ignored and rebuilt.
+_NAME_RE = {
+    "vectors": re.compile(r"^g\d{1,18}r?\.vectors\.f32$"),
+    "rowids": re.compile(r"^g\d{1,18}r?\.rowids\.i64$"),
+    "index": re.compile(r"^g\d{1,18}\.[A-Za-z0-9_]{1,100}\.faiss$"),
+    "ann_rowids": re.compile(r"^g\d{1,18}\.[A-Za-z0-9_]{1,100}\.rowids\.npy$"),
+}
+
+
+def _current_problem(cur: Any, dim: int) -> str | None:
+    """What is wrong with a parsed current.json (None when it is usable)."""
+    if not isinstance(cur, dict):
+        return "not a JSON object"
+    for key in ("vectors", "rowids"):
+        name = cur.get(key)
+        if name is not None and (not isinstance(name, str) or not _NAME_RE[key].match(name)):
+            return f"{key} names {name!r}, not a derived coarse file of this folder"
+    ann = cur.get("ann")
+    if ann is not None:
+        if not isinstance(ann, dict) or not isinstance(ann.get("spec"), str):
+            return "ann is not an object with a spec"
+        for key, pat in (("index", "index"), ("rowids", "ann_rowids")):
+            name = ann.get(key)
+            if not isinstance(name, str) or not _NAME_RE[pat].match(name):
+                return f"ann.{key} names {name!r}, not a derived coarse file of this folder"
+    return None
+
+
+def _load_npy(path: Path, dtype: str, max_items: int) -> np.ndarray:
+    """A 1-d ``.npy`` array of ``dtype``, its header checked against the file size before allocation."""
+    with os.fdopen(open_nofollow(path, os.O_RDONLY), "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        version = np.lib.format.read_magic(fh)
+        header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dt = header(fh)
+        if dt.hasobject or dt != np.dtype(dtype) or len(shape) != 1 or shape[0] > max_items or \
+                shape[0] * dt.itemsize > size:
+            raise ValueError(f"{path.name}: {dt} {shape} is not a row-id array of this index")
+        fh.seek(0)
+        return np.load(fh, allow_pickle=False)
 
 
 def is_exact_spec(spec: str) -> bool:
@@ -105,13 +147,33 @@ class CoarseCache:
 
     # -- files --------------------------------------------------------------------------------
     def _read_current(self) -> dict[str, Any] | None:
+        """``current.json`` if it is usable; derived data, so damage means "rebuild", never "trust"."""
         try:
-            cur = json.loads((self.directory / CURRENT).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            cur = read_json(self.directory, CURRENT, where=f"{self.directory.name}/{CURRENT}")
+        except FileNotFoundError:
             return None
-        if not isinstance(cur, dict) or cur.get("dim") != self.dim or cur.get("layout") != LAYOUT:
+        except (OSError, DamagedIndexError) as exc:
+            logger.warning("ignoring %s (rebuilt from SQLite): %s", CURRENT, exc)
             return None
-        return cur
+        problem = _current_problem(cur, self.dim)
+        if problem:
+            logger.warning("ignoring damaged index file %s/%s (rebuilt from SQLite): %s", self.directory.name,
+                           CURRENT, problem)
+            return None
+        if cur.get("dim") != self.dim or cur.get("layout") != LAYOUT:
+            return None
+        return cur  # type: ignore[return-value]
+
+    def _path(self, name: str) -> Path:
+        """A derived file inside ``coarse/`` (resolved; damage when it leads outside or is not a file)."""
+        return inside(self.directory, name, where=f"{self.directory.name}/{name}")
+
+    def _unmap(self) -> None:
+        """Forget the mapped files and the view computed from them (the next sync recomputes it)."""
+        if self._file_rowids is not None:
+            self.rowids = None
+        self._names = None
+        self._file_vectors = self._file_rowids = None
 
     def _map_files(self) -> None:
         """(Re)map the derived files if they changed (grew, or were replaced by a rewrite)."""
@@ -119,16 +181,16 @@ class CoarseCache:
             return
         cur = self._read_current()
         if not cur or not cur.get("vectors") or not cur.get("rowids"):
-            self._names = None
-            self._file_vectors = self._file_rowids = None
+            self._unmap()
             return
         names = (cur["vectors"], cur["rowids"])
-        vpath, rpath = self.directory / names[0], self.directory / names[1]
         try:
+            vpath, rpath = self._path(names[0]), self._path(names[1])
             vsize, rsize = vpath.stat().st_size, rpath.stat().st_size
-        except OSError:
-            self._names = None
-            self._file_vectors = self._file_rowids = None
+        except (OSError, DamagedIndexError) as exc:
+            if isinstance(exc, DamagedIndexError):
+                logger.warning("ignoring the derived coarse files (rebuilt from SQLite): %s", exc)
+            self._unmap()
             return
         n = min(vsize // (4 * self.dim), rsize // 8)
         if self._names == names and self._file_rowids is not None and len(self._file_rowids) == n:
@@ -139,14 +201,12 @@ class CoarseCache:
                        else np.empty((0, self.dim), np.float32))
         except (OSError, ValueError) as exc:
             logger.info("derived coarse files unreadable (%s); using SQLite", exc)
-            self._names = None
-            self._file_vectors = self._file_rowids = None
+            self._unmap()
             return
         if n > 1 and not (np.diff(rowids) > 0).all():
             logger.warning("derived coarse rowids in %s are not ascending; ignoring the files (verify() reports it)",
                            rpath)
-            self._names = None
-            self._file_vectors = self._file_rowids = None
+            self._unmap()
             return
         self._names, self._file_vectors, self._file_rowids = names, vectors, rowids
         self.rowids = None  # force a re-sync of the view
@@ -207,7 +267,11 @@ class CoarseCache:
         cur = self._read_current()
         if not cur or not cur.get("vectors"):
             cur = self._start_files(generation)
-        vpath, rpath = self.directory / cur["vectors"], self.directory / cur["rowids"]
+        try:
+            vpath, rpath = self._path(cur["vectors"]), self._path(cur["rowids"])
+        except DamagedIndexError as exc:
+            logger.warning("not appending to the derived coarse files (the writer rewrites them): %s", exc)
+            return
         rsize = rpath.stat().st_size if rpath.exists() else 0
         n = min((vpath.stat().st_size if vpath.exists() else 0) // (4 * self.dim), rsize // 8)
         if n:
@@ -218,11 +282,11 @@ class CoarseCache:
                 return
         # Truncate a torn tail first, then vectors before rowids: a rowid is only ever present
         # once its vector is complete.
-        with open(vpath, "r+b" if vpath.exists() else "wb") as fv:
+        with os.fdopen(open_nofollow(vpath, os.O_RDWR | os.O_CREAT), "r+b") as fv:
             fv.truncate(n * 4 * self.dim)
             fv.seek(0, os.SEEK_END)
             fv.write(np.ascontiguousarray(vectors, dtype="<f4").tobytes())
-        with open(rpath, "r+b" if rpath.exists() else "wb") as fr:
+        with os.fdopen(open_nofollow(rpath, os.O_RDWR | os.O_CREAT), "r+b") as fr:
             fr.truncate(n * 8)
             fr.seek(0, os.SEEK_END)
             fr.write(np.ascontiguousarray(rowids, dtype="<i8").tobytes())
@@ -233,7 +297,7 @@ class CoarseCache:
                     "dim": self.dim, "layout": LAYOUT})
         cur.setdefault("ann", None)
         for name in (cur["vectors"], cur["rowids"]):
-            (self.directory / name).write_bytes(b"")
+            os.close(create_new(self.directory / name))
         self._write_current(cur)
         return cur
 
@@ -256,7 +320,7 @@ class CoarseCache:
                 vname, rname = f"g{generation}r.vectors.f32", f"g{generation}r.rowids.i64"
             for name, arr in ((vname, matrix), (rname, np.ascontiguousarray(self.rowids, dtype="<i8"))):
                 tmp = self.directory / f"{name}.tmp{os.getpid()}"
-                with open(tmp, "wb") as fh:
+                with os.fdopen(create_new(tmp), "wb") as fh:
                     fh.write(np.ascontiguousarray(arr).tobytes())
                 os.replace(tmp, self.directory / name)
             cur.update({"vectors": vname, "rowids": rname, "dim": self.dim, "layout": LAYOUT})
@@ -265,10 +329,14 @@ class CoarseCache:
             import faiss  # noqa: PLC0415
 
             base = f"g{generation}.{_spec_slug(self.spec)}"
-            tmp = self.directory / f"{base}.faiss.tmp{os.getpid()}"
-            faiss.write_index(self.ann, str(tmp))
-            os.replace(tmp, self.directory / f"{base}.faiss")
-            np.save(self.directory / f"{base}.rowids.npy", self.ann_rowids, allow_pickle=False)
+            # faiss is never given a path: it would follow whatever link is there
+            for name, write in ((f"{base}.faiss", lambda fh: fh.write(faiss.serialize_index(self.ann).tobytes())),
+                                (f"{base}.rowids.npy",
+                                 lambda fh: np.save(fh, np.asarray(self.ann_rowids, dtype="<i8"), allow_pickle=False))):
+                tmp = self.directory / f"{name}.tmp{os.getpid()}"
+                with os.fdopen(create_new(tmp), "wb") as fh:
+                    write(fh)
+                os.replace(tmp, self.directory / name)
             cur["ann"] = {"spec": self.spec, "index": f"{base}.faiss", "rowids": f"{base}.rowids.npy"}
             self.ann_dirty = False
         elif is_exact_spec(self.spec):
@@ -326,12 +394,14 @@ class CoarseCache:
             ann_entry = (self._read_current() or {}).get("ann")
             if ann_entry and ann_entry.get("spec") == self.spec:
                 try:
-                    self.ann = faiss.read_index(str(self.directory / ann_entry["index"]))
-                    self.ann_rowids = np.load(self.directory / ann_entry["rowids"], allow_pickle=False)
+                    self.ann_rowids = _load_npy(self._path(ann_entry["rowids"]), "<i8", 1 << 34)
+                    with os.fdopen(open_nofollow(self._path(ann_entry["index"]), os.O_RDONLY), "rb") as fh:
+                        blob = np.frombuffer(fh.read(), dtype=np.uint8)
+                    self.ann = faiss.deserialize_index(blob)
                     if self.ann.ntotal != len(self.ann_rowids) or self.ann.d != self.dim:
                         raise ValueError(f"ANN index has {self.ann.ntotal} rows/{self.ann.d} dims, "
                                          f"rowids {len(self.ann_rowids)}")
-                except (RuntimeError, OSError, ValueError) as exc:
+                except (RuntimeError, OSError, ValueError, MemoryError) as exc:  # DamagedIndexError included
                     logger.info("stored ANN index unusable (%s); rebuilding", exc)
                     self.ann = self.ann_rowids = None
         if self.ann is not None:
@@ -400,6 +470,16 @@ class CoarseCache:
         """(problems, notes) of the derived files against SQLite (``all_rowids``: every row, ascending)."""
         problems: list[str] = []
         notes: list[str] = []
+        try:
+            raw = read_json(self.directory, CURRENT, where=f"{self.directory.name}/{CURRENT}")
+            what = _current_problem(raw, self.dim)
+        except FileNotFoundError:
+            what = None
+        except (OSError, DamagedIndexError) as exc:
+            what = str(exc)
+        if what:
+            notes.append(f"derived {self.directory.name}/{CURRENT} is damaged ({what}): ignored; searches read "
+                         f"the coarse vectors from SQLite and the next writer rebuilds it")
         self._names = None
         self._map_files()
         cur = self._read_current()

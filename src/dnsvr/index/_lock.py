@@ -46,10 +46,12 @@ class IndexLockedError(RuntimeError):
 
 def _read_holder(path: Path) -> dict | None:
     try:
-        text = path.read_text(encoding="utf-8").strip()
-        return json.loads(text) if text else None
-    except (OSError, ValueError):
+        with open(path, "rb") as fh:
+            text = fh.read(4096).decode("utf-8").strip()
+        holder = json.loads(text) if text else None
+    except (OSError, ValueError, RecursionError):
         return None
+    return holder if isinstance(holder, dict) else None
 
 
 class WriterLock:
@@ -74,7 +76,10 @@ class WriterLock:
         """Take the lock or raise :class:`IndexLockedError` naming the holder's pid."""
         if self._fd is not None:
             return
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        from dnsvr.index._paths import inside, open_nofollow  # noqa: PLC0415
+
+        # never through a link or onto a FIFO: a received index could name anything here
+        fd = open_nofollow(inside(self.path.parent, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -85,6 +85,20 @@ class IndexFormatError(ValueError):
     """A directory is not a dnsvr index, or was written by an unsupported format version."""
 
 
+class DamagedIndexError(IndexFormatError):
+    """An index file or a value in its metadata is damaged: ``damaged index: <file>: <what>``.
+
+    Attributes:
+        file: the file (relative to the index folder) or metadata field at fault.
+        what: what is wrong with it.
+    """
+
+    def __init__(self, file: str, what: str) -> None:
+        self.file = file
+        self.what = what
+        super().__init__(f"damaged index: {file}: {what}")
+
+
 def versions() -> dict[str, str]:
     """Versions of the software writing an index (recorded in the manifest)."""
     import faiss  # noqa: PLC0415 - heavy import, only needed here
@@ -103,8 +117,10 @@ def versions() -> dict[str, str]:
 
 def write_json_atomic(path: Path, payload: Any) -> None:
     """Write JSON to ``path`` through a temporary file, fsync and rename."""
+    from dnsvr.index._paths import create_new  # noqa: PLC0415
+
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with os.fdopen(create_new(tmp), "w", encoding="utf-8") as fh:
         json.dump(payload, fh, indent=2, sort_keys=True)
         fh.write("\n")
         fh.flush()
@@ -129,18 +145,23 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     Raises:
         IndexFormatError: missing/unreadable manifest, wrong format name, newer format version.
     """
+    from dnsvr.index._paths import read_json  # noqa: PLC0415 - _paths imports this module
+
     path = directory / MANIFEST_NAME
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise IndexFormatError(f"{directory} is not a dnsvr index: {MANIFEST_NAME} not found")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise IndexFormatError(f"{path}: unreadable manifest ({exc})") from exc
+        manifest = read_json(directory, MANIFEST_NAME)
+    except FileNotFoundError:
+        raise IndexFormatError(f"{directory} is not a dnsvr index: {MANIFEST_NAME} not found") from None
+    except OSError as exc:
+        raise DamagedIndexError(MANIFEST_NAME, f"unreadable ({exc.strerror or exc})") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-        raise IndexFormatError(f"{path}: not a dnsvr index manifest (format={manifest.get('format')!r})")
+        what = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise IndexFormatError(f"{path}: not a dnsvr index manifest (format={what!r})")
     version = manifest.get("format_version")
-    if not isinstance(version, int) or version < 1:
-        raise IndexFormatError(f"{path}: bad format_version {version!r}")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise DamagedIndexError(MANIFEST_NAME, f"bad format_version {version!r}")
     if version > FORMAT_VERSION:
         raise IndexFormatError(
             f"{path}: format version {version} is newer than this dnsvr supports ({FORMAT_VERSION}); "

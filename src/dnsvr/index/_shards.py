@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dnsvr.index._paths import DamagedIndexError, inside, open_nofollow
+
 logger = logging.getLogger(__name__)
 
 SHARD_RE = re.compile(r"^fine-(\d{6})\.bin$")
@@ -24,6 +26,13 @@ SHARD_RE = re.compile(r"^fine-(\d{6})\.bin$")
 
 def shard_file_name(shard: int) -> str:
     return f"fine-{shard:06d}.bin"
+
+
+def _shard_path(directory: Path, name: str) -> Path:
+    """The shard file ``name`` inside ``directory`` (a shard name, resolving inside the folder), or damage."""
+    if not isinstance(name, str) or not SHARD_RE.match(name):
+        raise DamagedIndexError(f"{directory.name}/{name}", "not a shard file name (fine-NNNNNN.bin)")
+    return inside(directory, name, where=f"{directory.name}/{name}")
 
 
 class ShardReader:
@@ -58,11 +67,12 @@ class ShardReader:
         name = self._files.get(shard)
         if name is None:
             raise KeyError(f"unknown shard {shard}")
-        path = self.directory / name
-        with open(path, "rb") as fh:
+        path = _shard_path(self.directory, name)
+        with os.fdopen(open_nofollow(path, os.O_RDONLY), "rb") as fh:
             size = os.fstat(fh.fileno()).st_size
             if size < end:
-                raise OSError(f"shard file {path} has {size} bytes, the index needs {end}: truncated or damaged")
+                raise DamagedIndexError(f"{self.directory.name}/{name}",
+                                        f"has {size} bytes, the index needs {end}: truncated or damaged")
             mm = mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_READ)
         try:
             mm.madvise(mmap.MADV_RANDOM)
@@ -183,17 +193,19 @@ class ShardAppender:
         actions: list[str] = []
         known = set(self.files.values())
         for shard, name in self.files.items():
-            path = self.directory / name
+            path = _shard_path(self.directory, name)
             want = self.committed_len[shard]
             try:
                 size = path.stat().st_size
             except FileNotFoundError:
                 size = -1
             if size > want:
-                with open(path, "r+b") as fh:
-                    fh.truncate(want)
-                    fh.flush()
-                    os.fsync(fh.fileno())
+                fd = open_nofollow(path, os.O_RDWR)
+                try:
+                    os.ftruncate(fd, want)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
                 actions.append(f"truncated {name} from {size} to {want} bytes (uncommitted add)")
             elif size < want:
                 # Damage, not a crash artefact: leave it for verify() and never append to it again.
@@ -203,8 +215,8 @@ class ShardAppender:
         for path in self.directory.iterdir():
             if path.name in known:
                 continue
-            if SHARD_RE.match(path.name) or ".tmp" in path.name:
-                path.unlink()
+            if (SHARD_RE.match(path.name) or ".tmp" in path.name) and (path.is_symlink() or path.is_file()):
+                path.unlink()  # a link is removed itself, never its target
                 actions.append(f"deleted orphan {path.name} (uncommitted add or compaction)")
         return actions
 
@@ -212,7 +224,7 @@ class ShardAppender:
     def _fd(self, shard: int) -> int:
         fd = self._fds.get(shard)
         if fd is None:
-            fd = os.open(self.directory / self.files[shard], os.O_WRONLY | os.O_CREAT, 0o644)
+            fd = open_nofollow(_shard_path(self.directory, self.files[shard]), os.O_WRONLY | os.O_CREAT, 0o644)
             self._fds[shard] = fd
         return fd
 
@@ -267,7 +279,7 @@ class ShardAppender:
                 if fd is not None:
                     os.close(fd)
                 try:
-                    (self.directory / self.files[shard]).unlink()
+                    _shard_path(self.directory, self.files[shard]).unlink()
                 except FileNotFoundError:
                     pass
                 del self.files[shard]

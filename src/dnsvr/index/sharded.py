@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -333,6 +334,14 @@ class ShardedIndex(VideoIndex):
     # -- searching -------------------------------------------------------------------------
     def _indexed_query(self, video_id: str) -> _Query | None:
         return self.shards[self.shard_of(video_id)]._indexed_query(video_id)
+
+    def _snapshot(self) -> Any:
+        """Every local shard's committed state pinned for the whole search (Ray actors read their own)."""
+        stack = contextlib.ExitStack()
+        if self.ray is None:
+            for shard in self.shards:
+                stack.enter_context(shard._snapshot())
+        return stack
 
     def _shard_group(self) -> Any:
         if self.ray is not None:

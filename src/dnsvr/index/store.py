@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import io
 import json
 import logging
 import math
@@ -37,6 +39,7 @@ import os
 import sqlite3
 import threading
 import time
+import zipfile
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -46,7 +49,8 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 
 from dnsvr.index._coarse import CoarseCache, is_exact_spec
-from dnsvr.index._lock import IndexLockedError, WriterLock
+from dnsvr.index._lock import LOCK_NAME, IndexLockedError, WriterLock
+from dnsvr.index._paths import check_entries, create_new, inside, open_nofollow
 from dnsvr.index._schema import (
     COARSE_DIR,
     DB_NAME,
@@ -54,6 +58,7 @@ from dnsvr.index._schema import (
     SHARD_DIR,
     STATUS_ACTIVE,
     STATUS_REMOVED,
+    DamagedIndexError,
     IndexFormatError,
     connect,
     fsync_dir,
@@ -62,7 +67,7 @@ from dnsvr.index._schema import (
     read_manifest,
     write_json_atomic,
 )
-from dnsvr.index._shards import ShardAppender, ShardReader
+from dnsvr.index._shards import SHARD_RE, ShardAppender, ShardReader
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +75,7 @@ __all__ = [
     "AddResult",
     "CoarseHits",
     "CompactReport",
+    "DamagedIndexError",
     "DuplicateVideoError",
     "FineBlock",
     "IndexConfig",
@@ -83,12 +89,19 @@ __all__ = [
     "UnknownVideoError",
     "VerifyReport",
     "VideoEntry",
+    "check_video_id",
 ]
 
 _FINE_DTYPES = ("uint8", "float16", "float32", "int8")
 _SQL_CHUNK = 900  # stay below SQLite's host-parameter limit
 _MAX_ID_LEN = 1024
 _DERIVED_APPEND_MAX = 32_768  # coarse vectors held per transaction for the derived files (128 MB at 1024-d)
+# Limits checked when a config is read, before anything is allocated from it.
+_MAX_COARSE_DIM = 1 << 16
+_MAX_FRAME_BYTES = 1 << 26  # 64 MiB per frame
+_MAX_SHARD_BYTES = 1 << 44
+_MAX_SHARD_ID = 1 << 40
+_MAX_BYTES = 1 << 50  # a committed length or offset beyond this is damage
 
 
 # ----------------------------------------------------------------------------------------------
@@ -161,14 +174,25 @@ class IndexConfig:
     def __post_init__(self) -> None:
         if self.fine_dtype not in _FINE_DTYPES:
             raise ValueError(f"fine_dtype {self.fine_dtype!r} not supported; choose one of {_FINE_DTYPES}")
+        if not isinstance(self.fine_shape, (tuple, list)) or any(
+                isinstance(s, bool) or not isinstance(s, (int, np.integer)) for s in self.fine_shape):
+            raise ValueError(f"fine_shape must be a non-empty tuple of positive ints, got {self.fine_shape!r}")
         shape = tuple(int(s) for s in self.fine_shape)
-        if not shape or any(s <= 0 for s in shape):
+        if not shape or len(shape) > 8 or any(s <= 0 or s > _MAX_FRAME_BYTES for s in shape):
             raise ValueError(f"fine_shape must be a non-empty tuple of positive ints, got {self.fine_shape!r}")
         object.__setattr__(self, "fine_shape", shape)
-        if int(self.coarse_dim) <= 0:
-            raise ValueError(f"coarse_dim must be positive, got {self.coarse_dim}")
-        if int(self.shard_bytes) <= 0:
-            raise ValueError(f"shard_bytes must be positive, got {self.shard_bytes}")
+        for name in ("coarse_dim", "shard_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise ValueError(f"{name} must be an int, got {value!r}")
+        if not 0 < int(self.coarse_dim) <= _MAX_COARSE_DIM:
+            raise ValueError(f"coarse_dim must be in 1..{_MAX_COARSE_DIM}, got {self.coarse_dim}")
+        if not 0 < int(self.shard_bytes) <= _MAX_SHARD_BYTES:
+            raise ValueError(f"shard_bytes must be in 1..{_MAX_SHARD_BYTES}, got {self.shard_bytes}")
+        if math.prod(shape) * np.dtype(self.fine_dtype).itemsize > _MAX_FRAME_BYTES:
+            raise ValueError(f"fine_shape {shape} of {self.fine_dtype} exceeds {_MAX_FRAME_BYTES} bytes per frame")
+        if not isinstance(self.extra, dict):
+            raise ValueError(f"extra must be a dict, got {type(self.extra).__name__}")
         if not isinstance(self.coarse_index, str) or not self.coarse_index.strip():
             raise ValueError(f"coarse_index must be a FAISS index_factory spec, got {self.coarse_index!r}")
         json.dumps(self.extra)  # raises TypeError early if not JSON
@@ -321,6 +345,52 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
+def check_video_id(video_id: object) -> str | None:
+    """Why ``video_id`` cannot be a video id, or None when it can (the one rule of extract and index).
+
+    A video id is a non-empty string of at most 1,024 characters, valid UTF-8, without control
+    characters (a newline in a file name would split every line-based listing).
+    """
+    if not isinstance(video_id, str) or not video_id:
+        return "a video id must be a non-empty string"
+    if len(video_id) > _MAX_ID_LEN:
+        return f"longer than {_MAX_ID_LEN} characters"
+    if any(ord(c) < 32 or ord(c) == 127 for c in video_id):
+        return "contains control characters (a newline or tab in a file name?)"
+    try:
+        video_id.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid UTF-8 (an undecodable file name)"
+    return None
+
+
+def _sqlite_error(exc: sqlite3.Error) -> IndexStoreError | DamagedIndexError:
+    """One line for a SQLite failure: damage of ``meta.sqlite``, or an operational error (locked, disk full)."""
+    text = str(exc) or type(exc).__name__
+    low = text.lower()
+    operational = isinstance(exc, sqlite3.OperationalError) and not any(
+        w in low for w in ("no such", "malformed", "not a database", "corrupt", "schema"))
+    if operational:
+        return IndexStoreError(f"{DB_NAME}: {text}")
+    return DamagedIndexError(DB_NAME, f"SQLite says: {text}")
+
+
+_F = Any
+
+
+def _guarded(fn: _F) -> _F:
+    """Turn SQLite exceptions escaping a public method into :func:`_sqlite_error`'s one line."""
+
+    @functools.wraps(fn)
+    def wrapper(self: IndexStore, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            raise _sqlite_error(exc) from exc
+
+    return wrapper
+
+
 def _chunks(seq: Sequence[Any], n: int = _SQL_CHUNK) -> Iterator[Sequence[Any]]:
     for i in range(0, len(seq), n):
         yield seq[i : i + n]
@@ -350,7 +420,9 @@ class _Catalog:
         self.offset = np.empty(0, dtype=np.int64)
         self.n_frames = np.empty(0, dtype=np.int64)
         self.selector = np.empty(0, dtype=np.float64)
+        self.crc32 = np.empty(0, dtype=np.int64)
         self.ids = np.empty(0, dtype=object)
+        self.from_file = False  # loaded from the saved catalog.npz (derived data)
         self.pos: dict[str, int] = {}
         self.shard_files: dict[int, tuple[str, int]] = {}
 
@@ -364,8 +436,9 @@ class _Catalog:
             offset = np.fromiter(cols[3], dtype=np.int64, count=len(rows))
             nfr = np.fromiter(cols[4], dtype=np.int64, count=len(rows))
             sel = np.array([np.nan if s is None else s for s in cols[5]], dtype=np.float64)
+            crc = np.fromiter(cols[6], dtype=np.int64, count=len(rows))
         else:
-            rowid = shard = offset = nfr = np.empty(0, dtype=np.int64)
+            rowid = shard = offset = nfr = crc = np.empty(0, dtype=np.int64)
             ids = np.empty(0, dtype=object)
             sel = np.empty(0, dtype=np.float64)
         if append:
@@ -376,39 +449,67 @@ class _Catalog:
             self.offset = np.concatenate([self.offset, offset])
             self.n_frames = np.concatenate([self.n_frames, nfr])
             self.selector = np.concatenate([self.selector, sel])
+            self.crc32 = np.concatenate([self.crc32, crc])
             for i, vid in enumerate(ids.tolist()):
                 self.pos[vid] = base + i
         else:
-            self.rowid, self.ids, self.shard, self.offset, self.n_frames, self.selector = (
-                rowid, ids, shard, offset, nfr, sel)
+            self.rowid, self.ids, self.shard, self.offset, self.n_frames, self.selector, self.crc32 = (
+                rowid, ids, shard, offset, nfr, sel, crc)
             self.pos = dict(zip(ids.tolist(), range(len(ids))))
 
     # A snapshot of the catalog saved by the writer at close (derived data, like coarse/): opening
     # a large index then reads a few arrays instead of turning 100k SQLite rows into Python objects.
-    _ARRAYS = ("rowid", "shard", "offset", "n_frames", "selector")
+    _ARRAYS = ("rowid", "shard", "offset", "n_frames", "selector", "crc32")
+    _DTYPES = {"rowid": "i8", "shard": "i8", "offset": "i8", "n_frames": "i8", "selector": "f8", "crc32": "i8",
+               "ids": "u1", "generation": "i8", "epoch": "i8", "n": "i8"}
 
     def save(self, path: Path) -> None:
         ids = self.ids.tolist()
         blob = np.frombuffer("\x00".join(ids).encode("utf-8"), dtype=np.uint8)
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        with open(tmp, "wb") as fh:
+        with os.fdopen(create_new(tmp), "wb") as fh:
             np.savez(fh, generation=np.int64(self.generation), epoch=np.int64(self.epoch), ids=blob,
                      n=np.int64(len(ids)), **{k: getattr(self, k) for k in self._ARRAYS})
         os.replace(tmp, path)
 
     @classmethod
+    def _read_arrays(cls, path: Path) -> dict[str, np.ndarray]:
+        """The catalog's arrays, each checked (plain dtype, declared size within the member) before allocation."""
+        fd = open_nofollow(path, os.O_RDONLY)
+        with os.fdopen(fd, "rb") as raw, zipfile.ZipFile(raw) as zf:
+            limit = os.fstat(raw.fileno()).st_size
+            out: dict[str, np.ndarray] = {}
+            for key, want in cls._DTYPES.items():
+                info = zf.getinfo(key + ".npy")
+                if info.file_size > limit:
+                    raise ValueError(f"{key}: member larger than the file")
+                data = zf.read(info)
+                fh = io.BytesIO(data)
+                version = np.lib.format.read_magic(fh)
+                header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                          else np.lib.format.read_array_header_2_0)
+                shape, _, dtype = header(fh)
+                if dtype.hasobject or dtype.str[1:] != want or math.prod(shape) * dtype.itemsize > len(data):
+                    raise ValueError(f"{key}: {dtype} {shape} in {len(data)} bytes")
+                fh.seek(0)
+                out[key] = np.lib.format.read_array(fh, allow_pickle=False)
+            return out
+
+    @classmethod
     def load(cls, path: Path) -> _Catalog | None:
+        """The saved catalog, or None when it is missing, unreadable or implausible (derived data: rebuilt)."""
         try:
-            with np.load(path, allow_pickle=False) as z:
-                cat = cls()
-                cat.generation, cat.epoch, n = int(z["generation"]), int(z["epoch"]), int(z["n"])
-                for k in cls._ARRAYS:
-                    arr = z[k]
-                    if arr.shape != (n,):
-                        return None
-                    setattr(cat, k, arr)
-                text = z["ids"].tobytes().decode("utf-8")
-        except (OSError, ValueError, KeyError, UnicodeDecodeError):
+            z = cls._read_arrays(path)
+            cat = cls()
+            cat.generation, cat.epoch, n = int(z["generation"]), int(z["epoch"]), int(z["n"])
+            for k in cls._ARRAYS:
+                arr = z[k]
+                if arr.shape != (n,):
+                    return None
+                setattr(cat, k, arr)
+            text = z["ids"].tobytes().decode("utf-8")
+        except Exception as exc:  # noqa: BLE001 - derived data: any damage means "read SQLite instead"
+            logger.info("saved catalog %s unusable (%s: %s); reading SQLite", path, type(exc).__name__, exc)
             return None
         ids = text.split("\x00") if n else []
         if len(ids) != n:
@@ -416,10 +517,56 @@ class _Catalog:
         cat.ids = np.empty(n, dtype=object)
         cat.ids[:] = ids
         cat.pos = dict(zip(ids, range(n)))
+        cat.from_file = True
         return cat
 
 
-_ROW_COLS = "rowid, video_id, shard, offset, n_frames, selector"
+try:  # ISA-L's CRC32 gives zlib's values about 4x faster (the read checks of every search use it)
+    from isal.isal_zlib import crc32 as _crc32
+except ImportError:  # pragma: no cover - isal is optional
+    _crc32 = zlib.crc32
+
+
+_ROW_COLS = "rowid, video_id, shard, offset, n_frames, selector, crc32"
+
+
+def _is_int(v: object, lo: int, hi: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def _attr_value(key: str, text: Any) -> Any:
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError, RecursionError):
+        raise DamagedIndexError(f"{DB_NAME} attrs", f"the value of {key!r} is not JSON") from None
+
+
+def _check_rows(rows: list[tuple]) -> None:
+    """Types and ranges of catalog rows read from SQLite (before numpy sees them)."""
+    for rowid, vid, shard, offset, nfr, sel, crc in rows:
+        if not (isinstance(vid, str) and _is_int(rowid, 1, 1 << 62) and _is_int(shard, 0, _MAX_SHARD_ID)
+                and _is_int(offset, 0, _MAX_BYTES) and _is_int(nfr, 1, 1 << 40) and _is_int(crc, 0, 0xFFFFFFFF)
+                and (sel is None or isinstance(sel, (int, float)))):
+            raise DamagedIndexError(f"{DB_NAME} videos", f"row {rowid!r} ({vid!r}) has out-of-range values "
+                                    f"(shard {shard!r}, offset {offset!r}, frames {nfr!r}, crc32 {crc!r}, "
+                                    f"selector {sel!r})")
+
+
+def _check_shards(shards: list[tuple]) -> dict[int, tuple[str, int]]:
+    """``{shard: (file name, committed bytes)}`` from the shards table; a bad name or length is damage."""
+    out: dict[int, tuple[str, int]] = {}
+    names: set[str] = set()
+    for shard, name, committed in shards:
+        if not _is_int(shard, 0, _MAX_SHARD_ID):
+            raise DamagedIndexError(f"{DB_NAME} shards.shard", f"shard id {shard!r} is out of range")
+        if not isinstance(name, str) or not SHARD_RE.match(name) or name in names:
+            raise DamagedIndexError(f"{DB_NAME} shards.file", f"{name!r} is not a shard file name of this index "
+                                    f"(fine-NNNNNN.bin inside {SHARD_DIR}/, once)")
+        if not _is_int(committed, 0, _MAX_BYTES):
+            raise DamagedIndexError(f"{DB_NAME} shards.committed", f"{committed!r} bytes for {name} is out of range")
+        names.add(name)
+        out[shard] = (name, committed)
+    return out
 CATALOG_NAME = "catalog.npz"
 
 
@@ -436,13 +583,38 @@ class IndexStore:
     def __init__(self, directory: Path, manifest: dict[str, Any], readonly: bool, lock: WriterLock | None):
         self.directory = directory
         self.manifest = manifest
-        self.config = IndexConfig.from_dict(manifest["config"])
+        cfg = manifest.get("config")
+        try:
+            if not isinstance(cfg, dict):
+                raise ValueError(f"config is {type(cfg).__name__}, not an object")
+            self.config = IndexConfig.from_dict(cfg)
+        except (ValueError, TypeError) as exc:
+            raise DamagedIndexError(MANIFEST_NAME, f"bad config: {exc}") from None
         self.readonly = readonly
         self._lock = lock
         self._mutex = threading.RLock()
         self._pins = 0
         self._closed = False
-        self._db = connect(directory / DB_NAME, readonly=readonly)
+        self._verified: set[int] = set()  # rowids whose fine bytes passed their CRC32 in this handle
+        # the writer never trusts the saved catalog (derived data): it reads SQLite and rewrites it at close
+        self._use_saved_catalog = readonly
+        check_entries(directory, files=(DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm", DB_NAME + "-journal",
+                                        MANIFEST_NAME, LOCK_NAME, CATALOG_NAME), dirs=(SHARD_DIR, COARSE_DIR))
+        try:
+            self._db = connect(inside(directory, DB_NAME), readonly=readonly)
+            self._setup(directory, readonly)
+        except sqlite3.Error as exc:
+            db = getattr(self, "_db", None)
+            if db is not None:
+                db.close()
+            raise _sqlite_error(exc) from exc
+        except BaseException:
+            db = getattr(self, "_db", None)
+            if db is not None:
+                db.close()
+            raise
+
+    def _setup(self, directory: Path, readonly: bool) -> None:
         self._dtype = np.dtype(self.config.fine_dtype)
         self._frame_bytes = self.config.frame_bytes
         self._cat = _Catalog()
@@ -657,7 +829,10 @@ class IndexStore:
 
     def _state(self) -> tuple[int, int]:
         rows = dict(self._db.execute("SELECT key, value FROM state").fetchall())
-        return int(rows["generation"]), int(rows["epoch"])
+        gen, epoch = rows.get("generation"), rows.get("epoch")
+        if not (_is_int(gen, 0, 1 << 62) and _is_int(epoch, 0, 1 << 62)):
+            raise DamagedIndexError(f"{DB_NAME} state", f"generation {gen!r} / epoch {epoch!r} are not counters")
+        return gen, epoch  # type: ignore[return-value]
 
     def _refresh(self, force: bool = False) -> None:
         """Pick up commits made since the catalog was loaded (cheap when nothing changed)."""
@@ -678,7 +853,7 @@ class IndexStore:
         db = self._db
         cat = self._cat
         gen, epoch = self._state()
-        if force and cat.generation < 0:
+        if force and cat.generation < 0 and self._use_saved_catalog:
             saved = self._load_saved_catalog(gen, epoch)
             if saved is not None:
                 self._cat = cat = saved
@@ -689,12 +864,14 @@ class IndexStore:
             last = int(cat.rowid[-1]) if len(cat.rowid) else 0
             rows = db.execute(f"SELECT {_ROW_COLS} FROM videos WHERE status = 0 AND rowid > ? ORDER BY rowid",
                               (last,)).fetchall()
+            _check_rows(rows)
             cat.set_rows(rows, append=True)
         else:
             rows = db.execute(f"SELECT {_ROW_COLS} FROM videos WHERE status = 0 ORDER BY rowid").fetchall()
+            _check_rows(rows)
             cat.set_rows(rows, append=False)
         shards = db.execute("SELECT shard, file, committed FROM shards").fetchall()
-        cat.shard_files = {int(s): (str(f), int(n)) for s, f, n in shards}
+        cat.shard_files = _check_shards(shards)
         cat.generation, cat.epoch = gen, epoch
         self._reader.set_files({s: f for s, (f, _) in cat.shard_files.items()})
 
@@ -715,6 +892,7 @@ class IndexStore:
                 return None
         return saved
 
+    @_guarded
     def refresh(self) -> None:
         """Load commits made by another process now (every read call does this itself)."""
         with self._mutex:
@@ -738,18 +916,21 @@ class IndexStore:
         return np.asarray(out, dtype=np.int64)
 
     # -- reading ---------------------------------------------------------------------------
+    @_guarded
     def __len__(self) -> int:
         with self._mutex:
             self._check_open()
             self._refresh()
             return len(self._cat.ids)
 
+    @_guarded
     def __contains__(self, video_id: object) -> bool:
         with self._mutex:
             self._check_open()
             self._refresh()
             return video_id in self._cat.pos
 
+    @_guarded
     def ids(self) -> list[str]:
         """Ids of the active videos, in the order they were added."""
         with self._mutex:
@@ -758,6 +939,7 @@ class IndexStore:
             return self._cat.ids.tolist()
 
     @property
+    @_guarded
     def generation(self) -> int:
         """Counter bumped by every commit that changes the stored set (add/remove/compact)."""
         with self._mutex:
@@ -765,6 +947,7 @@ class IndexStore:
             self._refresh()
             return self._cat.generation
 
+    @_guarded
     def fine(self, video_ids: Iterable[str] | str, prefetch: bool = False) -> list[np.ndarray]:
         """Fine representations as read-only memory-mapped arrays ``[T, *fine_shape]`` (no copy).
 
@@ -784,21 +967,57 @@ class IndexStore:
             self._check_open()
             self._refresh()
             video_ids = [video_ids] if isinstance(video_ids, str) else list(video_ids)
-            for attempt in range(2):
+            for attempt in range(3):
                 cat = self._cat
                 pos = self._positions(video_ids)
                 try:
+                    self._check_ranges(cat, pos)
                     view = self._reader.view
                     shards, offsets, frames = cat.shard[pos], cat.offset[pos], cat.n_frames[pos]
                     views = [view(s, o, n) for s, o, n in zip(shards.tolist(), offsets.tolist(), frames.tolist())]
                     if prefetch and len(pos):
                         self._reader.will_need(shards, offsets, frames.astype(np.int64) * self._frame_bytes)
+                    self._check_crc(cat, pos, views)
                     return views
                 except (FileNotFoundError, KeyError):
                     if attempt or self._pins:
                         raise
                     self._refresh(force=True)  # a compaction swapped the shards under us
+                except DamagedIndexError:
+                    if not cat.from_file or self._pins:
+                        raise
+                    # the saved catalog is derived data: read the truth from SQLite and look again
+                    logger.warning("saved catalog of %s disagrees with the shards; reading SQLite", self.directory)
+                    self._use_saved_catalog = False
+                    self._cat = _Catalog()
+                    self._refresh(force=True)
             raise AssertionError("unreachable")
+
+    def _check_ranges(self, cat: _Catalog, pos: np.ndarray) -> None:
+        """Every range lies inside its shard's committed length (from SQLite), before anything is mapped."""
+        if not len(pos):
+            return
+        shard, end = cat.shard[pos], cat.offset[pos] + cat.n_frames[pos] * self._frame_bytes
+        for s in np.unique(shard).tolist():
+            entry = cat.shard_files.get(s)
+            sel = shard == s
+            if entry is None or int(end[sel].max()) > entry[1]:
+                i = int(pos[np.flatnonzero(sel)[0]])
+                raise DamagedIndexError(f"{DB_NAME} videos", f"video {cat.ids[i]!r} lies outside shard {s}'s "
+                                        f"committed bytes ({'no such shard' if entry is None else entry[1]})")
+
+    def _check_crc(self, cat: _Catalog, pos: np.ndarray, views: list[np.ndarray]) -> None:
+        """CRC32 of each video's fine bytes, once per video and handle; a mismatch is damage (never scored)."""
+        verified = self._verified
+        for p, v in zip(pos.tolist(), views):
+            rid = int(cat.rowid[p])
+            if rid in verified:
+                continue
+            if _crc32(v) != int(cat.crc32[p]):
+                name = cat.shard_files.get(int(cat.shard[p]), ("?", 0))[0]
+                raise DamagedIndexError(f"{SHARD_DIR}/{name}", f"the fine bytes of video {cat.ids[p]!r} fail their "
+                                        f"CRC32 check (run `dnsvr index verify`)")
+            verified.add(rid)
 
     def fine_blocks(self, video_ids: Iterable[str] | None = None, max_frames: int = 65536) -> Iterator[FineBlock]:
         """Stream fine representations in runs of videos stored back to back (one view per run).
@@ -822,6 +1041,7 @@ class IndexStore:
                 self._reader.map_all({s: n for s, (_, n) in self._cat.shard_files.items()})
             cat = self._cat
             pos = np.arange(len(cat.ids)) if video_ids is None else self._positions(list(video_ids))
+            self._check_ranges(cat, pos)
             order = np.lexsort((cat.offset[pos], cat.shard[pos]))
             pos = pos[order]
             shard, offset, nfr = cat.shard[pos], cat.offset[pos], cat.n_frames[pos]
@@ -843,6 +1063,7 @@ class IndexStore:
             yield FineBlock(ids[start:end].tolist(), frame_offsets, data)
             start = end
 
+    @_guarded
     def selector_values(self, video_ids: Iterable[str] | str | None = None) -> np.ndarray:
         """Selector self-similarities, float64 (NaN where none was stored); all videos when None."""
         with self._mutex:
@@ -852,6 +1073,7 @@ class IndexStore:
                 return self._cat.selector.copy()
             return self._cat.selector[self._positions(video_ids)]
 
+    @_guarded
     def n_frames(self, video_ids: Iterable[str] | str | None = None) -> np.ndarray:
         """Frame counts, int64; all videos (in :meth:`ids` order) when None."""
         with self._mutex:
@@ -877,6 +1099,10 @@ class IndexStore:
             for rowid, blob in cur:
                 i = index.get(rowid)
                 if i is not None:
+                    if not isinstance(blob, bytes) or len(blob) != 4 * dim:
+                        raise DamagedIndexError(f"{DB_NAME} coarse", f"the coarse vector of row {rowid} has "
+                                                f"{len(blob) if isinstance(blob, bytes) else type(blob).__name__} "
+                                                f"bytes, not {4 * dim}")
                     out[i] = np.frombuffer(blob, dtype="<f4", count=dim)
                     found[i] = True
         if not found.all():
@@ -893,6 +1119,7 @@ class IndexStore:
             self._refresh(force=True)  # a compaction purged rows since the catalog was read
             self._coarse.sync(self._cat.rowid)
 
+    @_guarded
     def coarse_vectors(self, video_ids: Iterable[str] | str | None = None) -> np.ndarray:
         """Coarse vectors float32 ``[n, coarse_dim]`` (all videos, in :meth:`ids` order, when None)."""
         with self._mutex:
@@ -903,6 +1130,7 @@ class IndexStore:
             pos = np.arange(len(cat.ids)) if video_ids is None else self._positions(video_ids)
             return self._coarse.vectors(pos)
 
+    @_guarded
     def coarse_search(
         self, queries: np.ndarray, k: int | None = None, *, exact: bool = False, params: str | None = None
     ) -> CoarseHits:
@@ -949,6 +1177,7 @@ class IndexStore:
             ids[valid] = cat.ids[pos[valid]]
             return CoarseHits(ids, scores.astype(np.float32, copy=False), pos, was_exact)
 
+    @_guarded
     def get(self, video_id: str) -> VideoEntry:
         """Metadata of one video.
 
@@ -965,27 +1194,41 @@ class IndexStore:
         if row is None:
             raise UnknownVideoError([video_id])
         vid, nfr, t0, dt, blob, duration, source, sel, added, meta, shard, offset, nbytes, crc = row
-        if blob is not None:
-            ts = np.frombuffer(blob, dtype="<f8").copy()
-        elif t0 is not None and dt is not None:
-            ts = t0 + np.arange(nfr, dtype=np.float64) * dt
-        else:
-            ts = None
-        return VideoEntry(vid, int(nfr), ts, duration, source, sel, float(added), json.loads(meta) if meta else {},
-                          int(shard), int(offset), int(nbytes), int(crc))
+        try:
+            if not _is_int(nfr, 1, 1 << 40):
+                raise ValueError(f"n_frames {nfr!r}")
+            if blob is not None:
+                if not isinstance(blob, bytes) or len(blob) != 8 * nfr:
+                    raise ValueError(f"{len(blob) if isinstance(blob, bytes) else blob!r} timestamp bytes")
+                ts = np.frombuffer(blob, dtype="<f8").copy()
+            elif t0 is not None and dt is not None:
+                ts = float(t0) + np.arange(nfr, dtype=np.float64) * float(dt)
+            else:
+                ts = None
+            extra = json.loads(meta) if meta else {}
+            if not isinstance(extra, dict):
+                raise ValueError("meta is not a JSON object")
+            entry = VideoEntry(vid, int(nfr), ts, None if duration is None else float(duration),
+                               None if source is None else str(source), None if sel is None else float(sel),
+                               float(added), extra, int(shard), int(offset), int(nbytes), int(crc))
+        except (ValueError, TypeError, RecursionError) as exc:
+            raise DamagedIndexError(f"{DB_NAME} videos", f"the row of {video_id!r} is damaged ({exc})") from None
+        return entry
 
     def timestamps(self, video_id: str) -> np.ndarray | None:
         """Frame timestamps in seconds (None when the record had none)."""
         return self.get(video_id).timestamps
 
     # -- attrs -----------------------------------------------------------------------------
+    @_guarded
     def get_attr(self, key: str, default: Any = None) -> Any:
         """An index-level JSON value stored in SQLite (e.g. the bundle identity)."""
         with self._mutex:
             self._check_open()
             row = self._db.execute("SELECT value FROM attrs WHERE key = ?", (key,)).fetchone()
-        return default if row is None else json.loads(row[0])
+        return default if row is None else _attr_value(key, row[0])
 
+    @_guarded
     def set_attr(self, key: str, value: Any) -> None:
         """Store an index-level JSON value (committed at once)."""
         text = json.dumps(value, default=_json_default)
@@ -993,11 +1236,12 @@ class IndexStore:
             self._check_writable()
             self._db.execute("INSERT OR REPLACE INTO attrs(key, value) VALUES (?, ?)", (key, text))
 
+    @_guarded
     def attrs(self) -> dict[str, Any]:
         """Every index-level JSON value."""
         with self._mutex:
             self._check_open()
-            return {k: json.loads(v) for k, v in self._db.execute("SELECT key, value FROM attrs")}
+            return {k: _attr_value(k, v) for k, v in self._db.execute("SELECT key, value FROM attrs")}
 
     # -- writing ---------------------------------------------------------------------------
     def _prepare(self, record: Any) -> _Prepared:
@@ -1016,10 +1260,9 @@ class IndexStore:
             raise RecordError(f"record for {video_id!r} has {3 + len(rest)} fields, at most 5 expected")
         selector = rest[0] if len(rest) > 0 else None
         meta = rest[1] if len(rest) > 1 else None
-        if not isinstance(video_id, str) or not video_id or len(video_id) > _MAX_ID_LEN:
-            raise RecordError(f"video ids must be non-empty str of at most {_MAX_ID_LEN} chars, got {video_id!r}")
-        if any(ord(c) < 32 for c in video_id):
-            raise RecordError(f"video id {video_id!r} contains control characters")
+        problem = check_video_id(video_id)
+        if problem:
+            raise RecordError(f"video id {video_id!r}: {problem}")
         # coarse
         c = np.asarray(coarse)
         if c.ndim == 2 and c.shape[0] == 1:
@@ -1087,6 +1330,7 @@ class IndexStore:
             raise RecordError(f"{video_id!r}: meta is not JSON serialisable ({exc})") from exc
         return _Prepared(video_id, c, f, selector, duration, source, t0, dt, blob, meta_json)
 
+    @_guarded
     def add(
         self,
         records: Iterable[IndexRecord | tuple],
@@ -1205,7 +1449,7 @@ class IndexStore:
                         result.replaced.append(vid)
                     buf = memoryview(p.fine).cast("B")
                     shard, offset = appender.append(buf)
-                    rows.append((next_rowid, vid, p.fine.shape[0], shard, offset, buf.nbytes, zlib.crc32(buf),
+                    rows.append((next_rowid, vid, p.fine.shape[0], shard, offset, buf.nbytes, _crc32(buf),
                                  p.selector, p.duration, p.source, p.ts_start, p.ts_step, p.ts_blob, now,
                                  p.meta_json))
                     coarse_rows.append((next_rowid, p.coarse.tobytes()))
@@ -1237,6 +1481,7 @@ class IndexStore:
             logger.debug("added %d videos to %s", len(result.added), self.directory)
             return result
 
+    @_guarded
     def remove(self, video_ids: Iterable[str] | str, *, missing: Literal["error", "ignore"] = "error") -> int:
         """Remove videos: hidden from every read at once; their bytes are reclaimed by :meth:`compact`.
 
@@ -1276,6 +1521,7 @@ class IndexStore:
             logger.info("removed %d videos from %s", len(rowids), self.directory)
             return len(rowids)
 
+    @_guarded
     def compact(self) -> CompactReport:
         """Rewrite the shards without removed videos and purge their rows; swapped in by one commit.
 
@@ -1299,7 +1545,7 @@ class IndexStore:
             n_removed = db.execute("SELECT COUNT(*) FROM videos WHERE status != 0").fetchone()[0]
             rows = db.execute("SELECT rowid, video_id, shard, offset, nbytes, crc32 FROM videos WHERE status = 0 "
                               "ORDER BY rowid").fetchall()
-            live_bytes = sum(r[4] for r in rows)
+            live_bytes = sum(r[4] for r in rows if isinstance(r[4], int))
             if n_removed == 0 and live_bytes == bytes_before:
                 return CompactReport(0, bytes_before, bytes_before, len(old_shards), len(old_shards),
                                      time.perf_counter() - t0)
@@ -1307,10 +1553,16 @@ class IndexStore:
             # new shard ids continue after the old ones, so old and new files never share a name
             new = ShardAppender(self.directory / SHARD_DIR, {}, self.config.shard_bytes, first_shard=first)
             updates = []
+            for rowid, vid, shard, offset, nbytes, crc in rows:
+                entry = old_shards.get(shard)
+                if not (_is_int(offset, 0, _MAX_BYTES) and _is_int(nbytes, 0, _MAX_BYTES)) or entry is None \
+                        or offset + nbytes > entry[1]:
+                    raise DamagedIndexError(f"{DB_NAME} videos", f"compaction aborted: video {vid!r} lies outside "
+                                            f"the committed bytes of shard {shard!r}; run verify()")
             try:
                 for rowid, vid, shard, offset, nbytes, crc in rows:
                     buf = self._reader.raw(shard, offset, nbytes)
-                    if zlib.crc32(buf) != crc:
+                    if _crc32(buf) != crc:
                         raise IndexStoreError(f"compaction aborted: video {vid!r} fails its checksum "
                                               f"(shard {shard} offset {offset}); run verify()")
                     s, o = new.append(buf)
@@ -1358,6 +1610,7 @@ class IndexStore:
                         bytes_before, bytes_after)
             return report
 
+    @_guarded
     def set_coarse_index(self, spec: str, params: str = "") -> None:
         """Change the coarse index spec (and its default query-time parameters); recorded in the manifest.
 
@@ -1391,6 +1644,7 @@ class IndexStore:
             coarse.spec, coarse.ann, coarse.ann_rowids, coarse.ann_failed = spec, None, None, False
             logger.info("coarse index of %s set to %r (%s)", self.directory, spec, params or "default params")
 
+    @_guarded
     def build_coarse_index(self) -> None:
         """Bring the derived coarse data (matrix, ANN index) up to date now and save it (writer)."""
         with self._mutex:
@@ -1402,6 +1656,7 @@ class IndexStore:
             self._coarse.persist(self._cat.rowid, self._cat.generation)
 
     # -- checks ----------------------------------------------------------------------------
+    @_guarded
     def verify(self, checksums: bool = True) -> VerifyReport:
         """Check the whole index; never modifies it.
 
@@ -1438,7 +1693,11 @@ class IndexStore:
                 bad("sqlite", f"SQLite quick_check: {'; '.join(integrity[:5])}")
             shards = dict(self._cat.shard_files)
             for shard, (name, committed) in shards.items():
-                path = self.directory / SHARD_DIR / name
+                try:
+                    path = inside(self.directory / SHARD_DIR, name, where=f"{SHARD_DIR}/{name}")
+                except DamagedIndexError as exc:
+                    bad("shard", str(exc))
+                    continue
                 if not path.is_file():
                     bad("shard", f"shard file {name} is missing")
                     continue
@@ -1462,6 +1721,11 @@ class IndexStore:
                     n_active += 1
                 else:
                     n_removed += 1
+                if not (_is_int(nfr, 1, 1 << 40) and _is_int(shard, 0, _MAX_SHARD_ID) and _is_int(offset, 0, _MAX_BYTES)
+                        and _is_int(nbytes, 0, _MAX_BYTES) and _is_int(crc, 0, 0xFFFFFFFF)):
+                    bad("row", f"non-integer or out-of-range values: frames {nfr!r}, shard {shard!r}, offset "
+                               f"{offset!r}, bytes {nbytes!r}, crc32 {crc!r}", vid)
+                    continue
                 if nbytes != nfr * fb or nfr < 1:
                     bad("shape", f"{nbytes} bytes stored for {nfr} frames of {fb} bytes "
                                  f"({self.config.fine_dtype} {self.config.fine_shape})", vid)
@@ -1474,17 +1738,18 @@ class IndexStore:
                                     f"length {shards[shard][1]}", vid)
                     continue
                 ranges.setdefault(shard, []).append((offset, offset + nbytes, vid))
-                if coarse is None or len(coarse) != 4 * dim:
-                    bad("coarse", f"coarse blob has {0 if coarse is None else len(coarse)} bytes, expected {4 * dim}",
-                        vid)
+                if not isinstance(coarse, bytes) or len(coarse) != 4 * dim:
+                    size = len(coarse) if isinstance(coarse, bytes) else f"no ({type(coarse).__name__})"
+                    bad("coarse", f"coarse blob has {size} bytes, expected {4 * dim}", vid)
                 elif not np.isfinite(np.frombuffer(coarse, dtype="<f4")).all():
                     bad("coarse", "coarse vector contains NaN or inf", vid)
-                if ts_blob is not None and len(ts_blob) != 8 * nfr:
-                    bad("timestamps", f"{len(ts_blob) // 8} timestamps for {nfr} frames", vid)
+                if ts_blob is not None and (not isinstance(ts_blob, bytes) or len(ts_blob) != 8 * nfr):
+                    bad("timestamps", f"{len(ts_blob) // 8 if isinstance(ts_blob, bytes) else 'no'} timestamps "
+                                      f"for {nfr} frames", vid)
                 if checksums and status == STATUS_ACTIVE:
                     try:
-                        got = zlib.crc32(self._reader.raw(shard, offset, nbytes))
-                    except OSError as exc:
+                        got = _crc32(self._reader.raw(shard, offset, nbytes))
+                    except (OSError, DamagedIndexError) as exc:
                         bad("read", f"cannot read its fine bytes: {exc}", vid)
                         continue
                     n_checked += 1
@@ -1502,7 +1767,8 @@ class IndexStore:
                     np.array_equal(getattr(saved, k), getattr(self._cat, k), equal_nan=(k == "selector"))
                     for k in _Catalog._ARRAYS)
                 if not same:
-                    bad("derived", f"{CATALOG_NAME} disagrees with SQLite (delete it; it is rebuilt on close)")
+                    bad("derived", f"derived {CATALOG_NAME} disagrees with SQLite: writers ignore it and rewrite it "
+                                   f"at close (any write command repairs it, or delete the file)")
             orphans = db.execute("SELECT COUNT(*) FROM coarse WHERE video_row NOT IN (SELECT rowid FROM videos)"
                                  ).fetchone()[0]
             if orphans:
@@ -1520,11 +1786,16 @@ class IndexStore:
         return report
 
     def _verify_coarse(self, all_rowids: np.ndarray, bad: Any, notes: list[str]) -> None:
-        problems, more = self._coarse.check(all_rowids, self._load_coarse_rows)
+        try:
+            problems, more = self._coarse.check(all_rowids, self._load_coarse_rows)
+        except DamagedIndexError as exc:  # a coarse blob in SQLite itself (reported per video above)
+            notes.append(f"derived coarse files not compared with SQLite: {exc}")
+            return
         for message in problems:
             bad("derived", message)
         notes.extend(more)
 
+    @_guarded
     def info(self) -> dict[str, Any]:
         """Counts, bytes on disk per stage and per video, config and versions (JSON-ready)."""
         with self._mutex:

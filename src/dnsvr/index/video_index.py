@@ -25,8 +25,9 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
+import os
+import shutil
 import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -39,7 +40,9 @@ import numpy as np
 from dnsvr import __version__
 from dnsvr.fine import DEFAULT_PRECISION, PRECISIONS
 from dnsvr.bundle import Bundle, BundleError, VideoRepresentation, load_bundle
-from dnsvr.index.store import IndexConfig, IndexRecord, IndexStore
+from dnsvr.index._lock import LOCK_NAME, WriterLock
+from dnsvr.index._paths import DamagedIndexError, check_entries, create_new, inside, read_json
+from dnsvr.index.store import IndexConfig, IndexRecord, IndexStore, check_video_id
 from dnsvr.search import (
     Budget,
     QueryResults,
@@ -95,9 +98,51 @@ class _Query:
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
-    tmp.replace(path)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with os.fdopen(create_new(tmp), "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(payload, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _read_manifest(directory: Path) -> dict[str, Any]:
+    """``index.json``, checked (format, version); damage is one :class:`DamagedIndexError` line."""
+    path = directory / MANIFEST
+    if not os.path.lexists(path):
+        raise VideoIndexError(f"not a dnsvr index (no {MANIFEST}): {directory}")
+    try:
+        manifest = read_json(directory, MANIFEST)
+    except OSError as exc:
+        raise DamagedIndexError(MANIFEST, f"unreadable ({exc.strerror or exc})") from None
+    if isinstance(manifest, dict) and manifest.get("format") == "dnsvr-sharded-index":
+        raise VideoIndexError(f"{directory} is a sharded index: open it with dnsvr.index.open_any() or "
+                              "dnsvr.index.ShardedIndex.open()")
+    if not isinstance(manifest, dict) or manifest.get("format") != INDEX_FORMAT:
+        fmt = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise VideoIndexError(f"{path}: not a dnsvr index (format {fmt!r})")
+    version = manifest.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise DamagedIndexError(MANIFEST, f"bad format_version {version!r}")
+    if version > INDEX_FORMAT_VERSION:
+        raise VideoIndexError(f"{path}: index format {version} is newer than this dnsvr supports "
+                              f"({INDEX_FORMAT_VERSION}); written by {manifest.get('written_by')}")
+    if not isinstance(manifest.get("coarse_index", "Flat"), str):
+        raise DamagedIndexError(MANIFEST, f"coarse_index {manifest.get('coarse_index')!r} is not a string")
+    return manifest
+
+
+def _store_dir(directory: Path) -> Path | None:
+    """The folder's store if one was fully created (its manifest is written last), else None."""
+    store = inside(directory, STORE_DIR, kind="dir")
+    if not store.is_dir():
+        return None
+    if not os.path.lexists(store / "manifest.json"):
+        return None  # an interrupted first add: the writer that holds the lock removes and recreates it
+    return store
+
+
+def _check_layout(directory: Path) -> None:
+    """The fixed entries of an index folder resolve inside it and are what they should be."""
+    check_entries(directory, files=(MANIFEST, LOCK_NAME), dirs=(BUNDLE_DIR, STORE_DIR))
 
 
 def _clean_meta(meta: dict[str, Any] | None) -> dict[str, Any]:
@@ -115,6 +160,11 @@ def _clean_meta(meta: dict[str, Any] | None) -> dict[str, Any]:
     return out
 
 
+def _check_top_k(top_k: object) -> None:
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise VideoIndexError(f"top_k must be a positive number of results (or None for all), got {top_k!r}")
+
+
 def _is_feature_file(path: str | Path) -> bool:
     return Path(path).suffix.lower() in FEATURE_SUFFIXES
 
@@ -127,11 +177,13 @@ class VideoIndex:
     another process adds.
     """
 
-    def __init__(self, directory: Path, bundle: Bundle, store: IndexStore | None, readonly: bool) -> None:
+    def __init__(self, directory: Path, bundle: Bundle, store: IndexStore | None, readonly: bool,
+                 lock: WriterLock | None = None) -> None:
         self.directory = directory
         self.bundle = bundle
         self._store = store
         self.readonly = readonly
+        self._lock = lock  # the writer lock of the whole folder (held by a writable index)
         self._extractor: Any = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -159,14 +211,22 @@ class VideoIndex:
             raise FileExistsError(f"cannot create an index at {directory}: the directory is not empty")
         b = load_bundle(bundle, offline=offline)
         directory.mkdir(parents=True, exist_ok=True)
-        b.save(directory / BUNDLE_DIR)
-        manifest = {"format": INDEX_FORMAT, "format_version": INDEX_FORMAT_VERSION,
-                    "written_by": {"dnsvr": __version__}, "created": time.time(),
-                    "bundle": b.identity(), "coarse_index": coarse_index}
-        _write_json(directory / MANIFEST, manifest)
-        index = cls(directory, b, None, readonly=False)
-        if b.whitened:
-            index._create_store()
+        lock = WriterLock(directory)
+        lock.acquire()
+        try:
+            if any(p.name != LOCK_NAME for p in directory.iterdir()):
+                raise FileExistsError(f"cannot create an index at {directory}: another process is creating one")
+            b.save(directory / BUNDLE_DIR)
+            manifest = {"format": INDEX_FORMAT, "format_version": INDEX_FORMAT_VERSION,
+                        "written_by": {"dnsvr": __version__}, "created": time.time(),
+                        "bundle": b.identity(), "coarse_index": coarse_index}
+            _write_json(directory / MANIFEST, manifest)
+            index = cls(directory, b, None, readonly=False, lock=lock)
+            if b.whitened:
+                index._create_store()
+        except BaseException:
+            lock.release()
+            raise
         logger.info("created index %s with bundle %s", directory, b)
         return index
 
@@ -179,29 +239,38 @@ class VideoIndex:
             dnsvr.index.IndexLockedError: another process is writing (``readonly=False``).
         """
         directory = Path(directory)
-        path = directory / MANIFEST
-        if not path.is_file():
-            raise VideoIndexError(f"not a dnsvr index (no {MANIFEST}): {directory}")
-        manifest = json.loads(path.read_text())
-        if manifest.get("format") == "dnsvr-sharded-index":
-            raise VideoIndexError(f"{directory} is a sharded index: open it with dnsvr.index.open_any() or "
-                                  "dnsvr.index.ShardedIndex.open()")
-        if manifest.get("format") != INDEX_FORMAT:
-            raise VideoIndexError(f"{path}: not a dnsvr index (format {manifest.get('format')!r})")
-        if int(manifest.get("format_version", 0)) > INDEX_FORMAT_VERSION:
-            raise VideoIndexError(f"{path}: index format {manifest['format_version']} is newer than this dnsvr "
-                                  f"supports ({INDEX_FORMAT_VERSION}); written by {manifest.get('written_by')}")
-        bundle = Bundle.load(directory / BUNDLE_DIR)
-        store = None
-        if (directory / STORE_DIR).is_dir():
-            store = IndexStore.open(directory / STORE_DIR, readonly=readonly)
-        return cls(directory, bundle, store, readonly)
+        if not directory.is_dir():
+            raise VideoIndexError(f"not a dnsvr index (no such folder): {directory}")
+        _check_layout(directory)
+        _read_manifest(directory)
+        lock = None
+        if not readonly:
+            # one writer for the whole folder, taken before the bundle is read: the first add's
+            # whitening is fitted under it, so a second writer never replaces what a first committed
+            lock = WriterLock(directory)
+            lock.acquire()
+        try:
+            bundle = Bundle.load(inside(directory, BUNDLE_DIR, kind="dir"))
+            store = None
+            store_dir = _store_dir(directory)
+            if store_dir is not None:
+                store = IndexStore.open(store_dir, readonly=readonly)
+            return cls(directory, bundle, store, readonly, lock=lock)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
 
     def close(self) -> None:
-        """Release the store (and its writer lock)."""
-        if self._store is not None:
-            self._store.close()
-            self._store = None
+        """Release the store (and the writer locks)."""
+        try:
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
 
     def __enter__(self) -> VideoIndex:
         return self
@@ -221,18 +290,27 @@ class VideoIndex:
     @property
     def store(self) -> IndexStore | None:
         """The underlying store (None until the lite whitening is fitted by the first ``add``)."""
-        if self._store is None and (self.directory / STORE_DIR).is_dir():
-            self._store = IndexStore.open(self.directory / STORE_DIR, readonly=self.readonly)
-            # another process fitted the lite whitening and created the store: take its bundle
-            self.bundle = Bundle.load(self.directory / BUNDLE_DIR)
+        if self._store is None:
+            store_dir = _store_dir(self.directory)
+            if store_dir is not None:
+                # another process fitted the lite whitening and created the store: take its bundle first
+                # (the bundle is saved before the store is created, so it is the one the store was built with)
+                self.bundle = Bundle.load(inside(self.directory, BUNDLE_DIR, kind="dir"))
+                self._store = IndexStore.open(store_dir, readonly=self.readonly)
         return self._store
 
     def _create_store(self) -> IndexStore:
         dtype, shape = self.bundle.fine_layout()
-        manifest = json.loads((self.directory / MANIFEST).read_text())
+        manifest = _read_manifest(self.directory)
         config = IndexConfig(coarse_dim=self.bundle.coarse_dims(), fine_dtype=dtype, fine_shape=shape,
                              coarse_index=manifest.get("coarse_index", "Flat"),
                              extra={"bundle": self.bundle.identity()})
+        partial = inside(self.directory, STORE_DIR, kind="dir")
+        if partial.is_dir() and _store_dir(self.directory) is None:
+            # a first add killed while creating the store: nothing was committed in it (its manifest,
+            # written last, is missing); under the writer lock it is safe to start again
+            logger.warning("removing the unfinished store of %s (an interrupted first add)", self.directory)
+            shutil.rmtree(partial)
         self._store = IndexStore.create(self.directory / STORE_DIR, config)
         manifest["bundle"] = self.bundle.identity()
         _write_json(self.directory / MANIFEST, manifest)
@@ -430,6 +508,10 @@ class VideoIndex:
             pending.clear()
 
         for vid, feats, meta in stream:
+            problem = check_video_id(vid)
+            if problem:  # one odd name is one skipped input, never a failed call
+                report.skipped.append((repr(vid), f"invalid video id: {problem}"))
+                continue
             try:
                 rep = self.bundle.represent(self.bundle.whiten(feats))
             except BundleError as exc:
@@ -473,11 +555,15 @@ class VideoIndex:
             if vectors >= WHITENING_SAMPLE_VECTORS:
                 break
         if buffered:
-            lock_path = self.directory / "whitening.lock"
-            with open(lock_path, "w") as fh:
-                fcntl.flock(fh, fcntl.LOCK_EX)
+            # under the folder's writer lock (held since open): look again, in case a writer that
+            # held it before us fitted and committed a whitening since we read the bundle
+            on_disk = Bundle.load(inside(self.directory, BUNDLE_DIR, kind="dir"))
+            if on_disk.whitened:
+                logger.info("the whitening of %s was fitted by another writer; using it", self.directory)
+                self.bundle = on_disk
+            else:
                 self.bundle.fit_whitening([f for _, f, _ in buffered])
-                self.bundle.save(self.directory / BUNDLE_DIR)
+                self.bundle.save(inside(self.directory, BUNDLE_DIR, kind="dir"))
                 self._bundle_saved()
         yield from buffered
         yield from stream
@@ -510,7 +596,7 @@ class VideoIndex:
 
     def info(self) -> dict[str, Any]:
         """Bundle, counts and storage (JSON-ready)."""
-        manifest = json.loads((self.directory / MANIFEST).read_text())
+        manifest = _read_manifest(self.directory)
         out: dict[str, Any] = {"directory": str(self.directory), "format_version": manifest.get("format_version"),
                                "bundle": self.bundle.identity(), "videos": len(self)}
         if self.store is not None:
@@ -696,15 +782,27 @@ class VideoIndex:
         if len(self) == 0:
             raise VideoIndexError(f"index {self.directory} is empty: add videos first")
         budget = Budget.parse(budget)
+        _check_top_k(top_k)
+        if ann_candidates is not None and (isinstance(ann_candidates, bool) or not isinstance(ann_candidates, int)
+                                           or ann_candidates < 1):
+            raise VideoIndexError(f"ann_candidates must be a positive number of candidates, got {ann_candidates!r}")
         failed: list[tuple[int, str, str]] | None = [] if on_error == "report" else None
-        prepared = self._prepare_queries(list(queries), progress, failed)
         group = self._shard_group()
-        done = [(pos, self._with_sources(self._search_one(q, self.store, top_k, budget, segments, ann_candidates,
-                                                          include_self, precision, allow_partial, group)))
-                for pos, q in prepared]
+        # one consistent state for the whole search: a concurrent remove/compact/add never makes an
+        # id found by the coarse stage disappear before the fine stage reads it
+        with self._snapshot():
+            prepared = self._prepare_queries(list(queries), progress, failed)
+            done = [(pos, self._with_sources(self._search_one(q, self.store, top_k, budget, segments,
+                                                              ann_candidates, include_self, precision,
+                                                              allow_partial, group)))
+                    for pos, q in prepared]
         done += [(pos, QueryResults(name, [], error=reason)) for pos, name, reason in failed or []]
         done.sort(key=lambda x: x[0])
         return [q for _, q in done]
+
+    def _snapshot(self) -> Any:
+        """One consistent state of the stored videos for a whole search (see IndexStore.snapshot)."""
+        return self.store.snapshot() if self.store is not None else contextlib.nullcontext()
 
     def _with_sources(self, q: QueryResults) -> QueryResults:
         """Fill each result's ``source`` (the file it was indexed from) from the store."""
@@ -717,11 +815,13 @@ class VideoIndex:
         """Search with a query already represented by this index's bundle (see :meth:`search`)."""
         if len(self) == 0:
             raise VideoIndexError(f"index {self.directory} is empty: add videos first")
-        return self._with_sources(
-            self._search_one(_Query(name, rep, timestamps), self.store, kwargs.get("top_k", 10),
-                             Budget.parse(kwargs.get("budget")), kwargs.get("segments", True),
-                             kwargs.get("ann_candidates"), kwargs.get("include_self", False),
-                             kwargs.get("precision", DEFAULT_PRECISION), kwargs.get("allow_partial", False)))
+        _check_top_k(kwargs.get("top_k", 10))
+        with self._snapshot():
+            return self._with_sources(
+                self._search_one(_Query(name, rep, timestamps), self.store, kwargs.get("top_k", 10),
+                                 Budget.parse(kwargs.get("budget")), kwargs.get("segments", True),
+                                 kwargs.get("ann_candidates"), kwargs.get("include_self", False),
+                                 kwargs.get("precision", DEFAULT_PRECISION), kwargs.get("allow_partial", False)))
 
     def _shard_group(self) -> Any:
         """The shards a query fans out to: this index is one local shard."""
