@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import json
 import logging
 import re
 import time
@@ -38,6 +37,7 @@ import numpy as np
 
 from dnsvr import __version__
 from dnsvr.bundle import Bundle, load_bundle
+from dnsvr.index._paths import DamagedIndexError, inside, read_json
 from dnsvr.index.store import AddResult, CompactReport, IndexRecord, UnknownVideoError, VerifyReport
 from dnsvr.index.video_index import (
     BUNDLE_DIR,
@@ -66,11 +66,11 @@ def shard_for(video_id: str, n_shards: int) -> int:
 
 def is_sharded(directory: str | Path) -> bool:
     """Whether ``directory`` holds a sharded index (its manifest says so)."""
-    path = Path(directory) / MANIFEST
-    try:
-        return json.loads(path.read_text()).get("format") == SHARDED_FORMAT
-    except (OSError, ValueError, AttributeError):
+    try:  # confined, regular files only, size-limited: a FIFO or a link named index.json never hangs or escapes
+        manifest = read_json(Path(directory), MANIFEST)
+    except (OSError, DamagedIndexError):
         return False
+    return isinstance(manifest, dict) and manifest.get("format") == SHARDED_FORMAT
 
 
 def _check_names(names: Any, where: Path) -> list[str]:
@@ -144,27 +144,29 @@ class ShardedIndex(VideoIndex):
         """
         directory = Path(directory)
         path = directory / MANIFEST
-        if not path.is_file():
-            raise VideoIndexError(f"not a dnsvr index (no {MANIFEST}): {directory}")
         try:
-            manifest = json.loads(path.read_text())
-        except ValueError as exc:
-            raise VideoIndexError(f"{path}: unreadable manifest ({exc})") from None
-        if manifest.get("format") != SHARDED_FORMAT:
-            raise VideoIndexError(f"{path}: not a sharded dnsvr index (format {manifest.get('format')!r})")
-        if int(manifest.get("format_version", 0)) > SHARDED_FORMAT_VERSION:
+            manifest = read_json(directory, MANIFEST)
+        except FileNotFoundError:
+            raise VideoIndexError(f"not a dnsvr index (no {MANIFEST}): {directory}") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != SHARDED_FORMAT:
+            fmt = manifest.get("format") if isinstance(manifest, dict) else None
+            raise VideoIndexError(f"{path}: not a sharded dnsvr index (format {fmt!r})")
+        version = manifest.get("format_version", 0)
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise DamagedIndexError(MANIFEST, f"format_version {version!r} is not a positive integer")
+        if version > SHARDED_FORMAT_VERSION:
             raise VideoIndexError(f"{path}: sharded index format {manifest['format_version']} is newer than this "
                                   f"dnsvr supports ({SHARDED_FORMAT_VERSION}); written by {manifest.get('written_by')}")
         names = _check_names(manifest.get("shards"), path)
         rule = manifest.get("assignment", {})
-        if rule.get("rule") != ASSIGNMENT or rule.get("shards") != len(names):
+        if not isinstance(rule, dict) or rule.get("rule") != ASSIGNMENT or rule.get("shards") != len(names):
             raise VideoIndexError(f"{path}: unknown id assignment {rule!r} (expected {ASSIGNMENT} over "
                                   f"{len(names)} shards)")
         bundle = Bundle.load(directory / BUNDLE_DIR)
         shards: list[VideoIndex] = []
         try:
             for name in names:
-                folder = directory / name
+                folder = inside(directory, name, kind="dir", where=f"{MANIFEST} shard {name!r}")
                 if not (folder / MANIFEST).is_file():
                     raise VideoIndexError(f"shard {name!r} of {directory} is missing (no {folder / MANIFEST})")
                 shard = VideoIndex.open(folder, readonly=readonly)
@@ -311,7 +313,8 @@ class ShardedIndex(VideoIndex):
         n_videos = n_removed = n_checked = 0
         mine = self.bundle.identity()
         for i, (name, shard) in enumerate(zip(self.shard_names, self.shards)):
-            stored = json.loads((shard.directory / MANIFEST).read_text()).get("bundle")
+            shard_manifest = read_json(shard.directory, MANIFEST, where=f"{name}/{MANIFEST}")
+            stored = shard_manifest.get("bundle") if isinstance(shard_manifest, dict) else None
             if shard.store is not None and stored != mine:
                 problems.append({"kind": "bundle", "video_id": None, "shard": name,
                                  "message": f"{name}: built with bundle {stored}, the index with {mine}"})
@@ -371,7 +374,9 @@ class ShardedIndex(VideoIndex):
         src = VideoIndex.open(source, readonly=True)
         try:
             store = src.store
-            manifest = json.loads((src.directory / MANIFEST).read_text())
+            manifest = read_json(src.directory, MANIFEST)
+            if not isinstance(manifest, dict):
+                raise DamagedIndexError(MANIFEST, "is not a JSON object")
             out = cls.create(output, src.bundle, shards=shards, coarse_index=manifest.get("coarse_index", "Flat"))
             if store is None:
                 return out
