@@ -12,7 +12,7 @@
    transformation of the copies: AP with only that transformation's copies as positives, and how
    many copies rank below a negative or below a partial of their query.
 
-Prints a table and writes ``--out`` (JSON). See docs/quality.md.
+Prints a table and writes ``--out`` (JSON). See docs/evaluation.md, "Real-content benchmark".
 """
 
 from __future__ import annotations

