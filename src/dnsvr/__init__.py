@@ -2,12 +2,11 @@
 
 The front door (names load on first use, so ``import dnsvr`` stays cheap)::
 
-    import dnsvr
-
-    index = dnsvr.VideoIndex.create("my.index")            # the lite bundle: offline
-    index.add(["videos/"])                                  # files, folders, list files, .h5
-    for hit in index.search(["query.mp4"], top_k=5)[0].results:
-        print(hit.video_id, round(hit.score, 3), hit.source, hit.segments)
+    >>> import dnsvr
+    >>> index = dnsvr.VideoIndex.create("my.index")            # the lite bundle: offline
+    >>> index.add(["videos/"])                                  # files, folders, list files, .h5
+    >>> hits = index.search(["query.mp4"], top_k=5)[0].results  # best first
+    >>> [(h.video_id, round(h.score, 3), h.source, h.segments) for h in hits]
 
 The parts, one per module (see DESIGN.md for the layout): ``dnsvr.video`` (decoding),
 ``dnsvr.backbones`` (feature networks), ``dnsvr.extract`` (videos → features),
