@@ -142,3 +142,23 @@ def test_index_search_precision_option(tmp_path):
     with pytest.raises(ValueError, match="precision"):
         index.search(queries[:1], precision="bf16")
     index.close()
+
+
+@pytest.mark.parametrize("use_float", [True, False])
+@pytest.mark.parametrize("m,k,n", [(3, 5, 2), (40, 512, 33), (17, 1024, 20), (20, 1025, 18)])
+def test_int8_products_are_exact_on_both_paths(monkeypatch, use_float, m, k, n) -> None:
+    """The int8 product equals the int64 product bit for bit, through oneDNN's int8 kernel (CPUs with VNNI)
+    and through float32 (CPUs without): at depth <= 1024 every partial sum of |x| <= 128·128 products is an
+    integer below 2**24, exact in float32; past that depth the float path is not taken."""
+    from dnsvr.fine import engine
+
+    monkeypatch.setattr(engine, "_INT8_MM_FLOAT", use_float)
+    g = torch.Generator().manual_seed(m * k + n)
+    a = torch.randint(-128, 128, (m, k), generator=g, dtype=torch.int8)
+    b = torch.randint(-128, 128, (k, n), generator=g, dtype=torch.int8)
+    a[0] = -128  # the extreme products: -128 · -128 summed over the whole depth
+    b[:, 0] = -128
+    got = engine._int8_mm(a, b)
+    want = a.long() @ b.long()
+    assert got.dtype == torch.int32 and torch.equal(got.long(), want)
+    assert int(want[0, 0]) == k * 128 * 128

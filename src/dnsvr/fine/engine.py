@@ -442,13 +442,39 @@ def _query_chunk(query: torch.Tensor, r0: int, r1: int, cache: dict[tuple[int, i
     return cache[key]
 
 
+def _cpu_has_vnni() -> bool:
+    """Whether this CPU has int8 dot-product instructions (AVX-512 VNNI or AVX-VNNI); True where unknown."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return "avx512_vnni" in flags or "avx_vnni" in flags
+    except OSError:
+        pass
+    return True
+
+
+#: int8 products through oneDNN's int8 kernel (``torch._int_mm``) only where the CPU has VNNI: without it
+#: (an AMD EPYC with AVX2 only) that kernel is emulated and ~15x slower than a float32 product, which is
+#: exact for these operands (see :func:`_int8_mm`). ``DNSVR_INT8_MM=int|float`` forces one path.
+_INT8_MM_FLOAT = os.environ.get("DNSVR_INT8_MM", "float" if not _cpu_has_vnni() else "int") == "float"
+#: The largest depth at which a float32 product of int8 operands is exact: every partial sum of
+#: K products of magnitude <= 128·128 stays below 2**24.
+_FLOAT_EXACT_DEPTH = (1 << 24) // (128 * 128)
+
+
 def _int8_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b`` for int8 matrices, exact, as int32.
 
     On the CPU ``torch._int_mm`` (oneDNN, VNNI) takes any shape (checked exact, including
     M ≤ 16 and K, N not multiples of 8 — the constraints of its CUDA kernel); tiny products go
-    through int32 matmul, as small M/N gain nothing from the int8 kernel.
+    through int32 matmul, as small M/N gain nothing from the int8 kernel. On a CPU without VNNI the
+    product is taken in float32 instead: with depth K ≤ 1024 every partial sum is an integer below 2**24,
+    so each is represented exactly and the result equals the int32 product bit for bit, whatever the order.
     """
+    if _INT8_MM_FLOAT and a.shape[1] <= _FLOAT_EXACT_DEPTH:
+        return (a.float() @ b.float()).to(torch.int32)
     if a.shape[0] > 16 and b.shape[1] > 16:
         return torch._int_mm(a, b)
     return a.int() @ b.int()
