@@ -12,18 +12,19 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def _cpu_summary() -> str:
     """The CPU's model name and the instruction sets the compiled paths and oneDNN dispatch on."""
-    model, flags = "unknown CPU", set()
+    from dnsvr.fine.engine import cpu_flags
+
+    model = "unknown CPU"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
-            if key.strip() == "model name" and model == "unknown CPU":
+            if key.strip() == "model name":
                 model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
                 break
     except OSError:
         pass
-    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
+    flags = cpu_flags() or set()
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
     present = [f for f in wanted if f in flags] or ["(flags unknown)"]
     return f"{model}; {' '.join(present)}"
 
@@ -54,7 +55,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         simscan = "not built (Python fallback)"
     return [
         f"dnsvr cpu: {_cpu_summary()}",
-        f"dnsvr fine stage: {fine}; torch {torch.__version__} cpu capability "
+        f"dnsvr fine stage: {fine}; int8 products: "
+        f"{'float32 (no VNNI)' if _fine._INT8_MM_FLOAT else 'oneDNN int8'}; torch {torch.__version__} cpu capability "
         f"{torch.backends.cpu.get_cpu_capability()}; similarity-file reader: {simscan}",
     ]
 

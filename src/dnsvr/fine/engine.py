@@ -442,17 +442,22 @@ def _query_chunk(query: torch.Tensor, r0: int, r1: int, cache: dict[tuple[int, i
     return cache[key]
 
 
-def _cpu_has_vnni() -> bool:
-    """Whether this CPU has int8 dot-product instructions (AVX-512 VNNI or AVX-VNNI); True where unknown."""
+def cpu_flags() -> set[str] | None:
+    """The CPU's feature flags as Linux reports them (``/proc/cpuinfo``), or None where unknown."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
             for line in fh:
                 if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return "avx512_vnni" in flags or "avx_vnni" in flags
+                    return set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return True
+    return None
+
+
+def _cpu_has_vnni() -> bool:
+    """Whether this CPU has int8 dot-product instructions (AVX-512 VNNI or AVX-VNNI); True where unknown."""
+    flags = cpu_flags()
+    return flags is None or "avx512_vnni" in flags or "avx_vnni" in flags
 
 
 #: int8 products through oneDNN's int8 kernel (``torch._int_mm``) only where the CPU has VNNI: without it
