@@ -308,3 +308,62 @@ def export_command(
         typer.echo(str(export_reference_checkpoint(run, output)))
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
+
+
+@train_app.command("run")
+def run_command(
+    index: Path = typer.Argument(..., help="A lite index: its backbone and whitening, and (without --videos) "
+                                 "the collection to train on."),
+    output: Path = typer.Option(..., "--output", "-o", help="Bundle folder to write."),
+    videos: Optional[Path] = typer.Option(None, help="Train on this folder of videos instead of the index's "
+                                          "collection (represented with the index's backbone and whitening)."),
+    work: Optional[Path] = typer.Option(None, help="Work folder: caches, pairs, training runs (default: "
+                                        "BUNDLE_DIR.work beside the bundle). A rerun resumes there."),
+    copies: int = typer.Option(2, help="Augmented copies per video (features extracted once)."),
+    holdout: float = typer.Option(0.2, help="Share of the videos held out to label the selector."),
+    teacher_epochs: int = typer.Option(15, help="Epochs of the self-supervised teacher."),
+    batch_size: int = typer.Option(24, help="Teacher: videos per step (in-batch negatives)."),
+    fine_epochs: int = typer.Option(3, help="Epochs of the fine student (it starts from the teacher)."),
+    coarse_epochs: int = typer.Option(20, help="Epochs of the coarse student."),
+    selector_epochs: int = typer.Option(20, help="Epochs of the selector."),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("cpu", help="cpu or cuda (cuda: the GPU path for large collections)."),
+    restart: bool = typer.Option(False, help="Forget a previous run in the work folder instead of resuming it."),
+    progress: Optional[bool] = _PROGRESS,
+    as_json: bool = _JSON,
+) -> None:
+    """The whole self-supervised recipe in one command: augmented copies, teacher, students, selector, bundle.
+
+    Decodes each video once to make augmented copies (crop, flip, colour, blur, grayscale, low quality,
+    text, logos, speed, drops, shuffles, pauses, reversal, picture-in-picture), trains a fine teacher on
+    them without labels, distils the fine and coarse students and the selector from it, and writes a
+    bundle for `dnsvr index attach`. Interrupted, the same command continues where it stopped.
+
+    Examples:
+
+    \b
+      dnsvr train run my.index -o my_bundle
+      dnsvr index attach my.index my_bundle trained.index
+      dnsvr train run my.index -o my_bundle --videos more_videos/ --device cuda
+    """
+    from dataclasses import replace
+
+    from dnsvr.train.recipe import RecipeConfig, RecipeError, run_recipe
+    from dnsvr.train.selfsup import TeacherTrainConfig
+
+    def announce(stage: str, number: int, total: int) -> None:
+        if progress is not False:
+            typer.echo(f"[{number}/{total}] {stage}", err=True)
+
+    try:
+        cfg = RecipeConfig(copies=copies, holdout=holdout, seed=seed, fine_epochs=fine_epochs,
+                           coarse_epochs=coarse_epochs, selector_epochs=selector_epochs,
+                           teacher=replace(TeacherTrainConfig(), epochs=teacher_epochs, batch_size=batch_size,
+                                           seed=seed))
+        result = run_recipe(index, output, videos=videos, work=work, config=cfg, device=device, progress=progress,
+                            restart=restart, on_stage=announce)
+    except (RecipeError, ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    _report({"bundle": str(result.bundle), "work": str(result.work), "videos": result.videos,
+             "copies": result.copies, "seconds": {k: round(v, 1) for k, v in result.seconds.items()},
+             "next": f"dnsvr index attach {index} {result.bundle} NEW_INDEX"}, as_json)

@@ -10,6 +10,10 @@ For every video (the *anchor*):
    anchor's positive pool; the other candidates are *hard* negatives (close in the
    cheap space, further for the teacher), the random draws *random* negatives.
 
+Known copies (``partners``: e.g. the augmented copies of :mod:`dnsvr.train.video_augment`, see
+:func:`dnsvr.train.recipe.run_recipe`) are scored too and always join the positive pool, besides the
+``positives`` mined ones, so every anchor with a copy has a true positive.
+
 Student training then draws one positive and one negative per anchor and epoch.
 
 File format (HDF5, ``format = "dnsvr-mined-pairs"``, ``format_version = 1``; no pickle):
@@ -38,10 +42,11 @@ one (random negatives are drawn from a generator seeded by ``(seed, anchor)``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -112,7 +117,8 @@ def _create(out: Path, ids: list[str], params: dict[str, Any]) -> None:
 def mine(features: str | Path, output: str | Path, teacher: str | Path | Teacher = "chamfer",
          params: MiningParams | None = None, device: str = "cpu", resume: bool = True,
          progress: bool | None = None, chunk_size: int = 64, cache_videos: int = 4096,
-         on_chunk: Callable[[int, int], None] | None = None) -> Path:
+         on_chunk: Callable[[int, int], None] | None = None,
+         partners: Mapping[str, Sequence[str]] | None = None) -> Path:
     """Mine training pairs of an unlabelled collection with a teacher.
 
     Args:
@@ -128,6 +134,8 @@ def mine(features: str | Path, output: str | Path, teacher: str | Path | Teacher
         chunk_size: anchors per committed chunk.
         cache_videos: prepared teacher representations kept in memory (LRU).
         on_chunk: called with ``(anchors_done, anchors_total)`` after each committed chunk.
+        partners: video id → ids of its known copies in the same file; they are scored and kept as
+            positives of that anchor (ids not in the file are ignored).
 
     Returns:
         The path of the mined-pairs file.
@@ -148,6 +156,15 @@ def mine(features: str | Path, output: str | Path, teacher: str | Path | Teacher
             teacher_obj = load_teacher(teacher, dims=dims, device=device)
         stored = {"mining": asdict(params), "features": str(features.resolve()), "num_videos": len(ids),
                   "dims": int(dims), "teacher": teacher_obj.identity}
+        position = {v: i for i, v in enumerate(ids)}
+        known: dict[int, list[int]] = {}
+        for vid, others in (partners or {}).items():
+            if vid in position:
+                row = sorted({position[o] for o in others if o in position and o != vid})
+                if row:
+                    known[position[vid]] = row
+        if known:
+            stored["partners"] = hashlib.sha256(json.dumps(sorted(known.items())).encode()).hexdigest()[:16]
 
         if output.exists() and resume:
             with h5py.File(output, "r") as h5:
@@ -203,7 +220,8 @@ def mine(features: str | Path, output: str | Path, teacher: str | Path | Teacher
                 task = bar.add_task("teacher mining", total=len(ids), completed=len(ids) - len(todo))
                 for start in range(0, len(todo), chunk_size):
                     chunk = todo[start:start + chunk_size]
-                    rows = [_score_anchor(int(a), cands[a], glob, params, teacher_obj, prepared, len(ids))
+                    rows = [_score_anchor(int(a), cands[a], glob, params, teacher_obj, prepared, len(ids),
+                                          known.get(int(a), []))
                             for a in chunk]
                     _append(h5, rows)
                     d = h5["done"]
@@ -237,17 +255,21 @@ def _candidates(glob: np.ndarray, params: MiningParams) -> np.ndarray:
 
 
 def _score_anchor(a: int, cand_row: np.ndarray, glob: np.ndarray, params: MiningParams,
-                  teacher: Teacher, prepared: Callable[[int], Any], n: int) -> np.ndarray:
-    cands = [int(c) for c in cand_row if c >= 0]
-    randoms = _random_others(np.random.default_rng([params.seed, a]), n, set(cands) | {a},
+                  teacher: Teacher, prepared: Callable[[int], Any], n: int,
+                  known: Sequence[int] = ()) -> np.ndarray:
+    known = [int(k) for k in known]
+    cands = [int(c) for c in cand_row if c >= 0 and int(c) not in known]
+    randoms = _random_others(np.random.default_rng([params.seed, a]), n, set(cands) | set(known) | {a},
                              params.random_negatives)
-    others = cands + [int(r) for r in randoms]
+    others = known + cands + [int(r) for r in randoms]
     sims = teacher.similarities(prepared(a), [prepared(o) for o in others]) if others else np.zeros(0)
     kinds = np.full(len(others), RANDOM_NEGATIVE, dtype=np.uint8)
+    kinds[:len(known)] = POSITIVE
     if cands:
-        order = np.argsort(-sims[:len(cands)], kind="stable")
-        kinds[:len(cands)] = HARD_NEGATIVE
-        kinds[order[:params.positives]] = POSITIVE
+        k0 = len(known)
+        order = np.argsort(-sims[k0:k0 + len(cands)], kind="stable")
+        kinds[k0:k0 + len(cands)] = HARD_NEGATIVE
+        kinds[k0 + order[:params.positives]] = POSITIVE
     rows = np.zeros(len(others), dtype=[("anchor", np.int32), ("other", np.int32), ("similarity", np.float32),
                                          ("kind", np.uint8), ("global_similarity", np.float32)])
     rows["anchor"] = a
