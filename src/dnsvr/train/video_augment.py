@@ -9,8 +9,8 @@ transformations are the four families of that recipe, applied to decoded ``uint8
 * **global** (each frame alike): random crop (resized back), horizontal flip, colour/contrast/brightness/
   saturation jitter, Gaussian blur, grayscale, low quality (downscaled and upscaled, JPEG-compressed);
 * **frame** (overlays): text in a random place and colour, logo/emoji-like shapes;
-* **temporal**: speed change (0.5–2×), window drop, window shuffle, pause (a frame frozen), reverse —
-  the drop/shuffle/reverse of :mod:`dnsvr.train.augment`, applied here to frames;
+* **temporal**: speed change (0.5–0.8× or 1.25–2×), window drop, window shuffle, pause (a frame
+  frozen), reverse — on the windows of :mod:`dnsvr.train.augment`, but each always changes the video;
 * **video-in-video**: picture-in-picture — the video shrunk into another video of the collection, or
   another video shrunk into this one.
 
@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from dnsvr.train.augment import drop_windows, reverse, shuffle_windows
+from dnsvr.train.augment import DROP_PROBABILITY, _windows, reverse
 
 logger = logging.getLogger(__name__)
 
@@ -229,8 +229,10 @@ def overlay_shapes(frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 def speed(frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Play 0.5–2× as fast (frames dropped or repeated at the same sampling rate)."""
-    factor = float(np.exp(rng.uniform(np.log(0.5), np.log(2.0))))
+    """Play 0.5–0.8× or 1.25–2× as fast (frames repeated or dropped at the same sampling rate)."""
+    factor = float(np.exp(rng.uniform(np.log(1.25), np.log(2.0))))
+    if rng.random() < 0.5:
+        factor = 1.0 / factor
     idx = np.floor(np.arange(0, len(frames), factor)).astype(np.int64)
     idx = idx[idx < len(frames)]
     return frames[idx] if len(idx) else frames[:1]
@@ -246,13 +248,31 @@ def pause(frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def drop(frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """:func:`dnsvr.train.augment.drop_windows` on frames."""
-    return drop_windows(frames, rng)
+    """Windows of 4–16 frames each dropped with probability 0.3 (:mod:`dnsvr.train.augment`'s windows),
+    at least one of them and never all; a video of one window loses a random stretch of it instead."""
+    windows = _windows(len(frames), rng)
+    keep = rng.random(len(windows)) > DROP_PROBABILITY
+    victim = int(rng.integers(len(windows)))
+    if len(windows) < 2:
+        if len(frames) < 2:
+            return frames
+        cut = int(rng.integers(1, max(len(frames) // 2, 1) + 1))
+        start = int(rng.integers(0, len(frames) - cut + 1))
+        return np.concatenate([frames[:start], frames[start + cut:]])
+    if keep.all():
+        keep[victim] = False
+    if not keep.any():
+        keep[victim] = True
+    return frames[np.concatenate([w for w, k in zip(windows, keep) if k])]
 
 
 def shuffle(frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """:func:`dnsvr.train.augment.shuffle_windows` on frames."""
-    return shuffle_windows(frames, rng)
+    """Windows of 4–16 frames played in a random order other than the original (a re-edit)."""
+    windows = _windows(len(frames), rng)
+    order = rng.permutation(len(windows))
+    if len(windows) > 1 and (order == np.arange(len(windows))).all():
+        order = np.roll(order, 1)
+    return frames[np.concatenate([windows[i] for i in order])]
 
 
 def play_reversed(frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -1,0 +1,100 @@
+"""`dnsvr train run` (dnsvr.train.recipe) on a tiny generated collection: every stage runs, the bundle has
+trained students and a selector and attaches to the index, an interrupted run resumes to the same weights,
+and a changed option in the same work folder is refused."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from dnsvr import synthetic
+from dnsvr.cli import app
+from dnsvr.train.recipe import STAGES, RecipeConfig, RecipeError, run_recipe, split_videos
+from dnsvr.train.selfsup import TeacherTrainConfig
+from dnsvr.train.mining import MiningParams
+
+TINY = dict(copies=1, holdout=0.25, fine_epochs=1, coarse_epochs=2, selector_epochs=2,
+            teacher=TeacherTrainConfig(epochs=2, batch_size=3, max_frames=8),
+            mining=MiningParams(candidates=4, positives=1, random_negatives=2))
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory):
+    root = tmp_path_factory.mktemp("recipe")
+    (root / "videos").mkdir()
+    for i in range(8):
+        synthetic.write_video(root / "videos" / f"v{i}.mp4",
+                              synthetic.render_clip(i, seconds=6, fps=4, size=(128, 72)), fps=4)
+    runner = CliRunner()
+    assert runner.invoke(app, ["index", "create", str(root / "idx")]).exit_code == 0
+    res = runner.invoke(app, ["index", "add", str(root / "idx"), str(root / "videos"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    return root
+
+
+def _weights(bundle_dir) -> dict[str, torch.Tensor]:
+    out = {}
+    for f in sorted(bundle_dir.glob("*.safetensors")):
+        out.update({f"{f.name}:{k}": v for k, v in load_file(str(f)).items()})
+    return out
+
+
+def test_split_videos():
+    ids = [f"v{i}" for i in range(10)]
+    train, held = split_videos(ids, 0.2, seed=0)
+    assert len(held) == 2 and sorted(train + held) == ids and split_videos(ids, 0.2, seed=0) == (train, held)
+    with pytest.raises(RecipeError, match="at least 4"):
+        split_videos(ids[:3], 0.2, 0)
+
+
+def test_train_run_end_to_end_and_resume(collection, tmp_path):
+    runner = CliRunner()
+    args = ["train", "run", str(collection / "idx"), "-o", str(tmp_path / "bundle"), "--copies", "1",
+            "--holdout", "0.25", "--teacher-epochs", "2", "--batch-size", "3", "--fine-epochs", "1",
+            "--coarse-epochs", "2", "--selector-epochs", "2", "--no-progress", "--json"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["videos"] == 8 and doc["copies"] == 8 and set(doc["seconds"]) == set(STAGES)
+    from dnsvr.bundle import load_bundle
+
+    bundle = load_bundle(tmp_path / "bundle")
+    assert bundle.fine_type == "att" and bundle.coarse_type == "student" and bundle.has_selector
+    assert bundle.extra["recipe"]["config"]["copies"] == 1
+    # the selector was labelled on held-out videos only
+    state = json.loads((tmp_path / "bundle.work" / "recipe.json").read_text())
+    assert state["done"]["split"] == {"seconds": state["done"]["split"]["seconds"], "train_videos": 6,
+                                      "heldout_videos": 2}
+    # a second call finds everything done and changes nothing
+    before = _weights(tmp_path / "bundle")
+    assert runner.invoke(app, args).exit_code == 0
+    after = _weights(tmp_path / "bundle")
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    # the bundle attaches to the index and searches
+    res = runner.invoke(app, ["index", "attach", str(collection / "idx"), str(tmp_path / "bundle"),
+                              str(tmp_path / "trained")])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["search", str(tmp_path / "trained"), str(collection / "videos" / "v3.mp4"),
+                              "-k", "3", "--json"])
+    assert res.exit_code == 0, res.output
+    assert len(json.loads(res.stdout)["queries"][0]["results"]) == 3
+    # another option in the same work folder is refused
+    res = runner.invoke(app, [*args[:-2], "--teacher-epochs", "3", "--no-progress"])
+    assert res.exit_code != 0 and "other options" in res.output
+
+
+def test_interrupted_run_resumes_to_the_same_bundle(collection, tmp_path):
+    cfg = RecipeConfig(**TINY)
+    whole = run_recipe(collection / "idx", tmp_path / "a", config=cfg, progress=False)
+    for stop in ("augment", "teacher", "coarse"):
+        run_recipe(collection / "idx", tmp_path / "b", config=cfg, progress=False, stop_after=stop)
+        assert not (tmp_path / "b").exists()
+    resumed = run_recipe(collection / "idx", tmp_path / "b", config=cfg, progress=False)
+    a, b = _weights(whole.bundle), _weights(resumed.bundle)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert np.isclose(sum(float(v.abs().sum()) for v in a.values()), sum(float(v.abs().sum()) for v in b.values()))
