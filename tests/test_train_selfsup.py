@@ -72,7 +72,7 @@ def test_teacher_learns_the_copies_and_resumes_bit_identical(tmp_path):
     feats = _collection(tmp_path / "c.h5")
     with FeatureFile(feats) as ff:
         views = views_of(ff.ids())
-    cfg = TeacherTrainConfig(epochs=4, batch_size=5, learning_rate=1e-3, max_frames=12)
+    cfg = TeacherTrainConfig(epochs=4, batch_size=5, learning_rate=1e-3, max_frames=12, start="random")
     full = train_teacher(feats, views, tmp_path / "full", cfg, progress=False)
     part = train_teacher(feats, views, tmp_path / "part", cfg, progress=False, stop_after_epochs=2)
     assert not part.config["finished"]
@@ -104,3 +104,27 @@ def test_teacher_learns_the_copies_and_resumes_bit_identical(tmp_path):
     for vid, others in partners.items():
         got = {ids[o] for a, o in zip(pairs.anchor, pairs.other) if ids[a] == vid}
         assert set(others) <= got
+
+
+def test_chamfer_start_computes_about_the_training_free_similarity():
+    from dnsvr.nn.similarity import chamfer_video_similarity
+    from dnsvr.train.selfsup import chamfer_start
+
+    torch.manual_seed(0)
+    model = build_student("fg-att", DIMS)
+    chamfer_start(model)
+    model.eval()
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(20, 9, DIMS))
+    vids = [base, base + 0.5 * rng.normal(size=base.shape), base + 1.5 * rng.normal(size=base.shape),
+            rng.normal(size=(20, 9, DIMS)), rng.normal(size=(12, 9, DIMS))]
+    vids = [torch.from_numpy(_unit(v)) for v in vids]
+    with torch.no_grad():
+        q = model.index_video(vids[0])
+        net = [float(model.calculate_video_similarity(q, model.index_video(v))) for v in vids]
+    free = [float(chamfer_video_similarity(vids[0], v)) for v in vids]
+    assert net[0] == pytest.approx(1.0, abs=1e-4)
+    assert np.argsort(net).tolist()[-3:] == np.argsort(free).tolist()[-3:]      # same order of the related ones
+    assert max(abs(a - b) for a, b in zip(net, free)) < 0.2
+    with pytest.raises(ValueError, match="start"):
+        train_teacher("unused.h5", {}, "unused", TeacherTrainConfig(start="zero"))

@@ -81,6 +81,9 @@ class TeacherTrainConfig:
         seed: seeds the initial weights and every draw.
         amp: bfloat16 autocast on CUDA.
         network: extra constructor arguments of the network.
+        start: ``"chamfer"`` — the network starts as (about) the training-free Chamfer similarity
+            (:func:`chamfer_start`); ``"random"`` — the reference's random initialisation.
+        start_noise: scale of the random weights left around the Chamfer start (times their Xavier init).
     """
 
     epochs: int = 15
@@ -93,6 +96,33 @@ class TeacherTrainConfig:
     seed: int = 0
     amp: bool = True
     network: dict[str, Any] = field(default_factory=dict)
+    start: str = "chamfer"
+    start_noise: float = 0.05
+
+
+@torch.no_grad()
+def chamfer_start(model: torch.nn.Module, noise: float = 0.05) -> None:
+    """Set an S^f_A network (fresh, Xavier-initialised) to compute about the training-free similarity.
+
+    The attention starts uniform (context vector 0: every region weighted 0.5, so region products are a
+    quarter of the cosines); the comparator passes the frame-to-frame matrix through one channel of each
+    layer (the 3×3 convolutions' centre taps, gain 4 in the first to undo the quarter, the 1×1 convolution's
+    weight 1) and its two 2×2 max-poolings: the output is the matrix's positive part max-pooled over 4×4
+    frame blocks, and the network's similarity the Chamfer similarity of that — the training-free fine
+    similarity at a quarter of the time resolution (1 for a video and itself). Every other weight keeps
+    ``noise`` × its random init, so training can use all channels. On a small collection the teacher then
+    starts where the training-free default is, instead of from a random comparator, and InfoNCE moves it
+    from there.
+    """
+    model.attention.context_vector.weight.zero_()
+    head = model.visil_head
+    for conv in (head.conv1, head.conv2, head.conv3, head.fconv):
+        conv.weight.mul_(noise)
+        conv.bias.zero_()
+    head.conv1.weight[0, 0, 1, 1] = 4.0
+    head.conv2.weight[0, 0, 1, 1] = 1.0
+    head.conv3.weight[0, 0, 1, 1] = 1.0
+    head.fconv.weight[0, 0, 0, 0] = 1.0
 
 
 @dataclass
@@ -193,10 +223,15 @@ def train_teacher(features: str | Path, views: Mapping[str, Sequence[str]], outp
     from dnsvr.train.students import build_student, network_config
 
     config = config or TeacherTrainConfig()
+    if config.start not in ("chamfer", "random"):
+        raise ValueError(f"teacher start must be 'chamfer' or 'random', got {config.start!r}")
     output_dir, dev = Path(output_dir), torch.device(device)
     data = _Views(features, views, config.max_frames)
     torch.manual_seed(config.seed)
-    model = build_student("fg-att", data.dims, **config.network).to(dev).train()
+    model = build_student("fg-att", data.dims, **config.network)
+    if config.start == "chamfer":
+        chamfer_start(model, config.start_noise)
+    model = model.to(dev).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     cfg_json: dict[str, Any] = {"network": network_config("fg-att", data.dims, config.network),
                                 "training": asdict(config), "features": str(features), "videos": len(data),
