@@ -2,10 +2,11 @@
 
 Each video of the collection comes with *views*: itself and its augmented copies
 (:mod:`dnsvr.train.video_augment`, features cached once). Every step takes ``B`` videos, two different
-views of each (a random window of at most ``max_frames`` frames), and computes the network's similarity
-of every view of the first set with every view of the second: a ``B × B`` matrix whose diagonal holds
-the positive pairs and whose other entries are in-batch negatives. The loss is InfoNCE in both
-directions (cross-entropy of ``S / temperature`` against the diagonal, rows and columns averaged), plus
+views of each (windows of at most ``max_frames`` frames at one random relative position), and computes
+the network's similarity of every view of the first set with every view of the second: a ``B × B`` matrix
+whose diagonal holds the positive pairs and whose other entries are in-batch negatives. The loss is
+InfoNCE in both directions (cross-entropy of ``S / temperature`` against the diagonal, rows and columns
+averaged), plus
 ``r_parameter`` × ViSiL's similarity regulariser on the comparator outputs (the amount by which they leave
 [-1, 1], summed over the matrices, divided by ``B``: the same scale per pair as the DnS students' loss).
 
@@ -36,7 +37,6 @@ import torch.nn.functional as F
 
 from dnsvr._progress import progress_bar
 from dnsvr.features import FeatureFile
-from dnsvr.train.augment import clip_length
 from dnsvr.train.checkpoint import find_checkpoint, load_checkpoint_folder, save_checkpoint, write_final
 from dnsvr.train.data import _rng, pad_videos
 
@@ -77,7 +77,8 @@ class TeacherTrainConfig:
         weight_decay: Adam weight decay.
         temperature: InfoNCE temperature.
         r_parameter: weight of the similarity regulariser.
-        max_frames: a view is a random window of at most this many frames.
+        max_frames: a view is a window of at most this many frames (at one random relative position in
+            both views of a pair); the step's cost grows with ``(batch_size · max_frames)²``.
         seed: seeds the initial weights and every draw.
         amp: bfloat16 autocast on CUDA.
         network: extra constructor arguments of the network.
@@ -86,13 +87,13 @@ class TeacherTrainConfig:
         start_noise: scale of the random weights left around the Chamfer start (times their Xavier init).
     """
 
-    epochs: int = 15
-    batch_size: int = 24
+    epochs: int = 10
+    batch_size: int = 16
     learning_rate: float = 1e-4
     weight_decay: float = 0.0
     temperature: float = 0.07
     r_parameter: float = 1e-3
-    max_frames: int = 32
+    max_frames: int = 16
     seed: int = 0
     amp: bool = True
     network: dict[str, Any] = field(default_factory=dict)
@@ -183,12 +184,19 @@ class _Views:
         return int(self.data[0][0].shape[-1])
 
     def pair(self, seed: int, epoch: int, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Two different views of video ``i``, each cut to a window of at most ``max_frames`` frames that
+        starts at the same relative position in both (so the windows show about the same content)."""
         rng = _rng(seed, 21, epoch, i)
         k = len(self.data[i])
         first = int(rng.integers(k))
         second = (first + 1 + int(rng.integers(k - 1))) % k
-        return (clip_length(self.data[i][first], self.max_frames, rng),
-                clip_length(self.data[i][second], self.max_frames, rng))
+        where = float(rng.random())
+
+        def window(x: np.ndarray) -> np.ndarray:
+            start = int(where * max(len(x) - self.max_frames, 0) + 0.5)
+            return x[start:start + self.max_frames]
+
+        return window(self.data[i][first]), window(self.data[i][second])
 
 
 def _batches(n: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
