@@ -77,10 +77,10 @@ class RecipeConfig:
     teacher: TeacherTrainConfig = field(default_factory=TeacherTrainConfig)
     mining: MiningParams = field(default_factory=lambda: MiningParams(candidates=16, positives=4,
                                                                       random_negatives=8))
-    fine_epochs: int = 3
-    coarse_epochs: int = 20
-    coarse_lr: float = 1e-4
-    selector_epochs: int = 20
+    fine_epochs: int = 2
+    coarse_epochs: int = 5
+    coarse_lr: float = 1e-5
+    selector_epochs: int = 10
     positive_share: float = 0.1
 
     def to_json(self) -> dict[str, Any]:
