@@ -43,6 +43,16 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
 
 
+def _engine() -> dict:
+    """The CPU and the fine-stage engine this run used (the compiled kernel needs AVX-512 VNNI)."""
+    from dnsvr.fine import engine as fine
+
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), None) if Path("/proc/cpuinfo").exists() else None
+    return {"cpu": model, "fine_engine": "compiled kernel" if fine._KERNEL is not None else "torch",
+            "int8_products": "float32" if fine._INT8_MM_FLOAT else "oneDNN int8"}
+
+
 def _calibrate() -> float:
     """Milliseconds of one 1080×512×1080 float32 product (the machine-load gauge of bench_search)."""
     a, b = torch.randn(1080, 512), torch.randn(512, 1080)
@@ -189,6 +199,7 @@ def bench_search(workdir: Path, n: int, queries: int = 2, reuse: bool = False, k
         stages: dict[tuple, list[dict]] = {v: [] for v in variants}
         equal: dict[tuple, bool] = {v: True for v in variants}
         calib = [_calibrate()]
+        load = [os.getloadavg()[0]]
         for qi, rep in enumerate(qreps):
             ref = None
             for v in (variants if qi % 2 == 0 else variants[::-1]):  # interleaved
@@ -205,13 +216,17 @@ def bench_search(workdir: Path, n: int, queries: int = 2, reuse: bool = False, k
                     res = stages[v][-1].pop("_res")
                     equal[v] = equal[v] and _same(ref, res)
         calib.append(_calibrate())
+        load.append(os.getloadavg()[0])
         for v in variants:
             row = {"shards": v[0], "mode": v[1], "videos": n, "frames_per_video": frames, "budget": label,
                    "pairs": budget.pairs_for(n), "query_s_median": statistics.median(times[v]),
                    "query_s_min": min(times[v]), "queries": queries,
                    "stage_s_median": {k: statistics.median(s.get(k, 0.0) for s in stages[v])
                                       for k in ("coarse", "selector", "fine", "total")},
+                   "fine_ms_per_pair_median": statistics.median(s.get("fine", 0.0) for s in stages[v])
+                   / max(budget.pairs_for(n), 1) * 1000,
                    "equals_single_index": equal[v], "calibration_ms_before_after": calib,
+                   "load_average_1min_before_after": load,
                    "index_build_s": build_s[v[0]]}
             print(json.dumps(row), flush=True)
             out.append(row)
@@ -238,18 +253,22 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "ray.json")
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    result: dict = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                                "load_average": os.getloadavg()},
-                    "command": " ".join(sys.argv)}
-    if args.out.exists():
-        previous = json.loads(args.out.read_text())
-        result = {**previous, **result}
+    run: dict = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                 "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                             "load_average": os.getloadavg(), "niceness": os.nice(0),
+                             "ray_worker_niceness": os.environ.get("RAY_worker_niceness"), **_engine()},
+                 "command": " ".join(sys.argv)}
+    # each part keeps the run that measured it (a later run of the other part leaves it as it is)
+    result: dict = json.loads(args.out.read_text()) if args.out.exists() else {}
+    for stale in ("date", "machine", "command"):
+        result.pop(stale, None)
     if args.part in ("extract", "all"):
         result["extract"] = bench_extract(args.workdir, args.workers)
+        result["extract_run"] = run
     if args.part in ("search", "all"):
         result["search"] = bench_search(args.workdir, args.videos, queries=args.queries, reuse=args.reuse,
                                         keep=args.keep, budgets=args.budgets)
+        result["search_run"] = {**run, "machine": {**run["machine"], "load_average_after": os.getloadavg()}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.out}", file=sys.stderr)
