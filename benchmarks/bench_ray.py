@@ -13,9 +13,13 @@ and by sharded indexes of 2 and 4 shards with the same videos: searched in proce
 shard, and with one Ray actor per shard; budgets of 1,000 pairs, 1% and 5%. Every sharded result is
 checked against the single index's (ids, order, scores to 1e-6).
 
+Part ``merge``: the coordinator's own work in one query (merging every shard's candidates in the
+canonical order, the selector over all of them, the budget, the ranking) for 100,000 to 3,000,000
+candidates from 16 shards that answer instantly: what grows with the collection, for the sizing.
+
 Usage::
 
-    PYTHONPATH=src python benchmarks/bench_ray.py [--part extract|search|all] [--videos 100000]
+    PYTHONPATH=src python benchmarks/bench_ray.py [--part extract|search|merge|all] [--videos 100000]
         [--workers 2] [--workdir /work/tmp/bench_ray] [--keep] [--reuse] [--out benchmarks/results/ray.json]
 """
 
@@ -240,9 +244,64 @@ def bench_search(workdir: Path, n: int, queries: int = 2, reuse: bool = False, k
     return out
 
 
+# -- the coordinator's merge ----------------------------------------------------------------
+class _GivenShards:
+    """A shard group that answers instantly from arrays made beforehand: what is left to time is the
+    coordinator's work (merge, canonical order, selector, budget, ranking)."""
+
+    def __init__(self, n: int, shards: int, seed: int = 3) -> None:
+        from dnsvr.index.query import Candidates
+
+        rng = np.random.default_rng(seed)
+        self.names = [f"shard-{i:03d}" for i in range(shards)]
+        self.answers = {}
+        for i, part in enumerate(np.array_split(np.arange(n), shards)):
+            scores = rng.uniform(-0.2, 1.0, len(part)).astype(np.float32)
+            order = np.argsort(-scores, kind="stable")
+            self.answers[i] = Candidates([f"v{j:08d}" for j in part[order]], scores[order],
+                                         rng.uniform(0.2, 1.0, len(part)), len(part))
+        self.rng = rng
+
+    def call(self, method: str, args: dict) -> dict:
+        if method == "candidates":
+            return {i: self.answers[i] for i in args}
+        if method == "fine_scores":
+            return {i: self.rng.uniform(-1, 1, len(a[1])).astype(np.float32) for i, a in args.items()}
+        raise ValueError(method)
+
+
+def bench_merge(sizes: list[int], shards: int = 16, repeats: int = 3) -> list[dict]:
+    """Seconds of the coordinator's part of one query over ``n`` candidates from ``shards`` shards
+    (1 fine pair, answered instantly): how the merge grows with the collection."""
+    from dnsvr.index.query import QueryRep, search_shards
+
+    bundle = _bundle()
+    rep = QueryRep("q", _unit(np.random.default_rng(4).standard_normal(1024)), np.zeros((60, 9, 64), np.uint8), 0.6)
+    out = []
+    for n in sizes:
+        group = _GivenShards(n, shards)
+        times, sel = [], []
+        load = [os.getloadavg()[0]]
+        for _ in range(repeats):
+            t = time.perf_counter()
+            res = search_shards(rep, group, bundle, top_k=100, budget=Budget(pairs=1), segments=False)
+            times.append(time.perf_counter() - t)
+            sel.append(res.timings.get("selector", 0.0))
+        load.append(os.getloadavg()[0])
+        row = {"candidates": n, "shards": shards, "coordinator_s_median": statistics.median(times),
+               "selector_s_median": statistics.median(sel), "repeats": repeats,
+               "load_average_1min_before_after": load}
+        print(json.dumps(row), flush=True)
+        out.append(row)
+        del group
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--part", choices=("extract", "search", "all"), default="all")
+    ap.add_argument("--part", choices=("extract", "search", "merge", "all"), default="all")
+    ap.add_argument("--merge-sizes", default="100000,1000000,3000000",
+                    help="candidates per query for --part merge (comma-separated)")
     ap.add_argument("--videos", type=int, default=100_000)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--queries", type=int, default=2)
@@ -269,6 +328,9 @@ def main() -> None:
         result["search"] = bench_search(args.workdir, args.videos, queries=args.queries, reuse=args.reuse,
                                         keep=args.keep, budgets=args.budgets)
         result["search_run"] = {**run, "machine": {**run["machine"], "load_average_after": os.getloadavg()}}
+    if args.part in ("merge", "all"):
+        result["merge"] = bench_merge([int(s) for s in args.merge_sizes.split(",")])
+        result["merge_run"] = run
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.out}", file=sys.stderr)
