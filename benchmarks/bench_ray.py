@@ -323,14 +323,14 @@ def main() -> None:
         result.pop(stale, None)
     if args.part in ("extract", "all"):
         result["extract"] = bench_extract(args.workdir, args.workers)
-        result["extract_run"] = run
+        result["extract_run"] = {**run, "machine": {**run["machine"], "load_average_after": os.getloadavg()}}
     if args.part in ("search", "all"):
         result["search"] = bench_search(args.workdir, args.videos, queries=args.queries, reuse=args.reuse,
                                         keep=args.keep, budgets=args.budgets)
         result["search_run"] = {**run, "machine": {**run["machine"], "load_average_after": os.getloadavg()}}
     if args.part in ("merge", "all"):
         result["merge"] = bench_merge([int(s) for s in args.merge_sizes.split(",")])
-        result["merge_run"] = run
+        result["merge_run"] = {**run, "machine": {**run["machine"], "load_average_after": os.getloadavg()}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.out}", file=sys.stderr)
