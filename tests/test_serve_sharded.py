@@ -225,3 +225,21 @@ def test_served_on_ray_actors_equals_the_single_index(pair, serve_data):
         assert ray.is_initialized()  # the service's shutdown stops its actors, not the cluster it joined
     finally:
         ray.shutdown()
+
+
+def test_a_service_started_on_an_empty_sharded_index_takes_the_first_add(serve_data, tmp_path):
+    """The first add fits the lite whitening (at the top, copied into the shards): the running service
+    takes it, and searches as the single index built by the same job does."""
+    from dnsvr.index.video_index import VideoIndex
+
+    VideoIndex.create(tmp_path / "single").close()
+    ShardedIndex.create(tmp_path / "sharded", shards=2).close()
+    with _client(tmp_path / "single", serve_data.root) as one, _client(tmp_path / "sharded", serve_data.root) as many:
+        assert many.post("/api/search", json={"video_id": "x"}).status_code == 404
+        for c in (one, many):
+            job = _wait(c, c.post("/api/jobs/add", json={"paths": ["extra"]}, headers=AUTH).json()["id"])
+            assert job["state"] == "done" and job["added"] == 3, job
+        assert many.app.state.dnsvr.index.bundle.whitened
+        for vid in ("new_0", "new_2"):
+            body = {"video_id": vid, "top_k": 5, "budget": "100%"}
+            assert_same_documents(one.post("/api/search", json=body).json(), many.post("/api/search", json=body).json())
