@@ -243,3 +243,20 @@ def test_a_service_started_on_an_empty_sharded_index_takes_the_first_add(serve_d
         for vid in ("new_0", "new_2"):
             body = {"video_id": vid, "top_k": 5, "budget": "100%"}
             assert_same_documents(one.post("/api/search", json=body).json(), many.post("/api/search", json=body).json())
+
+
+def test_serve_with_ray_but_without_the_extra_says_how_to_install_it(pair, monkeypatch):
+    import sys
+
+    from typer.testing import CliRunner
+
+    from dnsvr.cli import app
+
+    import uvicorn
+
+    started = []
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: started.append(a))
+    monkeypatch.setitem(sys.modules, "ray", None)  # Ray not installed
+    out = CliRunner().invoke(app, ["serve", str(pair[1]), "--ray", "auto"])
+    # refused before the server starts, in one line
+    assert out.exit_code != 0 and not started and "pip install 'dnsvr[ray]'" in out.output, out.output

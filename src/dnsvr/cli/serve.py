@@ -65,6 +65,10 @@ def serve_command(
                                  search_timeout_s=timeout, ray=ray, allow_partial=allow_partial)
         except ValueError as exc:
             fail(str(exc))
+        if ray is not None:  # join the cluster now: a missing extra or an unreachable cluster is one line, here
+            from dnsvr.cluster._ray import connect
+
+            connect(ray)
         app = create_app(config=config)
         shown = f"[{host}]" if ":" in host else host
         url = f"http://{shown}:{port}/"
