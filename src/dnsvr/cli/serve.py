@@ -24,7 +24,7 @@ def serve_command(
     concurrency: int = typer.Option(2, "--concurrency", help="Searches running at once (more wait)."),
     timeout: float = typer.Option(120.0, "--timeout", help="Seconds before a search answers 504."),
     ray: str = typer.Option(None, "--ray", help="Sharded index: search with one Ray actor per shard (auto, an "
-                                                "address, or local; needs dnsvr[ray]). Default: the shards in process."),
+                                                "address, or local; needs dnsvr[ray]). Default: in process."),
     allow_partial: bool = typer.Option(False, "--allow-partial",
                                        help="Sharded index: a shard that cannot answer is left out of the results "
                                             "(missing_shards) instead of the search answering 503."),

@@ -45,4 +45,4 @@ def info(state: ServiceState = Depends(get_state)) -> dict[str, Any]:
             "media_roots": len(cfg.media_roots) > 0, "writes": cfg.token is not None, "token_for_reads": cfg.public,
             "max_upload_bytes": cfg.max_upload_bytes, "upload_suffixes": sorted(cfg.upload_suffixes),
             "verdicts": list(VERDICTS), "search_extras": sorted(state.search_extras),
-            "shards": list(getattr(state.index, "shard_names", [])) or None, "ray": cfg.ray}
+            "shards": list(getattr(state.index, "shard_names", [])) or None, "ray": getattr(state.index, "ray", None)}
