@@ -42,7 +42,7 @@ from dnsvr.fine import DEFAULT_PRECISION, PRECISIONS
 from dnsvr.bundle import Bundle, BundleError, VideoRepresentation, load_bundle
 from dnsvr.index._lock import LOCK_NAME, WriterLock
 from dnsvr.index._paths import DamagedIndexError, check_entries, create_new, inside, read_json
-from dnsvr.index.store import IndexConfig, IndexRecord, IndexStore, check_video_id
+from dnsvr.index.store import IndexConfig, IndexRecord, IndexStore, UnknownVideoError, VideoEntry, check_video_id
 from dnsvr.search import (
     Budget,
     QueryResults,
@@ -536,6 +536,21 @@ class VideoIndex:
 
     def _bundle_saved(self) -> None:
         """Called after the fitted lite whitening was saved into ``bundle/`` (a sharded index copies it)."""
+
+    def entry(self, video_id: str) -> VideoEntry:
+        """Metadata of one indexed video (frames, duration, source, when it was added).
+
+        Raises:
+            dnsvr.index.UnknownVideoError: the id is not (or no longer) indexed.
+        """
+        if self.store is None:
+            raise UnknownVideoError([video_id])
+        return self.store.get(video_id)
+
+    def refresh(self) -> None:
+        """Take in now what other processes committed (a reader's every read call does it as well)."""
+        if self.store is not None:
+            self.store.refresh()
 
     def _source_of(self, video_id: str) -> str | None:
         """The file an indexed video was added from (None if unknown or no longer indexed)."""
