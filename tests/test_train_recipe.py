@@ -66,6 +66,7 @@ def test_train_run_end_to_end_and_resume(collection, tmp_path):
     bundle = load_bundle(tmp_path / "bundle")
     assert bundle.fine_type == "att" and bundle.coarse_type == "student" and bundle.has_selector
     assert bundle.extra["recipe"]["config"]["copies"] == 1
+    assert bundle.coarse_calibration is not None and bundle.coarse_calibration[0] > 0
     # the selector was labelled on held-out videos only
     state = json.loads((tmp_path / "bundle.work" / "recipe.json").read_text())
     assert state["done"]["split"] == {"seconds": state["done"]["split"]["seconds"], "train_videos": 6,
@@ -82,7 +83,14 @@ def test_train_run_end_to_end_and_resume(collection, tmp_path):
     res = runner.invoke(app, ["search", str(tmp_path / "trained"), str(collection / "videos" / "v3.mp4"),
                               "-k", "3", "--json"])
     assert res.exit_code == 0, res.output
-    assert len(json.loads(res.stdout)["queries"][0]["results"]) == 3
+    rows = json.loads(res.stdout)["queries"][0]["results"]
+    assert len(rows) == 3
+    res = runner.invoke(app, ["search", str(tmp_path / "trained"), str(collection / "videos" / "v3.mp4"),
+                              "-k", "8", "--budget", "1", "--json"])
+    coarse_rows = [r for r in json.loads(res.stdout)["queries"][0]["results"] if r["stage"] == "coarse"]
+    a, b = bundle.coarse_calibration
+    assert coarse_rows and all(r["score"] == pytest.approx(a * r["coarse_score"] + b, abs=1e-5)
+                               for r in coarse_rows)
     # another option in the same work folder is refused
     res = runner.invoke(app, [*args[:-2], "--teacher-epochs", "3", "--no-progress"])
     assert res.exit_code != 0 and "other options" in res.output

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import platform
 from collections.abc import Iterable, Sequence
@@ -210,6 +211,10 @@ class Bundle:
         selector_args: its constructor arguments.
         whitening_dims: the whitened size to fit (lite; when ``whitening`` is not fitted yet).
         extra: free-form JSON-able provenance (training data, run ids, ...).
+        coarse_calibration: ``(a, b)`` with ``a > 0``: a result the fine stage did not re-score takes
+            ``a × coarse + b`` as its score, so coarse and re-scored results share the fine scale (a trained
+            bundle's coarse student and fine student speak on different scales; ``dnsvr train run`` fits
+            it); None: the coarse score as it is.
 
     Raises:
         BundleError: an unknown fine/coarse type, or a missing network.
@@ -220,7 +225,8 @@ class Bundle:
                  coarse_type: str = "mean", coarse_net: torch.nn.Module | None = None,
                  coarse_args: dict[str, Any] | None = None, selector_net: torch.nn.Module | None = None,
                  selector_args: dict[str, Any] | None = None, whitening_dims: int | None = None,
-                 extra: dict[str, Any] | None = None) -> None:
+                 extra: dict[str, Any] | None = None,
+                 coarse_calibration: Sequence[float] | None = None) -> None:
         if isinstance(fine_type, Stage):  # dnsvr.stages: fg-att → "att", the name bundles store
             fine_type = fine_type.fine_type or fine_type.value
         if fine_type not in FINE_TYPES:
@@ -244,6 +250,12 @@ class Bundle:
         self.selector_net = selector_net.eval() if selector_net is not None else None
         self.selector_args = dict(selector_args or {})
         self.extra = dict(extra or {})
+        self.coarse_calibration: tuple[float, float] | None = None
+        if coarse_calibration is not None:
+            cal = tuple(float(v) for v in coarse_calibration)
+            if len(cal) != 2 or not all(math.isfinite(v) for v in cal) or cal[0] <= 0:
+                raise BundleError(f"coarse calibration must be two finite numbers (a > 0, b); got {coarse_calibration!r}")
+            self.coarse_calibration = (cal[0], cal[1])
         self._comparator = FineComparator(self.fine_net) if self.fine_net is not None else None
 
     # -- description ---------------------------------------------------------------------------
@@ -302,7 +314,8 @@ class Bundle:
             "format": BUNDLE_FORMAT, "format_version": BUNDLE_FORMAT_VERSION, "written_by": _versions(),
             "name": self.name, "backbone": self.backbone, "whitening": white,
             "fine": {"type": self.fine_type, "args": self.fine_args},
-            "coarse": {"type": self.coarse_type, "args": self.coarse_args},
+            "coarse": {"type": self.coarse_type, "args": self.coarse_args,
+                       **({"calibration": list(self.coarse_calibration)} if self.coarse_calibration else {})},
             "selector": ({"type": "network", "args": self.selector_args} if self.has_selector
                          else {"type": "coarse-order"}),
             "extra": self.extra,
@@ -416,7 +429,8 @@ class Bundle:
                    fine_net=fine_net, fine_args=fine_cfg.get("args"), coarse_type=coarse_cfg["type"],
                    coarse_net=coarse_net, coarse_args=coarse_cfg.get("args"), selector_net=selector_net,
                    selector_args=sel_cfg.get("args"),
-                   whitening_dims=(white_cfg or {}).get("dims"), extra=cfg.get("extra"))
+                   whitening_dims=(white_cfg or {}).get("dims"), extra=cfg.get("extra"),
+                   coarse_calibration=coarse_cfg.get("calibration"))
 
     # -- whitening -------------------------------------------------------------------------------
     def fit_whitening(self, raw: Iterable[np.ndarray | torch.Tensor], dims: int | None = None) -> None:
@@ -528,6 +542,14 @@ class Bundle:
         """
         return fine_similarities(query_fine, candidates, self.fine_type, self._comparator,
                                  return_matrices=return_matrices, precision=precision)
+
+    def coarse_to_score(self, coarse: np.ndarray) -> np.ndarray:
+        """The score of results the fine stage did not re-score: the coarse similarity through
+        :attr:`coarse_calibration` (unchanged without one)."""
+        if self.coarse_calibration is None:
+            return np.asarray(coarse, dtype=np.float64)
+        a, b = self.coarse_calibration
+        return a * np.asarray(coarse, dtype=np.float64) + b
 
     def selector_scores(self, query_selector: float | None, target_selectors: np.ndarray,
                         coarse_scores: np.ndarray) -> np.ndarray | None:

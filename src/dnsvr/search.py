@@ -257,13 +257,16 @@ def select_pairs(coarse_scores: np.ndarray, selector_scores: np.ndarray | None, 
 
 
 def combine(ids: Sequence[str], coarse_scores: np.ndarray, selector_scores: np.ndarray | None,
-            selected: np.ndarray, fine_scores: np.ndarray, top_k: int | None) -> list[SearchResult]:
-    """One ranked list: re-ranked pairs take ``fine/2 + 0.5``, the rest keep their coarse score.
+            selected: np.ndarray, fine_scores: np.ndarray, top_k: int | None,
+            coarse_map: Callable[[np.ndarray], np.ndarray] | None = None) -> list[SearchResult]:
+    """One ranked list: re-ranked pairs take ``fine/2 + 0.5``, the rest keep their coarse score
+    (through ``coarse_map`` when given: the bundle's calibration onto the fine scale).
 
     Ranking is by combined score, descending; ties by video id (deterministic).
     """
     n = len(ids)
-    combined = np.asarray(coarse_scores, dtype=np.float64).copy()
+    combined = np.asarray(coarse_scores if coarse_map is None else coarse_map(np.asarray(coarse_scores)),
+                          dtype=np.float64).copy()
     fine_all = np.full(n, np.nan)
     if len(selected):
         fine_all[selected] = fine_scores
@@ -295,7 +298,8 @@ def combine(ids: Sequence[str], coarse_scores: np.ndarray, selector_scores: np.n
 def dns_rank(ids: Sequence[str], coarse_scores: np.ndarray, *, budget: Budget, database_size: int,
              fine_fn: Callable[[Sequence[str]], np.ndarray],
              selector_fn: Callable[[Sequence[str], np.ndarray], np.ndarray] | None = None,
-             top_k: int | None = None) -> tuple[list[SearchResult], int]:
+             top_k: int | None = None,
+             coarse_map: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[list[SearchResult], int]:
     """Run stages 2–5 of the DnS query on the coarse candidates.
 
     Args:
@@ -306,6 +310,7 @@ def dns_rank(ids: Sequence[str], coarse_scores: np.ndarray, *, budget: Budget, d
         fine_fn: ``ids → [n] fine similarities in [-1, 1]`` for the selected candidates.
         selector_fn: ``(ids, coarse_scores) → [N] selector scores``, or None (coarse order).
         top_k: how many results to return (None = all candidates).
+        coarse_map: maps the scores of results left at their coarse similarity (see :func:`combine`).
 
     Returns:
         ``(results, number of fine pairs computed)``.
@@ -320,7 +325,7 @@ def dns_rank(ids: Sequence[str], coarse_scores: np.ndarray, *, budget: Budget, d
         np.zeros(0, dtype=np.float32)
     if fine.shape != (len(selected),):
         raise ValueError(f"fine stage returned shape {fine.shape} for {len(selected)} pairs")
-    return combine(ids, coarse_scores, selector_scores, selected, fine, top_k), len(selected)
+    return combine(ids, coarse_scores, selector_scores, selected, fine, top_k, coarse_map), len(selected)
 
 
 # -- segments -------------------------------------------------------------------------------

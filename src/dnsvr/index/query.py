@@ -320,5 +320,6 @@ def _rank(q: QueryRep, cands: dict[int, Candidates], bundle: Any, group: ShardGr
         return out
 
     results, pairs = dns_rank(ids, scores, budget=budget, database_size=database_size, fine_fn=fine_fn,
-                              selector_fn=selector_fn, top_k=top_k)
+                              selector_fn=selector_fn, top_k=top_k,
+                              coarse_map=bundle.coarse_to_score if bundle.coarse_calibration else None)
     return results, pairs, len(ids), owner

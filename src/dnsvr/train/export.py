@@ -24,8 +24,48 @@ from dnsvr.train.students import load_student
 logger = logging.getLogger(__name__)
 
 
+def fit_coarse_calibration(fine: str | Path, coarse: str | Path, pairs: str | Path, features: str | Path,
+                           device: str = "cpu") -> tuple[float, float] | None:
+    """The affine map ``a × coarse + b`` of the coarse student's similarities onto the fine student's scale
+    (``fine/2 + 0.5``): least squares over mined pairs, best of videos neither trained on.
+
+    Without it, a trained bundle ranks re-scored and coarse-only results on two scales: when the coarse
+    student scores copies higher than the fine student does, a pair the budget re-scores sinks below pairs
+    left at their coarse score.
+
+    Returns:
+        ``(a, b)``, or None when the fit is not increasing (the coarse scores then stay as they are).
+    """
+    import numpy as np
+
+    from dnsvr.train.data import VideoStore
+    from dnsvr.train.mining import MinedPairs
+    from dnsvr.train.students import pair_similarities
+
+    fine_net, fine_cfg = load_student(fine)
+    coarse_net, coarse_cfg = load_student(coarse)
+    mined = MinedPairs(pairs)
+    store = VideoStore(features, mined.video_ids)
+    try:
+        idx = np.stack([mined.anchor, mined.other], 1)
+        c = pair_similarities(coarse_net, coarse_cfg["network"]["type"], store, idx, device=device).astype(np.float64)
+        f = pair_similarities(fine_net, fine_cfg["network"]["type"], store, idx, device=device) / 2.0 + 0.5
+    finally:
+        store.close()
+    if len(c) < 2 or float(np.std(c)) == 0.0:
+        return None
+    a, b = np.polyfit(c, np.asarray(f, dtype=np.float64), 1)
+    if not a > 0:
+        logger.warning("coarse calibration: the fine scores do not increase with the coarse ones (slope %.3g); "
+                       "not calibrated", a)
+        return None
+    logger.info("coarse calibration on %d pairs: %.4f x coarse + %.4f", len(c), a, b)
+    return float(a), float(b)
+
+
 def build_bundle(fine: str | Path, coarse: str | Path | None = None, selector: str | Path | None = None,
-                 base: str | Path | None = None, name: str = "trained", backbone: str | None = None) -> Any:
+                 base: str | Path | None = None, name: str = "trained", backbone: str | None = None,
+                 coarse_calibration: tuple[float, float] | None = None) -> Any:
     """Assemble a bundle from training folders.
 
     Args:
@@ -36,6 +76,7 @@ def build_bundle(fine: str | Path, coarse: str | Path | None = None, selector: s
             here unless fitted: pass the index's bundle folder); ``None``: features were whitened elsewhere.
         name: the bundle's name.
         backbone: backbone name when ``base`` is None (default ``"resnet50"``, the published feature files').
+        coarse_calibration: ``(a, b)`` of :func:`fit_coarse_calibration` (see :class:`dnsvr.bundle.Bundle`).
 
     Returns:
         A :class:`dnsvr.bundle.Bundle` (call ``.save(folder)``).
@@ -70,7 +111,7 @@ def build_bundle(fine: str | Path, coarse: str | Path | None = None, selector: s
         sel_net, sel_cfg = load_selector(selector)
         kwargs.update(selector_net=sel_net, selector_args=sel_cfg["network"]["kwargs"])
         extra["trained"]["selector"] = {"run": str(selector), "threshold": sel_cfg["training"]["threshold"]}
-    return Bundle(name, bb, whitening=whitening, extra=extra, **kwargs)
+    return Bundle(name, bb, whitening=whitening, extra=extra, coarse_calibration=coarse_calibration, **kwargs)
 
 
 def export_reference_checkpoint(run_dir: str | Path, path: str | Path) -> Path:

@@ -16,7 +16,8 @@ whitening) to a trained bundle, without labels:
 6. ``fine``      — the fine student S^f_A, started from the teacher and distilled on the mined pairs;
 7. ``coarse``    — the coarse student S^c, distilled on the same pairs;
 8. ``selector``  — the selector, labelled on the held-out pairs (which no network trained on);
-9. ``bundle``    — students + selector + the index's backbone and whitening, saved to ``output``.
+9. ``bundle``    — students + selector + the index's backbone and whitening, and the calibration of the
+   coarse scores onto the fine scale (fitted on the held-out pairs), saved to ``output``.
 
 Then ``dnsvr index attach INDEX BUNDLE_DIR NEW_INDEX``. Every stage is resumable: a finished stage is
 recorded in ``WORK/recipe.json`` and skipped, a stage that was interrupted continues (feature journal,
@@ -262,7 +263,7 @@ def run_recipe(index_dir: str | Path, output: str | Path, *, videos: str | Path 
 
     from dnsvr.index import VideoIndex
     from dnsvr.train.collection import features_from_index
-    from dnsvr.train.export import build_bundle
+    from dnsvr.train.export import build_bundle, fit_coarse_calibration
     from dnsvr.train.mining import mine
     from dnsvr.train.selector import SelectorTrainConfig, train_selector
     from dnsvr.train.selfsup import train_teacher
@@ -391,11 +392,14 @@ def run_recipe(index_dir: str | Path, output: str | Path, *, videos: str | Path 
             return {"labels": r.config["labels"]}
 
         def do_bundle() -> dict[str, Any]:
-            trained = build_bundle(work / "fine", work / "coarse", work / "selector", base=bundle, name="trained")
+            calibration = fit_coarse_calibration(work / "fine", work / "coarse", work / "pairs_heldout.h5", held_h5,
+                                                 device=device)
+            trained = build_bundle(work / "fine", work / "coarse", work / "selector", base=bundle, name="trained",
+                                   coarse_calibration=calibration)
             trained.extra["recipe"] = {"config": config.to_json(), "inputs": inputs,
                                        "seconds": {k: round(v, 1) for k, v in seconds.items()}}
             trained.save(output)
-            return {}
+            return {"coarse_calibration": calibration}
 
         for name, fn in (("features", do_features), ("augment", do_augment), ("split", do_split),
                          ("teacher", do_teacher), ("mine", do_mine), ("fine", do_fine), ("coarse", do_coarse),
