@@ -78,8 +78,8 @@ def _load_engine(rev: str):
     import tempfile
 
     here = Path(__file__).resolve().parent
-    listed = subprocess.run(["git", "ls-tree", "--name-only", f"{rev}:src/dnsvr/fine"], capture_output=True,
-                            text=True, cwd=here)
+    listed = subprocess.run(["git", "ls-tree", "--full-tree", "--name-only", f"{rev}:src/dnsvr/fine"],
+                            capture_output=True, text=True, cwd=here)
     names = listed.stdout.split() if listed.returncode == 0 else []
     name = f"fine_{rev.replace('/', '_').replace('-', '_').replace('.', '_')}"
     folder = Path(tempfile.mkdtemp())
