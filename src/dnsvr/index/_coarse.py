@@ -145,6 +145,10 @@ class CoarseCache:
         self.ann_failed = False
         self.pinned = False  # inside IndexStore.snapshot(): keep the current mapping
 
+    def set_spec(self, spec: str) -> None:
+        """Use the FAISS spec ``spec`` from now on: the current ANN index is dropped (built again when needed)."""
+        self.spec, self.ann, self.ann_rowids, self.ann_failed = spec, None, None, False
+
     # -- files --------------------------------------------------------------------------------
     def _read_current(self) -> dict[str, Any] | None:
         """``current.json`` if it is usable; derived data, so damage means "rebuild", never "trust"."""
@@ -383,7 +387,7 @@ class CoarseCache:
         m = np.asarray(m)  # a plain ndarray view of the memmap (no copy)
         return (m @ q[0])[None, :] if len(q) == 1 else q @ m.T
 
-    def _ann_ready(self) -> bool:
+    def ann_ready(self) -> bool:
         """Build/extend the ANN index for the current rows; False means: use exact search."""
         import faiss  # noqa: PLC0415
 
@@ -437,7 +441,7 @@ class CoarseCache:
         self, q: np.ndarray, k: int | None, params: str | None
     ) -> tuple[np.ndarray, np.ndarray, bool]:
         """Search; returns (positions [n, k'], scores [n, k'], exact) with -1 padding for ANN misses."""
-        if k is None or not self._ann_ready():
+        if k is None or not self.ann_ready():
             pos, scores = self.exact(q, k)
             return pos, scores, True
         import faiss  # noqa: PLC0415
