@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dnsvr.index._paths import create_new, open_nofollow
+from dnsvr.index._paths import open_nofollow, replace_file
 from dnsvr.index._schema import DB_NAME, SHARD_DIR, DamagedIndexError
 from dnsvr.index._shards import SHARD_RE
 from dnsvr.index.records import _MAX_BYTES, _MAX_SHARD_ID
@@ -86,11 +86,9 @@ class _Catalog:
     def save(self, path: Path) -> None:
         ids = self.ids.tolist()
         blob = np.frombuffer("\x00".join(ids).encode("utf-8"), dtype=np.uint8)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        with os.fdopen(create_new(tmp), "wb") as fh:
-            np.savez(fh, generation=np.int64(self.generation), epoch=np.int64(self.epoch), ids=blob,
-                     n=np.int64(len(ids)), **{k: getattr(self, k) for k in self._ARRAYS})
-        os.replace(tmp, path)
+        replace_file(path, lambda fh: np.savez(fh, generation=np.int64(self.generation), epoch=np.int64(self.epoch),
+                                               ids=blob, n=np.int64(len(ids)),
+                                               **{k: getattr(self, k) for k in self._ARRAYS}), durable=False)
 
     @classmethod
     def _read_arrays(cls, path: Path) -> dict[str, np.ndarray]:

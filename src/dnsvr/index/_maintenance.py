@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dnsvr._fsutil import fsync_dir
 from dnsvr.index._catalog import CATALOG_NAME, _Catalog, _is_int
 from dnsvr.index._paths import inside
 from dnsvr.index._schema import (
@@ -21,7 +22,6 @@ from dnsvr.index._schema import (
     STATUS_ACTIVE,
     DamagedIndexError,
     IndexFormatError,
-    fsync_dir,
     read_manifest,
 )
 from dnsvr.index._shards import ShardAppender, crc32

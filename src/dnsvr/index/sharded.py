@@ -37,7 +37,7 @@ import numpy as np
 
 from dnsvr import __version__
 from dnsvr.bundle import Bundle, load_bundle
-from dnsvr.index._paths import DamagedIndexError, inside, read_json
+from dnsvr.index._paths import DamagedIndexError, inside, read_json, write_json_atomic
 from dnsvr.index.store import AddResult, CompactReport, IndexRecord, UnknownVideoError, VerifyReport
 from dnsvr.index.video_index import (
     BUNDLE_DIR,
@@ -45,7 +45,6 @@ from dnsvr.index.video_index import (
     VideoIndex,
     VideoIndexError,
     _Query,
-    _write_json,
 )
 
 logger = logging.getLogger(__name__)
@@ -121,7 +120,7 @@ class ShardedIndex(VideoIndex):
         for name in names:
             VideoIndex.create(directory / name, b, coarse_index=coarse_index).close()
         # the manifest last: a directory without it is an interrupted create, not an index
-        _write_json(directory / MANIFEST, {
+        write_json_atomic(directory / MANIFEST, {
             "format": SHARDED_FORMAT, "format_version": SHARDED_FORMAT_VERSION, "written_by": {"dnsvr": __version__},
             "created": time.time(), "bundle": b.identity(), "coarse_index": coarse_index, "shards": names,
             "assignment": {"rule": ASSIGNMENT, "shards": len(names)}})

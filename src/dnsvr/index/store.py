@@ -53,7 +53,7 @@ from dnsvr.index._add import AddTransaction
 from dnsvr.index._catalog import _ROW_COLS, CATALOG_NAME, _Catalog, _check_rows, _check_shards, _is_int
 from dnsvr.index._coarse import CoarseCache, is_exact_spec
 from dnsvr.index._lock import LOCK_NAME, IndexLockedError, WriterLock
-from dnsvr.index._paths import check_entries, inside
+from dnsvr.index._paths import check_entries, inside, write_json_atomic
 from dnsvr.index._schema import (
     COARSE_DIR,
     DB_NAME,
@@ -66,7 +66,6 @@ from dnsvr.index._schema import (
     init_schema,
     make_manifest,
     read_manifest,
-    write_json_atomic,
 )
 from dnsvr.index._shards import ShardAppender, ShardReader
 from dnsvr.index._shards import crc32 as _crc32

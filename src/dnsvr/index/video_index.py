@@ -41,7 +41,7 @@ from dnsvr import __version__
 from dnsvr.fine import DEFAULT_PRECISION, PRECISIONS
 from dnsvr.bundle import Bundle, BundleError, VideoRepresentation, load_bundle
 from dnsvr.index._lock import LOCK_NAME, WriterLock
-from dnsvr.index._paths import DamagedIndexError, check_entries, create_new, inside, read_json
+from dnsvr.index._paths import DamagedIndexError, check_entries, inside, read_json, write_json_atomic
 from dnsvr.index.store import IndexConfig, IndexRecord, IndexStore, check_video_id
 from dnsvr.search import (
     Budget,
@@ -95,13 +95,6 @@ class _Query:
     rep: VideoRepresentation
     timestamps: np.ndarray | None
     index_id: str | None = None
-
-
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with os.fdopen(create_new(tmp), "w", encoding="utf-8") as fh:
-        fh.write(json.dumps(payload, indent=2, sort_keys=True))
-    os.replace(tmp, path)
 
 
 def _read_manifest(directory: Path) -> dict[str, Any]:
@@ -220,7 +213,7 @@ class VideoIndex:
             manifest = {"format": INDEX_FORMAT, "format_version": INDEX_FORMAT_VERSION,
                         "written_by": {"dnsvr": __version__}, "created": time.time(),
                         "bundle": b.identity(), "coarse_index": coarse_index}
-            _write_json(directory / MANIFEST, manifest)
+            write_json_atomic(directory / MANIFEST, manifest)
             index = cls(directory, b, None, readonly=False, lock=lock)
             if b.whitened:
                 index._create_store()
@@ -313,7 +306,7 @@ class VideoIndex:
             shutil.rmtree(partial)
         self._store = IndexStore.create(self.directory / STORE_DIR, config)
         manifest["bundle"] = self.bundle.identity()
-        _write_json(self.directory / MANIFEST, manifest)
+        write_json_atomic(self.directory / MANIFEST, manifest)
         return self._store
 
     def _writable_store(self) -> IndexStore:
