@@ -112,7 +112,7 @@ class ExtractionReport:
     Attributes:
         output: the feature file (None for in-process extraction).
         extracted: the videos extracted in this run.
-        skipped: ids already complete in the output (resumed runs).
+        already_extracted: ids already complete in the output (a resumed run); not extracted again.
         failures: the videos not extracted, and the damaged ones (``extracted=True``).
         seconds: wall-clock time of the run.
         whitening: the whitening identity used ("none" when none).
@@ -121,7 +121,7 @@ class ExtractionReport:
 
     output: Path | None = None
     extracted: list[VideoResult] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
+    already_extracted: list[str] = field(default_factory=list)
     failures: list[VideoFailure] = field(default_factory=list)
     seconds: float = 0.0
     whitening: str = "none"
@@ -145,7 +145,7 @@ class ExtractionReport:
         """JSON-able form (the ``--json`` output)."""
         return {
             "output": str(self.output) if self.output else None,
-            "extracted": len(self.extracted), "skipped": len(self.skipped), "failed": sum(
+            "extracted": len(self.extracted), "already_extracted": len(self.already_extracted), "failed": sum(
                 1 for f in self.failures if not f.extracted),
             "damaged": sum(1 for f in self.failures if f.extracted), "frames": self.frames,
             "seconds": round(self.seconds, 3), "frames_per_second": round(self.frames_per_second, 2),
@@ -166,7 +166,7 @@ class ExtractionReport:
         n = d["extracted"]
         lines = [f"extracted {n} video{'' if n == 1 else 's'} ({d['frames']} frame{'' if d['frames'] == 1 else 's'}, "
                  f"{d['frames_per_second']:.1f} frames/s), "
-                 f"skipped {d['skipped']} already done, {d['failed']} failed, {d['damaged']} damaged"]
+                 f"{d['already_extracted']} already extracted, {d['failed']} failed, {d['damaged']} damaged"]
         if self.failures:
             lines.append("failures (id, path, reason):")
             lines.extend("  " + f.line() for f in self.failures)
@@ -918,7 +918,7 @@ def extract_videos(inputs: Any, output_h5: str | Path, extractor: Extractor, fps
                   "weights": _weights_name(extractor), "decode": opts.decode,
                   "precision": str(getattr(extractor, "precision", "fp32"))}
     done_ids = _complete_ids(output_h5)
-    report.skipped = [vid for vid, _ in entries if vid in done_ids]
+    report.already_extracted = [vid for vid, _ in entries if vid in done_ids]
     todo = [(vid, p) for vid, p in entries if vid not in done_ids]
 
     if fit and white is None:

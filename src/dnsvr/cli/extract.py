@@ -60,7 +60,7 @@ def extract_command(
 ) -> None:
     """Extract region features from videos into an HDF5 file, in the layout of the published feature files.
 
-    Re-running the same command resumes: finished videos are skipped. Bad inputs are listed
+    Re-running the same command resumes: finished videos are not extracted again. Bad inputs are listed
     (id, path, reason) at the end and do not stop the others; the exit status is 1 when any
     video failed or was damaged, 2 on a usage error.
 

@@ -92,7 +92,7 @@ class AddTransaction:
                     [vid], f"video id {vid!r} is already in the index "
                            f"(pass on_duplicate='replace' or 'skip', or remove it first)")
             if self.on_duplicate == "skip":
-                result.skipped.append(vid)
+                result.already_indexed.append(vid)
                 return
         if not self.in_txn:
             self._begin()

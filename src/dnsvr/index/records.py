@@ -235,11 +235,17 @@ class FineBlock:
 
 @dataclass
 class AddResult:
-    """What an :meth:`IndexStore.add` call committed."""
+    """What an :meth:`IndexStore.add` call committed, by id.
+
+    Attributes:
+        added: ids added (replacements included).
+        replaced: ids whose old video was removed in the same commit (``on_duplicate="replace"``).
+        already_indexed: ids already in the index and left as they were (``on_duplicate="skip"``).
+    """
 
     added: list[str] = field(default_factory=list)
     replaced: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
+    already_indexed: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.added)

@@ -236,7 +236,7 @@ class ShardedIndex(VideoIndex):
             r = self.shards[i]._commit(recs, on_duplicate)
             result.added.extend(r.added)
             result.replaced.extend(r.replaced)
-            result.skipped.extend(r.skipped)
+            result.already_indexed.extend(r.already_indexed)
         return result
 
     def remove(self, video_ids: Iterable[str] | str, *, missing: str = "error") -> int:

@@ -66,25 +66,26 @@ class VideoIndexError(ValueError):
 
 @dataclass
 class AddReport:
-    """What :meth:`VideoIndex.add` did.
+    """What :meth:`VideoIndex.add` did, per input (the store's per-commit ids are
+    :class:`~dnsvr.index.records.AddResult`; the same words mean the same there).
 
     Attributes:
         added: ids added (or replaced).
         skipped: ``(input, reason)`` for inputs that could not be added (unreadable, damaged,
             an id that another file already has): the caller's to look at.
-        existing: ids already in the index and left as they were (``on_duplicate="skip"``);
+        already_indexed: ids already in the index and left as they were (``on_duplicate="skip"``);
             nothing of theirs was decoded. Not a failure.
         seconds: wall time.
     """
 
     added: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
-    existing: list[str] = field(default_factory=list)
+    already_indexed: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {"added": self.added, "skipped": [{"input": i, "reason": r} for i, r in self.skipped],
-                "already_indexed": self.existing, "seconds": round(self.seconds, 3)}
+                "already_indexed": self.already_indexed, "seconds": round(self.seconds, 3)}
 
 
 @dataclass
@@ -407,7 +408,7 @@ class VideoIndex:
         """Apply ``on_duplicate`` to ids already in the index *before* anything is decoded or read.
 
         ``"error"`` raises :class:`~dnsvr.index.store.DuplicateVideoError` naming them; ``"skip"``
-        leaves them out (``report.existing``; a *different* file under a known id is reported in
+        leaves them out (``report.already_indexed``; a *different* file under a known id is reported in
         ``report.skipped``); ``"replace"`` keeps them.
         """
         from dnsvr.index.store import DuplicateVideoError
@@ -426,7 +427,7 @@ class VideoIndex:
             raise DuplicateVideoError(known, f"{len(known)} of the inputs {'is' if len(known) == 1 else 'are'} "
                                              f"already in the index ({shown}); skip or replace them")
         kept_features = [(path, [v for v in ids if v not in store]) for path, ids in features]
-        report.existing.extend(v for _, ids in features for v in ids if v in store)
+        report.already_indexed.extend(v for _, ids in features for v in ids if v in store)
         kept_videos = []
         for vid, path in videos:
             if vid not in store:
@@ -438,7 +439,7 @@ class VideoIndex:
                                                   f"({stored}); give this one its own id in a list file "
                                                   "(id<TAB>path lines)"))
             else:
-                report.existing.append(vid)
+                report.already_indexed.append(vid)
         return kept_features, kept_videos
 
     @staticmethod
@@ -462,7 +463,7 @@ class VideoIndex:
             inputs: paths; ``.h5``/``.hdf5`` files are read as feature files, everything else goes to
                 :func:`dnsvr.extract.iter_video_features`.
             on_duplicate: for ids already in the index: ``"error"`` (raise before decoding anything),
-                ``"replace"``, or ``"skip"`` (left out before decoding; listed in ``existing``).
+                ``"replace"``, or ``"skip"`` (left out before decoding; listed in ``already_indexed``).
             progress: progress on stderr (default: a bar on a terminal, a line per video otherwise;
                 False: none).
             batch_size: videos per commit (each commit is durable).
@@ -497,7 +498,7 @@ class VideoIndex:
                 return
             result = self._commit(pending, on_duplicate)
             report.added.extend(result.added)
-            report.existing.extend(result.skipped)
+            report.already_indexed.extend(result.already_indexed)
             pending.clear()
 
         for vid, feats, meta in stream:
