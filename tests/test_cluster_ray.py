@@ -52,11 +52,11 @@ def videos(tmp_path_factory):
 def test_distributed_extraction_equals_local_and_retries_a_dead_worker(cluster, videos):
     (cluster / "v2.die").touch()  # the worker that takes v2 first dies mid-video
     remote_fail: list = []
-    remote = {v: (f, m) for v, f, m in iter_video_features_ray([videos], failures=remote_fail)}
+    remote = {r.video_id: (r.features, r.attrs()) for r in iter_video_features_ray([videos], failures=remote_fail)}
     assert (cluster / "v2.died").exists(), "the planted fault did not fire"
     local_fail: list = []
-    local = {v: (f, m) for v, f, m in iter_video_features([videos], FeatureExtractor("efficientnet_lite0"),
-                                                          failures=local_fail)}
+    local = {r.video_id: (r.features, r.attrs())
+             for r in iter_video_features([videos], FeatureExtractor("efficientnet_lite0"), failures=local_fail)}
     assert sorted(remote) == sorted(local) == [f"v{i}" for i in range(5)]
     for vid, (feats, meta) in local.items():
         np.testing.assert_allclose(remote[vid][0], feats, atol=1e-4, rtol=0)

@@ -127,7 +127,7 @@ def test_extract_layout_and_values(tmp_path):
 def test_iter_video_features_matches_file(tmp_path):
     videos = make_videos(tmp_path / "videos", n=2)
     ex = FakeExtractor()
-    got = {vid: (f, m) for vid, f, m in iter_video_features(list(videos.values()), ex, batch_size=4)}
+    got = {r.video_id: (r.features, r.attrs()) for r in iter_video_features(list(videos.values()), ex, batch_size=4)}
     assert list(got) == ["v0", "v1"]
     for vid, path in videos.items():
         feats, meta = got[vid]
@@ -426,7 +426,7 @@ def test_parallel_decoders_progress_bar_and_early_stop(tmp_path):
     before = threading.active_count()
     stream = iter_video_features(list(videos.values()), ex, batch_size=2)
     first = next(stream)
-    assert first[0] == "v0"
+    assert first.video_id == "v0"
     stream.close()                                  # the consumer stops early: decoder threads must end
     deadline = time.monotonic() + 5
     while threading.active_count() > before and time.monotonic() < deadline:
@@ -454,8 +454,8 @@ def test_keyframes_decode_is_opt_in_labelled_and_not_mixed(tmp_path):
         frames = S.render_clip(300 + i, seconds=6.0, fps=10, size=(96, 64))
         vids[f"k{i}"] = S.write_video(tmp_path / f"k{i}.mp4", frames, fps=10, gop=25)
     ex = FakeExtractor()
-    exact = {vid: (f, m) for vid, f, m in iter_video_features(vids, ex)}
-    approx = {vid: (f, m) for vid, f, m in iter_video_features(vids, ex, decode="keyframes")}
+    exact = {r.video_id: (r.features, r.attrs()) for r in iter_video_features(vids, ex)}
+    approx = {r.video_id: (r.features, r.attrs()) for r in iter_video_features(vids, ex, decode="keyframes")}
     for vid in vids:
         f_exact, m_exact = exact[vid]
         f_key, m_key = approx[vid]

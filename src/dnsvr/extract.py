@@ -5,8 +5,8 @@ The one way to turn video files into ``[T, 9, D]`` region features:
 * :func:`resolve_inputs` — files, folders (recursive, by extension), glob patterns,
   and list files of ``video_id<TAB>path`` lines (the ViSiL reference's input
   format) → ``[(video_id, path)]``.
-* :func:`iter_video_features` — yields ``(video_id, features, meta)`` per video,
-  for in-process consumers (``VideoIndex.add``).
+* :func:`iter_video_features` — yields a :class:`~dnsvr.features.VideoFeatures` record
+  per video, for in-process consumers (``VideoIndex.add``).
 * :func:`extract_videos` — writes an HDF5 feature file in the layout of the
   published files (one ``[T, 9, D]`` dataset per id), crash-safe and resumable
   (:class:`dnsvr.features.FeatureWriter`), with a whitening that is published,
@@ -48,7 +48,7 @@ import numpy as np
 
 from dnsvr import __version__
 from dnsvr._progress import progress_bar
-from dnsvr.features import FeatureFile, FeatureWriter, validate_video_id
+from dnsvr.features import FeatureFile, FeatureWriter, VideoFeatures, validate_video_id
 from dnsvr.video import DECODE_MODES, VIDEO_EXTENSIONS, DecodeLimits, VideoError, VideoReader
 
 logger = logging.getLogger(__name__)
@@ -727,7 +727,7 @@ def iter_video_features(inputs: Any, extractor: Extractor, fps: float | None = 1
                         skip: Iterable[str] = (), failures: list[VideoFailure] | None = None,
                         whitening: Any = None, decode_workers: int = 1, decode_threads: int = 1,
                         limits: DecodeLimits | None = None, skip_unneeded: bool = True, decode: str = "exact",
-                        progress: bool | None = False) -> Iterator[tuple[str, np.ndarray, dict[str, Any]]]:
+                        progress: bool | None = False) -> Iterator[VideoFeatures]:
     """Extract features video by video, in process (nothing written to disk).
 
     Args:
@@ -752,9 +752,10 @@ def iter_video_features(inputs: Any, extractor: Extractor, fps: float | None = 1
         progress: show a progress bar (None: when stderr is a terminal).
 
     Yields:
-        ``(video_id, features float32 [T, 9, D], meta)`` with meta keys ``source``, ``fps``, ``backbone``,
-        ``whitening``, ``duration``, ``timestamps`` (float64 [T]), ``frames``, ``width``, ``height``,
-        ``rotation``, ``truncated``, ``damage``, ``decode``, ``max_sampling_error`` (seconds; 0 when exact).
+        :class:`~dnsvr.features.VideoFeatures`: ``features`` float32 [T, 9, D], ``timestamps`` float64 [T],
+        ``source``, and ``info`` with ``fps``, ``backbone``, ``whitening``, ``duration``, ``frames``, ``width``,
+        ``height``, ``rotation``, ``truncated``, ``damage``, ``decode``, ``max_sampling_error`` (seconds; 0 when
+        exact).
     """
     opts = _options(extractor, fps, short_side, crop, batch_size, decode_workers, decode_threads, limits, skip_unneeded,
                     decode)
@@ -786,7 +787,7 @@ def iter_video_features(inputs: Any, extractor: Extractor, fps: float | None = 1
                 if meta["damage"]:
                     sink.append(VideoFailure(v.video_id, str(v.path), "damaged", meta["damage"], extracted=True))
                 bar.advance_video(v.video_id, meta["frames"])
-                yield v.video_id, feats, meta
+                yield VideoFeatures.from_attrs(v.video_id, feats, meta)
     if failures is None:
         for f in sink[n_before:]:
             logger.warning("%s", f.line())
@@ -1041,21 +1042,22 @@ def _extract_into_ray(writer: FeatureWriter, entries: list[tuple[str, Path]], ex
     from dnsvr.cluster.extract import iter_video_features_ray
 
     weights = str(getattr(extractor, "weights_source", "") or "") or None
-    for vid, feats, meta in iter_video_features_ray(
+    for rec in iter_video_features_ray(
             entries, extractor.backbone_name, address=address, failures=report.failures, progress=progress,
             fps=opts.fps or 1.0, weights=weights, precision=str(getattr(extractor, "precision", "fp32")),
             batch_size=opts.batch_size, short_side=opts.short_side, crop=opts.crop, decode=opts.decode):
+        vid, feats = rec.video_id, rec.features
         if post is not None:
             feats = _to_numpy(post(feats))
-        meta["whitening"] = white_id
+        meta = {**rec.attrs(), "whitening": white_id}
         try:
             writer.write(vid, feats, meta)
         except (OSError, ValueError) as exc:
-            report.failures.append(VideoFailure(vid, str(meta.get("source", "")), "write_error",
+            report.failures.append(VideoFailure(vid, str(rec.source or ""), "write_error",
                                                 f"cannot write features: {exc}"))
             continue
-        report.extracted.append(VideoResult(vid, str(meta["source"]), meta["frames"], meta["duration"],
-                                            meta["damage"] or None))
+        report.extracted.append(VideoResult(vid, str(rec.source), rec.frames, rec.info["duration"],
+                                            rec.info["damage"] or None))
 
 
 def _fit_whitening(raw_path: Path, dims: int, fit_frames: int) -> Any:

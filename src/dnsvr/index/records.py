@@ -206,6 +206,18 @@ class VideoEntry:
     nbytes: int
     crc32: int
 
+    def record_meta(self) -> dict[str, Any]:
+        """The ``meta`` of an :class:`IndexRecord` that stores this video again (timestamps, source and duration
+        back beside the free metadata)."""
+        meta = dict(self.meta)
+        if self.timestamps is not None:
+            meta["timestamps"] = self.timestamps
+        if self.source is not None:
+            meta["source"] = self.source
+        if self.duration is not None:
+            meta["duration"] = self.duration
+        return meta
+
 
 class CoarseHits(NamedTuple):
     """Coarse search result: ``ids`` object array [n, k] (None where an ANN search found fewer),

@@ -386,14 +386,7 @@ class ShardedIndex(VideoIndex):
                 records = []
                 for vid, fine, vec in zip(chunk, store.fine(chunk), coarse):
                     entry = store.get(vid)
-                    meta = dict(entry.meta)
-                    if entry.timestamps is not None:
-                        meta["timestamps"] = entry.timestamps
-                    if entry.source is not None:
-                        meta["source"] = entry.source
-                    if entry.duration is not None:
-                        meta["duration"] = entry.duration
-                    records.append(IndexRecord(vid, vec, np.asarray(fine), entry.selector, meta))
+                    records.append(IndexRecord(vid, vec, np.asarray(fine), entry.selector, entry.record_meta()))
                 out._commit(records, "error")
             return out
         finally:

@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -33,7 +34,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -47,6 +48,9 @@ from dnsvr.search import (
     Budget,
     QueryResults,
 )
+
+if TYPE_CHECKING:
+    from dnsvr.features import VideoFeatures
 
 logger = logging.getLogger(__name__)
 
@@ -137,21 +141,6 @@ def _store_dir(directory: Path) -> Path | None:
 def _check_layout(directory: Path) -> None:
     """The fixed entries of an index folder resolve inside it and are what they should be."""
     check_entries(directory, files=(MANIFEST, LOCK_NAME), dirs=(BUNDLE_DIR, STORE_DIR))
-
-
-def _clean_meta(meta: dict[str, Any] | None) -> dict[str, Any]:
-    """Extraction metadata made JSON-safe for the store (timestamps stay an array)."""
-    out: dict[str, Any] = {}
-    for key, value in (meta or {}).items():
-        if key == "timestamps":
-            out[key] = np.asarray(value, dtype=np.float64)
-        elif isinstance(value, np.ndarray):
-            out[key] = value.tolist()
-        elif isinstance(value, np.generic):
-            out[key] = value.item()
-        else:
-            out[key] = value
-    return out
 
 
 def _check_top_k(top_k: object) -> None:
@@ -327,8 +316,8 @@ class VideoIndex:
         return self._extractor
 
     def _iter_inputs(self, inputs: Sequence[str | Path], report: AddReport,
-                     progress: bool | None) -> Iterator[tuple[str, np.ndarray, dict[str, Any]]]:
-        """``(video_id, raw or whitened features [T, 9, D], meta)`` for every input; failures go to ``report``."""
+                     progress: bool | None) -> Iterator[VideoFeatures]:
+        """The features (raw or whitened) of every input; failures go to ``report``."""
         features, videos = self._plan(inputs, report)
         return self._iter_planned(features, videos, report, progress)
 
@@ -358,9 +347,9 @@ class VideoIndex:
 
     def _iter_planned(self, features: list[tuple[Path, list[str]]], videos: list[tuple[str, Path]],
                       report: AddReport, progress: bool | None, ray: str | None = None
-                      ) -> Iterator[tuple[str, np.ndarray, dict[str, Any]]]:
+                      ) -> Iterator[VideoFeatures]:
         """Features of the planned inputs; videos are extracted here, or on a Ray cluster when ``ray`` names one."""
-        from dnsvr.features import FeatureFile
+        from dnsvr.features import FeatureFile, VideoFeatures
 
         for path, ids in features:
             if not ids:
@@ -378,10 +367,9 @@ class VideoIndex:
                     except (OSError, ValueError, KeyError) as exc:
                         report.skipped.append((f"{path}:{vid}", str(exc)))
                         continue
-                    meta = {"source": f"{path.absolute()}:{vid}"}
-                    if "timestamps" in info and len(info["timestamps"]) == len(feats):
-                        meta["timestamps"] = [float(t) for t in info["timestamps"]]
-                    yield vid, feats, meta
+                    ts = info.get("timestamps")
+                    yield VideoFeatures(vid, feats, ts if ts is not None and len(ts) == len(feats) else None,
+                                        f"{path.absolute()}:{vid}")
         if videos:
             from dnsvr.extract import iter_video_features
 
@@ -394,12 +382,10 @@ class VideoIndex:
                                                     progress=progress)
             else:
                 extracted = iter_video_features(videos, self._get_extractor(), failures=failures, progress=progress)
-            for vid, feats, meta in extracted:
+            for rec in extracted:
                 reported = self._report_failures(failures, reported, report)
-                meta = _clean_meta(meta)
-                if meta.get("source"):
-                    meta["source"] = str(Path(meta["source"]).absolute())
-                yield vid, np.asarray(feats, dtype=np.float32), meta
+                yield dataclasses.replace(rec, features=np.asarray(rec.features, dtype=np.float32),
+                                          source=str(Path(rec.source).absolute()) if rec.source else rec.source)
             self._report_failures(failures, reported, report)
 
     def _drop_known(self, features: list[tuple[Path, list[str]]], videos: list[tuple[str, Path]],
@@ -501,18 +487,18 @@ class VideoIndex:
             report.already_indexed.extend(result.already_indexed)
             pending.clear()
 
-        for vid, feats, meta in stream:
+        for rec in stream:
+            vid = rec.video_id
             problem = check_video_id(vid)
             if problem:  # one odd name is one skipped input, never a failed call
                 report.skipped.append((repr(vid), f"invalid video id: {problem}"))
                 continue
             try:
-                rep = self.bundle.represent(self.bundle.whiten(feats))
+                rep = self.bundle.represent(self.bundle.whiten(rec.features))
             except BundleError as exc:
                 report.skipped.append((vid, str(exc)))
                 continue
-            meta.setdefault("frames", int(feats.shape[0]))
-            pending.append(IndexRecord(vid, rep.coarse, rep.fine, rep.selector, meta))
+            pending.append(IndexRecord(vid, rep.coarse, rep.fine, rep.selector, rec.attrs()))
             if len(pending) >= batch_size:
                 flush()
         flush()
@@ -538,14 +524,13 @@ class VideoIndex:
         except KeyError:  # removed by a writer meanwhile
             return None
 
-    def _fit_whitening_from(self, stream: Iterator[tuple[str, np.ndarray, dict[str, Any]]]
-                            ) -> Iterator[tuple[str, np.ndarray, dict[str, Any]]]:
+    def _fit_whitening_from(self, stream: Iterator[VideoFeatures]) -> Iterator[VideoFeatures]:
         """Buffer the first videos, fit the lite whitening on them, save the bundle, then replay them."""
-        buffered: list[tuple[str, np.ndarray, dict[str, Any]]] = []
+        buffered: list[VideoFeatures] = []
         vectors = 0
         for item in stream:
             buffered.append(item)
-            vectors += int(np.prod(item[1].shape[:-1]))
+            vectors += int(np.prod(item.features.shape[:-1]))
             if vectors >= WHITENING_SAMPLE_VECTORS:
                 break
         if buffered:
@@ -556,7 +541,7 @@ class VideoIndex:
                 logger.info("the whitening of %s was fitted by another writer; using it", self.directory)
                 self.bundle = on_disk
             else:
-                self.bundle.fit_whitening([f for _, f, _ in buffered])
+                self.bundle.fit_whitening([b.features for b in buffered])
                 self.bundle.save(inside(self.directory, BUNDLE_DIR, kind="dir"))
                 self._bundle_saved()
         yield from buffered
@@ -632,14 +617,7 @@ class VideoIndex:
             for vid, fine in zip(chunk, store.fine(chunk)):
                 entry = store.get(vid)
                 rep = new_bundle.represent(self.bundle.base_features(fine))
-                meta = dict(entry.meta)
-                if entry.timestamps is not None:
-                    meta["timestamps"] = entry.timestamps.tolist()
-                if entry.source is not None:
-                    meta["source"] = entry.source
-                if entry.duration is not None:
-                    meta["duration"] = entry.duration
-                records.append(IndexRecord(vid, rep.coarse, rep.fine, rep.selector, meta))
+                records.append(IndexRecord(vid, rep.coarse, rep.fine, rep.selector, entry.record_meta()))
             out._writable_store().add(records)
             records.clear()
         return out
@@ -691,14 +669,13 @@ class VideoIndex:
                 out.append((pos, indexed))
             elif _is_feature_file(text):
                 report = AddReport()
-                for vid, feats, meta in self._iter_inputs([text], report, progress):
+                for rec in self._iter_inputs([text], report, progress):
                     try:
-                        rep = self.bundle.represent(self.bundle.whiten(feats))
+                        rep = self.bundle.represent(self.bundle.whiten(rec.features))
                     except BundleError as exc:
-                        bad(pos, f"{text}:{vid}", str(exc))
+                        bad(pos, f"{text}:{rec.video_id}", str(exc))
                         continue
-                    ts = meta.get("timestamps")
-                    out.append((pos, _Query(vid, rep, None if ts is None else np.asarray(ts, dtype=np.float64))))
+                    out.append((pos, _Query(rec.video_id, rep, rec.timestamps)))
                 for item, reason in report.skipped:
                     bad(pos, item, reason)
             elif Path(text).exists():
@@ -712,16 +689,14 @@ class VideoIndex:
             keys = [n if names.count(n) == 1 else f"{n}#{pos}" for n, (pos, _) in zip(names, video_inputs)]
             pairs = [(key, Path(text)) for key, (_, text) in zip(keys, video_inputs)]
             where = {key: item for key, item in zip(keys, video_inputs)}
-            for key, feats, meta in self._iter_planned([], pairs, report, progress):
-                pos, text = where[key]
+            for rec in self._iter_planned([], pairs, report, progress):
+                pos, text = where[rec.video_id]
                 try:
-                    rep = self.bundle.represent(self.bundle.whiten(feats))
+                    rep = self.bundle.represent(self.bundle.whiten(rec.features))
                 except BundleError as exc:
                     bad(pos, text, str(exc))
                     continue
-                ts = meta.get("timestamps")
-                out.append((pos, _Query(Path(text).stem or text, rep,
-                                        None if ts is None else np.asarray(ts, dtype=np.float64))))
+                out.append((pos, _Query(Path(text).stem or text, rep, rec.timestamps)))
             by_path = {str(Path(text)): (pos, text) for pos, text in video_inputs}
             for item, reason in report.skipped:
                 pos, text = by_path.get(str(Path(item)), (len(queries), item))
