@@ -49,7 +49,7 @@ import numpy as np
 from dnsvr import __version__
 from dnsvr._progress import progress_bar
 from dnsvr.features import FeatureFile, FeatureWriter, VideoFeatures, validate_video_id
-from dnsvr.video import DECODE_MODES, VIDEO_EXTENSIONS, DecodeLimits, VideoError, VideoReader
+from dnsvr.video import VIDEO_EXTENSIONS, DecodeLimits, VideoError, VideoReader, check_decode
 
 logger = logging.getLogger(__name__)
 
@@ -704,10 +704,7 @@ def _options(extractor: Extractor, fps: float | None, short_side: int | None, cr
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if fps is not None and fps < 0:
         raise ValueError(f"fps must be > 0, got {fps}")
-    if decode not in DECODE_MODES:
-        raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}, got {decode!r}")
-    if decode == "keyframes" and not fps:
-        raise ValueError("decode='keyframes' needs a sampling rate (fps > 0)")
+    check_decode(decode, fps)
     return _Options(fps=fps, short_side=int(short_side) if short_side else None, crop=int(crop) if crop else None,
                     batch_size=int(batch_size), chunk_size=max(1, min(16, int(batch_size))),
                     decode_workers=int(decode_workers), decode_threads=int(decode_threads), limits=limits,

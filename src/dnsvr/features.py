@@ -609,7 +609,7 @@ def validate_video_id(video_id: str) -> str:
     """
     if not isinstance(video_id, str):
         raise ValueError(f"video id must be a string, got {type(video_id).__name__}")
-    from dnsvr.index.store import check_video_id  # noqa: PLC0415 - the one rule, shared with the index
+    from dnsvr.index.records import check_video_id  # noqa: PLC0415 - the one rule, shared with the index
 
     vid = video_id.strip().strip("/")
     parts = vid.split("/")

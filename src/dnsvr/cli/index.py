@@ -89,7 +89,7 @@ def add(directory: Path = typer.Argument(..., help="Index directory."),
       dnsvr index add my.index videos/ --on-duplicate skip     # again, later: only the new files
       dnsvr index add my.index features.h5 --json > added.json
     """
-    from dnsvr.index.store import DuplicateVideoError
+    from dnsvr.index.records import DuplicateVideoError
 
     if on_duplicate not in ("error", "skip", "replace"):
         fail(f"--on-duplicate must be error, skip or replace, got {on_duplicate!r}")

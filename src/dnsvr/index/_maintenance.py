@@ -34,17 +34,7 @@ logger = logging.getLogger(__name__)
 
 
 def compact(store: IndexStore) -> CompactReport:
-    """Rewrite the shards without removed videos and purge their rows; swapped in by one commit.
-
-    Every copied video's CRC32 is checked on the way. A crash at any point leaves either the
-    old or the new layout (the next writer deletes the other's files).
-
-    Returns:
-        :class:`CompactReport`.
-
-    Raises:
-        IndexStoreError: a stored video's bytes fail their checksum (nothing is changed).
-    """
+    """:meth:`IndexStore.compact` (its docstring says what it does and raises)."""
     t0 = time.perf_counter()
     with store._mutex:
         store._check_writable()
@@ -123,19 +113,7 @@ def compact(store: IndexStore) -> CompactReport:
 
 
 def verify(store: IndexStore, checksums: bool = True) -> VerifyReport:
-    """Check the whole index; never modifies it.
-
-    Checks: SQLite integrity; every shard file exists and covers its committed length; every
-    row's range lies inside its shard, matches ``n_frames`` x frame bytes and overlaps no other
-    row; its CRC32 (``checksums=True``); coarse blobs' size and finiteness; timestamps; and the
-    derived coarse data (cached matrix and ANN index) against SQLite.
-
-    Args:
-        checksums: recompute every video's CRC32 (reads every shard byte).
-
-    Returns:
-        :class:`VerifyReport`.
-    """
+    """:meth:`IndexStore.verify` (its docstring lists the checks)."""
     t0 = time.perf_counter()
     problems: list[dict[str, Any]] = []
     notes: list[str] = []

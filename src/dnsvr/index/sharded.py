@@ -38,7 +38,7 @@ import numpy as np
 from dnsvr import __version__
 from dnsvr.bundle import Bundle, load_bundle
 from dnsvr.index._paths import DamagedIndexError, inside, read_json, write_json_atomic
-from dnsvr.index.store import AddResult, CompactReport, IndexRecord, UnknownVideoError, VerifyReport
+from dnsvr.index.records import AddResult, CompactReport, IndexRecord, UnknownVideoError, VerifyReport
 from dnsvr.index.video_index import (
     BUNDLE_DIR,
     MANIFEST,

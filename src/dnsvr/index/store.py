@@ -73,42 +73,20 @@ from dnsvr.index.records import (
     AddResult,
     CoarseHits,
     CompactReport,
-    DuplicateVideoError,
     FineBlock,
     IndexConfig,
     IndexRecord,
     IndexStoreError,
     ReadOnlyIndexError,
-    RecordError,
     UnknownVideoError,
     VerifyReport,
     VideoEntry,
     _json_default,
-    check_video_id,
 )
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "AddResult",
-    "CoarseHits",
-    "CompactReport",
-    "DamagedIndexError",
-    "DuplicateVideoError",
-    "FineBlock",
-    "IndexConfig",
-    "IndexFormatError",
-    "IndexLockedError",
-    "IndexRecord",
-    "IndexStore",
-    "IndexStoreError",
-    "ReadOnlyIndexError",
-    "RecordError",
-    "UnknownVideoError",
-    "VerifyReport",
-    "VideoEntry",
-    "check_video_id",
-]
+__all__ = ["DamagedIndexError", "IndexFormatError", "IndexLockedError", "IndexStore"]
 
 _SQL_CHUNK = 900  # stay below SQLite's host-parameter limit
 

@@ -43,7 +43,8 @@ from dnsvr.fine import DEFAULT_PRECISION, PRECISIONS
 from dnsvr.bundle import Bundle, BundleError, VideoRepresentation, load_bundle
 from dnsvr.index._lock import LOCK_NAME, WriterLock
 from dnsvr.index._paths import DamagedIndexError, check_entries, inside, read_json, write_json_atomic
-from dnsvr.index.store import IndexConfig, IndexRecord, IndexStore, check_video_id
+from dnsvr.index.records import IndexConfig, IndexRecord, check_video_id
+from dnsvr.index.store import IndexStore
 from dnsvr.search import (
     Budget,
     QueryResults,
@@ -393,11 +394,11 @@ class VideoIndex:
                     ) -> tuple[list[tuple[Path, list[str]]], list[tuple[str, Path]]]:
         """Apply ``on_duplicate`` to ids already in the index *before* anything is decoded or read.
 
-        ``"error"`` raises :class:`~dnsvr.index.store.DuplicateVideoError` naming them; ``"skip"``
+        ``"error"`` raises :class:`~dnsvr.index.records.DuplicateVideoError` naming them; ``"skip"``
         leaves them out (``report.already_indexed``; a *different* file under a known id is reported in
         ``report.skipped``); ``"replace"`` keeps them.
         """
-        from dnsvr.index.store import DuplicateVideoError
+        from dnsvr.index.records import DuplicateVideoError
 
         store = self  # membership and sources through the index (a sharded one asks the owning shard)
         if on_duplicate not in ("error", "replace", "skip"):
@@ -463,7 +464,7 @@ class VideoIndex:
             :class:`AddReport`.
 
         Raises:
-            dnsvr.index.store.DuplicateVideoError: ``on_duplicate="error"`` and some ids are already
+            dnsvr.index.records.DuplicateVideoError: ``on_duplicate="error"`` and some ids are already
                 in the index (nothing was decoded or added).
         """
         if self.readonly:
