@@ -460,8 +460,7 @@ class Bundle:
         if x.shape[-1] != self.whitening.input_dims:
             raise BundleError(f"bundle {self.name!r} takes {self.whitening.input_dims}-d raw regions "
                               f"({self.backbone}) or {self.whitening.dims}-d whitened ones; got shape {tuple(x.shape)}")
-        with torch.inference_mode():
-            return self.whitening(x).numpy()
+        return self.whitening.apply(x)
 
     # -- representations ------------------------------------------------------------------------
     def represent(self, features: np.ndarray | torch.Tensor) -> VideoRepresentation:

@@ -791,16 +791,8 @@ def iter_video_features(inputs: Any, extractor: Extractor, fps: float | None = 1
 
 
 def _whitener(whitening: Any) -> Callable[[Any], Any] | None:
-    if whitening is None:
-        return None
-    import torch
-
-    def apply(feats: Any) -> Any:
-        with torch.inference_mode():
-            x = feats if isinstance(feats, torch.Tensor) else torch.from_numpy(np.asarray(feats, np.float32))
-            return whitening(x.float())
-
-    return apply
+    """The whitening's :meth:`~dnsvr.backbones.PCAWhitening.apply` (None without a whitening)."""
+    return None if whitening is None else whitening.apply
 
 
 def _load_whitening(spec: Any, extractor: Extractor, dims: int) -> tuple[Any, bool]:
@@ -1079,15 +1071,12 @@ def _fit_whitening(raw_path: Path, dims: int, fit_frames: int) -> Any:
 
 def _whiten_raw(raw_path: Path, writer: FeatureWriter, white: Any, white_id: str, wanted: set[str],
                 report: ExtractionReport) -> None:
-    import torch
-
     with FeatureFile(raw_path) as ff:
         for vid in ff.ids():
             if vid not in wanted or vid in writer.completed_ids():
                 continue
             info = ff.info(vid)
-            with torch.inference_mode():
-                feats = white(torch.from_numpy(ff.read(vid))).numpy()
+            feats = white.apply(ff.read(vid))
             attrs = {k: v for k, v in info.items() if k not in ("dnsvr_complete", "video_id")}
             attrs["whitening"] = white_id
             writer.write(vid, feats, attrs)

@@ -266,6 +266,22 @@ class PCAWhitening(nn.Module):
         y = torch.matmul(x.float() - self.mean, self.projection)
         return F.normalize(y, p=2, dim=-1)
 
+    def apply(self, features: ArrayLike) -> np.ndarray:
+        """Whiten features outside torch code: ``[..., C]`` (numpy or torch, any float dtype) → float32 numpy
+        ``[..., dims]``, L2-normalised (:meth:`forward` without autograd). The one way extraction, bundles and
+        feature files apply a whitening.
+
+        Raises:
+            ValueError: if the last dimension is not C.
+            RuntimeError: if not fitted.
+        """
+        if isinstance(features, torch.Tensor):
+            x = features.detach().cpu()
+        else:
+            x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+        with torch.inference_mode():
+            return self(x.float()).numpy()
+
     @property
     def identity(self) -> str:
         """Short content hash of the transform (``pca<dims>-<12 hex>``) to record provenance."""
