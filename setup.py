@@ -17,7 +17,7 @@ EXTENSIONS = [
     # the reader of {query: {video: score}} similarity files (dnsvr.eval._fastjson)
     Extension("dnsvr.eval._simscan", ["src/dnsvr/eval/_simscan.c"], extra_compile_args=COMPILE_ARGS,
               optional=True),
-    # the fused int8 region stage of the fine similarity (dnsvr.fine.engine); AVX-512 VNNI code is compiled per
+    # the fused int8 region stage of the fine similarity (dnsvr.fine.regions); AVX-512 VNNI code is compiled per
     # function and chosen at run time, so the flags stay portable
     Extension("dnsvr._finekernel", ["src/dnsvr/_finekernel.c"], extra_compile_args=COMPILE_ARGS,
               extra_link_args=["-pthread"], optional=True),

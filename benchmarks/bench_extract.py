@@ -178,7 +178,7 @@ def bench_backbone(name: str, videos: list[Path], batch_size: int, repeats: int,
                 best_net[precision] = r
         for label, precision, opts in variants:
             ex = extractors[precision]
-            r = _run(lambda: sum(f.shape[0] for _, f, _ in iter_video_features(pairs, ex, batch_size=batch_size,
+            r = _run(lambda: sum(r.frames for r in iter_video_features(pairs, ex, batch_size=batch_size,
                                                                                 **opts)))
             if label not in best_e2e or r["frames_per_s"] > best_e2e[label]["frames_per_s"]:
                 best_e2e[label] = r
@@ -229,7 +229,7 @@ def bench_int8_fidelity(video: Path, workdir: Path) -> dict:
     coll = synthetic.make_collection(workdir / "int8_collection", n_originals=4, n_distractors=6)
     feats = {}
     for label, ex in (("fp32", fp32), ("int8", int8)):
-        feats[label] = {vid: torch.from_numpy(f) for vid, f, _ in iter_video_features(coll.videos, ex)}
+        feats[label] = {r.video_id: torch.from_numpy(r.features) for r in iter_video_features(coll.videos, ex)}
     retrieval = {}
     for label, fs in feats.items():
         ranks_ok, sims_all = 0, {}

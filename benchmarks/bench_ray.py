@@ -98,7 +98,7 @@ def bench_extract(workdir: Path, workers: int, n_videos: int = 12, seconds: floa
             else:
                 got = list(iter_video_features_ray([root]))
             elapsed = time.perf_counter() - t
-            frames = sum(len(f) for _, f, _ in got)
+            frames = sum(r.frames for r in got)
             rows[mode].append(frames / elapsed)
             print(json.dumps({"extract": mode, "frames": frames, "seconds": round(elapsed, 2),
                               "frames_per_s": round(frames / elapsed, 1)}), flush=True)

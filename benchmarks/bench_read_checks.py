@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from dnsvr.fine import DEFAULT_PRECISION, fine_similarities  # noqa: E402
 from dnsvr.index import IndexConfig, IndexRecord, IndexStore  # noqa: E402
-from dnsvr.index import store as store_module  # noqa: E402
+from dnsvr.index._shards import crc32 as shard_crc32  # noqa: E402
 
 
 def main() -> None:
@@ -71,7 +71,7 @@ def main() -> None:
         res = {
             "benchmark": "read_checks", "videos": args.videos, "frames": args.frames, "rounds": args.rounds,
             "bytes_read": int(args.videos * args.frames * 9 * 512 * 2),
-            "crc32": getattr(store_module._crc32, "__module__", "zlib"),
+            "crc32": getattr(shard_crc32, "__module__", "zlib"),
             "read_checked_s": float(np.median(checked)), "read_unchecked_s": float(np.median(unchecked)),
             "fine_stage_s": float(np.median(fine_s)),
             "command": f"PYTHONPATH=src python benchmarks/bench_read_checks.py --videos {args.videos} "

@@ -12,7 +12,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def _cpu_summary() -> str:
     """The CPU's model name and the instruction sets the compiled paths and oneDNN dispatch on."""
-    from dnsvr.fine.engine import cpu_flags
+    from dnsvr.fine.kernel import cpu_flags
 
     model = "unknown CPU"
     try:
@@ -37,7 +37,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     """
     import torch
 
-    from dnsvr.fine import engine as _fine
+    from dnsvr.fine import kernel as _fine
+    from dnsvr.fine import regions
 
     if _fine._KERNEL is not None:
         fine = "compiled kernel (dnsvr._finekernel, AVX-512 VNNI)"
@@ -56,7 +57,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return [
         f"dnsvr cpu: {_cpu_summary()}",
         f"dnsvr fine stage: {fine}; int8 products: "
-        f"{'float32 (no VNNI)' if _fine._INT8_MM_FLOAT else 'oneDNN int8'}; torch {torch.__version__} cpu capability "
+        f"{'float32 (no VNNI)' if regions._INT8_MM_FLOAT else 'oneDNN int8'}; torch {torch.__version__} cpu capability "
         f"{torch.backends.cpu.get_cpu_capability()}; similarity-file reader: {simscan}",
     ]
 

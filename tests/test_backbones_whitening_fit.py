@@ -71,3 +71,20 @@ def test_fit_errors() -> None:
     fitted = PCAWhitening(dims=2).fit(np.random.rand(50, 5))
     with pytest.raises(ValueError, match=r"\[\.\.\., 5\]"):
         fitted(torch.rand(3, 6))
+
+
+def test_apply_is_forward_without_autograd_for_numpy_and_torch() -> None:
+    """PCAWhitening.apply, the one way outside torch code: numpy or torch in, float32 numpy out, as forward."""
+    import numpy as np
+    import torch
+
+    from dnsvr.backbones import PCAWhitening
+
+    rng = np.random.default_rng(3)
+    white = PCAWhitening(dims=8).fit(rng.standard_normal((200, 16)))
+    x = rng.standard_normal((5, 9, 16))
+    want = white(torch.from_numpy(x.astype(np.float32))).detach().numpy()
+    for given in (x, x.astype(np.float16), torch.from_numpy(x), torch.from_numpy(x.astype(np.float32))):
+        got = white.apply(given)
+        assert isinstance(got, np.ndarray) and got.dtype == np.float32 and got.shape == (5, 9, 8)
+        np.testing.assert_allclose(got, want, atol=1e-3 if getattr(given, "dtype", None) in (np.float16,) else 1e-6)

@@ -52,11 +52,11 @@ def videos(tmp_path_factory):
 def test_distributed_extraction_equals_local_and_retries_a_dead_worker(cluster, videos):
     (cluster / "v2.die").touch()  # the worker that takes v2 first dies mid-video
     remote_fail: list = []
-    remote = {v: (f, m) for v, f, m in iter_video_features_ray([videos], failures=remote_fail)}
+    remote = {r.video_id: (r.features, r.attrs()) for r in iter_video_features_ray([videos], failures=remote_fail)}
     assert (cluster / "v2.died").exists(), "the planted fault did not fire"
     local_fail: list = []
-    local = {v: (f, m) for v, f, m in iter_video_features([videos], FeatureExtractor("efficientnet_lite0"),
-                                                          failures=local_fail)}
+    local = {r.video_id: (r.features, r.attrs())
+             for r in iter_video_features([videos], FeatureExtractor("efficientnet_lite0"), failures=local_fail)}
     assert sorted(remote) == sorted(local) == [f"v{i}" for i in range(5)]
     for vid, (feats, meta) in local.items():
         np.testing.assert_allclose(remote[vid][0], feats, atol=1e-4, rtol=0)
@@ -79,7 +79,7 @@ def test_extract_to_a_feature_file_on_ray_equals_local(cluster, videos, tmp_path
             np.testing.assert_allclose(a.read(vid), b.read(vid), atol=1e-4, rtol=0)
             np.testing.assert_array_equal(a.info(vid)["timestamps"], b.info(vid)["timestamps"])
     again = extract_videos([videos], tmp_path / "ray.h5", extractor, ray="auto", progress=False)
-    assert sorted(again.skipped) == [f"v{i}" for i in range(5)] and not again.extracted  # resumed: nothing to do
+    assert sorted(again.already_extracted) == [f"v{i}" for i in range(5)] and not again.extracted  # resumed: nothing to do
 
 
 def test_killed_distributed_add_resumes_losing_nothing(cluster, videos, tmp_path):
@@ -116,7 +116,7 @@ def test_killed_distributed_add_resumes_losing_nothing(cluster, videos, tmp_path
         before = set(index.ids())
         assert 1 <= len(before) < 5
         report = index.add([videos], ray="auto", on_duplicate="skip")  # the same command again resumes
-        assert set(report.existing) == before and not before & set(report.added)
+        assert set(report.already_indexed) == before and not before & set(report.added)
         assert sorted(index.ids()) == [f"v{i}" for i in range(5)]
         assert [i for i, _ in report.skipped] == [str(videos / "broken.mp4")]
         assert index.verify().ok

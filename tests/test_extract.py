@@ -102,7 +102,7 @@ def test_extract_layout_and_values(tmp_path):
     ex = FakeExtractor()
     out = tmp_path / "f.h5"
     report = extract_videos([tmp_path / "videos"], out, ex, batch_size=5, progress=False)
-    assert report.ok and len(report.extracted) == 3 and report.skipped == []
+    assert report.ok and len(report.extracted) == 3 and report.already_extracted == []
     with FeatureFile(out) as ff:
         assert ff.ids() == ["v0", "v1", "v2"]
         for i, (vid, path) in enumerate(videos.items()):
@@ -127,7 +127,7 @@ def test_extract_layout_and_values(tmp_path):
 def test_iter_video_features_matches_file(tmp_path):
     videos = make_videos(tmp_path / "videos", n=2)
     ex = FakeExtractor()
-    got = {vid: (f, m) for vid, f, m in iter_video_features(list(videos.values()), ex, batch_size=4)}
+    got = {r.video_id: (r.features, r.attrs()) for r in iter_video_features(list(videos.values()), ex, batch_size=4)}
     assert list(got) == ["v0", "v1"]
     for vid, path in videos.items():
         feats, meta = got[vid]
@@ -225,7 +225,7 @@ def test_resume_skips_complete_and_refuses_other_settings(tmp_path):
     calls = ex.calls
     r2 = extract_videos(list(videos.values()), out, ex, progress=False)
     assert [r.video_id for r in r1.extracted] == ["v0", "v1"]
-    assert r2.skipped == ["v0", "v1"] and [r.video_id for r in r2.extracted] == ["v2"]
+    assert r2.already_extracted == ["v0", "v1"] and [r.video_id for r in r2.extracted] == ["v2"]
     assert ex.calls == calls + 1                       # only v2's frames went through the network
     with FeatureFile(out) as ff:
         assert ff.ids() == ["v0", "v1", "v2"]
@@ -248,7 +248,7 @@ def test_keyboard_interrupt_keeps_finished_videos(tmp_path):
     with FeatureFile(out) as ff:
         assert ff.ids() == ["v0"]
     report = extract_videos(list(videos.values()), out, FakeExtractor(), batch_size=2, progress=False)
-    assert report.skipped == ["v0"] and [r.video_id for r in report.extracted] == ["v1", "v2", "v3"]
+    assert report.already_extracted == ["v0"] and [r.video_id for r in report.extracted] == ["v1", "v2", "v3"]
 
 
 _CRASH_SCRIPT = """
@@ -308,8 +308,8 @@ def test_sigkill_mid_run_then_resume(tmp_path, interval):
         assert done_before, "with checkpoints after every video, finished videos are in the file itself"
     report = extract_videos(list(videos.values()), out, ex, batch_size=2, progress=False)
     assert report.ok
-    assert set(report.skipped) >= done_before and len(report.skipped) >= 3     # journal parts were recovered
-    assert len(report.skipped) + len(report.extracted) == 8
+    assert set(report.already_extracted) >= done_before and len(report.already_extracted) >= 3     # journal parts were recovered
+    assert len(report.already_extracted) + len(report.extracted) == 8
     with FeatureFile(out) as ff:
         assert sorted(ff.ids()) == sorted(videos)
         for vid, path in videos.items():
@@ -349,7 +349,7 @@ def test_whitening_fit_two_passes(tmp_path):
     more = make_videos(tmp_path / "more", n=1, seconds=2.0)
     r2 = extract_videos([*videos.values(), ("extra", more["v0"])], out, ex, whitening="fit", dims=6,
                         progress=False)
-    assert r2.skipped == ["v0", "v1", "v2"] and [r.video_id for r in r2.extracted] == ["extra"]
+    assert r2.already_extracted == ["v0", "v1", "v2"] and [r.video_id for r in r2.extracted] == ["extra"]
     # a whitening file given by path
     r3 = extract_videos(list(videos.values()), tmp_path / "p.h5", ex, whitening=report.whitening_file, dims=6,
                         progress=False)
@@ -392,7 +392,7 @@ def test_cli_extract_lite0(tmp_path):
         np.testing.assert_allclose(norms, 1.0, atol=1e-4)
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
-    assert "skipped 2 already done" in res.stdout
+    assert "2 already extracted" in res.stdout
     res = runner.invoke(app, [*args, "--backbone", "vgg"])
     assert res.exit_code == 2 and "--backbone must be one of" in res.output
     res = runner.invoke(app, [*args, "--decode", "nearest"])
@@ -426,7 +426,7 @@ def test_parallel_decoders_progress_bar_and_early_stop(tmp_path):
     before = threading.active_count()
     stream = iter_video_features(list(videos.values()), ex, batch_size=2)
     first = next(stream)
-    assert first[0] == "v0"
+    assert first.video_id == "v0"
     stream.close()                                  # the consumer stops early: decoder threads must end
     deadline = time.monotonic() + 5
     while threading.active_count() > before and time.monotonic() < deadline:
@@ -454,8 +454,8 @@ def test_keyframes_decode_is_opt_in_labelled_and_not_mixed(tmp_path):
         frames = S.render_clip(300 + i, seconds=6.0, fps=10, size=(96, 64))
         vids[f"k{i}"] = S.write_video(tmp_path / f"k{i}.mp4", frames, fps=10, gop=25)
     ex = FakeExtractor()
-    exact = {vid: (f, m) for vid, f, m in iter_video_features(vids, ex)}
-    approx = {vid: (f, m) for vid, f, m in iter_video_features(vids, ex, decode="keyframes")}
+    exact = {r.video_id: (r.features, r.attrs()) for r in iter_video_features(vids, ex)}
+    approx = {r.video_id: (r.features, r.attrs()) for r in iter_video_features(vids, ex, decode="keyframes")}
     for vid in vids:
         f_exact, m_exact = exact[vid]
         f_key, m_key = approx[vid]

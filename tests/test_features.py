@@ -134,3 +134,21 @@ def test_single_writer_lock(tmp_path):
     with FeatureWriter(out) as again:                # released on close
         assert again.completed_ids() == {"a"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.h5"]
+
+
+def test_video_features_record_checks_shapes_and_round_trips() -> None:
+    """The record between extraction and the index: shapes checked, timestamps and source in their fields."""
+    from dnsvr.features import VideoFeatures
+
+    feats = np.zeros((3, 9, 4), dtype=np.float32)
+    attrs = {"source": "/v/a.mp4", "timestamps": [0.0, 1.0, 2.0], "fps": 1.0, "frames": 3, "damage": ""}
+    rec = VideoFeatures.from_attrs("a", feats, attrs)
+    assert rec.source == "/v/a.mp4" and rec.frames == 3 and rec.info == {"fps": 1.0, "frames": 3, "damage": ""}
+    assert rec.timestamps.dtype == np.float64 and rec.timestamps.tolist() == [0.0, 1.0, 2.0]
+    back = rec.attrs()
+    assert back.keys() == attrs.keys() and back["timestamps"].tolist() == attrs["timestamps"]
+    assert VideoFeatures("b", feats).attrs() == {"frames": 3}
+    with pytest.raises(ValueError, match=r"\[T, regions, D\]"):
+        VideoFeatures("c", np.zeros((3, 4), dtype=np.float32))
+    with pytest.raises(ValueError, match="timestamps for 3 frames"):
+        VideoFeatures("d", feats, np.zeros(2))

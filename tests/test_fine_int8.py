@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dnsvr.fine import FineComparator, fine_similarities, pack_codes, quantize_rows
-from dnsvr.fine.engine import _quantize_frames
+from dnsvr.fine.codes import _quantize_frames
 from dnsvr.eval.synthetic import random_video, transform_video
 
 #: Worst-case absolute similarity error the int8 path is held to (docs/notes/fine-engine.md).
@@ -150,15 +150,15 @@ def test_int8_products_are_exact_on_both_paths(monkeypatch, use_float, m, k, n) 
     """The int8 product equals the int64 product bit for bit, through oneDNN's int8 kernel (CPUs with VNNI)
     and through float32 (CPUs without): at depth <= 1024 every partial sum of |x| <= 128·128 products is an
     integer below 2**24, exact in float32; past that depth the float path is not taken."""
-    from dnsvr.fine import engine
+    from dnsvr.fine import regions
 
-    monkeypatch.setattr(engine, "_INT8_MM_FLOAT", use_float)
+    monkeypatch.setattr(regions, "_INT8_MM_FLOAT", use_float)
     g = torch.Generator().manual_seed(m * k + n)
     a = torch.randint(-128, 128, (m, k), generator=g, dtype=torch.int8)
     b = torch.randint(-128, 128, (k, n), generator=g, dtype=torch.int8)
     a[0] = -128  # the extreme products: -128 · -128 summed over the whole depth
     b[:, 0] = -128
-    got = engine._int8_mm(a, b)
+    got = regions._int8_mm(a, b)
     want = a.long() @ b.long()
     assert got.dtype == torch.int32 and torch.equal(got.long(), want)
     assert int(want[0, 0]) == k * 128 * 128

@@ -17,11 +17,14 @@ import numpy as np
 import pytest
 import torch
 
-from dnsvr.fine import engine as _fine
+from dnsvr.fine import codes as fine_codes
+from dnsvr.fine import comparator as fine_comparator
+from dnsvr.fine import kernel as fine_kernel
+from dnsvr.fine import regions as fine_regions
 from dnsvr.fine import FineComparator, fine_similarities, pack_codes
 from dnsvr.nn import FineGrainedStudent
 
-needs_kernel = pytest.mark.skipif(_fine._KERNEL is None, reason="dnsvr._finekernel not built or CPU without VNNI")
+needs_kernel = pytest.mark.skipif(fine_kernel._KERNEL is None, reason="dnsvr._finekernel not built or CPU without VNNI")
 
 
 def _unit(rng: np.random.Generator, frames: int, regions: int, dims: int) -> np.ndarray:
@@ -37,23 +40,23 @@ def _codes(rng: np.random.Generator, frames: int, regions: int, dims: int) -> np
 def _both(monkeypatch: pytest.MonkeyPatch, fn):
     """``fn()`` with the kernel, then with the torch engine."""
     with_kernel = fn()
-    monkeypatch.setattr(_fine, "_KERNEL", None)
+    monkeypatch.setattr(fine_kernel, "_KERNEL", None)
     torch_engine = fn()
-    monkeypatch.setattr(_fine, "_KERNEL", _fine._select_kernel())
+    monkeypatch.setattr(fine_kernel, "_KERNEL", fine_kernel._select_kernel())
     return with_kernel, torch_engine
 
 
 def _region_stage(query, cands, fine_type: str, precision: str, regions: int, spy: list | None = None):
-    """:func:`_fine._region_chamfer` on prepared inputs, as fine_similarities calls it."""
+    """:func:`_region_chamfer` on prepared inputs, as fine_similarities calls it."""
     with torch.inference_mode():
-        q = _fine._prepare(query, fine_type)
+        q = fine_codes._prepare(query, fine_type)
         q_mat, q_scale = q.matrix(), None
         if precision == "int8" and fine_type != "bin":
-            q_mat, q_scale = _fine.quantize_rows(q_mat)
-        prepared = _fine._prepare_many(cands, fine_type)
+            q_mat, q_scale = fine_codes.quantize_rows(q_mat)
+        prepared = fine_codes._prepare_many(cands, fine_type)
         if spy is not None:
-            spy.append(_fine._kernel_fits(q_mat, prepared, fine_type, precision))
-        return [m.clone() for m in _fine._region_chamfer(q_mat, q.frames, prepared, regions, fine_type, 3_000,
+            spy.append(fine_regions._kernel_fits(q_mat, prepared, fine_type, precision))
+        return [m.clone() for m in fine_regions._region_chamfer(q_mat, q.frames, prepared, regions, fine_type, 3_000,
                                                          precision, q_scale)]
 
 
@@ -63,9 +66,9 @@ def test_extension_required_in_ci() -> None:
         pytest.skip("DNSVR_REQUIRE_EXTENSIONS is not set")
     from dnsvr import _finekernel  # raises ImportError when not built
 
-    assert _fine._finekernel is _finekernel
+    assert fine_kernel._finekernel is _finekernel
     if _finekernel.supported():
-        assert _fine._KERNEL is _finekernel
+        assert fine_kernel._KERNEL is _finekernel
 
 
 CASES = [  # (query frames, candidate frames, regions, dims)
@@ -197,23 +200,23 @@ def test_tiles_with_kernel_equal_untiled(fine_type) -> None:
 @pytest.mark.parametrize("threads", [1, 2, 3, 7])
 def test_thread_counts_agree(threads) -> None:
     rng = np.random.default_rng(7)
-    q = _fine._prepare(_codes(rng, 30, 9, 512), "bin")
-    cands = _fine._prepare_many([_codes(rng, n, 9, 512) for n in (40, 3, 25)], "bin")
+    q = fine_codes._prepare(_codes(rng, 30, 9, 512), "bin")
+    cands = fine_codes._prepare_many([_codes(rng, n, 9, 512) for n in (40, 3, 25)], "bin")
     with torch.inference_mode():
         q_mat = q.matrix()
-        one = _fine.kernel_region_chamfer(q_mat, q.frames, cands, 9, "bin", threads=1)
-        many = _fine.kernel_region_chamfer(q_mat, q.frames, cands, 9, "bin", threads=threads)
+        one = fine_regions.kernel_region_chamfer(q_mat, q.frames, cands, 9, "bin", threads=1)
+        many = fine_regions.kernel_region_chamfer(q_mat, q.frames, cands, 9, "bin", threads=threads)
     for a, b in zip(one, many):
         assert torch.equal(a, b)
 
 
 def test_fallback_when_forced_off() -> None:
     """DNSVR_FINE_KERNEL=0 (or no extension): the torch engine runs and gives the same scores."""
-    code = ("import numpy as np; from dnsvr.fine import engine as _fine; from dnsvr.fine import fine_similarities, pack_codes;"
+    code = ("import numpy as np; from dnsvr.fine import kernel as _kernel; from dnsvr.fine import fine_similarities, pack_codes;"
             "rng = np.random.default_rng(0);"
             "v = [pack_codes(np.sign(rng.standard_normal((n, 9, 64)))) for n in (6, 9, 2)];"
             "s, _ = fine_similarities(v[0], v[1:], 'chamfer');"
-            "print(_fine._KERNEL is None, repr(s.tolist()))")
+            "print(_kernel._KERNEL is None, repr(s.tolist()))")
     env = dict(os.environ, DNSVR_FINE_KERNEL="0", PYTHONPATH=os.pathsep.join(sys.path))
     off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     env["DNSVR_FINE_KERNEL"] = "1"
@@ -221,17 +224,17 @@ def test_fallback_when_forced_off() -> None:
     assert off.stdout.split(" ", 1)[0] == "True"
     assert off.stdout.split(" ", 1)[1] == on.stdout.split(" ", 1)[1]
     with pytest.raises(RuntimeError, match="not available"):
-        old = _fine._KERNEL
-        _fine._KERNEL = None
+        old = fine_kernel._KERNEL
+        fine_kernel._KERNEL = None
         try:
-            _fine.kernel_region_chamfer(torch.zeros((9, 64), dtype=torch.int8), 1, [], 9, "bin")
+            fine_regions.kernel_region_chamfer(torch.zeros((9, 64), dtype=torch.int8), 1, [], 9, "bin")
         finally:
-            _fine._KERNEL = old
+            fine_kernel._KERNEL = old
 
 
 def test_cpu_without_vnni_uses_torch(monkeypatch) -> None:
     """On a CPU without AVX-512 VNNI the module imports but is not selected (the torch engine runs)."""
-    if _fine._finekernel is None:
+    if fine_kernel._finekernel is None:
         pytest.skip("dnsvr._finekernel not built")
 
     class NoVnni:
@@ -239,11 +242,11 @@ def test_cpu_without_vnni_uses_torch(monkeypatch) -> None:
         def supported() -> bool:
             return False
 
-    monkeypatch.setattr(_fine, "_finekernel", NoVnni)
-    assert _fine._select_kernel() is None
+    monkeypatch.setattr(fine_kernel, "_finekernel", NoVnni)
+    assert fine_kernel._select_kernel() is None
     monkeypatch.setenv("DNSVR_FINE_KERNEL", "0")
-    monkeypatch.setattr(_fine, "_finekernel", _finekernel_module())
-    assert _fine._select_kernel() is None
+    monkeypatch.setattr(fine_kernel, "_finekernel", _finekernel_module())
+    assert fine_kernel._select_kernel() is None
 
 
 def _finekernel_module():
@@ -255,12 +258,12 @@ def _finekernel_module():
 @needs_kernel
 def test_bad_input_raises() -> None:
     rng = np.random.default_rng(8)
-    q = _fine._prepare(_codes(rng, 4, 9, 64), "bin")
-    cands = _fine._prepare_many([_codes(rng, 5, 9, 64)], "bin")
-    floats = _fine._prepare_many([_unit(rng, 5, 9, 64).astype(np.float16)], "att")
+    q = fine_codes._prepare(_codes(rng, 4, 9, 64), "bin")
+    cands = fine_codes._prepare_many([_codes(rng, 5, 9, 64)], "bin")
+    floats = fine_codes._prepare_many([_unit(rng, 5, 9, 64).astype(np.float16)], "att")
     with torch.inference_mode():
         q_mat = q.matrix()
-        run = _fine.kernel_region_chamfer
+        run = fine_regions.kernel_region_chamfer
         with pytest.raises(ValueError, match="int8"):
             run(q_mat.float(), 4, cands, 9, "bin")
         with pytest.raises(ValueError, match="rows"):
@@ -272,13 +275,13 @@ def test_bad_input_raises() -> None:
         with pytest.raises(ValueError, match="q_scale"):
             run(q_mat, 4, floats, 9, "att")  # no query scales
         with pytest.raises(ValueError, match="candidate 0"):
-            bad = _fine._Prepared(cands[0].raw.transpose(1, 2), 5, 9, 64, "bin")
+            bad = fine_codes._Prepared(cands[0].raw.transpose(1, 2), 5, 9, 64, "bin")
             run(q_mat, 4, [bad], 9, "bin")
         with pytest.raises(ValueError, match="candidate 0"):
-            short = _fine._Prepared(cands[0].raw, 3, 9, 64, "bin")  # fewer frames than stored
+            short = fine_codes._Prepared(cands[0].raw, 3, 9, 64, "bin")  # fewer frames than stored
             run(q_mat, 4, [short], 9, "bin")
         # the C entry point checks every size itself
-        k = _fine._KERNEL
+        k = fine_kernel._KERNEL
         raw = cands[0].raw.numpy()
         out = np.empty((4, 5), dtype=np.float32)
         k.region_chamfer(q_mat.numpy(), None, [raw], [5], out, 0, 9, 64, 2)  # a good call
@@ -310,7 +313,7 @@ def test_bad_input_raises() -> None:
 
 
 def _conv1_pool_rounding_bound(sim: torch.Tensor, w_phase: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """How far two float32 evaluations of :func:`_fine._conv1_pool` may differ, element by element.
+    """How far two float32 evaluations of :func:`_conv1_pool` may differ, element by element.
 
     Each pre-bias value is a dot product of one 4×4 window (16 taps) with a phase's weights. Summed in float32
     in *any* order, with or without fused multiply-adds, it lies within ``γ_16 · Σ|x_i w_i|`` of the exact
@@ -348,22 +351,22 @@ def test_conv1_pool_matches_to_rounding(b, h, w) -> None:
     sim = torch.randn(b, h, w) * 0.3
     valid = torch.tensor([max(1, (w // 2) - k) for k in range(b)])
     with torch.inference_mode():
-        ref = _fine._conv1_pool(sim, comp._w1p, comp.w["conv1.bias"])
-        got = _fine._kernel_conv1_pool(sim, comp._w1p, comp.w["conv1.bias"], None)
+        ref = fine_comparator._conv1_pool(sim, comp._w1p, comp.w["conv1.bias"])
+        got = fine_comparator._kernel_conv1_pool(sim, comp._w1p, comp.w["conv1.bias"], None)
         assert got.shape == ref.shape
         bound = _conv1_pool_rounding_bound(sim, comp._w1p, ref)
         excess = ((got.double() - ref.double()).abs() - bound).max().item()
         assert excess <= 0, f"C conv1_pool differs from torch beyond float32 rounding by {excess:.3g}"
         assert bound.max().item() < 1e-5  # the bound itself is tight: rounding, not a loose tolerance
-        masked = _fine._kernel_conv1_pool(sim, comp._w1p, comp.w["conv1.bias"], valid)
+        masked = fine_comparator._kernel_conv1_pool(sim, comp._w1p, comp.w["conv1.bias"], valid)
         cols = torch.arange(w // 2)
         expected = got * (cols[None, :] < valid[:, None]).float()[:, None, None, :]
         assert torch.equal(masked, expected)
     with pytest.raises(ValueError, match="buffer sizes"):
-        _fine._KERNEL.conv1_pool(sim.numpy(), comp._w1p.numpy(), comp.w["conv1.bias"].numpy(), None,
+        fine_kernel._KERNEL.conv1_pool(sim.numpy(), comp._w1p.numpy(), comp.w["conv1.bias"].numpy(), None,
                                  np.empty((b, h // 2, w // 2, 16), np.float32), 32, b, h, w, 1)
     with pytest.raises(ValueError, match="valid"):
-        _fine._KERNEL.conv1_pool(sim.numpy(), comp._w1p.numpy(), comp.w["conv1.bias"].numpy(), np.zeros(b + 1),
+        fine_kernel._KERNEL.conv1_pool(sim.numpy(), comp._w1p.numpy(), comp.w["conv1.bias"].numpy(), np.zeros(b + 1),
                                  np.empty((b, h // 2, w // 2, 32), np.float32), 32, b, h, w, 1)
 
 
@@ -373,11 +376,11 @@ def test_max_pool2_bit_identical(b, h, w) -> None:
     torch.manual_seed(h * w)
     x = torch.randn(b, 64, h, w).contiguous(memory_format=torch.channels_last)
     valid = torch.tensor([max(1, w // 2 - k) for k in range(b)])
-    ref = _fine._max_pool2(x)
-    assert torch.equal(_fine._kernel_max_pool2(x, None), ref)
+    ref = fine_comparator._max_pool2(x)
+    assert torch.equal(fine_comparator._kernel_max_pool2(x, None), ref)
     cols = torch.arange(w // 2)
     expected = ref * (cols[None, :] < valid[:, None]).float()[:, None, None, :]
-    assert torch.equal(_fine._kernel_max_pool2(x, valid), expected)
+    assert torch.equal(fine_comparator._kernel_max_pool2(x, valid), expected)
     with pytest.raises(ValueError, match="buffer sizes"):
-        _fine._KERNEL.max_pool2(x.permute(0, 2, 3, 1).numpy(), None, np.empty((b, h // 2, w // 2, 32), np.float32),
+        fine_kernel._KERNEL.max_pool2(x.permute(0, 2, 3, 1).numpy(), None, np.empty((b, h // 2, w // 2, 32), np.float32),
                                 64, b, h, w, 1)

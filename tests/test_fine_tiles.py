@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 import torch
 
-from dnsvr.fine.engine import (
+from dnsvr.fine import (
     DEFAULT_MEMORY_BUDGET,
     FineComparator,
     TilePlan,
-    _long_pair,
-    _prepare,
     fine_similarities,
     pack_codes,
     pair_bytes,
     plan_tiles,
 )
+from dnsvr.fine.codes import _prepare
+from dnsvr.fine.tiles import _long_pair
 from dnsvr.nn import FineGrainedStudent
 
 
@@ -165,7 +165,7 @@ def test_long_pair_resident_memory_is_bounded() -> None:
 
 def test_long_pair_tiles_follow_the_plan(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every comparator call and every region-product block of a tiled pair stays within the plan."""
-    import dnsvr.fine.engine as fine
+    import dnsvr.fine.tiles as fine
 
     torch.manual_seed(4)
     rng = np.random.default_rng(4)

@@ -467,7 +467,7 @@ def test_garbage_catalog_is_rebuilt_not_trusted(tmp_path: Path, template: dict) 
     r = runner.invoke(app, ["index", "list", str(idx)])
     assert r.exit_code == 0 and r.stdout == want
     assert runner.invoke(app, ["index", "remove", str(idx), "nope", "--ignore-missing"]).exit_code == 0
-    from dnsvr.index.store import _Catalog
+    from dnsvr.index._catalog import _Catalog
 
     assert _Catalog.load(idx / "store" / "catalog.npz") is not None  # the writer saved a good one
 

@@ -7,16 +7,14 @@ import json
 import numpy as np
 import pytest
 
-pytest.importorskip("dnsvr.index.store")
-nn = pytest.importorskip("dnsvr.nn")
+import dnsvr.nn as nn
+from dnsvr.backbones import PCAWhitening
+from dnsvr.bundle import Bundle
+from dnsvr.index.query import ShardUnavailableError, canonical_order
+from dnsvr.index.sharded import ShardedIndex, open_any, shard_for
+from dnsvr.index.video_index import VideoIndex, VideoIndexError
 
-from dnsvr.backbones import PCAWhitening  # noqa: E402
-from dnsvr.bundle import Bundle  # noqa: E402
-from dnsvr.index.query import ShardUnavailableError, canonical_order  # noqa: E402
-from dnsvr.index.sharded import ShardedIndex, open_any, shard_for  # noqa: E402
-from dnsvr.index.video_index import VideoIndex, VideoIndexError  # noqa: E402
-
-from helpers import assert_same_results, make_collection, plain_bundle, student_bundle, write_h5  # noqa: E402
+from helpers import assert_same_results, make_collection, plain_bundle, student_bundle, write_h5
 
 BUDGETS = ["0", "1", "3", "10%", "35%", "100%", "5,30%"]
 

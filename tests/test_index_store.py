@@ -182,7 +182,7 @@ def test_duplicates(tmp_path: Path) -> None:
             store.add(new)
         assert_matches(store, recs)  # nothing of the failed call was committed
         assert store.verify().ok
-        assert store.add(new, on_duplicate="skip").skipped == ["vid0000", "vid0001"]
+        assert store.add(new, on_duplicate="skip").already_indexed == ["vid0000", "vid0001"]
         assert_matches(store, recs)
         res = store.add(new, on_duplicate="replace")
         assert res.replaced == ["vid0000", "vid0001"]

@@ -158,7 +158,7 @@ def test_readonly_and_errors(tmp_path):
         with pytest.raises(Exception, match="(?i)duplicate|already"):
             index.add([h5])
         rep = index.add([h5], on_duplicate="skip")
-        assert not rep.added and not rep.skipped and sorted(rep.existing) == sorted(videos)
+        assert not rep.added and not rep.skipped and sorted(rep.already_indexed) == sorted(videos)
         bad = tmp_path / "bad.h5"
         bad.write_bytes(b"not hdf5")
         rep = index.add([bad])

@@ -337,3 +337,14 @@ def test_keyframes_mode_on_variable_frame_rate_all_intra(tmp_path):
     ts = np.concatenate([c.timestamps for c in reader])
     np.testing.assert_allclose(ts, [0.0, 0.3, 0.3, 3.0, 3.05], atol=1e-3)
     assert reader.max_sampling_error == pytest.approx(1.7, abs=1e-3)          # tick 2 s got the frame at 0.3 s
+
+
+def test_check_decode_is_the_one_check() -> None:
+    """One check of the decode mode (reader, extraction, CLI), naming the option it was given as."""
+    from dnsvr.video import check_decode
+
+    assert check_decode("exact", None) == "exact" and check_decode("keyframes", 1.0) == "keyframes"
+    with pytest.raises(ValueError, match=r"^--decode must be one of exact, keyframes, got 'fastest'"):
+        check_decode("fastest", 1.0, name="--decode")
+    with pytest.raises(ValueError, match="needs a sampling rate"):
+        check_decode("keyframes", None)

@@ -43,6 +43,7 @@ _EXPORTS: dict[str, str] = {
     "FeatureExtractor": "dnsvr.backbones",
     "FeatureFile": "dnsvr.features",
     "FeatureWriter": "dnsvr.features",
+    "VideoFeatures": "dnsvr.features",
     "WeightsUnavailableError": "dnsvr.weights",
 }
 
@@ -66,7 +67,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from dnsvr.backbones import FeatureExtractor
     from dnsvr.bundle import Bundle, BundleError, load_bundle
     from dnsvr.extract import extract_videos, iter_video_features, resolve_inputs
-    from dnsvr.features import FeatureFile, FeatureWriter
+    from dnsvr.features import FeatureFile, FeatureWriter, VideoFeatures
     from dnsvr.index.video_index import AddReport, VideoIndex, VideoIndexError, open_index
     from dnsvr.search import Budget, QueryResults, SearchResult, Segment
     from dnsvr.weights import WeightsUnavailableError

@@ -1,4 +1,4 @@
-/* The region stage of the batched fine similarity (dnsvr.fine.engine), fused, in int8 with AVX-512 VNNI.
+/* The region stage of the batched fine similarity (dnsvr.fine.regions), fused, in int8 with AVX-512 VNNI.
  *
  * For one query (T1 frames of R region vectors, D dimensions, already int8) against many candidate
  * frames, region_chamfer() writes the frame-to-frame matrix
@@ -14,7 +14,7 @@
  *     as np.packbits writes) against a query of ±1 (or 0: padding frames) int8 values. The result is
  *     the exact integer sum of the R maxima divided by R·D in float32, as the torch engine computes it.
  *   - float16 or float32 values (S^f_A, the training-free Chamfer stage) quantised exactly as
- *     dnsvr.fine.engine._quantize_frames does (one symmetric scale per candidate frame: peak = max|x|,
+ *     dnsvr.fine.codes._quantize_frames does (one symmetric scale per candidate frame: peak = max|x|,
  *     inv = (1/peak)·127, q = round-half-even(x·inv), scale = peak/127), against a query quantised
  *     per row (int8 values and float32 row scales given). Each row maximum, an exact int32, is scaled
  *     by the frame's scale and the query row's scale, then the R values are averaged in float32.
@@ -782,7 +782,7 @@ TARGET static void *conv1_worker(void *arg) {
 PyDoc_STRVAR(conv1_pool_doc,
              "conv1_pool(sim, wphase, bias, valid, out, channels, batch, h, w, threads)\n\n"
              "relu(max_pool2d(conv2d(sim, w1, b1, padding=1), 2)) of float32 sim [B, H, W] into float32\n"
-             "out [B, H//2, W//2, C] (channels-last); wphase float32 [16, 4C] (dnsvr.fine.engine._phase_weight),\n"
+             "out [B, H//2, W//2, C] (channels-last); wphase float32 [16, 4C] (dnsvr.fine.comparator._phase_weight),\n"
              "bias float32 [C]; valid: int64 [B] pooled columns kept per pair (the rest zero) or None.");
 
 static PyObject *conv1_pool(PyObject *self, PyObject *args) {
@@ -922,7 +922,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef moduledef = {
     PyModuleDef_HEAD_INIT, "_finekernel",
-    "The fused int8 region stage of dnsvr.fine.engine (AVX-512 VNNI); see region_chamfer.", -1, methods,
+    "The fused int8 region stage of dnsvr.fine.regions (AVX-512 VNNI); see region_chamfer.", -1, methods,
 };
 
 PyMODINIT_FUNC PyInit__finekernel(void) { return PyModule_Create(&moduledef); }

@@ -52,6 +52,7 @@ import numpy as np
 import torch
 
 from dnsvr import __version__
+from dnsvr._fsutil import replace_file, write_json_atomic
 from dnsvr.fine import DEFAULT_PRECISION, FINE_TYPES, FineComparator, fine_similarities, pack_codes
 from dnsvr.stages import Stage
 
@@ -102,11 +103,12 @@ def _versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
-def _save_state(module: torch.nn.Module, path: Path) -> None:
-    from safetensors.torch import save_file
+def _state_bytes(module: torch.nn.Module) -> bytes:
+    """A module's weights as the bytes of a safetensors file."""
+    from safetensors.torch import save
 
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    save_file(state, str(path), metadata={"format": BUNDLE_FORMAT})
+    return save(state, metadata={"format": BUNDLE_FORMAT})
 
 
 def _load_state(module: torch.nn.Module, path: Path) -> None:
@@ -118,20 +120,6 @@ def _load_state(module: torch.nn.Module, path: Path) -> None:
         module.load_state_dict(load_file(str(path)), strict=True)
     except Exception as exc:  # noqa: BLE001 - SafetensorError, shape mismatches: one line naming the file
         raise BundleError(f"damaged bundle: {path}: {_one_line(exc)}") from None
-
-
-def _replace_file(path: Path, write: Any) -> None:
-    """``write(tmp)`` into a new temporary regular file beside ``path``, then rename it over ``path``."""
-    from dnsvr.index._paths import create_new  # noqa: PLC0415
-
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
-    os.close(create_new(tmp))
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _one_line(exc: BaseException, limit: int = 300) -> str:
@@ -337,12 +325,13 @@ class Bundle:
         # every file goes through a fresh temporary file and a rename: a link already standing at one
         # of these names (a received folder) is replaced, never written through
         if self.whitening is not None and self.whitened:
-            _replace_file(out / "whitening.safetensors", self.whitening.save)
+            white = self.whitening.to_safetensors()
+            replace_file(out / "whitening.safetensors", lambda fh: fh.write(white))
         for net, name in ((self.fine_net, "fine"), (self.coarse_net, "coarse"), (self.selector_net, "selector")):
             if net is not None:
-                _replace_file(out / f"{name}.safetensors", lambda p, net=net: _save_state(net, p))
-        text = json.dumps(self.config(), indent=2, sort_keys=True)
-        _replace_file(out / CONFIG_NAME, lambda p: p.write_text(text))
+                data = _state_bytes(net)
+                replace_file(out / f"{name}.safetensors", lambda fh, data=data: fh.write(data))
+        write_json_atomic(out / CONFIG_NAME, self.config())
         logger.info("saved bundle %s to %s", self.name, out)
         return out
 
@@ -487,8 +476,7 @@ class Bundle:
         if x.shape[-1] != self.whitening.input_dims:
             raise BundleError(f"bundle {self.name!r} takes {self.whitening.input_dims}-d raw regions "
                               f"({self.backbone}) or {self.whitening.dims}-d whitened ones; got shape {tuple(x.shape)}")
-        with torch.inference_mode():
-            return self.whitening(x).numpy()
+        return self.whitening.apply(x)
 
     # -- representations ------------------------------------------------------------------------
     def represent(self, features: np.ndarray | torch.Tensor) -> VideoRepresentation:

@@ -5,8 +5,8 @@ The one way to turn video files into ``[T, 9, D]`` region features:
 * :func:`resolve_inputs` — files, folders (recursive, by extension), glob patterns,
   and list files of ``video_id<TAB>path`` lines (the ViSiL reference's input
   format) → ``[(video_id, path)]``.
-* :func:`iter_video_features` — yields ``(video_id, features, meta)`` per video,
-  for in-process consumers (``VideoIndex.add``).
+* :func:`iter_video_features` — yields a :class:`~dnsvr.features.VideoFeatures` record
+  per video, for in-process consumers (``VideoIndex.add``).
 * :func:`extract_videos` — writes an HDF5 feature file in the layout of the
   published files (one ``[T, 9, D]`` dataset per id), crash-safe and resumable
   (:class:`dnsvr.features.FeatureWriter`), with a whitening that is published,
@@ -48,8 +48,8 @@ import numpy as np
 
 from dnsvr import __version__
 from dnsvr._progress import progress_bar
-from dnsvr.features import FeatureFile, FeatureWriter, validate_video_id
-from dnsvr.video import DECODE_MODES, VIDEO_EXTENSIONS, DecodeLimits, VideoError, VideoReader
+from dnsvr.features import FeatureFile, FeatureWriter, VideoFeatures, validate_video_id
+from dnsvr.video import VIDEO_EXTENSIONS, DecodeLimits, VideoError, VideoReader, check_decode
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class ExtractionReport:
     Attributes:
         output: the feature file (None for in-process extraction).
         extracted: the videos extracted in this run.
-        skipped: ids already complete in the output (resumed runs).
+        already_extracted: ids already complete in the output (a resumed run); not extracted again.
         failures: the videos not extracted, and the damaged ones (``extracted=True``).
         seconds: wall-clock time of the run.
         whitening: the whitening identity used ("none" when none).
@@ -121,7 +121,7 @@ class ExtractionReport:
 
     output: Path | None = None
     extracted: list[VideoResult] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
+    already_extracted: list[str] = field(default_factory=list)
     failures: list[VideoFailure] = field(default_factory=list)
     seconds: float = 0.0
     whitening: str = "none"
@@ -145,7 +145,7 @@ class ExtractionReport:
         """JSON-able form (the ``--json`` output)."""
         return {
             "output": str(self.output) if self.output else None,
-            "extracted": len(self.extracted), "skipped": len(self.skipped), "failed": sum(
+            "extracted": len(self.extracted), "already_extracted": len(self.already_extracted), "failed": sum(
                 1 for f in self.failures if not f.extracted),
             "damaged": sum(1 for f in self.failures if f.extracted), "frames": self.frames,
             "seconds": round(self.seconds, 3), "frames_per_second": round(self.frames_per_second, 2),
@@ -166,7 +166,7 @@ class ExtractionReport:
         n = d["extracted"]
         lines = [f"extracted {n} video{'' if n == 1 else 's'} ({d['frames']} frame{'' if d['frames'] == 1 else 's'}, "
                  f"{d['frames_per_second']:.1f} frames/s), "
-                 f"skipped {d['skipped']} already done, {d['failed']} failed, {d['damaged']} damaged"]
+                 f"{d['already_extracted']} already extracted, {d['failed']} failed, {d['damaged']} damaged"]
         if self.failures:
             lines.append("failures (id, path, reason):")
             lines.extend("  " + f.line() for f in self.failures)
@@ -704,10 +704,7 @@ def _options(extractor: Extractor, fps: float | None, short_side: int | None, cr
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if fps is not None and fps < 0:
         raise ValueError(f"fps must be > 0, got {fps}")
-    if decode not in DECODE_MODES:
-        raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}, got {decode!r}")
-    if decode == "keyframes" and not fps:
-        raise ValueError("decode='keyframes' needs a sampling rate (fps > 0)")
+    check_decode(decode, fps)
     return _Options(fps=fps, short_side=int(short_side) if short_side else None, crop=int(crop) if crop else None,
                     batch_size=int(batch_size), chunk_size=max(1, min(16, int(batch_size))),
                     decode_workers=int(decode_workers), decode_threads=int(decode_threads), limits=limits,
@@ -727,7 +724,7 @@ def iter_video_features(inputs: Any, extractor: Extractor, fps: float | None = 1
                         skip: Iterable[str] = (), failures: list[VideoFailure] | None = None,
                         whitening: Any = None, decode_workers: int = 1, decode_threads: int = 1,
                         limits: DecodeLimits | None = None, skip_unneeded: bool = True, decode: str = "exact",
-                        progress: bool | None = False) -> Iterator[tuple[str, np.ndarray, dict[str, Any]]]:
+                        progress: bool | None = False) -> Iterator[VideoFeatures]:
     """Extract features video by video, in process (nothing written to disk).
 
     Args:
@@ -752,9 +749,10 @@ def iter_video_features(inputs: Any, extractor: Extractor, fps: float | None = 1
         progress: show a progress bar (None: when stderr is a terminal).
 
     Yields:
-        ``(video_id, features float32 [T, 9, D], meta)`` with meta keys ``source``, ``fps``, ``backbone``,
-        ``whitening``, ``duration``, ``timestamps`` (float64 [T]), ``frames``, ``width``, ``height``,
-        ``rotation``, ``truncated``, ``damage``, ``decode``, ``max_sampling_error`` (seconds; 0 when exact).
+        :class:`~dnsvr.features.VideoFeatures`: ``features`` float32 [T, 9, D], ``timestamps`` float64 [T],
+        ``source``, and ``info`` with ``fps``, ``backbone``, ``whitening``, ``duration``, ``frames``, ``width``,
+        ``height``, ``rotation``, ``truncated``, ``damage``, ``decode``, ``max_sampling_error`` (seconds; 0 when
+        exact).
     """
     opts = _options(extractor, fps, short_side, crop, batch_size, decode_workers, decode_threads, limits, skip_unneeded,
                     decode)
@@ -786,23 +784,15 @@ def iter_video_features(inputs: Any, extractor: Extractor, fps: float | None = 1
                 if meta["damage"]:
                     sink.append(VideoFailure(v.video_id, str(v.path), "damaged", meta["damage"], extracted=True))
                 bar.advance_video(v.video_id, meta["frames"])
-                yield v.video_id, feats, meta
+                yield VideoFeatures.from_attrs(v.video_id, feats, meta)
     if failures is None:
         for f in sink[n_before:]:
             logger.warning("%s", f.line())
 
 
 def _whitener(whitening: Any) -> Callable[[Any], Any] | None:
-    if whitening is None:
-        return None
-    import torch
-
-    def apply(feats: Any) -> Any:
-        with torch.inference_mode():
-            x = feats if isinstance(feats, torch.Tensor) else torch.from_numpy(np.asarray(feats, np.float32))
-            return whitening(x.float())
-
-    return apply
+    """The whitening's :meth:`~dnsvr.backbones.PCAWhitening.apply` (None without a whitening)."""
+    return None if whitening is None else whitening.apply
 
 
 def _load_whitening(spec: Any, extractor: Extractor, dims: int) -> tuple[Any, bool]:
@@ -918,7 +908,7 @@ def extract_videos(inputs: Any, output_h5: str | Path, extractor: Extractor, fps
                   "weights": _weights_name(extractor), "decode": opts.decode,
                   "precision": str(getattr(extractor, "precision", "fp32"))}
     done_ids = _complete_ids(output_h5)
-    report.skipped = [vid for vid, _ in entries if vid in done_ids]
+    report.already_extracted = [vid for vid, _ in entries if vid in done_ids]
     todo = [(vid, p) for vid, p in entries if vid not in done_ids]
 
     if fit and white is None:
@@ -1041,21 +1031,22 @@ def _extract_into_ray(writer: FeatureWriter, entries: list[tuple[str, Path]], ex
     from dnsvr.cluster.extract import iter_video_features_ray
 
     weights = str(getattr(extractor, "weights_source", "") or "") or None
-    for vid, feats, meta in iter_video_features_ray(
+    for rec in iter_video_features_ray(
             entries, extractor.backbone_name, address=address, failures=report.failures, progress=progress,
             fps=opts.fps or 1.0, weights=weights, precision=str(getattr(extractor, "precision", "fp32")),
             batch_size=opts.batch_size, short_side=opts.short_side, crop=opts.crop, decode=opts.decode):
+        vid, feats = rec.video_id, rec.features
         if post is not None:
             feats = _to_numpy(post(feats))
-        meta["whitening"] = white_id
+        meta = {**rec.attrs(), "whitening": white_id}
         try:
             writer.write(vid, feats, meta)
         except (OSError, ValueError) as exc:
-            report.failures.append(VideoFailure(vid, str(meta.get("source", "")), "write_error",
+            report.failures.append(VideoFailure(vid, str(rec.source or ""), "write_error",
                                                 f"cannot write features: {exc}"))
             continue
-        report.extracted.append(VideoResult(vid, str(meta["source"]), meta["frames"], meta["duration"],
-                                            meta["damage"] or None))
+        report.extracted.append(VideoResult(vid, str(rec.source), rec.frames, rec.info["duration"],
+                                            rec.info["damage"] or None))
 
 
 def _fit_whitening(raw_path: Path, dims: int, fit_frames: int) -> Any:
@@ -1080,15 +1071,12 @@ def _fit_whitening(raw_path: Path, dims: int, fit_frames: int) -> Any:
 
 def _whiten_raw(raw_path: Path, writer: FeatureWriter, white: Any, white_id: str, wanted: set[str],
                 report: ExtractionReport) -> None:
-    import torch
-
     with FeatureFile(raw_path) as ff:
         for vid in ff.ids():
             if vid not in wanted or vid in writer.completed_ids():
                 continue
             info = ff.info(vid)
-            with torch.inference_mode():
-                feats = white(torch.from_numpy(ff.read(vid))).numpy()
+            feats = white.apply(ff.read(vid))
             attrs = {k: v for k, v in info.items() if k not in ("dnsvr_complete", "video_id")}
             attrs["whitening"] = white_id
             writer.write(vid, feats, attrs)

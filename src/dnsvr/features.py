@@ -19,6 +19,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,69 @@ COMPLETE_ATTR = "dnsvr_complete"
 
 class FeatureFileError(ValueError):
     """A feature file or one of its datasets is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class VideoFeatures:
+    """One video's region features as they cross from extraction (or a feature file) into the index.
+
+    The record every producer yields (:func:`dnsvr.extract.iter_video_features`, its Ray variant, the
+    index reading a feature file) and every consumer reads: the timestamps and the source have a
+    field each, everything else the extraction recorded is in :attr:`info`.
+
+    Attributes:
+        video_id: the video id.
+        features: region features ``[T, regions, D]`` (raw or whitened).
+        timestamps: float64 ``[T]``, each frame's time in seconds; None where unknown.
+        source: the file the features came from (``file.h5:id`` for a feature file); None where unknown.
+        info: the rest of the extraction's record, JSON-like values: ``fps``, ``backbone``, ``whitening``,
+            ``duration``, ``frames``, ``width``, ``height``, ``rotation``, ``truncated``, ``damage``, ``decode``,
+            ``max_sampling_error`` (what :func:`dnsvr.extract.iter_video_features` records; empty for others).
+
+    Raises:
+        ValueError: features that are not ``[T, regions, D]``, or timestamps that are not ``[T]``.
+    """
+
+    video_id: str
+    features: np.ndarray
+    timestamps: np.ndarray | None = None
+    source: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        shape = tuple(np.shape(self.features))
+        if len(shape) != 3:
+            raise ValueError(f"{self.video_id!r}: features must be [T, regions, D], got shape {shape}")
+        if self.timestamps is not None:
+            ts = np.asarray(self.timestamps, dtype=np.float64)
+            if ts.shape != (shape[0],):
+                raise ValueError(f"{self.video_id!r}: {ts.shape} timestamps for {shape[0]} frames")
+            object.__setattr__(self, "timestamps", ts)
+
+    @property
+    def frames(self) -> int:
+        """T, the number of frames."""
+        return int(np.shape(self.features)[0])
+
+    @classmethod
+    def from_attrs(cls, video_id: str, features: np.ndarray, attrs: dict[str, Any]) -> VideoFeatures:
+        """The record of a flat attribute dict (the extraction's, or an HDF5 dataset's): ``timestamps`` and
+        ``source`` taken out, the rest kept as :attr:`info`."""
+        info = dict(attrs)
+        ts = info.pop("timestamps", None)
+        source = info.pop("source", None)
+        return cls(video_id, features, None if ts is None else np.asarray(ts, dtype=np.float64),
+                   None if source is None else str(source), info)
+
+    def attrs(self) -> dict[str, Any]:
+        """The flat attribute dict (the inverse of :meth:`from_attrs`): what a feature file's dataset and the
+        index's metadata record, ``frames`` included."""
+        out = {**self.info, "frames": self.frames}
+        if self.source is not None:
+            out["source"] = self.source
+        if self.timestamps is not None:
+            out["timestamps"] = self.timestamps
+        return out
 
 
 class FeatureFile:
@@ -545,7 +609,7 @@ def validate_video_id(video_id: str) -> str:
     """
     if not isinstance(video_id, str):
         raise ValueError(f"video id must be a string, got {type(video_id).__name__}")
-    from dnsvr.index.store import check_video_id  # noqa: PLC0415 - the one rule, shared with the index
+    from dnsvr.index.records import check_video_id  # noqa: PLC0415 - the one rule, shared with the index
 
     vid = video_id.strip().strip("/")
     parts = vid.split("/")

@@ -48,6 +48,20 @@ _LOOKAHEAD_PACKETS = 600
 #: Sampling modes of :class:`VideoReader`: exact (the default), or keyframes only (approximate, cheap).
 DECODE_MODES = ("exact", "keyframes")
 
+
+def check_decode(decode: object, fps: float | None, name: str = "decode") -> str:
+    """``decode`` if it is a decode mode usable at ``fps``, else a ValueError naming ``name`` (the one check).
+
+    Raises:
+        ValueError: not one of :data:`DECODE_MODES`, or ``"keyframes"`` without a sampling rate.
+    """
+    if decode not in DECODE_MODES:
+        raise ValueError(f"{name} must be one of {', '.join(DECODE_MODES)}, got {decode!r}")
+    if decode == "keyframes" and not fps:
+        raise ValueError(f"{name}='keyframes' needs a sampling rate (fps > 0)")
+    return decode  # type: ignore[return-value]
+
+
 #: File name extensions treated as videos when a directory is scanned.
 VIDEO_EXTENSIONS = frozenset({
     ".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov", ".qt", ".flv", ".wmv", ".asf", ".mpg", ".mpeg", ".m2v",
@@ -391,10 +405,7 @@ class VideoReader:
                  limits: DecodeLimits | None = None, max_decode_errors: int = 8, skip_unneeded: bool = True,
                  interpolation: str = "BILINEAR", max_repeat_seconds: float = 300.0,
                  decode: str = "exact") -> None:
-        if decode not in DECODE_MODES:
-            raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}, got {decode!r}")
-        if decode == "keyframes" and not fps:
-            raise ValueError("decode='keyframes' needs a sampling rate (fps > 0)")
+        check_decode(decode, fps)
         if fps is not None and (fps < 0 or not math.isfinite(fps)):
             raise ValueError(f"fps must be > 0 (or None/0 for every frame), got {fps}")
         if short_side is not None and short_side < 1:

@@ -266,6 +266,22 @@ class PCAWhitening(nn.Module):
         y = torch.matmul(x.float() - self.mean, self.projection)
         return F.normalize(y, p=2, dim=-1)
 
+    def apply(self, features: ArrayLike) -> np.ndarray:
+        """Whiten features outside torch code: ``[..., C]`` (numpy or torch, any float dtype) → float32 numpy
+        ``[..., dims]``, L2-normalised (:meth:`forward` without autograd). The one way extraction, bundles and
+        feature files apply a whitening.
+
+        Raises:
+            ValueError: if the last dimension is not C.
+            RuntimeError: if not fitted.
+        """
+        if isinstance(features, torch.Tensor):
+            x = features.detach().cpu()
+        else:
+            x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+        with torch.inference_mode():
+            return self(x.float()).numpy()
+
     @property
     def identity(self) -> str:
         """Short content hash of the transform (``pca<dims>-<12 hex>``) to record provenance."""
@@ -289,26 +305,38 @@ class PCAWhitening(nn.Module):
             ValueError: for another suffix.
             RuntimeError: if not fitted.
         """
-        self._require_fitted()
         path = Path(path)
-        arrays = {
-            "mean": np.asarray(self._mean64, dtype=np.float32),
-            "V": np.ascontiguousarray(np.asarray(self._components, dtype=np.float32)),
-            "d": np.asarray(self._eigenvalues, dtype=np.float32),
-        }
+        arrays = self._arrays()
         suffix = path.suffix.lower()
         path.parent.mkdir(parents=True, exist_ok=True)
         if suffix == ".npz":
             np.savez(path, **arrays, dims=np.array(self.dims))
         elif suffix == ".safetensors":
-            from safetensors.numpy import save_file
-
-            meta = {"format": "dnsvr-pca-whitening", "dims": str(self.dims), "identity": self.identity}
-            save_file(arrays, str(path), metadata=meta)
+            path.write_bytes(self.to_safetensors())
         else:
             raise ValueError(f"save: unsupported suffix {suffix!r} for {path}; use .npz or .safetensors")
         logger.info("saved whitening %s to %s", self.identity, path)
         return path
+
+    def to_safetensors(self) -> bytes:
+        """The fitted whitening as the bytes of a ``.safetensors`` file (what :meth:`save` writes there).
+
+        Raises:
+            RuntimeError: if not fitted.
+        """
+        from safetensors.numpy import save
+
+        meta = {"format": "dnsvr-pca-whitening", "dims": str(self.dims), "identity": self.identity}
+        return save(self._arrays(), metadata=meta)
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        """The saved layout {mean, V, d} (kept components only), float32."""
+        self._require_fitted()
+        return {
+            "mean": np.asarray(self._mean64, dtype=np.float32),
+            "V": np.ascontiguousarray(np.asarray(self._components, dtype=np.float32)),
+            "d": np.asarray(self._eigenvalues, dtype=np.float32),
+        }
 
     def extra_repr(self) -> str:
         if not self.fitted:

@@ -107,7 +107,8 @@ def plural(n: int, word: str, many: str | None = None) -> str:
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that are the user's to fix: printed as one line, exit status 2."""
     from dnsvr.bundle import BundleError
-    from dnsvr.index.store import IndexFormatError, IndexLockedError, IndexStoreError
+    from dnsvr.index.records import IndexStoreError
+    from dnsvr.index.store import IndexFormatError, IndexLockedError
     from dnsvr.index.video_index import VideoIndexError
     from dnsvr.weights import WeightsUnavailableError
 

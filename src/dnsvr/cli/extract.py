@@ -60,7 +60,7 @@ def extract_command(
 ) -> None:
     """Extract region features from videos into an HDF5 file, in the layout of the published feature files.
 
-    Re-running the same command resumes: finished videos are skipped. Bad inputs are listed
+    Re-running the same command resumes: finished videos are not extracted again. Bad inputs are listed
     (id, path, reason) at the end and do not stop the others; the exit status is 1 when any
     video failed or was damaged, 2 on a usage error.
 
@@ -74,6 +74,7 @@ def extract_command(
     from dnsvr.backbones import BACKBONES, FeatureExtractor
     from dnsvr.extract import extract_videos
     from dnsvr.features import FeatureFileError
+    from dnsvr.video import check_decode
     from dnsvr.weights import WeightsUnavailableError
 
     if backbone not in BACKBONES:
@@ -82,8 +83,10 @@ def extract_command(
         fail(f"--dtype must be float32 or float16, got {dtype!r}")
     if fps <= 0:
         fail(f"--fps must be > 0, got {fps}")
-    if decode not in ("exact", "keyframes"):
-        fail(f"--decode must be exact or keyframes, got {decode!r}")
+    try:
+        check_decode(decode, fps, name="--decode")
+    except ValueError as exc:
+        fail(str(exc))
     if precision not in ("exact", "int8", "fp32"):  # fp32: the earlier name of exact
         fail(f"--precision must be exact or int8, got {precision!r}")
     try:

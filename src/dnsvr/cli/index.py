@@ -89,7 +89,7 @@ def add(directory: Path = typer.Argument(..., help="Index directory."),
       dnsvr index add my.index videos/ --on-duplicate skip     # again, later: only the new files
       dnsvr index add my.index features.h5 --json > added.json
     """
-    from dnsvr.index.store import DuplicateVideoError
+    from dnsvr.index.records import DuplicateVideoError
 
     if on_duplicate not in ("error", "skip", "replace"):
         fail(f"--on-duplicate must be error, skip or replace, got {on_duplicate!r}")
@@ -106,7 +106,7 @@ def add(directory: Path = typer.Argument(..., help="Index directory."),
     if json_out:
         echo_json({**report.to_dict(), "videos": total})
     else:
-        known = f", {len(report.existing)} already there" if report.existing else ""
+        known = f", {len(report.already_indexed)} already there" if report.already_indexed else ""
         typer.echo(f"added {plural(len(report.added), 'video')} in {report.seconds:.1f} s{known}; "
                    f"the index holds {plural(total, 'video')}")
     for item, reason in report.skipped:

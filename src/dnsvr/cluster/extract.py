@@ -23,6 +23,7 @@ import numpy as np
 
 from dnsvr.cluster._ray import connect
 from dnsvr.extract import VideoFailure, _progress, resolve_inputs
+from dnsvr.features import VideoFeatures
 
 logger = logging.getLogger(__name__)
 
@@ -76,10 +77,9 @@ def extract_one(video_id: str, path: str, spec: WorkerSpec) -> tuple[str, np.nda
     _fault_hook(video_id)
     failures: list[VideoFailure] = []
     feats = meta = None
-    for _, f, m in iter_video_features([(video_id, path)], _model(spec), spec.fps, short_side=spec.short_side,
-                                       crop=spec.crop, batch_size=spec.batch_size, failures=failures,
-                                       decode=spec.decode):
-        feats, meta = f, m
+    for rec in iter_video_features([(video_id, path)], _model(spec), spec.fps, short_side=spec.short_side,
+                                   crop=spec.crop, batch_size=spec.batch_size, failures=failures, decode=spec.decode):
+        feats, meta = rec.features, rec.attrs()
     return video_id, feats, meta, [asdict(f) for f in failures]
 
 
@@ -89,7 +89,7 @@ def iter_video_features_ray(inputs: Any, backbone: str = "efficientnet_lite0", *
                             precision: str = "fp32", batch_size: int = 32, short_side: int | None = None,
                             crop: int | None = None, decode: str = "exact", max_in_flight: int | None = None,
                             retries: int = 3, gpus: float | None = None
-                            ) -> Iterator[tuple[str, np.ndarray, dict[str, Any]]]:
+                            ) -> Iterator[VideoFeatures]:
     """:func:`dnsvr.extract.iter_video_features` on a Ray cluster, yielding in order of completion.
 
     Args:
@@ -106,7 +106,7 @@ def iter_video_features_ray(inputs: Any, backbone: str = "efficientnet_lite0", *
         gpus: GPUs per task (default: 1 when the cluster has GPUs, else CPU workers).
 
     Yields:
-        ``(video_id, features float32 [T, 9, D], meta)``, the local function's records.
+        :class:`~dnsvr.features.VideoFeatures`, the local function's records.
     """
     ray = connect(address)
     sink: list[VideoFailure] = failures if failures is not None else []
@@ -149,7 +149,7 @@ def iter_video_features_ray(inputs: Any, backbone: str = "efficientnet_lite0", *
                 continue
             bar.add_frames(len(feats))
             # arrays from the object store are read-only views of shared memory: hand out our own copy
-            yield vid, np.array(feats, dtype=np.float32), meta
+            yield VideoFeatures.from_attrs(vid, np.array(feats, dtype=np.float32), meta)
     if failures is None:
         for f in sink[n_before:]:
             logger.warning("%s", f.line())

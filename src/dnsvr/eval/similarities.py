@@ -200,8 +200,8 @@ def _check_shape(data: Any, *, source: str) -> None:
 
 
 @dataclass(frozen=True)
-class QueryResults:
-    """The results of one query in a :class:`SimilarityTable`.
+class SimilarityRow:
+    """One query's row of a :class:`SimilarityTable` (its scored videos; not a search result).
 
     Attributes:
         query: the query id.
@@ -231,7 +231,7 @@ class SimilarityTable:
     def __init__(self, similarities: Similarities | None = None, *, consume: bool = False) -> None:
         self._vocab = _fastjson.Vocabulary()
         self._index: dict[str, int] = self._vocab.index
-        self._rows: list[QueryResults] = []
+        self._rows: list[SimilarityRow] = []
         self._queries: dict[str, int] = {}
         if similarities is None:
             return
@@ -264,7 +264,7 @@ class SimilarityTable:
         qpos = self._vocab.add(query)
         positions = self._vocab.positions(keys)
         self._queries[query] = len(self._rows)
-        self._rows.append(QueryResults(query, qpos, positions, scores))
+        self._rows.append(SimilarityRow(query, qpos, positions, scores))
 
     @classmethod
     def _from_interned(cls, ids: list[str], rows: list[tuple[str, int, np.ndarray, np.ndarray]], *,
@@ -281,7 +281,7 @@ class SimilarityTable:
             if np.isnan(scores).any():
                 raise SimilarityFileError(f"{source}: NaN score for query {query!r}")
             table._queries[query] = len(table._rows)
-            table._rows.append(QueryResults(query, qpos, positions, scores))
+            table._rows.append(SimilarityRow(query, qpos, positions, scores))
         return table
 
     @classmethod
@@ -425,10 +425,10 @@ class SimilarityTable:
     def __contains__(self, query: object) -> bool:
         return query in self._queries
 
-    def __iter__(self) -> Iterator[QueryResults]:
+    def __iter__(self) -> Iterator[SimilarityRow]:
         return iter(self._rows)
 
-    def __getitem__(self, query: str) -> QueryResults:
+    def __getitem__(self, query: str) -> SimilarityRow:
         try:
             return self._rows[self._queries[query]]
         except KeyError:

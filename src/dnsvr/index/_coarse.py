@@ -29,7 +29,15 @@ from typing import Any
 
 import numpy as np
 
-from dnsvr.index._paths import DamagedIndexError, create_new, inside, open_nofollow, read_json
+from dnsvr.index._paths import (
+    DamagedIndexError,
+    create_new,
+    inside,
+    open_nofollow,
+    read_json,
+    replace_file,
+    write_json_atomic,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +152,10 @@ class CoarseCache:
         self.ann_dirty = False
         self.ann_failed = False
         self.pinned = False  # inside IndexStore.snapshot(): keep the current mapping
+
+    def set_spec(self, spec: str) -> None:
+        """Use the FAISS spec ``spec`` from now on: the current ANN index is dropped (built again when needed)."""
+        self.spec, self.ann, self.ann_rowids, self.ann_failed = spec, None, None, False
 
     # -- files --------------------------------------------------------------------------------
     def _read_current(self) -> dict[str, Any] | None:
@@ -302,8 +314,6 @@ class CoarseCache:
         return cur
 
     def _write_current(self, cur: dict[str, Any]) -> None:
-        from dnsvr.index._schema import write_json_atomic  # noqa: PLC0415
-
         write_json_atomic(self.directory / CURRENT, cur)
 
     def persist(self, rowids: np.ndarray, generation: int, force_rewrite: bool = False) -> None:
@@ -319,10 +329,8 @@ class CoarseCache:
             if self._names is not None and vname in self._names:
                 vname, rname = f"g{generation}r.vectors.f32", f"g{generation}r.rowids.i64"
             for name, arr in ((vname, matrix), (rname, np.ascontiguousarray(self.rowids, dtype="<i8"))):
-                tmp = self.directory / f"{name}.tmp{os.getpid()}"
-                with os.fdopen(create_new(tmp), "wb") as fh:
-                    fh.write(np.ascontiguousarray(arr).tobytes())
-                os.replace(tmp, self.directory / name)
+                replace_file(self.directory / name, lambda fh, arr=arr: fh.write(np.ascontiguousarray(arr).tobytes()),
+                             durable=False)
             cur.update({"vectors": vname, "rowids": rname, "dim": self.dim, "layout": LAYOUT})
             logger.debug("rewrote derived coarse files: %d rows", len(self.rowids))
         if self.ann is not None and (self.ann_dirty or not cur.get("ann") or cur["ann"].get("spec") != self.spec):
@@ -333,10 +341,7 @@ class CoarseCache:
             for name, write in ((f"{base}.faiss", lambda fh: fh.write(faiss.serialize_index(self.ann).tobytes())),
                                 (f"{base}.rowids.npy",
                                  lambda fh: np.save(fh, np.asarray(self.ann_rowids, dtype="<i8"), allow_pickle=False))):
-                tmp = self.directory / f"{name}.tmp{os.getpid()}"
-                with os.fdopen(create_new(tmp), "wb") as fh:
-                    write(fh)
-                os.replace(tmp, self.directory / name)
+                replace_file(self.directory / name, write, durable=False)
             cur["ann"] = {"spec": self.spec, "index": f"{base}.faiss", "rowids": f"{base}.rowids.npy"}
             self.ann_dirty = False
         elif is_exact_spec(self.spec):
@@ -383,7 +388,7 @@ class CoarseCache:
         m = np.asarray(m)  # a plain ndarray view of the memmap (no copy)
         return (m @ q[0])[None, :] if len(q) == 1 else q @ m.T
 
-    def _ann_ready(self) -> bool:
+    def ann_ready(self) -> bool:
         """Build/extend the ANN index for the current rows; False means: use exact search."""
         import faiss  # noqa: PLC0415
 
@@ -437,7 +442,7 @@ class CoarseCache:
         self, q: np.ndarray, k: int | None, params: str | None
     ) -> tuple[np.ndarray, np.ndarray, bool]:
         """Search; returns (positions [n, k'], scores [n, k'], exact) with -1 padding for ANN misses."""
-        if k is None or not self._ann_ready():
+        if k is None or not self.ann_ready():
             pos, scores = self.exact(q, k)
             return pos, scores, True
         import faiss  # noqa: PLC0415

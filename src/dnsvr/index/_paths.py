@@ -12,12 +12,15 @@ from __future__ import annotations
 import json
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, BinaryIO
 
+from dnsvr import _fsutil
 from dnsvr.index._schema import DamagedIndexError
 
 __all__ = ["DamagedIndexError", "check_entries", "check_name", "create_new", "inside", "open_nofollow", "read_json",
-           "read_limited"]
+           "read_limited", "replace_file", "write_json_atomic"]
 
 _MAX_NAME = 255
 
@@ -132,15 +135,18 @@ def read_json(root: Path, name: str, max_bytes: int = 1 << 20, where: str | None
 
 
 def create_new(path: Path) -> int:
-    """A new, empty regular file at ``path`` for writing (a file descriptor), whatever was there.
-
-    Whatever had that name (a link left by someone else included) is unlinked first and the file
-    is created with ``O_EXCL | O_NOFOLLOW``: writing a temporary file can never follow a link.
-    """
+    """:func:`dnsvr._fsutil.create_new` (a fresh regular file, never through a link); a folder there is damage."""
     try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+        return _fsutil.create_new(path)
     except IsADirectoryError:
         raise DamagedIndexError(path.name, "is a directory where a file is written") from None
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o644)
+
+
+def replace_file(path: Path, write: Callable[[BinaryIO], Any], *, durable: bool = True) -> None:
+    """:func:`dnsvr._fsutil.replace_file` for a file of an index (its temporary file made by :func:`create_new`)."""
+    _fsutil.replace_file(path, write, durable=durable, create=create_new)
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """:func:`dnsvr._fsutil.write_json_atomic` for a file of an index (temporary file by :func:`create_new`)."""
+    _fsutil.write_json_atomic(path, payload, create=create_new)

@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dnsvr._fsutil import fsync_dir  # re-exported for the store
 
 logger = logging.getLogger(__name__)
 
@@ -113,20 +112,6 @@ def versions() -> dict[str, str]:
         "faiss": getattr(faiss, "__version__", "unknown"),
         "sqlite": sqlite3.sqlite_version,
     }
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON to ``path`` through a temporary file, fsync and rename."""
-    from dnsvr.index._paths import create_new  # noqa: PLC0415
-
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with os.fdopen(create_new(tmp), "w", encoding="utf-8") as fh:
-        json.dump(payload, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 def make_manifest(config: dict[str, Any]) -> dict[str, Any]:

@@ -38,22 +38,14 @@ import numpy as np
 
 from dnsvr import __version__
 from dnsvr.bundle import Bundle, load_bundle
-from dnsvr.index._paths import DamagedIndexError, inside, read_json
-from dnsvr.index.store import (
-    AddResult,
-    CompactReport,
-    IndexRecord,
-    UnknownVideoError,
-    VerifyReport,
-    VideoEntry,
-)
+from dnsvr.index._paths import DamagedIndexError, inside, read_json, write_json_atomic
+from dnsvr.index.records import AddResult, CompactReport, IndexRecord, UnknownVideoError, VerifyReport, VideoEntry
 from dnsvr.index.video_index import (
     BUNDLE_DIR,
     MANIFEST,
     VideoIndex,
     VideoIndexError,
     _Query,
-    _write_json,
 )
 
 logger = logging.getLogger(__name__)
@@ -130,7 +122,7 @@ class ShardedIndex(VideoIndex):
         for name in names:
             VideoIndex.create(directory / name, b, coarse_index=coarse_index).close()
         # the manifest last: a directory without it is an interrupted create, not an index
-        _write_json(directory / MANIFEST, {
+        write_json_atomic(directory / MANIFEST, {
             "format": SHARDED_FORMAT, "format_version": SHARDED_FORMAT_VERSION, "written_by": {"dnsvr": __version__},
             "created": time.time(), "bundle": b.identity(), "coarse_index": coarse_index, "shards": names,
             "assignment": {"rule": ASSIGNMENT, "shards": len(names)}})
@@ -246,7 +238,7 @@ class ShardedIndex(VideoIndex):
             r = self.shards[i]._commit(recs, on_duplicate)
             result.added.extend(r.added)
             result.replaced.extend(r.replaced)
-            result.skipped.extend(r.skipped)
+            result.already_indexed.extend(r.already_indexed)
         return result
 
     def remove(self, video_ids: Iterable[str] | str, *, missing: str = "error") -> int:
@@ -418,14 +410,7 @@ class ShardedIndex(VideoIndex):
                 records = []
                 for vid, fine, vec in zip(chunk, store.fine(chunk), coarse):
                     entry = store.get(vid)
-                    meta = dict(entry.meta)
-                    if entry.timestamps is not None:
-                        meta["timestamps"] = entry.timestamps
-                    if entry.source is not None:
-                        meta["source"] = entry.source
-                    if entry.duration is not None:
-                        meta["duration"] = entry.duration
-                    records.append(IndexRecord(vid, vec, np.asarray(fine), entry.selector, meta))
+                    records.append(IndexRecord(vid, vec, np.asarray(fine), entry.selector, entry.record_meta()))
                 out._commit(records, "error")
             return out
         finally:

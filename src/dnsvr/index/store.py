@@ -19,6 +19,11 @@ the commit leaves only bytes past the committed length, which readers ignore and
 next writer truncates; a crash after it leaves a complete video. So an index opens and
 verifies after ``kill -9`` at any point and holds every video whose ``add`` returned.
 
+This module holds the store's handle (open, snapshot, reads, attrs, the write entry points); its
+parts live beside it by concept: :mod:`dnsvr.index.records` (config, records, reports, errors),
+``_catalog`` (the active rows), ``_validate`` (a record checked), ``_add`` (the add transaction),
+``_maintenance`` (compact, verify), ``_shards`` (shard files), ``_coarse`` (derived coarse search).
+
 Example:
     >>> cfg = IndexConfig.binary(dims=512, coarse_dim=1024)            # doctest: +SKIP
     >>> with IndexStore.create("my.index", cfg) as store:             # doctest: +SKIP
@@ -26,342 +31,64 @@ Example:
     ...     hits = store.coarse_search(query[None], k=100)
 """
 
+
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import functools
-import io
 import json
 import logging
-import math
-import os
 import sqlite3
 import threading
 import time
-import zipfile
-import zlib
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import numpy as np
 
+from dnsvr.index import _maintenance
+from dnsvr.index._add import AddTransaction
+from dnsvr.index._catalog import _ROW_COLS, CATALOG_NAME, _Catalog, _check_rows, _check_shards, _is_int
 from dnsvr.index._coarse import CoarseCache, is_exact_spec
 from dnsvr.index._lock import LOCK_NAME, IndexLockedError, WriterLock
-from dnsvr.index._paths import check_entries, create_new, inside, open_nofollow
+from dnsvr.index._paths import check_entries, inside, write_json_atomic
 from dnsvr.index._schema import (
     COARSE_DIR,
     DB_NAME,
     MANIFEST_NAME,
     SHARD_DIR,
-    STATUS_ACTIVE,
     STATUS_REMOVED,
     DamagedIndexError,
     IndexFormatError,
     connect,
-    fsync_dir,
     init_schema,
     make_manifest,
     read_manifest,
-    write_json_atomic,
 )
-from dnsvr.index._shards import SHARD_RE, ShardAppender, ShardReader
+from dnsvr.index._shards import ShardAppender, ShardReader
+from dnsvr.index._shards import crc32 as _crc32
+from dnsvr.index.records import (
+    AddResult,
+    CoarseHits,
+    CompactReport,
+    FineBlock,
+    IndexConfig,
+    IndexRecord,
+    IndexStoreError,
+    ReadOnlyIndexError,
+    UnknownVideoError,
+    VerifyReport,
+    VideoEntry,
+    _json_default,
+)
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "AddResult",
-    "CoarseHits",
-    "CompactReport",
-    "DamagedIndexError",
-    "DuplicateVideoError",
-    "FineBlock",
-    "IndexConfig",
-    "IndexFormatError",
-    "IndexLockedError",
-    "IndexRecord",
-    "IndexStore",
-    "IndexStoreError",
-    "ReadOnlyIndexError",
-    "RecordError",
-    "UnknownVideoError",
-    "VerifyReport",
-    "VideoEntry",
-    "check_video_id",
-]
+__all__ = ["DamagedIndexError", "IndexFormatError", "IndexLockedError", "IndexStore"]
 
-_FINE_DTYPES = ("uint8", "float16", "float32", "int8")
 _SQL_CHUNK = 900  # stay below SQLite's host-parameter limit
-_MAX_ID_LEN = 1024
-_DERIVED_APPEND_MAX = 32_768  # coarse vectors held per transaction for the derived files (128 MB at 1024-d)
-# Limits checked when a config is read, before anything is allocated from it.
-_MAX_COARSE_DIM = 1 << 16
-_MAX_FRAME_BYTES = 1 << 26  # 64 MiB per frame
-_MAX_SHARD_BYTES = 1 << 44
-_MAX_SHARD_ID = 1 << 40
-_MAX_BYTES = 1 << 50  # a committed length or offset beyond this is damage
-
-
-# ----------------------------------------------------------------------------------------------
-# errors
-class IndexStoreError(Exception):
-    """Base class of index-store errors."""
-
-
-class ReadOnlyIndexError(IndexStoreError):
-    """A write was attempted on an index opened with ``readonly=True``."""
-
-
-class RecordError(IndexStoreError, ValueError):
-    """A record does not fit the index (shape, dtype, id, metadata); the message names the video."""
-
-
-class DuplicateVideoError(RecordError):
-    """A video id is already in the index (or twice in one ``add``) and ``on_duplicate="error"``."""
-
-    def __init__(self, video_ids: Sequence[str], message: str) -> None:
-        self.video_ids = list(video_ids)
-        super().__init__(message)
-
-
-class UnknownVideoError(IndexStoreError, KeyError):
-    """One or more video ids are not (or no longer) in the index."""
-
-    def __init__(self, video_ids: Sequence[str]) -> None:
-        self.video_ids = list(video_ids)
-        shown = ", ".join(repr(v) for v in self.video_ids[:10])
-        more = f" and {len(self.video_ids) - 10} more" if len(self.video_ids) > 10 else ""
-        super().__init__(f"{len(self.video_ids)} video id(s) not in the index: {shown}{more}")
-
-    def __str__(self) -> str:  # KeyError would repr() the message
-        return str(self.args[0])
-
-
-# ----------------------------------------------------------------------------------------------
-# records and config
-@dataclass(frozen=True)
-class IndexConfig:
-    """What an index stores; fixed at creation and recorded in ``manifest.json``.
-
-    Args:
-        coarse_dim: dimension of the coarse vectors (1024 for the DnS coarse student).
-        fine_dtype: element dtype of the fine representation: ``"uint8"`` (packed ±1 bits of
-            S^f_B), ``"float16"`` (S^f_A, the training-free fine stage), ``"float32"``, ``"int8"``.
-        fine_shape: per-frame shape of the fine representation, e.g. ``(9, 64)`` for 9 regions of
-            512 bits, ``(9, 512)`` for float16 regions.
-        coarse_index: FAISS ``index_factory`` spec for coarse search with a finite ``k``:
-            ``"Flat"`` (exact, the default) or an ANN spec such as ``"IVF1024,Flat"`` or
-            ``"HNSW32"`` (inner-product metric). ``k=None`` searches are always exact.
-        coarse_params: default query-time FAISS parameters for the ANN index, e.g.
-            ``"nprobe=32"`` or ``"efSearch=256"`` (overridable per query).
-        shard_bytes: a new shard file is started when the current one would pass this size.
-        extra: free JSON data recorded with the config (e.g. the bundle that built the index).
-
-    Raises:
-        ValueError: on an unknown dtype or non-positive sizes.
-    """
-
-    coarse_dim: int = 1024
-    fine_dtype: str = "uint8"
-    fine_shape: tuple[int, ...] = (9, 64)
-    coarse_index: str = "Flat"
-    coarse_params: str = ""
-    shard_bytes: int = 1 << 30
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.fine_dtype not in _FINE_DTYPES:
-            raise ValueError(f"fine_dtype {self.fine_dtype!r} not supported; choose one of {_FINE_DTYPES}")
-        if not isinstance(self.fine_shape, (tuple, list)) or any(
-                isinstance(s, bool) or not isinstance(s, (int, np.integer)) for s in self.fine_shape):
-            raise ValueError(f"fine_shape must be a non-empty tuple of positive ints, got {self.fine_shape!r}")
-        shape = tuple(int(s) for s in self.fine_shape)
-        if not shape or len(shape) > 8 or any(s <= 0 or s > _MAX_FRAME_BYTES for s in shape):
-            raise ValueError(f"fine_shape must be a non-empty tuple of positive ints, got {self.fine_shape!r}")
-        object.__setattr__(self, "fine_shape", shape)
-        for name in ("coarse_dim", "shard_bytes"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise ValueError(f"{name} must be an int, got {value!r}")
-        if not 0 < int(self.coarse_dim) <= _MAX_COARSE_DIM:
-            raise ValueError(f"coarse_dim must be in 1..{_MAX_COARSE_DIM}, got {self.coarse_dim}")
-        if not 0 < int(self.shard_bytes) <= _MAX_SHARD_BYTES:
-            raise ValueError(f"shard_bytes must be in 1..{_MAX_SHARD_BYTES}, got {self.shard_bytes}")
-        if math.prod(shape) * np.dtype(self.fine_dtype).itemsize > _MAX_FRAME_BYTES:
-            raise ValueError(f"fine_shape {shape} of {self.fine_dtype} exceeds {_MAX_FRAME_BYTES} bytes per frame")
-        if not isinstance(self.extra, dict):
-            raise ValueError(f"extra must be a dict, got {type(self.extra).__name__}")
-        if not isinstance(self.coarse_index, str) or not self.coarse_index.strip():
-            raise ValueError(f"coarse_index must be a FAISS index_factory spec, got {self.coarse_index!r}")
-        json.dumps(self.extra)  # raises TypeError early if not JSON
-
-    @classmethod
-    def binary(cls, dims: int = 512, regions: int = 9, **kwargs: Any) -> IndexConfig:
-        """Config for packed ±1 codes (S^f_B): uint8 ``[regions, dims // 8]`` per frame."""
-        if dims % 8:
-            raise ValueError(f"binary codes need dims divisible by 8, got {dims}")
-        return cls(fine_dtype="uint8", fine_shape=(regions, dims // 8), **kwargs)
-
-    @classmethod
-    def float16(cls, dims: int = 512, regions: int = 9, **kwargs: Any) -> IndexConfig:
-        """Config for float16 region features (S^f_A, the lite fine stage): ``[regions, dims]``."""
-        return cls(fine_dtype="float16", fine_shape=(regions, dims), **kwargs)
-
-    @property
-    def frame_bytes(self) -> int:
-        return int(np.prod(self.fine_shape)) * np.dtype(self.fine_dtype).itemsize
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["fine_shape"] = list(self.fine_shape)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> IndexConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            logger.warning("ignoring unknown index config keys %s (written by a newer dnsvr?)", sorted(unknown))
-        kw = {k: v for k, v in d.items() if k in known}
-        if "fine_shape" in kw:
-            kw["fine_shape"] = tuple(kw["fine_shape"])
-        return cls(**kw)
-
-
-class IndexRecord(NamedTuple):
-    """One video to add: a plain tuple ``(video_id, coarse, fine, selector, meta)`` works too.
-
-    ``meta`` may hold ``timestamps`` (T seconds), ``duration`` (s) and ``source`` (path or URL),
-    which get their own columns; every other key is stored as JSON.
-    """
-
-    video_id: str
-    coarse: np.ndarray
-    fine: np.ndarray
-    selector: float | None = None
-    meta: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True)
-class VideoEntry:
-    """Metadata of one stored video (no arrays except the timestamps)."""
-
-    video_id: str
-    n_frames: int
-    timestamps: np.ndarray | None
-    duration: float | None
-    source: str | None
-    selector: float | None
-    added: float
-    meta: dict[str, Any]
-    shard: int
-    offset: int
-    nbytes: int
-    crc32: int
-
-
-class CoarseHits(NamedTuple):
-    """Coarse search result: ``ids`` object array [n, k] (None where an ANN search found fewer),
-    ``scores`` float32 [n, k] (-inf there), ``positions`` int64 [n, k] into :meth:`IndexStore.ids`
-    (-1 there), and whether the search was exact."""
-
-    ids: np.ndarray
-    scores: np.ndarray
-    positions: np.ndarray
-    exact: bool
-
-
-@dataclass(frozen=True)
-class FineBlock:
-    """A run of videos stored contiguously: ``data[frame_offsets[i]:frame_offsets[i+1]]`` is video i."""
-
-    video_ids: list[str]
-    frame_offsets: np.ndarray
-    data: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.video_ids)
-
-    def video(self, i: int) -> np.ndarray:
-        return self.data[self.frame_offsets[i] : self.frame_offsets[i + 1]]
-
-
-@dataclass
-class AddResult:
-    """What an :meth:`IndexStore.add` call committed."""
-
-    added: list[str] = field(default_factory=list)
-    replaced: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.added)
-
-
-@dataclass
-class CompactReport:
-    """What :meth:`IndexStore.compact` did."""
-
-    purged_videos: int
-    bytes_before: int
-    bytes_after: int
-    shards_before: int
-    shards_after: int
-    seconds: float
-
-
-@dataclass
-class VerifyReport:
-    """Result of :meth:`IndexStore.verify`: ``ok`` is False when any problem was found.
-
-    ``problems`` are damage (each a dict with ``kind``, ``message`` and ``video_id`` where one
-    applies); ``notes`` are harmless findings (an uncommitted tail, a stale derived cache).
-    """
-
-    ok: bool
-    n_videos: int
-    n_removed: int
-    n_checked: int
-    checksums: bool
-    problems: list[dict[str, Any]]
-    notes: list[str]
-    seconds: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-# ----------------------------------------------------------------------------------------------
-# helpers
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
-
-
-def check_video_id(video_id: object) -> str | None:
-    """Why ``video_id`` cannot be a video id, or None when it can (the one rule of extract and index).
-
-    A video id is a non-empty string of at most 1,024 characters, valid UTF-8, without control
-    characters (a newline in a file name would split every line-based listing).
-    """
-    if not isinstance(video_id, str) or not video_id:
-        return "a video id must be a non-empty string"
-    if len(video_id) > _MAX_ID_LEN:
-        return f"longer than {_MAX_ID_LEN} characters"
-    if any(ord(c) < 32 or ord(c) == 127 for c in video_id):
-        return "contains control characters (a newline or tab in a file name?)"
-    try:
-        video_id.encode("utf-8")
-    except UnicodeEncodeError:
-        return "is not valid UTF-8 (an undecodable file name)"
-    return None
 
 
 def _sqlite_error(exc: sqlite3.Error) -> IndexStoreError | DamagedIndexError:
@@ -396,144 +123,6 @@ def _chunks(seq: Sequence[Any], n: int = _SQL_CHUNK) -> Iterator[Sequence[Any]]:
         yield seq[i : i + n]
 
 
-class _Prepared(NamedTuple):
-    video_id: str
-    coarse: np.ndarray
-    fine: np.ndarray
-    selector: float | None
-    duration: float | None
-    source: str | None
-    ts_start: float | None
-    ts_step: float | None
-    ts_blob: bytes | None
-    meta_json: str | None
-
-
-class _Catalog:
-    """In-memory view of the active rows (rowid order) used by every read."""
-
-    def __init__(self) -> None:
-        self.generation = -1
-        self.epoch = -1
-        self.rowid = np.empty(0, dtype=np.int64)
-        self.shard = np.empty(0, dtype=np.int64)
-        self.offset = np.empty(0, dtype=np.int64)
-        self.n_frames = np.empty(0, dtype=np.int64)
-        self.selector = np.empty(0, dtype=np.float64)
-        self.crc32 = np.empty(0, dtype=np.int64)
-        self.ids = np.empty(0, dtype=object)
-        self.from_file = False  # loaded from the saved catalog.npz (derived data)
-        self.pos: dict[str, int] = {}
-        self.shard_files: dict[int, tuple[str, int]] = {}
-
-    def set_rows(self, rows: list[tuple], append: bool) -> None:
-        if rows:
-            cols = list(zip(*rows))
-            rowid = np.fromiter(cols[0], dtype=np.int64, count=len(rows))
-            ids = np.empty(len(rows), dtype=object)
-            ids[:] = cols[1]
-            shard = np.fromiter(cols[2], dtype=np.int64, count=len(rows))
-            offset = np.fromiter(cols[3], dtype=np.int64, count=len(rows))
-            nfr = np.fromiter(cols[4], dtype=np.int64, count=len(rows))
-            sel = np.array([np.nan if s is None else s for s in cols[5]], dtype=np.float64)
-            crc = np.fromiter(cols[6], dtype=np.int64, count=len(rows))
-        else:
-            rowid = shard = offset = nfr = crc = np.empty(0, dtype=np.int64)
-            ids = np.empty(0, dtype=object)
-            sel = np.empty(0, dtype=np.float64)
-        if append:
-            base = len(self.ids)
-            self.rowid = np.concatenate([self.rowid, rowid])
-            self.ids = np.concatenate([self.ids, ids])
-            self.shard = np.concatenate([self.shard, shard])
-            self.offset = np.concatenate([self.offset, offset])
-            self.n_frames = np.concatenate([self.n_frames, nfr])
-            self.selector = np.concatenate([self.selector, sel])
-            self.crc32 = np.concatenate([self.crc32, crc])
-            for i, vid in enumerate(ids.tolist()):
-                self.pos[vid] = base + i
-        else:
-            self.rowid, self.ids, self.shard, self.offset, self.n_frames, self.selector, self.crc32 = (
-                rowid, ids, shard, offset, nfr, sel, crc)
-            self.pos = dict(zip(ids.tolist(), range(len(ids))))
-
-    # A snapshot of the catalog saved by the writer at close (derived data, like coarse/): opening
-    # a large index then reads a few arrays instead of turning 100k SQLite rows into Python objects.
-    _ARRAYS = ("rowid", "shard", "offset", "n_frames", "selector", "crc32")
-    _DTYPES = {"rowid": "i8", "shard": "i8", "offset": "i8", "n_frames": "i8", "selector": "f8", "crc32": "i8",
-               "ids": "u1", "generation": "i8", "epoch": "i8", "n": "i8"}
-
-    def save(self, path: Path) -> None:
-        ids = self.ids.tolist()
-        blob = np.frombuffer("\x00".join(ids).encode("utf-8"), dtype=np.uint8)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        with os.fdopen(create_new(tmp), "wb") as fh:
-            np.savez(fh, generation=np.int64(self.generation), epoch=np.int64(self.epoch), ids=blob,
-                     n=np.int64(len(ids)), **{k: getattr(self, k) for k in self._ARRAYS})
-        os.replace(tmp, path)
-
-    @classmethod
-    def _read_arrays(cls, path: Path) -> dict[str, np.ndarray]:
-        """The catalog's arrays, each checked (plain dtype, declared size within the member) before allocation."""
-        fd = open_nofollow(path, os.O_RDONLY)
-        with os.fdopen(fd, "rb") as raw, zipfile.ZipFile(raw) as zf:
-            limit = os.fstat(raw.fileno()).st_size
-            out: dict[str, np.ndarray] = {}
-            for key, want in cls._DTYPES.items():
-                info = zf.getinfo(key + ".npy")
-                if info.file_size > limit:
-                    raise ValueError(f"{key}: member larger than the file")
-                data = zf.read(info)
-                fh = io.BytesIO(data)
-                version = np.lib.format.read_magic(fh)
-                header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                          else np.lib.format.read_array_header_2_0)
-                shape, _, dtype = header(fh)
-                if dtype.hasobject or dtype.str[1:] != want or math.prod(shape) * dtype.itemsize > len(data):
-                    raise ValueError(f"{key}: {dtype} {shape} in {len(data)} bytes")
-                fh.seek(0)
-                out[key] = np.lib.format.read_array(fh, allow_pickle=False)
-            return out
-
-    @classmethod
-    def load(cls, path: Path) -> _Catalog | None:
-        """The saved catalog, or None when it is missing, unreadable or implausible (derived data: rebuilt)."""
-        try:
-            z = cls._read_arrays(path)
-            cat = cls()
-            cat.generation, cat.epoch, n = int(z["generation"]), int(z["epoch"]), int(z["n"])
-            for k in cls._ARRAYS:
-                arr = z[k]
-                if arr.shape != (n,):
-                    return None
-                setattr(cat, k, arr)
-            text = z["ids"].tobytes().decode("utf-8")
-        except Exception as exc:  # noqa: BLE001 - derived data: any damage means "read SQLite instead"
-            logger.info("saved catalog %s unusable (%s: %s); reading SQLite", path, type(exc).__name__, exc)
-            return None
-        ids = text.split("\x00") if n else []
-        if len(ids) != n:
-            return None
-        cat.ids = np.empty(n, dtype=object)
-        cat.ids[:] = ids
-        cat.pos = dict(zip(ids, range(n)))
-        cat.from_file = True
-        return cat
-
-
-try:  # ISA-L's CRC32 gives zlib's values about 4x faster (the read checks of every search use it)
-    from isal.isal_zlib import crc32 as _crc32
-except ImportError:  # pragma: no cover - isal is optional
-    _crc32 = zlib.crc32
-
-
-_ROW_COLS = "rowid, video_id, shard, offset, n_frames, selector, crc32"
-
-
-def _is_int(v: object, lo: int, hi: int) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
-
-
 def _attr_value(key: str, text: Any) -> Any:
     try:
         return json.loads(text)
@@ -541,36 +130,6 @@ def _attr_value(key: str, text: Any) -> Any:
         raise DamagedIndexError(f"{DB_NAME} attrs", f"the value of {key!r} is not JSON") from None
 
 
-def _check_rows(rows: list[tuple]) -> None:
-    """Types and ranges of catalog rows read from SQLite (before numpy sees them)."""
-    for rowid, vid, shard, offset, nfr, sel, crc in rows:
-        if not (isinstance(vid, str) and _is_int(rowid, 1, 1 << 62) and _is_int(shard, 0, _MAX_SHARD_ID)
-                and _is_int(offset, 0, _MAX_BYTES) and _is_int(nfr, 1, 1 << 40) and _is_int(crc, 0, 0xFFFFFFFF)
-                and (sel is None or isinstance(sel, (int, float)))):
-            raise DamagedIndexError(f"{DB_NAME} videos", f"row {rowid!r} ({vid!r}) has out-of-range values "
-                                    f"(shard {shard!r}, offset {offset!r}, frames {nfr!r}, crc32 {crc!r}, "
-                                    f"selector {sel!r})")
-
-
-def _check_shards(shards: list[tuple]) -> dict[int, tuple[str, int]]:
-    """``{shard: (file name, committed bytes)}`` from the shards table; a bad name or length is damage."""
-    out: dict[int, tuple[str, int]] = {}
-    names: set[str] = set()
-    for shard, name, committed in shards:
-        if not _is_int(shard, 0, _MAX_SHARD_ID):
-            raise DamagedIndexError(f"{DB_NAME} shards.shard", f"shard id {shard!r} is out of range")
-        if not isinstance(name, str) or not SHARD_RE.match(name) or name in names:
-            raise DamagedIndexError(f"{DB_NAME} shards.file", f"{name!r} is not a shard file name of this index "
-                                    f"(fine-NNNNNN.bin inside {SHARD_DIR}/, once)")
-        if not _is_int(committed, 0, _MAX_BYTES):
-            raise DamagedIndexError(f"{DB_NAME} shards.committed", f"{committed!r} bytes for {name} is out of range")
-        names.add(name)
-        out[shard] = (name, committed)
-    return out
-CATALOG_NAME = "catalog.npz"
-
-
-# ----------------------------------------------------------------------------------------------
 class IndexStore:
     """A persistent index directory: SQLite metadata, fine-feature shards, derived coarse search.
 
@@ -1244,92 +803,6 @@ class IndexStore:
             return {k: _attr_value(k, v) for k, v in self._db.execute("SELECT key, value FROM attrs")}
 
     # -- writing ---------------------------------------------------------------------------
-    def _prepare(self, record: Any) -> _Prepared:
-        cfg = self.config
-        if isinstance(record, dict):
-            try:
-                record = IndexRecord(**record)
-            except TypeError as exc:
-                raise RecordError(f"bad record dict keys {sorted(record)}: {exc}") from exc
-        try:
-            video_id, coarse, fine, *rest = record
-        except (TypeError, ValueError) as exc:
-            raise RecordError(f"a record is (video_id, coarse, fine, selector, meta); got {type(record).__name__}"
-                              ) from exc
-        if len(rest) > 2:
-            raise RecordError(f"record for {video_id!r} has {3 + len(rest)} fields, at most 5 expected")
-        selector = rest[0] if len(rest) > 0 else None
-        meta = rest[1] if len(rest) > 1 else None
-        problem = check_video_id(video_id)
-        if problem:
-            raise RecordError(f"video id {video_id!r}: {problem}")
-        # coarse
-        c = np.asarray(coarse)
-        if c.ndim == 2 and c.shape[0] == 1:
-            c = c[0]
-        if c.shape != (cfg.coarse_dim,) or not (np.issubdtype(c.dtype, np.floating) or
-                                                 np.issubdtype(c.dtype, np.integer)):
-            raise RecordError(f"{video_id!r}: coarse vector must be numeric [{cfg.coarse_dim}], "
-                              f"got {c.dtype} {tuple(np.shape(coarse))}")
-        c = np.ascontiguousarray(c, dtype="<f4")
-        if not np.isfinite(c).all():
-            raise RecordError(f"{video_id!r}: coarse vector contains NaN or inf")
-        # fine
-        f = np.asarray(fine)
-        want = ("T", *cfg.fine_shape)
-        if f.ndim != len(want) or tuple(f.shape[1:]) != cfg.fine_shape or f.shape[0] < 1:
-            raise RecordError(f"{video_id!r}: fine representation must be [{', '.join(map(str, want))}] "
-                              f"with T >= 1, got {tuple(f.shape)}")
-        if f.dtype != self._dtype:
-            raise RecordError(f"{video_id!r}: fine representation must be {cfg.fine_dtype} (the index's dtype), "
-                              f"got {f.dtype}; convert it explicitly")
-        if self._dtype.kind == "f" and not np.isfinite(f).all():
-            raise RecordError(f"{video_id!r}: fine representation contains NaN or inf")
-        f = np.ascontiguousarray(f)
-        if f.dtype.byteorder == ">":
-            f = f.astype(f.dtype.newbyteorder("<"))
-        n_frames = f.shape[0]
-        # selector
-        if selector is not None:
-            try:
-                selector = float(selector)
-            except (TypeError, ValueError) as exc:
-                raise RecordError(f"{video_id!r}: selector must be a float or None, got {selector!r}") from exc
-            if not math.isfinite(selector):
-                raise RecordError(f"{video_id!r}: selector value {selector} is not finite")
-        # meta
-        meta = dict(meta or {})
-        ts = meta.pop("timestamps", None)
-        duration = meta.pop("duration", None)
-        source = meta.pop("source", None)
-        t0 = dt = None
-        blob = None
-        if ts is not None:
-            t = np.asarray(ts, dtype=np.float64).reshape(-1)
-            if len(t) != n_frames:
-                raise RecordError(f"{video_id!r}: {len(t)} timestamps for {n_frames} frames")
-            if not np.isfinite(t).all():
-                raise RecordError(f"{video_id!r}: timestamps contain NaN or inf")
-            t0 = float(t[0])
-            dt = float(t[1] - t[0]) if n_frames > 1 else 0.0
-            if not np.array_equal(t0 + np.arange(n_frames, dtype=np.float64) * dt, t):
-                t0 = dt = None
-                blob = t.astype("<f8").tobytes()
-        if duration is not None:
-            try:
-                duration = float(duration)
-            except (TypeError, ValueError) as exc:
-                raise RecordError(f"{video_id!r}: duration must be a number, got {duration!r}") from exc
-        if source is not None:
-            if not isinstance(source, (str, os.PathLike)):
-                raise RecordError(f"{video_id!r}: source must be a path or str, got {type(source).__name__}")
-            source = os.fspath(source)
-        try:
-            meta_json = json.dumps(meta, default=_json_default, allow_nan=False) if meta else None
-        except (TypeError, ValueError) as exc:
-            raise RecordError(f"{video_id!r}: meta is not JSON serialisable ({exc})") from exc
-        return _Prepared(video_id, c, f, selector, duration, source, t0, dt, blob, meta_json)
-
     @_guarded
     def add(
         self,
@@ -1361,123 +834,10 @@ class IndexStore:
             raise ValueError(f"on_duplicate must be 'error', 'replace' or 'skip', got {on_duplicate!r}")
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
-        result = AddResult()
         with self._mutex:
             self._check_writable()
             self._refresh()
-            appender = self._appender
-            assert appender is not None
-            db = self._db
-            seen: set[str] = set()
-            rows: list[tuple] = []
-            replaced_rowids: list[int] = []
-            in_txn = False
-            n_in_batch = 0
-            now = time.time()
-
-            coarse_rows: list[tuple] = []
-            next_rowid = 0
-            # vectors of this transaction, appended to the derived coarse files after the commit
-            txn_rowids: list[int] = []
-            txn_vectors: list[np.ndarray] = []
-
-            def flush_rows() -> None:
-                if rows:
-                    db.executemany(
-                        "INSERT INTO videos(rowid, video_id, status, n_frames, shard, offset, nbytes, crc32, "
-                        "selector, duration, source, ts_start, ts_step, ts_blob, added, meta) "
-                        "VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-                    db.executemany("INSERT INTO coarse(video_row, vector) VALUES (?, ?)", coarse_rows)
-                    rows.clear()
-                    coarse_rows.clear()
-
-            def commit() -> None:
-                nonlocal in_txn, n_in_batch
-                flush_rows()
-                appender.sync()
-                for shard, (name, length) in appender.pending().items():
-                    db.execute("INSERT INTO shards(shard, file, committed) VALUES (?, ?, ?) "
-                               "ON CONFLICT(shard) DO UPDATE SET committed = excluded.committed",
-                               (shard, name, length))
-                db.execute("UPDATE state SET value = value + 1 WHERE key = 'generation'")
-                if replaced_rowids:
-                    db.execute("UPDATE state SET value = value + 1 WHERE key = 'epoch'")
-                    replaced_rowids.clear()
-                db.execute("COMMIT")
-                in_txn = False
-                appender.committed()
-                n_in_batch = 0
-                if txn_rowids:
-                    try:
-                        self._coarse.append(np.asarray(txn_rowids, dtype=np.int64), np.stack(txn_vectors),
-                                            self._cat.generation + 1)
-                    except OSError as exc:  # derived data: searches read the rows from SQLite instead
-                        logger.warning("could not append to the derived coarse files of %s: %s", self.directory,
-                                       exc)
-                txn_rowids.clear()
-                txn_vectors.clear()
-
-            try:
-                for record in records:
-                    p = self._prepare(record)
-                    vid = p.video_id
-                    if vid in seen:
-                        raise DuplicateVideoError([vid], f"video id {vid!r} appears twice in one add call")
-                    seen.add(vid)
-                    old = self._cat.pos.get(vid)
-                    if old is not None:
-                        if on_duplicate == "error":
-                            raise DuplicateVideoError(
-                                [vid], f"video id {vid!r} is already in the index "
-                                       f"(pass on_duplicate='replace' or 'skip', or remove it first)")
-                        if on_duplicate == "skip":
-                            result.skipped.append(vid)
-                            continue
-                    if not in_txn:
-                        db.execute("BEGIN IMMEDIATE")
-                        in_txn = True
-                        # rowids are assigned here (AUTOINCREMENT semantics: never reused) so that the
-                        # coarse table can be filled by the same executemany batches
-                        seq = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'videos'").fetchone()
-                        next_rowid = (int(seq[0]) if seq else 0) + 1
-                    if old is not None:  # replace: tombstone the old row in this transaction
-                        flush_rows()
-                        rid = int(self._cat.rowid[old])
-                        db.execute("UPDATE videos SET status = ?, removed = ? WHERE rowid = ?",
-                                   (STATUS_REMOVED, now, rid))
-                        replaced_rowids.append(rid)
-                        result.replaced.append(vid)
-                    buf = memoryview(p.fine).cast("B")
-                    shard, offset = appender.append(buf)
-                    rows.append((next_rowid, vid, p.fine.shape[0], shard, offset, buf.nbytes, _crc32(buf),
-                                 p.selector, p.duration, p.source, p.ts_start, p.ts_step, p.ts_blob, now,
-                                 p.meta_json))
-                    coarse_rows.append((next_rowid, p.coarse.tobytes()))
-                    if len(txn_rowids) < _DERIVED_APPEND_MAX:
-                        txn_rowids.append(next_rowid)
-                        txn_vectors.append(p.coarse)
-                    # else: a huge single transaction; its later rows are read from SQLite when
-                    # searched and written to the derived files at the writer's close
-                    next_rowid += 1
-                    result.added.append(vid)
-                    n_in_batch += 1
-                    if len(rows) >= 1000:
-                        flush_rows()
-                    if batch_size is not None and n_in_batch >= batch_size:
-                        commit()
-                        self._refresh()
-                if in_txn:
-                    commit()
-            except BaseException:
-                if in_txn:
-                    try:
-                        db.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        pass
-                    appender.rollback()
-                raise
-            finally:
-                self._refresh()
+            result = AddTransaction(self, on_duplicate, batch_size).run(records)
             logger.debug("added %d videos to %s", len(result.added), self.directory)
             return result
 
@@ -1534,81 +894,7 @@ class IndexStore:
         Raises:
             IndexStoreError: a stored video's bytes fail their checksum (nothing is changed).
         """
-        t0 = time.perf_counter()
-        with self._mutex:
-            self._check_writable()
-            self._refresh()
-            db = self._db
-            assert self._appender is not None
-            old_shards = dict(self._cat.shard_files)
-            bytes_before = sum(n for _, n in old_shards.values())
-            n_removed = db.execute("SELECT COUNT(*) FROM videos WHERE status != 0").fetchone()[0]
-            rows = db.execute("SELECT rowid, video_id, shard, offset, nbytes, crc32 FROM videos WHERE status = 0 "
-                              "ORDER BY rowid").fetchall()
-            live_bytes = sum(r[4] for r in rows if isinstance(r[4], int))
-            if n_removed == 0 and live_bytes == bytes_before:
-                return CompactReport(0, bytes_before, bytes_before, len(old_shards), len(old_shards),
-                                     time.perf_counter() - t0)
-            first = (max(old_shards) + 1) if old_shards else 0
-            # new shard ids continue after the old ones, so old and new files never share a name
-            new = ShardAppender(self.directory / SHARD_DIR, {}, self.config.shard_bytes, first_shard=first)
-            updates = []
-            for rowid, vid, shard, offset, nbytes, crc in rows:
-                entry = old_shards.get(shard)
-                if not (_is_int(offset, 0, _MAX_BYTES) and _is_int(nbytes, 0, _MAX_BYTES)) or entry is None \
-                        or offset + nbytes > entry[1]:
-                    raise DamagedIndexError(f"{DB_NAME} videos", f"compaction aborted: video {vid!r} lies outside "
-                                            f"the committed bytes of shard {shard!r}; run verify()")
-            try:
-                for rowid, vid, shard, offset, nbytes, crc in rows:
-                    buf = self._reader.raw(shard, offset, nbytes)
-                    if _crc32(buf) != crc:
-                        raise IndexStoreError(f"compaction aborted: video {vid!r} fails its checksum "
-                                              f"(shard {shard} offset {offset}); run verify()")
-                    s, o = new.append(buf)
-                    updates.append((s, o, rowid))
-                new.sync()
-                pending = new.pending()
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    db.executemany("UPDATE videos SET shard = ?, offset = ? WHERE rowid = ?", updates)
-                    db.execute("DELETE FROM coarse WHERE video_row IN (SELECT rowid FROM videos WHERE status != 0)")
-                    db.execute("DELETE FROM videos WHERE status != 0")
-                    db.execute("DELETE FROM shards")
-                    db.executemany("INSERT INTO shards(shard, file, committed) VALUES (?, ?, ?)",
-                                   [(s, f, n) for s, (f, n) in pending.items()])
-                    db.execute("UPDATE state SET value = value + 1 WHERE key IN ('generation', 'epoch')")
-                    db.execute("COMMIT")
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
-            except BaseException:
-                new.rollback()
-                new.close()
-                raise
-            new.committed()
-            new.close()
-            self._appender.close()
-            for name, _ in old_shards.values():
-                try:
-                    (self.directory / SHARD_DIR / name).unlink()
-                except FileNotFoundError:
-                    pass
-            fsync_dir(self.directory / SHARD_DIR)
-            try:
-                db.execute("PRAGMA incremental_vacuum")
-            except sqlite3.Error as exc:
-                logger.debug("incremental_vacuum failed: %s", exc)
-            self._refresh(force=True)
-            self._appender = ShardAppender(self.directory / SHARD_DIR, self._cat.shard_files,
-                                           self.config.shard_bytes)
-            self._coarse.persist(self._cat.rowid, self._cat.generation, force_rewrite=True)
-            bytes_after = sum(n for _, n in self._cat.shard_files.values())
-            report = CompactReport(int(n_removed), bytes_before, bytes_after, len(old_shards),
-                                   len(self._cat.shard_files), time.perf_counter() - t0)
-            logger.info("compacted %s: purged %d videos, %d -> %d shard bytes", self.directory, n_removed,
-                        bytes_before, bytes_after)
-            return report
+        return _maintenance.compact(self)
 
     @_guarded
     def set_coarse_index(self, spec: str, params: str = "") -> None:
@@ -1640,8 +926,7 @@ class IndexStore:
             manifest = dict(self.manifest, config=config.to_dict())
             write_json_atomic(self.directory / MANIFEST_NAME, manifest)
             self.manifest, self.config = manifest, config
-            coarse = self._coarse
-            coarse.spec, coarse.ann, coarse.ann_rowids, coarse.ann_failed = spec, None, None, False
+            self._coarse.set_spec(spec)
             logger.info("coarse index of %s set to %r (%s)", self.directory, spec, params or "default params")
 
     @_guarded
@@ -1652,7 +937,7 @@ class IndexStore:
             self._refresh()
             self._coarse.sync(self._cat.rowid)
             if not is_exact_spec(self.config.coarse_index):
-                self._coarse._ann_ready()
+                self._coarse.ann_ready()
             self._coarse.persist(self._cat.rowid, self._cat.generation)
 
     # -- checks ----------------------------------------------------------------------------
@@ -1671,129 +956,7 @@ class IndexStore:
         Returns:
             :class:`VerifyReport`.
         """
-        t0 = time.perf_counter()
-        problems: list[dict[str, Any]] = []
-        notes: list[str] = []
-
-        def bad(kind: str, message: str, video_id: str | None = None) -> None:
-            problems.append({"kind": kind, "message": message, "video_id": video_id})
-
-        with self._mutex:
-            self._check_open()
-            if self._pins:
-                raise IndexStoreError("verify() reloads the catalog: call it outside snapshot()")
-            self._refresh(force=True)
-            db = self._db
-            try:
-                read_manifest(self.directory)
-            except IndexFormatError as exc:
-                bad("manifest", str(exc))
-            integrity = [r[0] for r in db.execute("PRAGMA quick_check").fetchall()]
-            if integrity != ["ok"]:
-                bad("sqlite", f"SQLite quick_check: {'; '.join(integrity[:5])}")
-            shards = dict(self._cat.shard_files)
-            for shard, (name, committed) in shards.items():
-                try:
-                    path = inside(self.directory / SHARD_DIR, name, where=f"{SHARD_DIR}/{name}")
-                except DamagedIndexError as exc:
-                    bad("shard", str(exc))
-                    continue
-                if not path.is_file():
-                    bad("shard", f"shard file {name} is missing")
-                    continue
-                size = path.stat().st_size
-                if size < committed:
-                    bad("shard", f"shard file {name} has {size} bytes, {committed} are committed")
-                elif size > committed:
-                    notes.append(f"{name}: {size - committed} uncommitted bytes past the end "
-                                 f"(an interrupted add; the next writer truncates them)")
-            dim = self.config.coarse_dim
-            fb = self._frame_bytes
-            n_checked = n_removed = n_active = 0
-            ranges: dict[int, list[tuple[int, int, str]]] = {}
-            all_rowids = []
-            cur = db.execute("SELECT v.rowid, v.video_id, v.status, v.n_frames, v.shard, v.offset, v.nbytes, "
-                             "v.crc32, c.vector, v.ts_start, v.ts_step, v.ts_blob "
-                             "FROM videos v LEFT JOIN coarse c ON c.video_row = v.rowid")
-            for rowid, vid, status, nfr, shard, offset, nbytes, crc, coarse, t0_, dt_, ts_blob in cur:
-                all_rowids.append(rowid)
-                if status == STATUS_ACTIVE:
-                    n_active += 1
-                else:
-                    n_removed += 1
-                if not (_is_int(nfr, 1, 1 << 40) and _is_int(shard, 0, _MAX_SHARD_ID) and _is_int(offset, 0, _MAX_BYTES)
-                        and _is_int(nbytes, 0, _MAX_BYTES) and _is_int(crc, 0, 0xFFFFFFFF)):
-                    bad("row", f"non-integer or out-of-range values: frames {nfr!r}, shard {shard!r}, offset "
-                               f"{offset!r}, bytes {nbytes!r}, crc32 {crc!r}", vid)
-                    continue
-                if nbytes != nfr * fb or nfr < 1:
-                    bad("shape", f"{nbytes} bytes stored for {nfr} frames of {fb} bytes "
-                                 f"({self.config.fine_dtype} {self.config.fine_shape})", vid)
-                    continue
-                if shard not in shards:
-                    bad("location", f"refers to unknown shard {shard}", vid)
-                    continue
-                if offset < 0 or offset + nbytes > shards[shard][1]:
-                    bad("location", f"range [{offset}, {offset + nbytes}) exceeds shard {shard}'s committed "
-                                    f"length {shards[shard][1]}", vid)
-                    continue
-                ranges.setdefault(shard, []).append((offset, offset + nbytes, vid))
-                if not isinstance(coarse, bytes) or len(coarse) != 4 * dim:
-                    size = len(coarse) if isinstance(coarse, bytes) else f"no ({type(coarse).__name__})"
-                    bad("coarse", f"coarse blob has {size} bytes, expected {4 * dim}", vid)
-                elif not np.isfinite(np.frombuffer(coarse, dtype="<f4")).all():
-                    bad("coarse", "coarse vector contains NaN or inf", vid)
-                if ts_blob is not None and (not isinstance(ts_blob, bytes) or len(ts_blob) != 8 * nfr):
-                    bad("timestamps", f"{len(ts_blob) // 8 if isinstance(ts_blob, bytes) else 'no'} timestamps "
-                                      f"for {nfr} frames", vid)
-                if checksums and status == STATUS_ACTIVE:
-                    try:
-                        got = _crc32(self._reader.raw(shard, offset, nbytes))
-                    except (OSError, DamagedIndexError) as exc:
-                        bad("read", f"cannot read its fine bytes: {exc}", vid)
-                        continue
-                    n_checked += 1
-                    if got != crc:
-                        bad("checksum", f"fine bytes in shard {shard} at offset {offset} fail CRC32 "
-                                        f"(stored {crc:#010x}, computed {got:#010x})", vid)
-            for shard, rs in ranges.items():
-                rs.sort()
-                for (_, end_a, vid_a), (start_b, _, vid_b) in zip(rs, rs[1:]):
-                    if start_b < end_a:
-                        bad("overlap", f"fine ranges of {vid_a!r} and {vid_b!r} overlap in shard {shard}", vid_b)
-            saved = _Catalog.load(self.directory / CATALOG_NAME) if (self.directory / CATALOG_NAME).is_file() else None
-            if saved is not None and saved.generation == self._cat.generation:
-                same = saved.ids.tolist() == self._cat.ids.tolist() and all(
-                    np.array_equal(getattr(saved, k), getattr(self._cat, k), equal_nan=(k == "selector"))
-                    for k in _Catalog._ARRAYS)
-                if not same:
-                    bad("derived", f"derived {CATALOG_NAME} disagrees with SQLite: writers ignore it and rewrite it "
-                                   f"at close (any write command repairs it, or delete the file)")
-            orphans = db.execute("SELECT COUNT(*) FROM coarse WHERE video_row NOT IN (SELECT rowid FROM videos)"
-                                 ).fetchone()[0]
-            if orphans:
-                bad("coarse", f"{orphans} coarse vectors belong to no video row")
-            dup = db.execute("SELECT video_id, COUNT(*) FROM videos WHERE status = 0 GROUP BY video_id "
-                             "HAVING COUNT(*) > 1").fetchall()
-            for vid, n in dup:
-                bad("duplicate", f"{n} active rows share this id", vid)
-            self._verify_coarse(np.asarray(sorted(all_rowids), dtype=np.int64), bad, notes)
-        report = VerifyReport(ok=not problems, n_videos=n_active, n_removed=n_removed, n_checked=n_checked,
-                              checksums=checksums, problems=problems, notes=notes,
-                              seconds=time.perf_counter() - t0)
-        if problems:
-            logger.warning("verify %s: %d problem(s), first: %s", self.directory, len(problems), problems[0]["message"])
-        return report
-
-    def _verify_coarse(self, all_rowids: np.ndarray, bad: Any, notes: list[str]) -> None:
-        try:
-            problems, more = self._coarse.check(all_rowids, self._load_coarse_rows)
-        except DamagedIndexError as exc:  # a coarse blob in SQLite itself (reported per video above)
-            notes.append(f"derived coarse files not compared with SQLite: {exc}")
-            return
-        for message in problems:
-            bad("derived", message)
-        notes.extend(more)
+        return _maintenance.verify(self, checksums)
 
     @_guarded
     def info(self) -> dict[str, Any]:

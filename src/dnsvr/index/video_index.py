@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -33,7 +34,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -41,12 +42,16 @@ from dnsvr import __version__
 from dnsvr.fine import DEFAULT_PRECISION, PRECISIONS
 from dnsvr.bundle import Bundle, BundleError, VideoRepresentation, load_bundle
 from dnsvr.index._lock import LOCK_NAME, WriterLock
-from dnsvr.index._paths import DamagedIndexError, check_entries, create_new, inside, read_json
-from dnsvr.index.store import IndexConfig, IndexRecord, IndexStore, UnknownVideoError, VideoEntry, check_video_id
+from dnsvr.index._paths import DamagedIndexError, check_entries, inside, read_json, write_json_atomic
+from dnsvr.index.records import IndexConfig, IndexRecord, UnknownVideoError, VideoEntry, check_video_id
+from dnsvr.index.store import IndexStore
 from dnsvr.search import (
     Budget,
     QueryResults,
 )
+
+if TYPE_CHECKING:
+    from dnsvr.features import VideoFeatures
 
 logger = logging.getLogger(__name__)
 
@@ -66,25 +71,26 @@ class VideoIndexError(ValueError):
 
 @dataclass
 class AddReport:
-    """What :meth:`VideoIndex.add` did.
+    """What :meth:`VideoIndex.add` did, per input (the store's per-commit ids are
+    :class:`~dnsvr.index.records.AddResult`; the same words mean the same there).
 
     Attributes:
         added: ids added (or replaced).
         skipped: ``(input, reason)`` for inputs that could not be added (unreadable, damaged,
             an id that another file already has): the caller's to look at.
-        existing: ids already in the index and left as they were (``on_duplicate="skip"``);
+        already_indexed: ids already in the index and left as they were (``on_duplicate="skip"``);
             nothing of theirs was decoded. Not a failure.
         seconds: wall time.
     """
 
     added: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
-    existing: list[str] = field(default_factory=list)
+    already_indexed: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {"added": self.added, "skipped": [{"input": i, "reason": r} for i, r in self.skipped],
-                "already_indexed": self.existing, "seconds": round(self.seconds, 3)}
+                "already_indexed": self.already_indexed, "seconds": round(self.seconds, 3)}
 
 
 @dataclass
@@ -95,13 +101,6 @@ class _Query:
     rep: VideoRepresentation
     timestamps: np.ndarray | None
     index_id: str | None = None
-
-
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with os.fdopen(create_new(tmp), "w", encoding="utf-8") as fh:
-        fh.write(json.dumps(payload, indent=2, sort_keys=True))
-    os.replace(tmp, path)
 
 
 def _read_manifest(directory: Path) -> dict[str, Any]:
@@ -143,21 +142,6 @@ def _store_dir(directory: Path) -> Path | None:
 def _check_layout(directory: Path) -> None:
     """The fixed entries of an index folder resolve inside it and are what they should be."""
     check_entries(directory, files=(MANIFEST, LOCK_NAME), dirs=(BUNDLE_DIR, STORE_DIR))
-
-
-def _clean_meta(meta: dict[str, Any] | None) -> dict[str, Any]:
-    """Extraction metadata made JSON-safe for the store (timestamps stay an array)."""
-    out: dict[str, Any] = {}
-    for key, value in (meta or {}).items():
-        if key == "timestamps":
-            out[key] = np.asarray(value, dtype=np.float64)
-        elif isinstance(value, np.ndarray):
-            out[key] = value.tolist()
-        elif isinstance(value, np.generic):
-            out[key] = value.item()
-        else:
-            out[key] = value
-    return out
 
 
 def _check_top_k(top_k: object) -> None:
@@ -220,7 +204,7 @@ class VideoIndex:
             manifest = {"format": INDEX_FORMAT, "format_version": INDEX_FORMAT_VERSION,
                         "written_by": {"dnsvr": __version__}, "created": time.time(),
                         "bundle": b.identity(), "coarse_index": coarse_index}
-            _write_json(directory / MANIFEST, manifest)
+            write_json_atomic(directory / MANIFEST, manifest)
             index = cls(directory, b, None, readonly=False, lock=lock)
             if b.whitened:
                 index._create_store()
@@ -313,7 +297,7 @@ class VideoIndex:
             shutil.rmtree(partial)
         self._store = IndexStore.create(self.directory / STORE_DIR, config)
         manifest["bundle"] = self.bundle.identity()
-        _write_json(self.directory / MANIFEST, manifest)
+        write_json_atomic(self.directory / MANIFEST, manifest)
         return self._store
 
     def _writable_store(self) -> IndexStore:
@@ -333,8 +317,8 @@ class VideoIndex:
         return self._extractor
 
     def _iter_inputs(self, inputs: Sequence[str | Path], report: AddReport,
-                     progress: bool | None) -> Iterator[tuple[str, np.ndarray, dict[str, Any]]]:
-        """``(video_id, raw or whitened features [T, 9, D], meta)`` for every input; failures go to ``report``."""
+                     progress: bool | None) -> Iterator[VideoFeatures]:
+        """The features (raw or whitened) of every input; failures go to ``report``."""
         features, videos = self._plan(inputs, report)
         return self._iter_planned(features, videos, report, progress)
 
@@ -364,9 +348,9 @@ class VideoIndex:
 
     def _iter_planned(self, features: list[tuple[Path, list[str]]], videos: list[tuple[str, Path]],
                       report: AddReport, progress: bool | None, ray: str | None = None
-                      ) -> Iterator[tuple[str, np.ndarray, dict[str, Any]]]:
+                      ) -> Iterator[VideoFeatures]:
         """Features of the planned inputs; videos are extracted here, or on a Ray cluster when ``ray`` names one."""
-        from dnsvr.features import FeatureFile
+        from dnsvr.features import FeatureFile, VideoFeatures
 
         for path, ids in features:
             if not ids:
@@ -384,10 +368,9 @@ class VideoIndex:
                     except (OSError, ValueError, KeyError) as exc:
                         report.skipped.append((f"{path}:{vid}", str(exc)))
                         continue
-                    meta = {"source": f"{path.absolute()}:{vid}"}
-                    if "timestamps" in info and len(info["timestamps"]) == len(feats):
-                        meta["timestamps"] = [float(t) for t in info["timestamps"]]
-                    yield vid, feats, meta
+                    ts = info.get("timestamps")
+                    yield VideoFeatures(vid, feats, ts if ts is not None and len(ts) == len(feats) else None,
+                                        f"{path.absolute()}:{vid}")
         if videos:
             from dnsvr.extract import iter_video_features
 
@@ -400,12 +383,10 @@ class VideoIndex:
                                                     progress=progress)
             else:
                 extracted = iter_video_features(videos, self._get_extractor(), failures=failures, progress=progress)
-            for vid, feats, meta in extracted:
+            for rec in extracted:
                 reported = self._report_failures(failures, reported, report)
-                meta = _clean_meta(meta)
-                if meta.get("source"):
-                    meta["source"] = str(Path(meta["source"]).absolute())
-                yield vid, np.asarray(feats, dtype=np.float32), meta
+                yield dataclasses.replace(rec, features=np.asarray(rec.features, dtype=np.float32),
+                                          source=str(Path(rec.source).absolute()) if rec.source else rec.source)
             self._report_failures(failures, reported, report)
 
     def _drop_known(self, features: list[tuple[Path, list[str]]], videos: list[tuple[str, Path]],
@@ -413,11 +394,11 @@ class VideoIndex:
                     ) -> tuple[list[tuple[Path, list[str]]], list[tuple[str, Path]]]:
         """Apply ``on_duplicate`` to ids already in the index *before* anything is decoded or read.
 
-        ``"error"`` raises :class:`~dnsvr.index.store.DuplicateVideoError` naming them; ``"skip"``
-        leaves them out (``report.existing``; a *different* file under a known id is reported in
+        ``"error"`` raises :class:`~dnsvr.index.records.DuplicateVideoError` naming them; ``"skip"``
+        leaves them out (``report.already_indexed``; a *different* file under a known id is reported in
         ``report.skipped``); ``"replace"`` keeps them.
         """
-        from dnsvr.index.store import DuplicateVideoError
+        from dnsvr.index.records import DuplicateVideoError
 
         store = self  # membership and sources through the index (a sharded one asks the owning shard)
         if on_duplicate not in ("error", "replace", "skip"):
@@ -433,7 +414,7 @@ class VideoIndex:
             raise DuplicateVideoError(known, f"{len(known)} of the inputs {'is' if len(known) == 1 else 'are'} "
                                              f"already in the index ({shown}); skip or replace them")
         kept_features = [(path, [v for v in ids if v not in store]) for path, ids in features]
-        report.existing.extend(v for _, ids in features for v in ids if v in store)
+        report.already_indexed.extend(v for _, ids in features for v in ids if v in store)
         kept_videos = []
         for vid, path in videos:
             if vid not in store:
@@ -445,7 +426,7 @@ class VideoIndex:
                                                   f"({stored}); give this one its own id in a list file "
                                                   "(id<TAB>path lines)"))
             else:
-                report.existing.append(vid)
+                report.already_indexed.append(vid)
         return kept_features, kept_videos
 
     @staticmethod
@@ -469,7 +450,7 @@ class VideoIndex:
             inputs: paths; ``.h5``/``.hdf5`` files are read as feature files, everything else goes to
                 :func:`dnsvr.extract.iter_video_features`.
             on_duplicate: for ids already in the index: ``"error"`` (raise before decoding anything),
-                ``"replace"``, or ``"skip"`` (left out before decoding; listed in ``existing``).
+                ``"replace"``, or ``"skip"`` (left out before decoding; listed in ``already_indexed``).
             progress: progress on stderr (default: a bar on a terminal, a line per video otherwise;
                 False: none).
             batch_size: videos per commit (each commit is durable).
@@ -483,7 +464,7 @@ class VideoIndex:
             :class:`AddReport`.
 
         Raises:
-            dnsvr.index.store.DuplicateVideoError: ``on_duplicate="error"`` and some ids are already
+            dnsvr.index.records.DuplicateVideoError: ``on_duplicate="error"`` and some ids are already
                 in the index (nothing was decoded or added).
         """
         if self.readonly:
@@ -504,21 +485,21 @@ class VideoIndex:
                 return
             result = self._commit(pending, on_duplicate)
             report.added.extend(result.added)
-            report.existing.extend(result.skipped)
+            report.already_indexed.extend(result.already_indexed)
             pending.clear()
 
-        for vid, feats, meta in stream:
+        for rec in stream:
+            vid = rec.video_id
             problem = check_video_id(vid)
             if problem:  # one odd name is one skipped input, never a failed call
                 report.skipped.append((repr(vid), f"invalid video id: {problem}"))
                 continue
             try:
-                rep = self.bundle.represent(self.bundle.whiten(feats))
+                rep = self.bundle.represent(self.bundle.whiten(rec.features))
             except BundleError as exc:
                 report.skipped.append((vid, str(exc)))
                 continue
-            meta.setdefault("frames", int(feats.shape[0]))
-            pending.append(IndexRecord(vid, rep.coarse, rep.fine, rep.selector, meta))
+            pending.append(IndexRecord(vid, rep.coarse, rep.fine, rep.selector, rec.attrs()))
             if len(pending) >= batch_size:
                 flush()
         flush()
@@ -559,14 +540,13 @@ class VideoIndex:
         except KeyError:  # removed by a writer meanwhile
             return None
 
-    def _fit_whitening_from(self, stream: Iterator[tuple[str, np.ndarray, dict[str, Any]]]
-                            ) -> Iterator[tuple[str, np.ndarray, dict[str, Any]]]:
+    def _fit_whitening_from(self, stream: Iterator[VideoFeatures]) -> Iterator[VideoFeatures]:
         """Buffer the first videos, fit the lite whitening on them, save the bundle, then replay them."""
-        buffered: list[tuple[str, np.ndarray, dict[str, Any]]] = []
+        buffered: list[VideoFeatures] = []
         vectors = 0
         for item in stream:
             buffered.append(item)
-            vectors += int(np.prod(item[1].shape[:-1]))
+            vectors += int(np.prod(item.features.shape[:-1]))
             if vectors >= WHITENING_SAMPLE_VECTORS:
                 break
         if buffered:
@@ -577,7 +557,7 @@ class VideoIndex:
                 logger.info("the whitening of %s was fitted by another writer; using it", self.directory)
                 self.bundle = on_disk
             else:
-                self.bundle.fit_whitening([f for _, f, _ in buffered])
+                self.bundle.fit_whitening([b.features for b in buffered])
                 self.bundle.save(inside(self.directory, BUNDLE_DIR, kind="dir"))
                 self._bundle_saved()
         yield from buffered
@@ -653,14 +633,7 @@ class VideoIndex:
             for vid, fine in zip(chunk, store.fine(chunk)):
                 entry = store.get(vid)
                 rep = new_bundle.represent(self.bundle.base_features(fine))
-                meta = dict(entry.meta)
-                if entry.timestamps is not None:
-                    meta["timestamps"] = entry.timestamps.tolist()
-                if entry.source is not None:
-                    meta["source"] = entry.source
-                if entry.duration is not None:
-                    meta["duration"] = entry.duration
-                records.append(IndexRecord(vid, rep.coarse, rep.fine, rep.selector, meta))
+                records.append(IndexRecord(vid, rep.coarse, rep.fine, rep.selector, entry.record_meta()))
             out._writable_store().add(records)
             records.clear()
         return out
@@ -712,14 +685,13 @@ class VideoIndex:
                 out.append((pos, indexed))
             elif _is_feature_file(text):
                 report = AddReport()
-                for vid, feats, meta in self._iter_inputs([text], report, progress):
+                for rec in self._iter_inputs([text], report, progress):
                     try:
-                        rep = self.bundle.represent(self.bundle.whiten(feats))
+                        rep = self.bundle.represent(self.bundle.whiten(rec.features))
                     except BundleError as exc:
-                        bad(pos, f"{text}:{vid}", str(exc))
+                        bad(pos, f"{text}:{rec.video_id}", str(exc))
                         continue
-                    ts = meta.get("timestamps")
-                    out.append((pos, _Query(vid, rep, None if ts is None else np.asarray(ts, dtype=np.float64))))
+                    out.append((pos, _Query(rec.video_id, rep, rec.timestamps)))
                 for item, reason in report.skipped:
                     bad(pos, item, reason)
             elif Path(text).exists():
@@ -733,16 +705,14 @@ class VideoIndex:
             keys = [n if names.count(n) == 1 else f"{n}#{pos}" for n, (pos, _) in zip(names, video_inputs)]
             pairs = [(key, Path(text)) for key, (_, text) in zip(keys, video_inputs)]
             where = {key: item for key, item in zip(keys, video_inputs)}
-            for key, feats, meta in self._iter_planned([], pairs, report, progress):
-                pos, text = where[key]
+            for rec in self._iter_planned([], pairs, report, progress):
+                pos, text = where[rec.video_id]
                 try:
-                    rep = self.bundle.represent(self.bundle.whiten(feats))
+                    rep = self.bundle.represent(self.bundle.whiten(rec.features))
                 except BundleError as exc:
                     bad(pos, text, str(exc))
                     continue
-                ts = meta.get("timestamps")
-                out.append((pos, _Query(Path(text).stem or text, rep,
-                                        None if ts is None else np.asarray(ts, dtype=np.float64))))
+                out.append((pos, _Query(Path(text).stem or text, rep, rec.timestamps)))
             by_path = {str(Path(text)): (pos, text) for pos, text in video_inputs}
             for item, reason in report.skipped:
                 pos, text = by_path.get(str(Path(item)), (len(queries), item))

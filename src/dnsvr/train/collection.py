@@ -13,10 +13,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import h5py
 import numpy as np
 
-from dnsvr.features import COMPLETE_ATTR
+from dnsvr.features import FeatureWriter
 
 logger = logging.getLogger(__name__)
 
@@ -45,15 +44,14 @@ def features_from_index(index_dir: str | Path, output: str | Path, batch: int = 
             raise ValueError(f"index {index_dir} is empty: nothing to train on")
         store = index.store
         output = Path(output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        with h5py.File(output, "w") as h5:
+        output.unlink(missing_ok=True)  # replaced, not resumed: the index is the source
+        attrs = {"source_index": str(Path(index_dir).resolve()), "bundle": str(index.bundle.identity())}
+        # the one HDF5 writer (crash-safe; one checkpoint at the end)
+        with FeatureWriter(output, attrs=attrs, checkpoint_interval=float("inf"), fsync=False) as writer:
             for s in range(0, len(ids), batch):
                 chunk = ids[s:s + batch]
                 for vid, fine in zip(chunk, store.fine(chunk)):
-                    ds = h5.create_dataset(vid, data=index.bundle.base_features(np.asarray(fine)))
-                    ds.attrs[COMPLETE_ATTR] = True
-            h5.attrs["source_index"] = str(Path(index_dir).resolve())
-            h5.attrs["bundle"] = str(index.bundle.identity())
+                    writer.write(vid, index.bundle.base_features(np.asarray(fine)))
         logger.info("wrote the base features of %d videos of %s to %s", len(ids), index_dir, output)
         return output
     finally:

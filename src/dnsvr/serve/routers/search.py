@@ -36,7 +36,7 @@ def _check_video(state: ServiceState, path: Path) -> None:
 
 def _search_sync(state: ServiceState, query: str, params: SearchParams) -> dict[str, Any]:
     from dnsvr.index.query import ShardUnavailableError
-    from dnsvr.index.store import IndexStoreError
+    from dnsvr.index.records import IndexStoreError
     from dnsvr.index.video_index import VideoIndexError
     from dnsvr.search import Budget, results_document
 
