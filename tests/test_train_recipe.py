@@ -91,6 +91,17 @@ def test_train_run_end_to_end_and_resume(collection, tmp_path):
     a, b = bundle.coarse_calibration
     assert coarse_rows and all(r["score"] == pytest.approx(a * r["coarse_score"] + b, abs=1e-5)
                                for r in coarse_rows)
+    # step by step, the same calibration from the same held-out pairs
+    work = tmp_path / "bundle.work"
+    res = runner.invoke(app, ["train", "bundle", "--fine", str(work / "fine"), "--coarse", str(work / "coarse"),
+                              "--calibrate", str(work / "pairs_heldout.h5"), "--calibrate-features",
+                              str(work / "heldout.h5"), "--base", str(collection / "idx" / "bundle"),
+                              "-o", str(tmp_path / "by_hand")])
+    assert res.exit_code == 0, res.output
+    assert load_bundle(tmp_path / "by_hand").coarse_calibration == pytest.approx(bundle.coarse_calibration)
+    res = runner.invoke(app, ["train", "bundle", "--fine", str(work / "fine"), "--calibrate", "x.h5",
+                              "-o", str(tmp_path / "nope")])
+    assert res.exit_code != 0 and "--calibrate needs" in res.output
     # another option in the same work folder is refused
     res = runner.invoke(app, [*args[:-2], "--teacher-epochs", "3", "--no-progress"])
     assert res.exit_code != 0 and "other options" in res.output

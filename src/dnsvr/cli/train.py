@@ -272,6 +272,10 @@ def bundle_command(
                                        "(e.g. the index's bundle folder); none if whitened elsewhere."),
     backbone: Optional[str] = typer.Option(None, help="Backbone name when --base is not given."),
     name: str = typer.Option("trained"),
+    calibrate: Optional[Path] = typer.Option(None, help="Mined pairs (best of videos the students did not train "
+                                             "on) to fit the coarse scores onto the fine scale; needs --coarse "
+                                             "and --calibrate-features."),
+    calibrate_features: Optional[Path] = typer.Option(None, help="The feature file of the --calibrate pairs."),
 ) -> None:
     """Assemble trained students and selector into a bundle an index can use.
 
@@ -279,12 +283,18 @@ def bundle_command(
 
     \b
       dnsvr train bundle --fine runs/fg_att --coarse runs/cg --selector runs/sel --base my.index/bundle -o my_bundle
+      dnsvr train bundle --fine runs/fg_att --coarse runs/cg --calibrate sel_pairs.h5 --calibrate-features more.h5 ...
       dnsvr index attach my.index my_bundle trained.index
     """
-    from dnsvr.train.export import build_bundle
+    from dnsvr.train.export import build_bundle, fit_coarse_calibration
 
+    if calibrate is not None and (coarse is None or calibrate_features is None):
+        fail("--calibrate needs --coarse and --calibrate-features")
     try:
-        bundle = build_bundle(fine, coarse, selector, base=base, name=name, backbone=backbone)
+        calibration = (fit_coarse_calibration(fine, coarse, calibrate, calibrate_features)
+                       if calibrate is not None and coarse is not None and calibrate_features is not None else None)
+        bundle = build_bundle(fine, coarse, selector, base=base, name=name, backbone=backbone,
+                              coarse_calibration=calibration)
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     typer.echo(str(bundle.save(output)))
