@@ -13,9 +13,13 @@ and by sharded indexes of 2 and 4 shards with the same videos: searched in proce
 shard, and with one Ray actor per shard; budgets of 1,000 pairs, 1% and 5%. Every sharded result is
 checked against the single index's (ids, order, scores to 1e-6).
 
+Part ``merge``: the coordinator's own work in one query (merging every shard's candidates in the
+canonical order, the selector over all of them, the budget, the ranking) for 100,000 to 3,000,000
+candidates from 16 shards that answer instantly: what grows with the collection, for the sizing.
+
 Usage::
 
-    PYTHONPATH=src python benchmarks/bench_ray.py [--part extract|search|all] [--videos 100000]
+    PYTHONPATH=src python benchmarks/bench_ray.py [--part extract|search|merge|all] [--videos 100000]
         [--workers 2] [--workdir /work/tmp/bench_ray] [--keep] [--reuse] [--out benchmarks/results/ray.json]
 """
 
@@ -41,6 +45,16 @@ from dnsvr.search import Budget
 
 def _unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def _engine() -> dict:
+    """The CPU and the fine-stage engine this run used (the compiled kernel needs AVX-512 VNNI)."""
+    from dnsvr.fine import engine as fine
+
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), None) if Path("/proc/cpuinfo").exists() else None
+    return {"cpu": model, "fine_engine": "compiled kernel" if fine._KERNEL is not None else "torch",
+            "int8_products": "float32" if fine._INT8_MM_FLOAT else "oneDNN int8"}
 
 
 def _calibrate() -> float:
@@ -189,6 +203,7 @@ def bench_search(workdir: Path, n: int, queries: int = 2, reuse: bool = False, k
         stages: dict[tuple, list[dict]] = {v: [] for v in variants}
         equal: dict[tuple, bool] = {v: True for v in variants}
         calib = [_calibrate()]
+        load = [os.getloadavg()[0]]
         for qi, rep in enumerate(qreps):
             ref = None
             for v in (variants if qi % 2 == 0 else variants[::-1]):  # interleaved
@@ -205,13 +220,17 @@ def bench_search(workdir: Path, n: int, queries: int = 2, reuse: bool = False, k
                     res = stages[v][-1].pop("_res")
                     equal[v] = equal[v] and _same(ref, res)
         calib.append(_calibrate())
+        load.append(os.getloadavg()[0])
         for v in variants:
             row = {"shards": v[0], "mode": v[1], "videos": n, "frames_per_video": frames, "budget": label,
                    "pairs": budget.pairs_for(n), "query_s_median": statistics.median(times[v]),
                    "query_s_min": min(times[v]), "queries": queries,
                    "stage_s_median": {k: statistics.median(s.get(k, 0.0) for s in stages[v])
                                       for k in ("coarse", "selector", "fine", "total")},
+                   "fine_ms_per_pair_median": statistics.median(s.get("fine", 0.0) for s in stages[v])
+                   / max(budget.pairs_for(n), 1) * 1000,
                    "equals_single_index": equal[v], "calibration_ms_before_after": calib,
+                   "load_average_1min_before_after": load,
                    "index_build_s": build_s[v[0]]}
             print(json.dumps(row), flush=True)
             out.append(row)
@@ -225,9 +244,64 @@ def bench_search(workdir: Path, n: int, queries: int = 2, reuse: bool = False, k
     return out
 
 
+# -- the coordinator's merge ----------------------------------------------------------------
+class _GivenShards:
+    """A shard group that answers instantly from arrays made beforehand: what is left to time is the
+    coordinator's work (merge, canonical order, selector, budget, ranking)."""
+
+    def __init__(self, n: int, shards: int, seed: int = 3) -> None:
+        from dnsvr.index.query import Candidates
+
+        rng = np.random.default_rng(seed)
+        self.names = [f"shard-{i:03d}" for i in range(shards)]
+        self.answers = {}
+        for i, part in enumerate(np.array_split(np.arange(n), shards)):
+            scores = rng.uniform(-0.2, 1.0, len(part)).astype(np.float32)
+            order = np.argsort(-scores, kind="stable")
+            self.answers[i] = Candidates([f"v{j:08d}" for j in part[order]], scores[order],
+                                         rng.uniform(0.2, 1.0, len(part)), len(part))
+        self.rng = rng
+
+    def call(self, method: str, args: dict) -> dict:
+        if method == "candidates":
+            return {i: self.answers[i] for i in args}
+        if method == "fine_scores":
+            return {i: self.rng.uniform(-1, 1, len(a[1])).astype(np.float32) for i, a in args.items()}
+        raise ValueError(method)
+
+
+def bench_merge(sizes: list[int], shards: int = 16, repeats: int = 3) -> list[dict]:
+    """Seconds of the coordinator's part of one query over ``n`` candidates from ``shards`` shards
+    (1 fine pair, answered instantly): how the merge grows with the collection."""
+    from dnsvr.index.query import QueryRep, search_shards
+
+    bundle = _bundle()
+    rep = QueryRep("q", _unit(np.random.default_rng(4).standard_normal(1024)), np.zeros((60, 9, 64), np.uint8), 0.6)
+    out = []
+    for n in sizes:
+        group = _GivenShards(n, shards)
+        times, sel = [], []
+        load = [os.getloadavg()[0]]
+        for _ in range(repeats):
+            t = time.perf_counter()
+            res = search_shards(rep, group, bundle, top_k=100, budget=Budget(pairs=1), segments=False)
+            times.append(time.perf_counter() - t)
+            sel.append(res.timings.get("selector", 0.0))
+        load.append(os.getloadavg()[0])
+        row = {"candidates": n, "shards": shards, "coordinator_s_median": statistics.median(times),
+               "selector_s_median": statistics.median(sel), "repeats": repeats,
+               "load_average_1min_before_after": load}
+        print(json.dumps(row), flush=True)
+        out.append(row)
+        del group
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--part", choices=("extract", "search", "all"), default="all")
+    ap.add_argument("--part", choices=("extract", "search", "merge", "all"), default="all")
+    ap.add_argument("--merge-sizes", default="100000,1000000,3000000",
+                    help="candidates per query for --part merge (comma-separated)")
     ap.add_argument("--videos", type=int, default=100_000)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--queries", type=int, default=2)
@@ -238,18 +312,25 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "ray.json")
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    result: dict = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                                "load_average": os.getloadavg()},
-                    "command": " ".join(sys.argv)}
-    if args.out.exists():
-        previous = json.loads(args.out.read_text())
-        result = {**previous, **result}
+    run: dict = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                 "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                             "load_average": os.getloadavg(), "niceness": os.nice(0),
+                             "ray_worker_niceness": os.environ.get("RAY_worker_niceness"), **_engine()},
+                 "command": " ".join(sys.argv)}
+    # each part keeps the run that measured it (a later run of the other part leaves it as it is)
+    result: dict = json.loads(args.out.read_text()) if args.out.exists() else {}
+    for stale in ("date", "machine", "command"):
+        result.pop(stale, None)
     if args.part in ("extract", "all"):
         result["extract"] = bench_extract(args.workdir, args.workers)
+        result["extract_run"] = {**run, "machine": {**run["machine"], "load_average_after": os.getloadavg()}}
     if args.part in ("search", "all"):
         result["search"] = bench_search(args.workdir, args.videos, queries=args.queries, reuse=args.reuse,
                                         keep=args.keep, budgets=args.budgets)
+        result["search_run"] = {**run, "machine": {**run["machine"], "load_average_after": os.getloadavg()}}
+    if args.part in ("merge", "all"):
+        result["merge"] = bench_merge([int(s) for s in args.merge_sizes.split(",")])
+        result["merge_run"] = {**run, "machine": {**run["machine"], "load_average_after": os.getloadavg()}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.out}", file=sys.stderr)

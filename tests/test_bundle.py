@@ -126,3 +126,20 @@ def test_lite_whitening_keeps_enough_vectors_per_dimension():
     small = lite_bundle()
     small.fit_whitening([raw[0][:10]])
     assert small.input_dims == 32
+
+
+def test_selector_scores_in_blocks_equal_one_pass():
+    """Many candidates are scored in blocks (SELECTOR_BLOCK rows): the same scores as one pass of the network."""
+    from dnsvr.bundle import SELECTOR_BLOCK
+
+    bundle = student_bundle("bin")
+    rng = np.random.default_rng(5)
+    n = 2 * SELECTOR_BLOCK + 123
+    targets, coarse = rng.uniform(0.2, 1.0, n), rng.uniform(-0.2, 1.0, n)
+    got = bundle.selector_scores(0.6, targets, coarse)
+    x = np.stack([np.full(n, 0.6), targets, coarse], 1).astype(np.float32)
+    with torch.inference_mode():
+        whole = bundle.selector_net(torch.from_numpy(x)).reshape(-1).numpy()
+    assert got.shape == (n,) and got.dtype == np.float32
+    np.testing.assert_allclose(got, whole, rtol=0, atol=1e-6)
+    assert np.array_equal(got[:5], bundle.selector_scores(0.6, targets[:5], coarse[:5]))

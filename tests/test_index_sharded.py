@@ -146,6 +146,26 @@ def test_unavailable_shard_fails_clearly_or_is_marked_missing(tmp_path):
     sharded.close()
 
 
+def _files(folder):
+    """Every file under ``folder``: its bytes' digest and its modification time."""
+    import hashlib
+
+    return {p.relative_to(folder).as_posix(): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_search_writes_nothing_to_the_shards(tmp_path):
+    videos, groups, single, sharded = build_pair(tmp_path, plain_bundle, n_shards=3)
+    single.close()
+    sharded.close()
+    before = _files(tmp_path / "sharded")
+    with ShardedIndex.open(tmp_path / "sharded", readonly=True) as ix:
+        for budget in ("0", "35%", "100%"):
+            ix.search(["g0", "d1"], budget=budget, top_k=None)
+        ix.verify()
+    assert _files(tmp_path / "sharded") == before
+
+
 def test_canonical_order_breaks_ties_by_id():
     ids = ["c", "a", "b", "d"]
     scores = np.array([0.5, 0.5, 0.9, 0.5], dtype=np.float32)

@@ -1,4 +1,4 @@
-"""``dnsvr serve DIR``: the search service and the review page over one index (uvicorn)."""
+"""``dnsvr serve DIR``: the search service and the review page over one index, ordinary or sharded (uvicorn)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from dnsvr.cli._common import cli_errors, fail, warn
 
 
 def serve_command(
-    directory: Path = typer.Argument(..., help="Index directory."),
+    directory: Path = typer.Argument(..., help="Index directory (an ordinary or a sharded index)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback by default)."),
     port: int = typer.Option(8000, "--port", help="TCP port."),
     token: str = typer.Option(None, "--token", envvar="DNSVR_TOKEN",
@@ -23,6 +23,11 @@ def serve_command(
     max_query_seconds: float = typer.Option(3600.0, "--max-query-seconds", help="Longest query video."),
     concurrency: int = typer.Option(2, "--concurrency", help="Searches running at once (more wait)."),
     timeout: float = typer.Option(120.0, "--timeout", help="Seconds before a search answers 504."),
+    ray: str = typer.Option(None, "--ray", help="Sharded index: search with one Ray actor per shard (auto, an "
+                                                "address, or local; needs dnsvr[ray]). Default: in process."),
+    allow_partial: bool = typer.Option(False, "--allow-partial",
+                                       help="Sharded index: a shard that cannot answer is left out of the results "
+                                            "(missing_shards) instead of the search answering 503."),
 ) -> None:
     """Serve the HTTP API (described at /openapi.json) and the review page at http://HOST:PORT/.
 
@@ -34,6 +39,7 @@ def serve_command(
     \b
       dnsvr serve demo/index --media-root demo/videos
       dnsvr serve my.index --host 0.0.0.0 --port 8080 --token-file /etc/dnsvr/token --media-root /data/videos
+      dnsvr serve big.index --ray auto --allow-partial --media-root /data/videos   # a sharded index on Ray
     """
     import uvicorn
 
@@ -56,9 +62,13 @@ def serve_command(
             config = ServeConfig(index_path=directory, media_roots=tuple(media_root), token=token, public=public,
                                  max_upload_bytes=int(max_upload_mb * 1024 * 1024),
                                  max_query_seconds=max_query_seconds, max_concurrent_searches=concurrency,
-                                 search_timeout_s=timeout)
+                                 search_timeout_s=timeout, ray=ray, allow_partial=allow_partial)
         except ValueError as exc:
             fail(str(exc))
+        if ray is not None:  # join the cluster now: a missing extra or an unreachable cluster is one line, here
+            from dnsvr.cluster._ray import connect
+
+            connect(ray)
         app = create_app(config=config)
         shown = f"[{host}]" if ":" in host else host
         url = f"http://{shown}:{port}/"

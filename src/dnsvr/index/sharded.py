@@ -28,6 +28,7 @@ import dataclasses
 import hashlib
 import logging
 import re
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -38,7 +39,7 @@ import numpy as np
 from dnsvr import __version__
 from dnsvr.bundle import Bundle, load_bundle
 from dnsvr.index._paths import DamagedIndexError, inside, read_json, write_json_atomic
-from dnsvr.index.records import AddResult, CompactReport, IndexRecord, UnknownVideoError, VerifyReport
+from dnsvr.index.records import AddResult, CompactReport, IndexRecord, UnknownVideoError, VerifyReport, VideoEntry
 from dnsvr.index.video_index import (
     BUNDLE_DIR,
     MANIFEST,
@@ -97,6 +98,7 @@ class ShardedIndex(VideoIndex):
         self.shard_names = names
         self.ray = ray
         self._ray_group: Any = None
+        self._ray_group_lock = threading.Lock()  # concurrent searches (the service) start the actors once
 
     # -- lifecycle -------------------------------------------------------------------------
     @classmethod
@@ -281,6 +283,27 @@ class ShardedIndex(VideoIndex):
     def _source_of(self, video_id: str) -> str | None:
         return self.shards[self.shard_of(video_id)]._source_of(video_id)
 
+    def entry(self, video_id: str) -> VideoEntry:
+        """Metadata of one indexed video, from its shard (``UnknownVideoError`` when not indexed)."""
+        return self.shards[self.shard_of(video_id)].entry(video_id)
+
+    def refresh(self) -> None:
+        """Take in what other processes committed to any shard (and the lite whitening a first add fitted)."""
+        if not self.bundle.whitened:
+            on_disk = Bundle.load(inside(self.directory, BUNDLE_DIR, kind="dir"))
+            if on_disk.whitened:
+                self.bundle = on_disk
+        for shard in self.shards:
+            shard.refresh()
+            if shard.store is not None:
+                self._adopt_bundle(shard, self.bundle, readonly=True)
+
+    def start(self) -> None:
+        """Start the shard actors now (with ``ray``; otherwise nothing to do): a service fails at start,
+        not at its first query, when the cluster cannot be reached."""
+        if self.ray is not None:
+            self._shard_group()
+
     def info(self) -> dict[str, Any]:
         """Bundle, counts, storage, and the same per shard (JSON-ready)."""
         per = [s.info() for s in self.shards]
@@ -347,11 +370,12 @@ class ShardedIndex(VideoIndex):
 
     def _shard_group(self) -> Any:
         if self.ray is not None:
-            if self._ray_group is None:
-                from dnsvr.cluster.search import RayShardGroup
+            with self._ray_group_lock:
+                if self._ray_group is None:
+                    from dnsvr.cluster.search import RayShardGroup
 
-                self._ray_group = RayShardGroup(self.directory, self.shard_names, address=self.ray)
-            return self._ray_group
+                    self._ray_group = RayShardGroup(self.directory, self.shard_names, address=self.ray)
+                return self._ray_group
         from dnsvr.index.query import LocalGroup, LocalShard
 
         return LocalGroup([LocalShard(n, s.store, self.bundle) for n, s in zip(self.shard_names, self.shards)])

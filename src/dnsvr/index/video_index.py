@@ -43,7 +43,7 @@ from dnsvr.fine import DEFAULT_PRECISION, PRECISIONS
 from dnsvr.bundle import Bundle, BundleError, VideoRepresentation, load_bundle
 from dnsvr.index._lock import LOCK_NAME, WriterLock
 from dnsvr.index._paths import DamagedIndexError, check_entries, inside, read_json, write_json_atomic
-from dnsvr.index.records import IndexConfig, IndexRecord, check_video_id
+from dnsvr.index.records import IndexConfig, IndexRecord, UnknownVideoError, VideoEntry, check_video_id
 from dnsvr.index.store import IndexStore
 from dnsvr.search import (
     Budget,
@@ -517,6 +517,21 @@ class VideoIndex:
 
     def _bundle_saved(self) -> None:
         """Called after the fitted lite whitening was saved into ``bundle/`` (a sharded index copies it)."""
+
+    def entry(self, video_id: str) -> VideoEntry:
+        """Metadata of one indexed video (frames, duration, source, when it was added).
+
+        Raises:
+            dnsvr.index.UnknownVideoError: the id is not (or no longer) indexed.
+        """
+        if self.store is None:
+            raise UnknownVideoError([video_id])
+        return self.store.get(video_id)
+
+    def refresh(self) -> None:
+        """Take in now what other processes committed (a reader's every read call does it as well)."""
+        if self.store is not None:
+            self.store.refresh()
 
     def _source_of(self, video_id: str) -> str | None:
         """The file an indexed video was added from (None if unknown or no longer indexed)."""

@@ -27,7 +27,8 @@ class ServeConfig:
     """Limits and access rules of the service.
 
     Attributes:
-        index_path: the index directory (a :class:`dnsvr.index.VideoIndex`).
+        index_path: the index directory: an ordinary index (:class:`dnsvr.index.VideoIndex`) or a
+            sharded one (:class:`dnsvr.index.ShardedIndex`), served alike.
         media_roots: folders whose files may be searched, added and played by path; nothing
             outside them (after resolving symlinks) is reachable by path.
         token: the secret a client sends as ``Authorization: Bearer <token>``; required for every
@@ -40,6 +41,10 @@ class ServeConfig:
         max_queued_searches: searches waiting beyond those; more are refused with 503.
         search_timeout_s: a search not finished by then answers 504.
         uploads_kept: uploaded queries kept for review (the oldest are deleted beyond it).
+        ray: (sharded index) search with one Ray actor per shard: ``"auto"``, ``"local"`` or an
+            address (see :func:`dnsvr.cluster.connect`); None: the shards in process.
+        allow_partial: (sharded index) a shard that cannot answer is left out of a search's results
+            and named in its ``missing_shards``, instead of the search failing with 503.
     """
 
     index_path: Path
@@ -53,6 +58,8 @@ class ServeConfig:
     max_queued_searches: int = 32
     search_timeout_s: float = 120.0
     uploads_kept: int = 200
+    ray: str | None = None
+    allow_partial: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "index_path", Path(self.index_path))

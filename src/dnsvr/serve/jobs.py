@@ -75,7 +75,8 @@ class JobRunner:
 
     Args:
         index_dir: the index directory.
-        reader: the service's read-only :class:`~dnsvr.index.VideoIndex` (for progress counts).
+        reader: the service's read-only :class:`~dnsvr.index.VideoIndex` or
+            :class:`~dnsvr.index.ShardedIndex` (for progress counts; refreshed after each job).
     """
 
     def __init__(self, index_dir: Path, reader: Any) -> None:
@@ -151,7 +152,7 @@ class JobRunner:
             self._run(job)
 
     def _run(self, job: Job) -> None:
-        from dnsvr.index.video_index import VideoIndex
+        from dnsvr.index.sharded import open_any
 
         job.state = "running"
         job.started = time.time()
@@ -165,14 +166,14 @@ class JobRunner:
                         listing = Path(tmp) / "videos.tsv"
                         listing.write_text("".join(f"{vid}\t{path}\n" for vid, path in job._videos), encoding="utf-8")
                         inputs.append(listing)
-                    with VideoIndex.open(self.index_dir, readonly=False) as writer:
+                    with open_any(self.index_dir, readonly=False) as writer:
                         report = writer.add(inputs, on_duplicate=job.options.get("on_duplicate", "skip"),
                                             progress=False, batch_size=ADD_BATCH)
                 job.added = list(report.added)
                 job.failures += [{"input": i, "reason": r} for i, r in report.skipped]
                 job.done = job.total
             else:
-                with VideoIndex.open(self.index_dir, readonly=False) as writer:
+                with open_any(self.index_dir, readonly=False) as writer:
                     job.removed = writer.remove(job.inputs, missing=job.options.get("missing", "ignore"))
                 job.done = job.total
             job.state = "done"
@@ -183,7 +184,7 @@ class JobRunner:
         finally:
             job.finished = time.time()
             try:
-                self.reader.store.refresh() if self.reader.store is not None else None
+                self.reader.refresh()
             except Exception:  # noqa: BLE001
                 pass
         logger.info("job %s %s", job.id, job.state)

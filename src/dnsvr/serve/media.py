@@ -109,10 +109,12 @@ class MediaResolver:
 
     def video_source(self, video_id: str) -> Path:
         """The source file of an indexed video (404 unknown id or missing file)."""
-        store = self.index.store
-        if store is None or video_id not in store:
-            raise ApiError(404, f"unknown video id {video_id!r}")
-        source = store.get(video_id).source
+        from dnsvr.index.store import UnknownVideoError
+
+        try:
+            source = self.index.entry(video_id).source
+        except UnknownVideoError:
+            raise ApiError(404, f"unknown video id {video_id!r}") from None
         if not source:
             raise ApiError(404, f"the index records no source file for {video_id!r}")
         if source.endswith(f":{video_id}") or Path(source).suffix.lower() in FEATURE_SUFFIXES:

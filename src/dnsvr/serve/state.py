@@ -33,10 +33,18 @@ class ServiceState:
     """The service's resources, created once per app (see :func:`dnsvr.serve.create_app`)."""
 
     def __init__(self, config: ServeConfig) -> None:
-        from dnsvr.index.video_index import VideoIndex
+        from dnsvr.index.sharded import open_any
 
         self.config = config
-        self.index = VideoIndex.open(config.index_path, readonly=True)
+        # an ordinary or a sharded index; review.sqlite and the uploads live at its top folder either way
+        self.index = open_any(config.index_path, readonly=True, ray=config.ray)
+        start = getattr(self.index, "start", None)  # a sharded index on Ray: its shard actors, now
+        if start is not None:
+            try:
+                start()
+            except BaseException:
+                self.index.close()
+                raise
         self.verdicts = VerdictStore(config.index_path)
         self.uploads_dir = config.index_path / UPLOADS_DIR
         self.resolver = MediaResolver(self.index, config.media_roots, self.uploads_dir)

@@ -35,6 +35,7 @@ def _check_video(state: ServiceState, path: Path) -> None:
 
 
 def _search_sync(state: ServiceState, query: str, params: SearchParams) -> dict[str, Any]:
+    from dnsvr.index.query import ShardUnavailableError
     from dnsvr.index.records import IndexStoreError
     from dnsvr.index.video_index import VideoIndexError
     from dnsvr.search import Budget, results_document
@@ -52,7 +53,9 @@ def _search_sync(state: ServiceState, query: str, params: SearchParams) -> dict[
     try:
         results = state.index.search([query], top_k=params.top_k, budget=budget, segments=params.segments,
                                      ann_candidates=params.ann, include_self=params.include_self, progress=False,
-                                     **extra)
+                                     allow_partial=state.config.allow_partial, **extra)
+    except ShardUnavailableError as exc:  # a sharded index lost a shard (the service was not started with partial)
+        raise ApiError(503, str(exc), headers={"Retry-After": "10"}) from None
     except VideoIndexError as exc:
         raise ApiError(422, str(exc)) from None
     except (IndexStoreError, ValueError) as exc:

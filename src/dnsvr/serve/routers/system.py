@@ -20,11 +20,11 @@ def health(state: ServiceState = Depends(get_state)) -> dict[str, Any]:
 
 
 def _index_bytes(state: ServiceState) -> int:
-    """Bytes on disk of the store: fine shards + SQLite + derived coarse data."""
-    store = state.index.store
+    """Bytes on disk of the store (of every shard of a sharded index): fine shards + SQLite + derived coarse data."""
+    store = state.index.info().get("store")
     if store is None:
         return 0
-    b = store.info()["bytes"]
+    b = store["bytes"]
     return int(b["fine_shards"] + b["sqlite"] + b["coarse_derived"])
 
 
@@ -44,4 +44,5 @@ def info(state: ServiceState = Depends(get_state)) -> dict[str, Any]:
     return {"index": str(cfg.index_path), "videos": len(state.index), "bundle": state.index.bundle.identity(),
             "media_roots": len(cfg.media_roots) > 0, "writes": cfg.token is not None, "token_for_reads": cfg.public,
             "max_upload_bytes": cfg.max_upload_bytes, "upload_suffixes": sorted(cfg.upload_suffixes),
-            "verdicts": list(VERDICTS), "search_extras": sorted(state.search_extras)}
+            "verdicts": list(VERDICTS), "search_extras": sorted(state.search_extras),
+            "shards": list(getattr(state.index, "shard_names", [])) or None, "ray": getattr(state.index, "ray", None)}

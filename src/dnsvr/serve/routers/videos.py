@@ -15,10 +15,12 @@ router = APIRouter(prefix="/api/videos", tags=["videos"], dependencies=[Depends(
 
 
 def _video(state: ServiceState, video_id: str) -> dict[str, Any]:
-    store = state.index.store
-    if store is None or video_id not in store:
-        raise ApiError(404, f"unknown video id {video_id!r}")
-    e = store.get(video_id)
+    from dnsvr.index.store import UnknownVideoError
+
+    try:
+        e = state.index.entry(video_id)
+    except UnknownVideoError:
+        raise ApiError(404, f"unknown video id {video_id!r}") from None
     return {"video_id": e.video_id, "frames": e.n_frames, "duration": e.duration, "source": e.source,
             "added": e.added, "width": e.meta.get("width"), "height": e.meta.get("height"), "ref": f"video:{video_id}"}
 
