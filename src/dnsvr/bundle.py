@@ -43,7 +43,7 @@ import logging
 import math
 import os
 import platform
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -131,7 +131,8 @@ class MatchScoring:
             scores by that match when it is higher (None: no inset match).
         coarse_scale, coarse_offset: a coarse similarity ``c`` not re-scored by the fine stage is
             shown as the fine similarity ``coarse_scale × c + coarse_offset`` would be (a least-squares
-            fit over benchmark pairs), so one score means the same for every row of a list.
+            fit over benchmark pairs), so one score means the same for every row of a list
+            (``coarse_scale`` None: the raw coarse similarity is the row's score, as the reference mixes them).
     """
 
     direction: str = "query"
@@ -139,7 +140,7 @@ class MatchScoring:
     related_penalty: float = 0.0
     copy_penalty: float = 0.0
     inset_scale: float | None = None
-    coarse_scale: float = 1.0
+    coarse_scale: float | None = None
     coarse_offset: float = 0.0
 
     def __post_init__(self) -> None:
@@ -149,6 +150,8 @@ class MatchScoring:
             raise BundleError(f"scoring inset_scale must lie in [0.1, 1], got {self.inset_scale!r}")
         for name in ("coverage_threshold", "related_penalty", "copy_penalty", "coarse_scale", "coarse_offset"):
             value = getattr(self, name)
+            if value is None and name == "coarse_scale":
+                continue
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
                 raise BundleError(f"scoring {name} must be a finite number, got {value!r}")
 
@@ -680,10 +683,15 @@ class Bundle:
             return None
         return self.whiten(np.asarray(raw, dtype=np.float32)[:, None, :])[:, 0, :]
 
-    def coarse_to_score(self, coarse: np.ndarray) -> np.ndarray:
-        """Coarse similarities on the fine scale (see :class:`MatchScoring`), for results not re-scored."""
+    @property
+    def coarse_to_score(self) -> Callable[[np.ndarray], np.ndarray] | None:
+        """Puts coarse similarities on the fine scale (see :class:`MatchScoring`), for results not
+        re-scored; None when the bundle has no such calibration (raw coarse scores)."""
         sc = self.scoring
-        return (sc.coarse_scale * np.asarray(coarse, dtype=np.float64) + sc.coarse_offset).astype(np.float32)
+        if sc.coarse_scale is None:
+            return None
+        scale, offset = float(sc.coarse_scale), float(sc.coarse_offset)
+        return lambda coarse: (scale * np.asarray(coarse, dtype=np.float64) + offset).astype(np.float32)
 
     def selector_scores(self, query_selector: float | None, target_selectors: np.ndarray,
                         coarse_scores: np.ndarray) -> np.ndarray | None:
