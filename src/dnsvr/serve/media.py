@@ -109,7 +109,7 @@ class MediaResolver:
 
     def video_source(self, video_id: str) -> Path:
         """The source file of an indexed video (404 unknown id or missing file)."""
-        from dnsvr.index.store import UnknownVideoError
+        from dnsvr.index.records import UnknownVideoError
 
         try:
             source = self.index.entry(video_id).source

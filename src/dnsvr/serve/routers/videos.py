@@ -15,7 +15,7 @@ router = APIRouter(prefix="/api/videos", tags=["videos"], dependencies=[Depends(
 
 
 def _video(state: ServiceState, video_id: str) -> dict[str, Any]:
-    from dnsvr.index.store import UnknownVideoError
+    from dnsvr.index.records import UnknownVideoError
 
     try:
         e = state.index.entry(video_id)
