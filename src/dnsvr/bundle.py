@@ -663,18 +663,34 @@ class Bundle:
         return FineMatches(scores.astype(np.float32), coverage)
 
     @staticmethod
-    def _inset_scores(inset: np.ndarray, candidates: Sequence[np.ndarray]) -> np.ndarray:
+    def _inset_scores(inset: np.ndarray, candidates: Sequence[np.ndarray], block_regions: int = 1 << 16) -> np.ndarray:
         """Per candidate: the query's inset vectors against all of its regions — the best region of the
-        best frame per query frame, averaged over the query's frames."""
+        best frame per query frame, averaged over the query's frames. Candidates go in blocks of about
+        ``block_regions`` region vectors: one product per block, then a maximum per candidate."""
         q = torch.from_numpy(np.ascontiguousarray(inset, dtype=np.float32))
         out = np.zeros(len(candidates), dtype=np.float64)
+        usable = [k for k, c in enumerate(candidates)
+                  if np.ndim(c) == 3 and np.shape(c)[0] > 0 and np.shape(c)[-1] == q.shape[-1]]
         with torch.inference_mode():
-            for k, cand in enumerate(candidates):
-                c = torch.from_numpy(np.asarray(cand, dtype=np.float32))
-                if c.ndim != 3 or c.shape[0] == 0 or c.shape[-1] != q.shape[-1]:
-                    continue
-                best = (q @ c.reshape(-1, c.shape[-1]).T).amax(1)  # best region of the best frame
-                out[k] = float(best.mean())
+            start = 0
+            while start < len(usable):
+                block, regions = [], 0
+                while start < len(usable) and (not block or regions < block_regions):
+                    k = usable[start]
+                    block.append(k)
+                    regions += int(np.prod(np.shape(candidates[k])[:2]))
+                    start += 1
+                arrays = [np.asarray(candidates[k]) for k in block]
+                regions_per_frame = {a.shape[1] for a in arrays}
+                flat = np.concatenate([a.reshape(-1, a.shape[-1]) for a in arrays])
+                sims = torch.from_numpy(flat).to(torch.float32) @ q.T      # [regions of the block, Tq]
+                if len(regions_per_frame) == 1:                            # best region of each frame first
+                    sims = sims.view(-1, regions_per_frame.pop(), q.shape[0]).amax(1)
+                    bounds = np.cumsum([0] + [a.shape[0] for a in arrays[:-1]])
+                else:
+                    bounds = np.cumsum([0] + [a.shape[0] * a.shape[1] for a in arrays[:-1]])
+                per = np.maximum.reduceat(sims.numpy(), bounds, axis=0)  # [candidates, Tq]: the best frame
+                out[block] = per.mean(1)
         return out
 
     def inset_vectors(self, raw: np.ndarray) -> np.ndarray | None:
