@@ -143,19 +143,3 @@ def test_selector_scores_in_blocks_equal_one_pass():
     assert got.shape == (n,) and got.dtype == np.float32
     np.testing.assert_allclose(got, whole, rtol=0, atol=1e-6)
     assert np.array_equal(got[:5], bundle.selector_scores(0.6, targets[:5], coarse[:5]))
-
-
-def test_coarse_calibration_roundtrip_and_checks(tmp_path):
-    b = student_bundle("att")
-    assert b.coarse_calibration is None
-    assert np.allclose(b.coarse_to_score(np.array([0.2, 0.9])), [0.2, 0.9])
-    cal = Bundle(b.name, b.backbone, fine_type=b.fine_type, fine_net=b.fine_net, fine_args=b.fine_args,
-                 coarse_type=b.coarse_type, coarse_net=b.coarse_net, coarse_args=b.coarse_args,
-                 coarse_calibration=(0.5, 0.25))
-    assert np.allclose(cal.coarse_to_score(np.array([0.2, 0.9])), [0.35, 0.7])
-    again = load_bundle(cal.save(tmp_path / "cal"))
-    assert again.coarse_calibration == (0.5, 0.25)
-    assert load_bundle(b.save(tmp_path / "plain")).coarse_calibration is None
-    for bad in ((0.0, 0.1), (-1.0, 0.0), (float("nan"), 0.0), (1.0,)):
-        with pytest.raises(BundleError, match="calibration"):
-            Bundle(b.name, b.backbone, coarse_calibration=bad)

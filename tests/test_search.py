@@ -46,19 +46,6 @@ def test_combine_replaces_coarse_with_mapped_fine():
     assert len(combine(ids, coarse, None, np.array([1]), np.array([0.2]), top_k=2)) == 2
 
 
-def test_combine_maps_the_coarse_only_scores():
-    ids = ["a", "b", "c"]
-    coarse = np.array([0.9, 0.8, 0.3], dtype=np.float32)
-    # re-scored "b" (fine 0.2 -> 0.6) sinks below raw coarse scores; mapped onto the fine scale it does not
-    raw = combine(ids, coarse, None, np.array([1]), np.array([0.2]), top_k=None)
-    assert [r.video_id for r in raw] == ["a", "b", "c"] and raw[0].score == pytest.approx(0.9)
-    mapped = combine(ids, coarse, None, np.array([1]), np.array([0.2]), top_k=None,
-                     coarse_map=lambda c: 0.5 * c + 0.1)
-    assert [r.video_id for r in mapped] == ["b", "a", "c"]
-    assert mapped[1].score == pytest.approx(0.55) and mapped[1].coarse_score == pytest.approx(0.9)
-    assert mapped[0].score == pytest.approx(0.6) and mapped[2].score == pytest.approx(0.25)
-
-
 def test_combine_top_k_is_the_head_of_the_full_ranking_with_ties():
     """The partitioned top-k equals the full sort's head, ties broken by id at the k-th score too."""
     rng = np.random.default_rng(5)

@@ -66,7 +66,7 @@ def test_train_run_end_to_end_and_resume(collection, tmp_path):
     bundle = load_bundle(tmp_path / "bundle")
     assert bundle.fine_type == "att" and bundle.coarse_type == "student" and bundle.has_selector
     assert bundle.extra["recipe"]["config"]["copies"] == 1
-    assert bundle.coarse_calibration is not None and bundle.coarse_calibration[0] > 0
+    assert bundle.scoring.coarse_scale is not None and bundle.scoring.coarse_scale > 0
     # the selector was labelled on held-out videos only
     state = json.loads((tmp_path / "bundle.work" / "recipe.json").read_text())
     assert state["done"]["split"] == {"seconds": state["done"]["split"]["seconds"], "train_videos": 6,
@@ -88,8 +88,8 @@ def test_train_run_end_to_end_and_resume(collection, tmp_path):
     res = runner.invoke(app, ["search", str(tmp_path / "trained"), str(collection / "videos" / "v3.mp4"),
                               "-k", "8", "--budget", "1", "--json"])
     coarse_rows = [r for r in json.loads(res.stdout)["queries"][0]["results"] if r["stage"] == "coarse"]
-    a, b = bundle.coarse_calibration
-    assert coarse_rows and all(r["score"] == pytest.approx(a * r["coarse_score"] + b, abs=1e-5)
+    a, b = bundle.scoring.coarse_scale, bundle.scoring.coarse_offset
+    assert coarse_rows and all(r["score"] == pytest.approx((a * r["coarse_score"] + b) / 2 + 0.5, abs=1e-5)
                                for r in coarse_rows)
     # step by step, the same calibration from the same held-out pairs
     work = tmp_path / "bundle.work"
@@ -98,7 +98,8 @@ def test_train_run_end_to_end_and_resume(collection, tmp_path):
                               str(work / "heldout.h5"), "--base", str(collection / "idx" / "bundle"),
                               "-o", str(tmp_path / "by_hand")])
     assert res.exit_code == 0, res.output
-    assert load_bundle(tmp_path / "by_hand").coarse_calibration == pytest.approx(bundle.coarse_calibration)
+    by_hand = load_bundle(tmp_path / "by_hand").scoring
+    assert (by_hand.coarse_scale, by_hand.coarse_offset) == pytest.approx((a, b))
     res = runner.invoke(app, ["train", "bundle", "--fine", str(work / "fine"), "--calibrate", "x.h5",
                               "-o", str(tmp_path / "nope")])
     assert res.exit_code != 0 and "--calibrate needs" in res.output

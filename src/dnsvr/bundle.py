@@ -43,8 +43,8 @@ import logging
 import math
 import os
 import platform
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +65,8 @@ BUILTIN_BUNDLES = ("lite", "paper", "paper-bin")
 COARSE_TYPES = ("mean", "student")
 
 #: Whitened dimensions of the ``lite`` bundle (fewer if the first videos give too few region vectors).
-LITE_DIMS = 512
+#: Chosen on the real-content benchmark's dev split (64 / 128 / 256 / 512 dims); see docs/evaluation.md.
+LITE_DIMS = 128
 #: Fewest whitened dimensions ``fit_whitening`` accepts.
 MIN_WHITENED_DIMS = 32
 #: Region vectors needed per whitened dimension. A whitening fitted on too few vectors amplifies
@@ -73,6 +74,9 @@ MIN_WHITENED_DIMS = 32
 #: copy beat the strongest unrelated video, under the training-free fine similarity, by 0.07 at 512
 #: dims, 0.09 at 400, 0.15 at 256, 0.20 at 128 and 0.23 at 64 (``benchmarks/bench_lite_whitening.py``).
 WHITENING_VECTORS_PER_DIM = 20
+#: Region vectors a first add should bring for a good whitening: on the real-content benchmark's dev split,
+#: fitting on 8 / 15 / 30 / 60 of its videos gave related mAP 0.83-0.87 / 0.91-0.92 / 0.93 / 0.95 (all 193: 0.95).
+WHITENING_RECOMMENDED_VECTORS = 10_000
 #: Candidates per block of the selector network (:meth:`Bundle.selector_scores`).
 SELECTOR_BLOCK = 8192
 
@@ -96,6 +100,90 @@ class VideoRepresentation:
     coarse: np.ndarray
     fine: np.ndarray
     selector: float | None
+
+
+#: How a search ranks re-scored pairs (``dnsvr search --match``): ``related`` — everything that
+#: shares content (the default); ``copy`` — whole copies above videos that merely contain some shots.
+MATCH_MODES = ("related", "copy")
+DEFAULT_MATCH = "related"
+
+
+@dataclass(frozen=True)
+class MatchScoring:
+    """How a bundle turns the fine stage's frame-to-frame matrices into one score per pair.
+
+    The fields were chosen on the development split of the real-content benchmark (see
+    docs/evaluation.md, "Real-content benchmark"); a bundle without a ``scoring`` entry in its
+    ``bundle.json`` (every bundle written before) keeps the identity: the fine similarity as the
+    stage gives it, coverages reported but not used, raw coarse similarities.
+
+    Attributes:
+        direction: ``"query"`` — the Chamfer video similarity averages the query's frames (the
+            reference's); ``"min"`` — the smaller of the query's and the candidate's averages, so a
+            candidate that merely contains the query, or is contained in it, scores low (``chamfer``
+            stage only; a network's own score stands otherwise).
+        coverage_threshold: a frame counts as matched when its best match in the other video reaches
+            this frame similarity; ``query_coverage``/``target_coverage`` are the matched shares.
+        related_penalty: ``related`` mode subtracts this × (1 − the smaller coverage).
+        copy_penalty: ``copy`` mode subtracts this × (1 − the smaller coverage) from the whole-frame similarity.
+        inset_scale: query frames are also described at this scale, whole (one vector per frame), and
+            matched against the candidate's regions: a copy shown as a picture-in-picture inset
+            scores by that match when it is higher (None: no inset match).
+        coarse_scale, coarse_offset: a coarse similarity ``c`` not re-scored by the fine stage is
+            shown as the fine similarity ``coarse_scale × c + coarse_offset`` would be (a least-squares
+            fit over benchmark pairs), so one score means the same for every row of a list
+            (``coarse_scale`` None: the raw coarse similarity is the row's score, as the reference mixes them).
+    """
+
+    direction: str = "query"
+    coverage_threshold: float = 0.25
+    related_penalty: float = 0.0
+    copy_penalty: float = 0.0
+    inset_scale: float | None = None
+    coarse_scale: float | None = None
+    coarse_offset: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.direction not in ("query", "min"):
+            raise BundleError(f"scoring direction must be 'query' or 'min', got {self.direction!r}")
+        if self.inset_scale is not None and not 0.1 <= float(self.inset_scale) <= 1.0:
+            raise BundleError(f"scoring inset_scale must lie in [0.1, 1], got {self.inset_scale!r}")
+        for name in ("coverage_threshold", "related_penalty", "copy_penalty", "coarse_scale", "coarse_offset"):
+            value = getattr(self, name)
+            if value is None and name == "coarse_scale":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise BundleError(f"scoring {name} must be a finite number, got {value!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "bundle") -> MatchScoring:
+        if data is None:
+            return cls()
+        if not isinstance(data, dict) or set(data) - {f.name for f in fields(cls)}:
+            raise BundleError(f"damaged bundle: {where}: scoring must be an object with the fields "
+                              f"{[f.name for f in fields(cls)]}")
+        return cls(**data)
+
+
+#: The ``lite`` bundle's scoring (chosen on the real-content benchmark's dev split; see MatchScoring).
+LITE_SCORING = MatchScoring(direction="min", coverage_threshold=0.25, related_penalty=0.05, copy_penalty=0.1,
+                            inset_scale=0.4, coarse_scale=0.65, coarse_offset=0.17)
+
+
+@dataclass
+class FineMatches:
+    """The fine stage's answer for some candidates of one query.
+
+    Attributes:
+        scores: float32 ``[n]``, the pairs' scores in the asked match mode (about [-1, 1]).
+        coverage: float32 ``[n, 2]``, the shares of the query's and of the candidate's frames that match.
+    """
+
+    scores: np.ndarray
+    coverage: np.ndarray
 
 
 def _versions() -> dict[str, str]:
@@ -199,10 +287,7 @@ class Bundle:
         selector_args: its constructor arguments.
         whitening_dims: the whitened size to fit (lite; when ``whitening`` is not fitted yet).
         extra: free-form JSON-able provenance (training data, run ids, ...).
-        coarse_calibration: ``(a, b)`` with ``a > 0``: a result the fine stage did not re-score takes
-            ``a × coarse + b`` as its score, so coarse and re-scored results share the fine scale (a trained
-            bundle's coarse student and fine student speak on different scales; ``dnsvr train run`` fits
-            it); None: the coarse score as it is.
+        scoring: how fine matrices become scores (:class:`MatchScoring`; default: the identity).
 
     Raises:
         BundleError: an unknown fine/coarse type, or a missing network.
@@ -213,8 +298,7 @@ class Bundle:
                  coarse_type: str = "mean", coarse_net: torch.nn.Module | None = None,
                  coarse_args: dict[str, Any] | None = None, selector_net: torch.nn.Module | None = None,
                  selector_args: dict[str, Any] | None = None, whitening_dims: int | None = None,
-                 extra: dict[str, Any] | None = None,
-                 coarse_calibration: Sequence[float] | None = None) -> None:
+                 extra: dict[str, Any] | None = None, scoring: MatchScoring | None = None) -> None:
         if isinstance(fine_type, Stage):  # dnsvr.stages: fg-att → "att", the name bundles store
             fine_type = fine_type.fine_type or fine_type.value
         if fine_type not in FINE_TYPES:
@@ -238,12 +322,10 @@ class Bundle:
         self.selector_net = selector_net.eval() if selector_net is not None else None
         self.selector_args = dict(selector_args or {})
         self.extra = dict(extra or {})
-        self.coarse_calibration: tuple[float, float] | None = None
-        if coarse_calibration is not None:
-            cal = tuple(float(v) for v in coarse_calibration)
-            if len(cal) != 2 or not all(math.isfinite(v) for v in cal) or cal[0] <= 0:
-                raise BundleError(f"coarse calibration must be two finite numbers (a > 0, b); got {coarse_calibration!r}")
-            self.coarse_calibration = (cal[0], cal[1])
+        self.scoring = scoring if scoring is not None else MatchScoring()
+        if self.scoring.inset_scale is not None and fine_type != "chamfer":
+            raise BundleError("an inset match needs the training-free chamfer stage (its stored fine "
+                              "representation is the base features)")
         self._comparator = FineComparator(self.fine_net) if self.fine_net is not None else None
 
     # -- description ---------------------------------------------------------------------------
@@ -302,11 +384,11 @@ class Bundle:
             "format": BUNDLE_FORMAT, "format_version": BUNDLE_FORMAT_VERSION, "written_by": _versions(),
             "name": self.name, "backbone": self.backbone, "whitening": white,
             "fine": {"type": self.fine_type, "args": self.fine_args},
-            "coarse": {"type": self.coarse_type, "args": self.coarse_args,
-                       **({"calibration": list(self.coarse_calibration)} if self.coarse_calibration else {})},
+            "coarse": {"type": self.coarse_type, "args": self.coarse_args},
             "selector": ({"type": "network", "args": self.selector_args} if self.has_selector
                          else {"type": "coarse-order"}),
             "extra": self.extra,
+            "scoring": self.scoring.to_dict(),
         }
 
     def __repr__(self) -> str:
@@ -419,7 +501,7 @@ class Bundle:
                    coarse_net=coarse_net, coarse_args=coarse_cfg.get("args"), selector_net=selector_net,
                    selector_args=sel_cfg.get("args"),
                    whitening_dims=(white_cfg or {}).get("dims"), extra=cfg.get("extra"),
-                   coarse_calibration=coarse_cfg.get("calibration"))
+                   scoring=MatchScoring.from_dict(cfg.get("scoring"), str(path)))
 
     # -- whitening -------------------------------------------------------------------------------
     def fit_whitening(self, raw: Iterable[np.ndarray | torch.Tensor], dims: int | None = None) -> None:
@@ -430,7 +512,7 @@ class Bundle:
 
         Args:
             raw: raw region features ``[T, 9, C]`` of some videos.
-            dims: whitened size (default: the bundle's, 512 for ``lite``).
+            dims: whitened size (default: the bundle's, 128 for ``lite``).
 
         Raises:
             BundleError: the bundle has no whitening, or there are too few vectors (< 66).
@@ -449,9 +531,14 @@ class Bundle:
         usable = min(want, c, max(n // WHITENING_VECTORS_PER_DIM // 8 * 8, MIN_WHITENED_DIMS))
         if usable < want:
             logger.warning("fitting a %d-d whitening (asked %d): only %d region vectors", usable, want, n)
+        if n < WHITENING_RECOMMENDED_VECTORS:
+            logger.warning("the whitening is fitted on %d region vectors of %d videos; an index searches best with "
+                           "at least %d (about 60 videos of 20 s) in its first add (docs/search.md)", n, len(arrays),
+                           WHITENING_RECOMMENDED_VECTORS)
         white = PCAWhitening(dims=usable).fit(vectors)
         self.whitening = white
         self.whitening_dims = usable
+        self.extra["whitening_fitted_on"] = {"videos": len(arrays), "region_vectors": int(n), "dims": int(usable)}
         logger.info("bundle %s: whitening %s fitted on %d vectors", self.name, white.identity, n)
 
     def whiten(self, raw: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -531,13 +618,96 @@ class Bundle:
         return fine_similarities(query_fine, candidates, self.fine_type, self._comparator,
                                  return_matrices=return_matrices, precision=precision)
 
-    def coarse_to_score(self, coarse: np.ndarray) -> np.ndarray:
-        """The score of results the fine stage did not re-score: the coarse similarity through
-        :attr:`coarse_calibration` (unchanged without one)."""
-        if self.coarse_calibration is None:
-            return np.asarray(coarse, dtype=np.float64)
-        a, b = self.coarse_calibration
-        return a * np.asarray(coarse, dtype=np.float64) + b
+    def fine_match(self, query_fine: np.ndarray, candidates: Sequence[np.ndarray], *,
+                   inset: np.ndarray | None = None, match: str = DEFAULT_MATCH,
+                   precision: str = DEFAULT_PRECISION) -> FineMatches:
+        """Scores and coverages of one query against many candidates, as a search ranks them.
+
+        The fine stage's frame-to-frame matrices are read by :attr:`scoring`: the Chamfer direction,
+        the shares of matched frames (coverages), the inset match and the match mode's penalty.
+
+        Args:
+            query_fine: the query's fine representation.
+            candidates: the candidates' stored fine representations.
+            inset: the query's whitened inset vectors ``[T, D]`` (:meth:`inset_vectors`), or None.
+            match: ``"related"`` or ``"copy"`` (:data:`MATCH_MODES`).
+            precision: ``"exact"`` or ``"int8"``.
+
+        Raises:
+            BundleError: an unknown match mode.
+        """
+        if match not in MATCH_MODES:
+            raise BundleError(f"unknown match mode {match!r}; expected one of {list(MATCH_MODES)}")
+        n = len(candidates)
+        sims, mats = self.fine_similarities(query_fine, candidates, return_matrices=True, precision=precision)
+        sc = self.scoring
+        scores = np.asarray(sims, dtype=np.float64).copy()
+        coverage = np.zeros((n, 2), dtype=np.float32)
+        for k, m in enumerate(mats or []):
+            if m.size == 0:
+                continue
+            best_q, best_t = m.max(1), m.max(0)
+            coverage[k] = ((best_q >= sc.coverage_threshold).mean(), (best_t >= sc.coverage_threshold).mean())
+            if self.fine_type == "chamfer" and sc.direction == "min":
+                scores[k] = min(float(best_q.mean()), float(best_t.mean()))
+        uncovered = 1.0 - coverage.min(1).astype(np.float64)
+        insets = self._inset_scores(inset, candidates) if inset is not None and sc.inset_scale else None
+        if match == "copy":
+            scores = scores - sc.copy_penalty * uncovered
+            if insets is not None:
+                scores = np.maximum(scores, insets)
+        else:
+            if insets is not None:
+                scores = np.maximum(scores, insets)
+            scores = scores - sc.related_penalty * uncovered
+        return FineMatches(scores.astype(np.float32), coverage)
+
+    @staticmethod
+    def _inset_scores(inset: np.ndarray, candidates: Sequence[np.ndarray], block_regions: int = 1 << 16) -> np.ndarray:
+        """Per candidate: the query's inset vectors against all of its regions — the best region of the
+        best frame per query frame, averaged over the query's frames. Candidates go in blocks of about
+        ``block_regions`` region vectors: one product per block, then a maximum per candidate."""
+        q = torch.from_numpy(np.ascontiguousarray(inset, dtype=np.float32))
+        out = np.zeros(len(candidates), dtype=np.float64)
+        usable = [k for k, c in enumerate(candidates)
+                  if np.ndim(c) == 3 and np.shape(c)[0] > 0 and np.shape(c)[-1] == q.shape[-1]]
+        with torch.inference_mode():
+            start = 0
+            while start < len(usable):
+                block, regions = [], 0
+                while start < len(usable) and (not block or regions < block_regions):
+                    k = usable[start]
+                    block.append(k)
+                    regions += int(np.prod(np.shape(candidates[k])[:2]))
+                    start += 1
+                arrays = [np.asarray(candidates[k]) for k in block]
+                regions_per_frame = {a.shape[1] for a in arrays}
+                flat = np.concatenate([a.reshape(-1, a.shape[-1]) for a in arrays])
+                sims = torch.from_numpy(flat).to(torch.float32) @ q.T      # [regions of the block, Tq]
+                if len(regions_per_frame) == 1:                            # best region of each frame first
+                    sims = sims.view(-1, regions_per_frame.pop(), q.shape[0]).amax(1)
+                    bounds = np.cumsum([0] + [a.shape[0] for a in arrays[:-1]])
+                else:
+                    bounds = np.cumsum([0] + [a.shape[0] * a.shape[1] for a in arrays[:-1]])
+                per = np.maximum.reduceat(sims.numpy(), bounds, axis=0)  # [candidates, Tq]: the best frame
+                out[block] = per.mean(1)
+        return out
+
+    def inset_vectors(self, raw: np.ndarray) -> np.ndarray | None:
+        """The query's whitened inset vectors from the raw ones ``[T, C]`` (None without an inset match)."""
+        if self.scoring.inset_scale is None or raw is None or len(raw) == 0:
+            return None
+        return self.whiten(np.asarray(raw, dtype=np.float32)[:, None, :])[:, 0, :]
+
+    @property
+    def coarse_to_score(self) -> Callable[[np.ndarray], np.ndarray] | None:
+        """Puts coarse similarities on the fine scale (see :class:`MatchScoring`), for results not
+        re-scored; None when the bundle has no such calibration (raw coarse scores)."""
+        sc = self.scoring
+        if sc.coarse_scale is None:
+            return None
+        scale, offset = float(sc.coarse_scale), float(sc.coarse_offset)
+        return lambda coarse: (scale * np.asarray(coarse, dtype=np.float64) + offset).astype(np.float32)
 
     def selector_scores(self, query_selector: float | None, target_selectors: np.ndarray,
                         coarse_scores: np.ndarray) -> np.ndarray | None:
@@ -590,7 +760,7 @@ def lite_bundle(dims: int = LITE_DIMS) -> Bundle:
     from dnsvr.backbones import PCAWhitening
 
     return Bundle("lite", "efficientnet_lite0", whitening=PCAWhitening(dims=dims), fine_type="chamfer",
-                  coarse_type="mean", whitening_dims=dims)
+                  coarse_type="mean", whitening_dims=dims, scoring=LITE_SCORING)
 
 
 def paper_bundle(fine: str = "att", offline: bool | None = None) -> Bundle:

@@ -167,6 +167,9 @@ class SearchResult:
         segments: aligned matching segments (re-ranked results only).
         stage: ``"fine"`` or ``"coarse"``, the stage whose similarity is ``score``.
         source: the file the video was indexed from (None when unknown).
+        query_coverage: the share (0–1) of the query's frames that match a frame of this video, from
+            the fine stage's frame-to-frame matrix (re-ranked results only; None otherwise).
+        target_coverage: the same share of this video's frames.
     """
 
     video_id: str
@@ -177,6 +180,8 @@ class SearchResult:
     segments: list[Segment] = field(default_factory=list)
     stage: str = STAGE_COARSE
     source: str | None = None
+    query_coverage: float | None = None
+    target_coverage: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -187,6 +192,8 @@ class SearchResult:
             "fine_score": None if self.fine_score is None else float(self.fine_score),
             "stage": self.stage,
             "source": self.source,
+            "query_coverage": None if self.query_coverage is None else round(float(self.query_coverage), 4),
+            "target_coverage": None if self.target_coverage is None else round(float(self.target_coverage), 4),
             "segments": [s.to_dict() for s in self.segments],
         }
 
@@ -257,16 +264,25 @@ def select_pairs(coarse_scores: np.ndarray, selector_scores: np.ndarray | None, 
 
 
 def combine(ids: Sequence[str], coarse_scores: np.ndarray, selector_scores: np.ndarray | None,
-            selected: np.ndarray, fine_scores: np.ndarray, top_k: int | None,
-            coarse_map: Callable[[np.ndarray], np.ndarray] | None = None) -> list[SearchResult]:
-    """One ranked list: re-ranked pairs take ``fine/2 + 0.5``, the rest keep their coarse score
-    (through ``coarse_map`` when given: the bundle's calibration onto the fine scale).
+            selected: np.ndarray, fine_scores: np.ndarray, top_k: int | None, *,
+            coverage: np.ndarray | None = None,
+            coarse_as_fine: Callable[[np.ndarray], np.ndarray] | None = None) -> list[SearchResult]:
+    """One ranked list: re-ranked pairs take ``fine/2 + 0.5``, the rest their coarse score.
 
+    With ``coarse_as_fine`` (a bundle's :attr:`~dnsvr.bundle.Bundle.coarse_to_score`), the coarse
+    scores are first put on the fine scale, so the two kinds of rows share one scale. ``coverage``
+    (``[len(selected), 2]``) gives the re-ranked results their query and target coverages.
     Ranking is by combined score, descending; ties by video id (deterministic).
     """
     n = len(ids)
-    combined = np.asarray(coarse_scores if coarse_map is None else coarse_map(np.asarray(coarse_scores)),
-                          dtype=np.float64).copy()
+    if coarse_as_fine is not None:
+        combined = np.asarray(fine_to_score(np.asarray(coarse_as_fine(np.asarray(coarse_scores)), dtype=np.float64)),
+                              dtype=np.float64)
+    else:
+        combined = np.asarray(coarse_scores, dtype=np.float64).copy()
+    cover = np.full((n, 2), np.nan)
+    if coverage is not None and len(selected):
+        cover[selected] = coverage
     fine_all = np.full(n, np.nan)
     if len(selected):
         fine_all[selected] = fine_scores
@@ -288,18 +304,21 @@ def combine(ids: Sequence[str], coarse_scores: np.ndarray, selector_scores: np.n
     out = []
     for i in order:
         fine = None if math.isnan(fine_all[i]) else float(fine_all[i])
+        covered = not math.isnan(cover[i, 0])
         out.append(SearchResult(
             video_id=str(ids_arr[i]), score=float(combined[i]), coarse_score=float(coarse_scores[i]),
             selector_score=None if selector_scores is None else float(selector_scores[i]),
-            fine_score=fine, stage=STAGE_FINE if fine is not None else STAGE_COARSE))
+            fine_score=fine, stage=STAGE_FINE if fine is not None else STAGE_COARSE,
+            query_coverage=float(cover[i, 0]) if covered else None,
+            target_coverage=float(cover[i, 1]) if covered else None))
     return out
 
 
 def dns_rank(ids: Sequence[str], coarse_scores: np.ndarray, *, budget: Budget, database_size: int,
-             fine_fn: Callable[[Sequence[str]], np.ndarray],
+             fine_fn: Callable[[Sequence[str]], Any],
              selector_fn: Callable[[Sequence[str], np.ndarray], np.ndarray] | None = None,
              top_k: int | None = None,
-             coarse_map: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[list[SearchResult], int]:
+             coarse_as_fine: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[list[SearchResult], int]:
     """Run stages 2–5 of the DnS query on the coarse candidates.
 
     Args:
@@ -307,10 +326,11 @@ def dns_rank(ids: Sequence[str], coarse_scores: np.ndarray, *, budget: Budget, d
         coarse_scores: ``[N]`` their coarse similarities to the query.
         budget: the fine budget.
         database_size: the number of videos in the database (what a fractional budget is of).
-        fine_fn: ``ids → [n] fine similarities in [-1, 1]`` for the selected candidates.
+        fine_fn: ``ids → [n] fine similarities in [-1, 1]`` for the selected candidates, or
+            ``ids → (similarities, coverages [n, 2])``.
         selector_fn: ``(ids, coarse_scores) → [N] selector scores``, or None (coarse order).
         top_k: how many results to return (None = all candidates).
-        coarse_map: maps the scores of results left at their coarse similarity (see :func:`combine`).
+        coarse_as_fine: puts coarse similarities on the fine scale (see :func:`combine`).
 
     Returns:
         ``(results, number of fine pairs computed)``.
@@ -321,11 +341,18 @@ def dns_rank(ids: Sequence[str], coarse_scores: np.ndarray, *, budget: Budget, d
     selector_scores = None if selector_fn is None else np.asarray(selector_fn(ids, coarse_scores),
                                                                   dtype=np.float32)
     selected = select_pairs(coarse_scores, selector_scores, budget.pairs_for(database_size))
-    fine = np.asarray(fine_fn([ids[i] for i in selected]), dtype=np.float32) if len(selected) else \
-        np.zeros(0, dtype=np.float32)
+    coverage = None
+    if len(selected):
+        answer = fine_fn([ids[i] for i in selected])
+        if isinstance(answer, tuple):
+            answer, coverage = answer
+        fine = np.asarray(answer, dtype=np.float32)
+    else:
+        fine = np.zeros(0, dtype=np.float32)
     if fine.shape != (len(selected),):
         raise ValueError(f"fine stage returned shape {fine.shape} for {len(selected)} pairs")
-    return combine(ids, coarse_scores, selector_scores, selected, fine, top_k, coarse_map), len(selected)
+    return combine(ids, coarse_scores, selector_scores, selected, fine, top_k, coverage=coverage,
+                   coarse_as_fine=coarse_as_fine), len(selected)
 
 
 # -- segments -------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from torch import nn
 
 from dnsvr.backbones._int8 import INT8_BACKBONES, int8_available, plain_stages, quantize_stages, run_quantized
 from dnsvr.backbones.efficientnet import EFFICIENTNET_LITE0_PREPROCESSING, EfficientNetLite0, default_lite0_weights
-from dnsvr.backbones.regions import l3_imac
+from dnsvr.backbones.regions import global_mac, l3_imac
 from dnsvr.backbones.resnet import RESNET50_PREPROCESSING, ResNet50
 from dnsvr.backbones.whitening import PCAWhitening
 
@@ -295,9 +295,64 @@ class FeatureExtractor(nn.Module):
                 outs.append(self.forward(frames[start:start + bs]).float().cpu())
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
+    def inset_vectors(self, frames: np.ndarray | torch.Tensor, scale: float) -> torch.Tensor:
+        """Each frame shrunk by ``scale`` and described whole (:func:`~dnsvr.backbones.regions.global_mac`).
+
+        A frame shown as a picture-in-picture inset at about that scale inside another video looks,
+        to one of that video's regions, like this vector (see :class:`dnsvr.bundle.MatchScoring`).
+
+        Args:
+            frames: uint8 RGB [N, H, W, 3], as :meth:`extract` takes them.
+            scale: the shrink factor (0.1–1).
+
+        Returns:
+            float32 CPU tensor [N, region_dims] (raw, not whitened), L2-normalised.
+        """
+        if frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"frames must be [N, H, W, 3] RGB, got shape {tuple(frames.shape)}")
+        n = int(frames.shape[0])
+        if n == 0:
+            return torch.empty(0, self.region_dims, dtype=torch.float32)
+        h, w = int(frames.shape[1]), int(frames.shape[2])
+        size = (max(int(round(h * scale)), 32), max(int(round(w * scale)), 32))
+        outs = []
+        with torch.inference_mode():
+            for start in range(0, n, self.batch_size):
+                x = torch.from_numpy(np.ascontiguousarray(frames[start:start + self.batch_size])) \
+                    if isinstance(frames, np.ndarray) else frames[start:start + self.batch_size]
+                small = torch.nn.functional.interpolate(x.permute(0, 3, 1, 2).float(), size=size, mode="bicubic",
+                                                        antialias=True, align_corners=False)
+                small = small.clamp_(0, 255).round_().to(torch.uint8).permute(0, 2, 3, 1)
+                y = self.normalize(small)
+                if self.device.type == "cpu":
+                    y = y.contiguous(memory_format=torch.channels_last)
+                outs.append(global_mac(self.net.forward_stages(y)).cpu())
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
     def __call__(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         """Same as :meth:`extract`."""
         return self.extract(frames)
 
     def extra_repr(self) -> str:
         return f"backbone={self.backbone_name}, dims={self.dims}, device={self.device}, folded={self.folded}"
+
+
+class InsetExtractor:
+    """An extractor for query videos: each frame's regions plus its inset vector as one more row.
+
+    Wraps a :class:`FeatureExtractor`; calls return ``[N, 10, C]``: the 9 regions, then
+    :meth:`FeatureExtractor.inset_vectors` at ``scale``. Everything else is the wrapped extractor's.
+    """
+
+    def __init__(self, extractor: FeatureExtractor, scale: float) -> None:
+        if extractor.whitening is not None:
+            raise ValueError("InsetExtractor takes an extractor without whitening (raw regions)")
+        self.extractor = extractor
+        self.scale = float(scale)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.extractor, name)
+
+    def __call__(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+        regions = self.extractor.extract(frames)
+        return torch.cat([regions, self.extractor.inset_vectors(frames, self.scale)[:, None, :]], dim=1)

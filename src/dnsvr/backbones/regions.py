@@ -91,3 +91,20 @@ def l3_imac(feature_maps: Sequence[torch.Tensor]) -> torch.Tensor:
     x = torch.cat(pooled, dim=1)  # [N, sum C, 3, 3]
     x = x.flatten(2).transpose(1, 2)  # [N, 9, sum C]
     return F.normalize(x, p=2, dim=-1)
+
+
+def global_mac(feature_maps: Sequence[torch.Tensor]) -> torch.Tensor:
+    """One vector per image: each stage max-pooled whole, L2-normalised per stage, concatenated, normalised.
+
+    The same layout as a region of :func:`l3_imac` (so one whitening serves both), over the whole map.
+
+    Args:
+        feature_maps: the stage outputs, each [N, C_i, H_i, W_i].
+
+    Returns:
+        [N, sum(C_i)], L2-normalised.
+    """
+    if len(feature_maps) == 0:
+        raise ValueError("global_mac needs at least one feature map")
+    pooled = [F.normalize(torch.amax(fmap.float(), dim=(-2, -1)), p=2, dim=1) for fmap in feature_maps]
+    return F.normalize(torch.cat(pooled, dim=1), p=2, dim=-1)

@@ -14,6 +14,7 @@ from dnsvr.cli._common import cli_errors, echo_json, fail, out, plural, warn
 
 #: Values of ``--precision`` in every command that has it.
 PRECISION_CHOICES = ("exact", "int8")
+MATCH_MODES = ("related", "copy")  # dnsvr.bundle.MATCH_MODES (not imported: the CLI starts without torch)
 
 
 def _fmt(value: float | None) -> str:
@@ -54,6 +55,7 @@ def results_table(q: Any, title: str | None = None, relevant: set[str] | None = 
         table.add_column("selector", justify="right")
     table.add_column("fine", justify="right")
     table.add_column("stage")
+    table.add_column("cover q/v", justify="right")
     table.add_column("matched: query ↔ video", no_wrap=True)
     if with_source:
         table.add_column("source", overflow="fold")
@@ -64,7 +66,8 @@ def results_table(q: Any, title: str | None = None, relevant: set[str] | None = 
         row = [str(rank), name, f"{r.score:.3f}", _fmt(r.coarse_score)]
         if with_selector:
             row.append(_fmt(r.selector_score))
-        row += [_fmt(r.fine_score), r.stage, segs]
+        cover = "" if r.query_coverage is None else f"{r.query_coverage:.2f}/{r.target_coverage:.2f}"
+        row += [_fmt(r.fine_score), r.stage, cover, segs]
         if with_source:
             row.append(getattr(r, "source", None) or "")
         table.add_row(*row)
@@ -93,6 +96,9 @@ def search_command(
     allow_partial: bool = typer.Option(False, "--allow-partial",
                                        help="Sharded index: a shard that cannot answer is left out and named in "
                                             "the results (missing_shards) instead of failing the query."),
+    match: str = typer.Option("related", "--match", metavar="related|copy",
+                              help="related: everything that shares content with the query (whole copies and "
+                                   "videos containing some of its shots); copy: whole copies first."),
 ) -> None:
     """Rank the indexed videos for each query: coarse → selector → fine re-rank within the budget.
 
@@ -105,6 +111,7 @@ def search_command(
       dnsvr search my.index query.mp4
       dnsvr search my.index query.mp4 other.mp4 -k 20 --json > hits.json
       dnsvr search my.index clip_0042 --budget 5%      # an indexed video as the query
+      dnsvr search my.index query.mp4 --match copy      # whole copies above partial ones
     """
     from dnsvr.index.query import ShardUnavailableError
     from dnsvr.index.sharded import open_any
@@ -116,12 +123,15 @@ def search_command(
         fail(f"--budget: {exc}")
     if precision not in PRECISION_CHOICES:
         fail(f"--precision must be {' or '.join(PRECISION_CHOICES)}, got {precision!r}")
+    if match not in MATCH_MODES:
+        fail(f"--match must be {' or '.join(MATCH_MODES)}, got {match!r}")
     with cli_errors():
         try:
             with open_any(directory, readonly=True, ray=ray) as index:
                 results = index.search(queries, top_k=top_k, budget=parsed, segments=segments,
                                        ann_candidates=ann, include_self=include_self, progress=progress,
-                                       precision=precision, on_error="report", allow_partial=allow_partial)
+                                       precision=precision, on_error="report", allow_partial=allow_partial,
+                                       match=match)
         except ShardUnavailableError as exc:
             fail(str(exc), code=3)
     failed = [q for q in results if q.error is not None]

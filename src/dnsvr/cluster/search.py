@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from dnsvr.bundle import DEFAULT_MATCH, FineMatches
 from dnsvr.cluster._ray import connect, require_ray
 from dnsvr.index.query import Candidates, LocalShard, ShardUnavailableError
 from dnsvr.search import Segment
@@ -55,8 +56,9 @@ class ShardActor:
     def candidates(self, coarse: np.ndarray, k: int | None, with_selector: bool) -> Candidates:
         return self.shard.candidates(coarse, k, with_selector)
 
-    def fine_scores(self, fine: np.ndarray, ids: Sequence[str], precision: str) -> np.ndarray:
-        return self.shard.fine_scores(fine, ids, precision)
+    def fine_scores(self, fine: np.ndarray, ids: Sequence[str], precision: str, inset: np.ndarray | None = None,
+                    match: str = DEFAULT_MATCH) -> FineMatches:
+        return self.shard.fine_scores(fine, ids, precision, inset, match)
 
     def segments(self, fine: np.ndarray, timestamps: np.ndarray | None, ids: Sequence[str],
                  precision: str) -> list[list[Segment]]:

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from dnsvr.bundle import DEFAULT_MATCH, FineMatches
 from dnsvr.search import Budget, QueryResults, Segment, align_segments, dns_rank
 
 logger = logging.getLogger(__name__)
@@ -75,6 +76,8 @@ class QueryRep:
         coarse: float32 ``[Dc]``; fine: its fine representation; selector: its self-similarity or None.
         timestamps: its frame times in seconds, or None.
         index_id: its id when the query is a video of the index (left out of its own results).
+        inset: its whitened inset vectors ``[T, D]`` (:meth:`dnsvr.bundle.Bundle.inset_vectors`), or
+            None (a query given as stored features or as an indexed video has none).
     """
 
     name: str
@@ -83,6 +86,7 @@ class QueryRep:
     selector: float | None
     timestamps: np.ndarray | None = None
     index_id: str | None = None
+    inset: np.ndarray | None = None
 
 
 class Shard(Protocol):
@@ -92,7 +96,8 @@ class Shard(Protocol):
 
     def candidates(self, coarse: np.ndarray, k: int | None, with_selector: bool) -> Candidates: ...
 
-    def fine_scores(self, fine: np.ndarray, ids: Sequence[str], precision: str) -> np.ndarray: ...
+    def fine_scores(self, fine: np.ndarray, ids: Sequence[str], precision: str,
+                    inset: np.ndarray | None = None, match: str = DEFAULT_MATCH) -> FineMatches: ...
 
     def segments(self, fine: np.ndarray, timestamps: np.ndarray | None, ids: Sequence[str],
                  precision: str) -> list[list[Segment]]: ...
@@ -134,13 +139,13 @@ class LocalShard:
                 else store.selector_values(ids)
         return Candidates(ids, hits.scores[0][valid], selector, size)
 
-    def fine_scores(self, fine: np.ndarray, ids: Sequence[str], precision: str) -> np.ndarray:
-        """Fine similarities in [-1, 1] of the query to these videos."""
+    def fine_scores(self, fine: np.ndarray, ids: Sequence[str], precision: str,
+                    inset: np.ndarray | None = None, match: str = DEFAULT_MATCH) -> FineMatches:
+        """The query's scores (about [-1, 1]) and coverages against these videos (:meth:`Bundle.fine_match`)."""
         if not len(ids):
-            return np.zeros(0, dtype=np.float32)
+            return FineMatches(np.zeros(0, dtype=np.float32), np.zeros((0, 2), dtype=np.float32))
         fines = self.store.fine(list(ids), prefetch=True)
-        scores, _ = self.bundle.fine_similarities(fine, fines, precision=precision)
-        return np.asarray(scores, dtype=np.float32)
+        return self.bundle.fine_match(fine, fines, inset=inset, match=match, precision=precision)
 
     def segments(self, fine: np.ndarray, timestamps: np.ndarray | None, ids: Sequence[str],
                  precision: str) -> list[list[Segment]]:
@@ -209,7 +214,8 @@ class _ShardFailed(Exception):
 
 def search_shards(q: QueryRep, group: ShardGroup, bundle: Any, *, top_k: int | None, budget: Budget,
                   segments: bool = True, ann_candidates: int | None = None, include_self: bool = False,
-                  precision: str = "exact", allow_partial: bool = False) -> QueryResults:
+                  precision: str = "exact", allow_partial: bool = False,
+                  match: str = DEFAULT_MATCH) -> QueryResults:
     """Run the DnS query for one represented query over a group of shards (see the module docstring).
 
     Args:
@@ -220,6 +226,7 @@ def search_shards(q: QueryRep, group: ShardGroup, bundle: Any, *, top_k: int | N
             :meth:`dnsvr.index.VideoIndex.search`.
         allow_partial: a shard that cannot answer is left out and named in ``missing_shards``
             instead of failing the query.
+        match: ``"related"`` or ``"copy"`` (:data:`dnsvr.bundle.MATCH_MODES`).
 
     Returns:
         The :class:`~dnsvr.search.QueryResults`.
@@ -240,7 +247,8 @@ def search_shards(q: QueryRep, group: ShardGroup, bundle: Any, *, top_k: int | N
     while True:
         try:
             results, pairs, n_candidates, owner = _rank(q, cands, bundle, group, top_k, budget, ann_candidates,
-                                                        include_self, precision, timings, allow_partial, missing)
+                                                        include_self, precision, timings, allow_partial, missing,
+                                                        match)
             break
         except _ShardFailed as exc:
             # a shard failed in the fine stage (allow_partial): leave it out and rank again without it
@@ -269,7 +277,7 @@ def search_shards(q: QueryRep, group: ShardGroup, bundle: Any, *, top_k: int | N
 def _rank(q: QueryRep, cands: dict[int, Candidates], bundle: Any, group: ShardGroup, top_k: int | None,
           budget: Budget, ann_candidates: int | None, include_self: bool, precision: str,
           timings: dict[str, float], allow_partial: bool,
-          missing: list[str]) -> tuple[list[Any], int, int, dict[str, int]]:
+          missing: list[str], match: str) -> tuple[list[Any], int, int, dict[str, int]]:
     """Merge the shards' candidates and run stages 2–5 (``_ShardFailed`` when a shard fails the fine stage)."""
     parts = [(i, c) for i, c in sorted(cands.items())]
     ids: list[str] = [v for _, c in parts for v in c.ids]
@@ -304,22 +312,23 @@ def _rank(q: QueryRep, cands: dict[int, Candidates], bundle: Any, group: ShardGr
             timings["selector"] = time.perf_counter() - t
             return out  # type: ignore[no-any-return]
 
-    def fine_fn(cand_ids: Sequence[str]) -> np.ndarray:
+    def fine_fn(cand_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         t = time.perf_counter()
         where = np.asarray([owner[v] for v in cand_ids], dtype=np.int64)
-        asks = {int(s): (q.fine, [cand_ids[j] for j in np.flatnonzero(where == s)], precision)
+        asks = {int(s): (q.fine, [cand_ids[j] for j in np.flatnonzero(where == s)], precision, q.inset, match)
                 for s in np.unique(where).tolist()}
         answers = group.call("fine_scores", asks)
         failed = _unavailable(answers, group, allow_partial, missing)
         if failed:
             raise _ShardFailed(failed)
         out = np.empty(len(cand_ids), dtype=np.float32)
+        cover = np.empty((len(cand_ids), 2), dtype=np.float32)
         for s in asks:
-            out[where == s] = answers[s]
+            out[where == s] = answers[s].scores
+            cover[where == s] = answers[s].coverage
         timings["fine"] = time.perf_counter() - t
-        return out
+        return out, cover
 
     results, pairs = dns_rank(ids, scores, budget=budget, database_size=database_size, fine_fn=fine_fn,
-                              selector_fn=selector_fn, top_k=top_k,
-                              coarse_map=bundle.coarse_to_score if bundle.coarse_calibration else None)
+                              selector_fn=selector_fn, top_k=top_k, coarse_as_fine=bundle.coarse_to_score)
     return results, pairs, len(ids), owner

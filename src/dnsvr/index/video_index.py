@@ -40,7 +40,7 @@ import numpy as np
 
 from dnsvr import __version__
 from dnsvr.fine import DEFAULT_PRECISION, PRECISIONS
-from dnsvr.bundle import Bundle, BundleError, VideoRepresentation, load_bundle
+from dnsvr.bundle import DEFAULT_MATCH, MATCH_MODES, Bundle, BundleError, VideoRepresentation, load_bundle
 from dnsvr.index._lock import LOCK_NAME, WriterLock
 from dnsvr.index._paths import DamagedIndexError, check_entries, inside, read_json, write_json_atomic
 from dnsvr.index.records import IndexConfig, IndexRecord, UnknownVideoError, VideoEntry, check_video_id
@@ -101,6 +101,7 @@ class _Query:
     rep: VideoRepresentation
     timestamps: np.ndarray | None
     index_id: str | None = None
+    inset: np.ndarray | None = None
 
 
 def _read_manifest(directory: Path) -> dict[str, Any]:
@@ -347,9 +348,13 @@ class VideoIndex:
         return features, videos
 
     def _iter_planned(self, features: list[tuple[Path, list[str]]], videos: list[tuple[str, Path]],
-                      report: AddReport, progress: bool | None, ray: str | None = None
-                      ) -> Iterator[VideoFeatures]:
-        """Features of the planned inputs; videos are extracted here, or on a Ray cluster when ``ray`` names one."""
+                      report: AddReport, progress: bool | None, ray: str | None = None,
+                      inset_scale: float | None = None) -> Iterator[VideoFeatures]:
+        """Features of the planned inputs; videos are extracted here, or on a Ray cluster when ``ray`` names one.
+
+        With ``inset_scale`` (query videos), each frame also brings its inset vector as a tenth region
+        (:class:`~dnsvr.backbones.extractor.InsetExtractor`).
+        """
         from dnsvr.features import FeatureFile, VideoFeatures
 
         for path, ids in features:
@@ -382,7 +387,12 @@ class VideoIndex:
                 extracted = iter_video_features_ray(videos, self.bundle.backbone, address=ray, failures=failures,
                                                     progress=progress)
             else:
-                extracted = iter_video_features(videos, self._get_extractor(), failures=failures, progress=progress)
+                extractor = self._get_extractor()
+                if inset_scale is not None:
+                    from dnsvr.backbones.extractor import InsetExtractor
+
+                    extractor = InsetExtractor(extractor, inset_scale)
+                extracted = iter_video_features(videos, extractor, failures=failures, progress=progress)
             for rec in extracted:
                 reported = self._report_failures(failures, reported, report)
                 yield dataclasses.replace(rec, features=np.asarray(rec.features, dtype=np.float32),
@@ -705,14 +715,19 @@ class VideoIndex:
             keys = [n if names.count(n) == 1 else f"{n}#{pos}" for n, (pos, _) in zip(names, video_inputs)]
             pairs = [(key, Path(text)) for key, (_, text) in zip(keys, video_inputs)]
             where = {key: item for key, item in zip(keys, video_inputs)}
-            for rec in self._iter_planned([], pairs, report, progress):
+            inset_scale = self.bundle.scoring.inset_scale
+            for rec in self._iter_planned([], pairs, report, progress, inset_scale=inset_scale):
                 pos, text = where[rec.video_id]
+                feats, inset = rec.features, None
+                if inset_scale is not None:  # the tenth row of each frame is its inset vector
+                    feats, inset = feats[:, :-1], feats[:, -1]
                 try:
-                    rep = self.bundle.represent(self.bundle.whiten(rec.features))
+                    rep = self.bundle.represent(self.bundle.whiten(feats))
+                    inset = self.bundle.inset_vectors(inset) if inset is not None else None
                 except BundleError as exc:
                     bad(pos, text, str(exc))
                     continue
-                out.append((pos, _Query(Path(text).stem or text, rep, rec.timestamps)))
+                out.append((pos, _Query(Path(text).stem or text, rep, rec.timestamps, inset=inset)))
             by_path = {str(Path(text)): (pos, text) for pos, text in video_inputs}
             for item, reason in report.skipped:
                 pos, text = by_path.get(str(Path(item)), (len(queries), item))
@@ -724,7 +739,8 @@ class VideoIndex:
                top_k: int | None = 10, budget: Budget | str | int | float | None = None, segments: bool = True,
                ann_candidates: int | None = None, include_self: bool = False,
                progress: bool | None = None, precision: str = DEFAULT_PRECISION,
-               on_error: str = "raise", allow_partial: bool = False) -> list[QueryResults]:
+               on_error: str = "raise", allow_partial: bool = False,
+               match: str = DEFAULT_MATCH) -> list[QueryResults]:
         """Rank the indexed videos for each query with the DnS pipeline.
 
         Args:
@@ -745,6 +761,9 @@ class VideoIndex:
                 others are searched).
             allow_partial: (sharded index) a shard that cannot answer is left out and named in each
                 result's ``missing_shards`` instead of failing the query.
+            match: how re-scored pairs rank: ``"related"`` (everything that shares content with the
+                query, whole copies and videos containing some of its shots) or ``"copy"`` (whole
+                copies above videos that merely contain some shots); see docs/search.md.
 
         Returns:
             One :class:`~dnsvr.search.QueryResults` per query video, in the order of ``queries``.
@@ -762,6 +781,8 @@ class VideoIndex:
             raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
         if on_error not in ("raise", "report"):
             raise ValueError(f"on_error must be 'raise' or 'report', got {on_error!r}")
+        if match not in MATCH_MODES:
+            raise ValueError(f"unknown match mode {match!r}; expected one of {', '.join(MATCH_MODES)}")
         if isinstance(queries, str | Path | np.ndarray):
             queries = [queries]  # type: ignore[list-item]
         if len(self) == 0:
@@ -779,7 +800,7 @@ class VideoIndex:
             prepared = self._prepare_queries(list(queries), progress, failed)
             done = [(pos, self._with_sources(self._search_one(q, self.store, top_k, budget, segments,
                                                               ann_candidates, include_self, precision,
-                                                              allow_partial, group)))
+                                                              allow_partial, group, match)))
                     for pos, q in prepared]
         done += [(pos, QueryResults(name, [], error=reason)) for pos, name, reason in failed or []]
         done.sort(key=lambda x: x[0])
@@ -806,7 +827,8 @@ class VideoIndex:
                 self._search_one(_Query(name, rep, timestamps), self.store, kwargs.get("top_k", 10),
                                  Budget.parse(kwargs.get("budget")), kwargs.get("segments", True),
                                  kwargs.get("ann_candidates"), kwargs.get("include_self", False),
-                                 kwargs.get("precision", DEFAULT_PRECISION), kwargs.get("allow_partial", False)))
+                                 kwargs.get("precision", DEFAULT_PRECISION), kwargs.get("allow_partial", False),
+                                 match=kwargs.get("match", DEFAULT_MATCH)))
 
     def _shard_group(self) -> Any:
         """The shards a query fans out to: this index is one local shard."""
@@ -817,13 +839,14 @@ class VideoIndex:
     def _search_one(self, q: _Query, store: IndexStore | None, top_k: int | None, budget: Budget, segments: bool,
                     ann_candidates: int | None, include_self: bool,
                     precision: str = DEFAULT_PRECISION, allow_partial: bool = False,
-                    group: Any = None) -> QueryResults:
+                    group: Any = None, match: str = DEFAULT_MATCH) -> QueryResults:
         from dnsvr.index.query import QueryRep, search_shards
 
-        rep = QueryRep(q.name, q.rep.coarse, q.rep.fine, q.rep.selector, q.timestamps, q.index_id)
+        rep = QueryRep(q.name, q.rep.coarse, q.rep.fine, q.rep.selector, q.timestamps, q.index_id, q.inset)
         return search_shards(rep, group if group is not None else self._shard_group(), self.bundle, top_k=top_k,
                              budget=budget, segments=segments, ann_candidates=ann_candidates,
-                             include_self=include_self, precision=precision, allow_partial=allow_partial)
+                             include_self=include_self, precision=precision, allow_partial=allow_partial,
+                             match=match)
 
 
 @contextlib.contextmanager

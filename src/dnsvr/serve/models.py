@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from dnsvr.serve.verdicts import VERDICTS
 
 Precision = Literal["exact", "int8"]
+Match = Literal["related", "copy"]
 VerdictName = Literal["copy", "partial", "related", "not_related"]
 if set(VerdictName.__args__) != set(VERDICTS):  # one list of verdicts: the store's
     raise RuntimeError(f"the API's verdicts {VerdictName.__args__} differ from the store's {VERDICTS}")
@@ -26,8 +27,8 @@ class SearchParams(BaseModel):
     include_self: bool = Field(False, description="Keep an indexed query in its own results.")
     precision: Precision | None = Field(None, description="Fine-stage products: 'exact' or 'int8'.")
     ann: int | None = Field(None, ge=1, le=1_000_000, description="Coarse stage over an ANN top-N.")
-    match_mode: str | None = Field(None, max_length=32,
-                                   description="Match mode, where this build of the library has them.")
+    match: Match | None = Field(None, description="'related' (default: everything that shares content) or "
+                                                  "'copy' (whole copies first).")
 
     @field_validator("budget")
     @classmethod

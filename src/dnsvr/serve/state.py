@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import inspect
 import logging
 import re
 import shutil
@@ -55,9 +54,6 @@ class ServiceState:
         self._inflight = 0
         self._inflight_lock = threading.Lock()
         self._upload_lock = threading.Lock()
-        params = inspect.signature(self.index.search).parameters
-        #: search options this build of the library accepts beyond the common ones (e.g. match_mode)
-        self.search_extras = {name for name in ("match_mode",) if name in params}
 
     def close(self) -> None:
         self.jobs.close()

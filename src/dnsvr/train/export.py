@@ -26,15 +26,16 @@ logger = logging.getLogger(__name__)
 
 def fit_coarse_calibration(fine: str | Path, coarse: str | Path, pairs: str | Path, features: str | Path,
                            device: str = "cpu") -> tuple[float, float] | None:
-    """The affine map ``a × coarse + b`` of the coarse student's similarities onto the fine student's scale
-    (``fine/2 + 0.5``): least squares over mined pairs, best of videos neither trained on.
+    """The affine map ``scale × coarse + offset`` of the coarse student's similarities onto the fine
+    student's (least squares over mined pairs, best of videos neither trained on): a bundle's
+    :class:`~dnsvr.bundle.MatchScoring` ``coarse_scale``/``coarse_offset``.
 
     Without it, a trained bundle ranks re-scored and coarse-only results on two scales: when the coarse
     student scores copies higher than the fine student does, a pair the budget re-scores sinks below pairs
     left at their coarse score.
 
     Returns:
-        ``(a, b)``, or None when the fit is not increasing (the coarse scores then stay as they are).
+        ``(scale, offset)``, or None when the fit is not increasing (the coarse scores then stay raw).
     """
     import numpy as np
 
@@ -49,18 +50,18 @@ def fit_coarse_calibration(fine: str | Path, coarse: str | Path, pairs: str | Pa
     try:
         idx = np.stack([mined.anchor, mined.other], 1)
         c = pair_similarities(coarse_net, coarse_cfg["network"]["type"], store, idx, device=device).astype(np.float64)
-        f = pair_similarities(fine_net, fine_cfg["network"]["type"], store, idx, device=device) / 2.0 + 0.5
+        f = pair_similarities(fine_net, fine_cfg["network"]["type"], store, idx, device=device).astype(np.float64)
     finally:
         store.close()
     if len(c) < 2 or float(np.std(c)) == 0.0:
         return None
-    a, b = np.polyfit(c, np.asarray(f, dtype=np.float64), 1)
-    if not a > 0:
-        logger.warning("coarse calibration: the fine scores do not increase with the coarse ones (slope %.3g); "
-                       "not calibrated", a)
+    scale, offset = np.polyfit(c, f, 1)
+    if not scale > 0:
+        logger.warning("coarse calibration: the fine similarities do not increase with the coarse ones "
+                       "(slope %.3g); not calibrated", scale)
         return None
-    logger.info("coarse calibration on %d pairs: %.4f x coarse + %.4f", len(c), a, b)
-    return float(a), float(b)
+    logger.info("coarse calibration on %d pairs: fine ~ %.4f x coarse + %.4f", len(c), scale, offset)
+    return float(scale), float(offset)
 
 
 def build_bundle(fine: str | Path, coarse: str | Path | None = None, selector: str | Path | None = None,
@@ -76,7 +77,8 @@ def build_bundle(fine: str | Path, coarse: str | Path | None = None, selector: s
             here unless fitted: pass the index's bundle folder); ``None``: features were whitened elsewhere.
         name: the bundle's name.
         backbone: backbone name when ``base`` is None (default ``"resnet50"``, the published feature files').
-        coarse_calibration: ``(a, b)`` of :func:`fit_coarse_calibration` (see :class:`dnsvr.bundle.Bundle`).
+        coarse_calibration: ``(scale, offset)`` of :func:`fit_coarse_calibration`: the bundle's scoring then
+            shows coarse-only results on the fine scale (:class:`dnsvr.bundle.MatchScoring`).
 
     Returns:
         A :class:`dnsvr.bundle.Bundle` (call ``.save(folder)``).
@@ -111,7 +113,12 @@ def build_bundle(fine: str | Path, coarse: str | Path | None = None, selector: s
         sel_net, sel_cfg = load_selector(selector)
         kwargs.update(selector_net=sel_net, selector_args=sel_cfg["network"]["kwargs"])
         extra["trained"]["selector"] = {"run": str(selector), "threshold": sel_cfg["training"]["threshold"]}
-    return Bundle(name, bb, whitening=whitening, extra=extra, coarse_calibration=coarse_calibration, **kwargs)
+    scoring = None
+    if coarse_calibration is not None:
+        from dnsvr.bundle import MatchScoring
+
+        scoring = MatchScoring(coarse_scale=float(coarse_calibration[0]), coarse_offset=float(coarse_calibration[1]))
+    return Bundle(name, bb, whitening=whitening, extra=extra, scoring=scoring, **kwargs)
 
 
 def export_reference_checkpoint(run_dir: str | Path, path: str | Path) -> Path:

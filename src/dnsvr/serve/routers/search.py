@@ -44,10 +44,8 @@ def _search_sync(state: ServiceState, query: str, params: SearchParams) -> dict[
     extra: dict[str, Any] = {}
     if params.precision is not None:
         extra["precision"] = params.precision
-    if params.match_mode is not None:
-        if "match_mode" not in state.search_extras:
-            raise ApiError(422, "this version of dnsvr has no match modes")
-        extra["match_mode"] = params.match_mode
+    if params.match is not None:
+        extra["match"] = params.match
     if len(state.index) == 0:
         raise ApiError(409, "the index is empty: add videos first")
     try:
@@ -93,13 +91,13 @@ async def search_upload(
     file: UploadFile = File(..., description="The query video (size and type limited)."),
     top_k: int = Form(10), budget: str | None = Form(None), segments: bool = Form(True),
     include_self: bool = Form(False), precision: str | None = Form(None), ann: int | None = Form(None),
-    match_mode: str | None = Form(None),
+    match: str | None = Form(None),
     state: ServiceState = Depends(get_state),
 ) -> dict[str, Any]:
     """Upload a query video (multipart field ``file``) and search with it; the file is kept for review."""
     try:
         params = SearchParams(top_k=top_k, budget=budget or None, segments=segments, include_self=include_self,
-                              precision=precision or None, ann=ann, match_mode=match_mode or None)
+                              precision=precision or None, ann=ann, match=match or None)
     except ValidationError as exc:
         err = exc.errors()[0]
         raise ApiError(422, f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg', '')}") from None

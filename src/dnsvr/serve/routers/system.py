@@ -44,5 +44,5 @@ def info(state: ServiceState = Depends(get_state)) -> dict[str, Any]:
     return {"index": str(cfg.index_path), "videos": len(state.index), "bundle": state.index.bundle.identity(),
             "media_roots": len(cfg.media_roots) > 0, "writes": cfg.token is not None, "token_for_reads": cfg.public,
             "max_upload_bytes": cfg.max_upload_bytes, "upload_suffixes": sorted(cfg.upload_suffixes),
-            "verdicts": list(VERDICTS), "search_extras": sorted(state.search_extras),
+            "verdicts": list(VERDICTS), "match_modes": ["related", "copy"],
             "shards": list(getattr(state.index, "shard_names", [])) or None, "ray": getattr(state.index, "ray", None)}

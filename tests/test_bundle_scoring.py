@@ -1,0 +1,141 @@
+"""The bundle's match scoring: Chamfer direction, coverages, match modes, the inset match, one score scale."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dnsvr.backbones.extractor import RANDOM, FeatureExtractor, InsetExtractor
+from dnsvr.backbones.regions import global_mac, l3_imac
+from dnsvr.bundle import LITE_SCORING, Bundle, BundleError, MatchScoring, lite_bundle
+from dnsvr.search import combine
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def _video(rng: np.random.Generator, frames: int, dims: int = 32) -> np.ndarray:
+    return _unit(rng.standard_normal((frames, 9, dims)))
+
+
+def _chamfer_bundle(scoring: MatchScoring) -> Bundle:
+    return Bundle("t", "efficientnet_lite0", fine_type="chamfer", coarse_type="mean", scoring=scoring)
+
+
+def test_min_direction_scores_a_partial_below_a_whole_copy_and_coverages_say_why() -> None:
+    rng = np.random.default_rng(0)
+    query = _video(rng, 12)
+    noisy_copy = _unit(query + 0.08 * rng.standard_normal(query.shape))      # every frame, weaker
+    partial = np.concatenate([query[:4], _video(rng, 12)])                     # 4 exact frames among others
+    cands = [noisy_copy.astype(np.float16), partial.astype(np.float16)]
+    query_dir = _chamfer_bundle(MatchScoring()).fine_match(query, cands)
+    min_dir = _chamfer_bundle(MatchScoring(direction="min", coverage_threshold=0.5)).fine_match(query, cands)
+    # the query direction sees the partial's exact frames; the min direction also asks how much of the
+    # candidate is the query
+    assert min_dir.scores[1] < query_dir.scores[1]
+    assert min_dir.scores[0] > min_dir.scores[1]
+    np.testing.assert_allclose(min_dir.coverage[0], [1.0, 1.0])
+    np.testing.assert_allclose(min_dir.coverage[1], [4 / 12, 4 / 16], atol=1e-6)
+    # the identity scoring gives the network's (here: Chamfer's) score unchanged
+    plain, _ = _chamfer_bundle(MatchScoring()).fine_similarities(query, cands)
+    np.testing.assert_allclose(query_dir.scores, plain, atol=1e-6)
+
+
+def test_copy_mode_penalises_uncovered_frames_more_than_related_mode() -> None:
+    rng = np.random.default_rng(1)
+    query = _video(rng, 10)
+    partial = np.concatenate([query[:5], _video(rng, 5)]).astype(np.float16)
+    scoring = MatchScoring(direction="min", coverage_threshold=0.5, related_penalty=0.05, copy_penalty=0.3)
+    b = _chamfer_bundle(scoring)
+    related = b.fine_match(query, [partial], match="related").scores[0]
+    copy = b.fine_match(query, [partial], match="copy").scores[0]
+    base = _chamfer_bundle(MatchScoring(direction="min")).fine_match(query, [partial]).scores[0]
+    np.testing.assert_allclose(related, base - 0.05 * 0.5, atol=1e-6)
+    np.testing.assert_allclose(copy, base - 0.3 * 0.5, atol=1e-6)
+    with pytest.raises(BundleError, match="match mode"):
+        b.fine_match(query, [partial], match="everything")
+
+
+def test_inset_match_lifts_a_candidate_whose_regions_show_the_query_small() -> None:
+    rng = np.random.default_rng(2)
+    query = _video(rng, 8)
+    inset = _unit(rng.standard_normal((8, 32)))
+    host = _video(rng, 8)
+    pip = host.copy()
+    pip[:, 4] = inset            # one region of every candidate frame shows the shrunken query
+    scoring = MatchScoring(direction="min", inset_scale=0.4)
+    b = _chamfer_bundle(scoring)
+    without = b.fine_match(query, [pip.astype(np.float16), host.astype(np.float16)]).scores
+    with_inset = b.fine_match(query, [pip.astype(np.float16), host.astype(np.float16)], inset=inset).scores
+    assert with_inset[0] > 0.99 > without[0]
+    assert with_inset[1] < 0.5           # an unrelated host gains nothing
+    # a scoring without an inset scale ignores the vectors
+    np.testing.assert_allclose(_chamfer_bundle(MatchScoring(direction="min")).fine_match(
+        query, [pip.astype(np.float16)], inset=inset).scores, without[:1], atol=1e-6)
+
+
+def test_scoring_round_trips_through_the_bundle_folder_and_old_bundles_keep_the_identity(tmp_path) -> None:
+    b = lite_bundle()
+    assert b.scoring == LITE_SCORING
+    b.fit_whitening([np.random.default_rng(0).standard_normal((40, 9, 96)).astype(np.float32)], dims=32)
+    b.save(tmp_path / "b")
+    assert Bundle.load(tmp_path / "b").scoring == LITE_SCORING
+    assert Bundle.load(tmp_path / "b").extra["whitening_fitted_on"] == {"videos": 1, "region_vectors": 360, "dims": 32}
+    cfg = json.loads((tmp_path / "b" / "bundle.json").read_text())
+    del cfg["scoring"]                   # a bundle written before scorings existed
+    (tmp_path / "b" / "bundle.json").write_text(json.dumps(cfg))
+    assert Bundle.load(tmp_path / "b").scoring == MatchScoring()
+    cfg["scoring"] = {"direction": "sideways"}
+    (tmp_path / "b" / "bundle.json").write_text(json.dumps(cfg))
+    with pytest.raises(BundleError, match="direction"):
+        Bundle.load(tmp_path / "b")
+    cfg["scoring"] = {"unknown_field": 1}
+    (tmp_path / "b" / "bundle.json").write_text(json.dumps(cfg))
+    with pytest.raises(BundleError, match="scoring"):
+        Bundle.load(tmp_path / "b")
+    with pytest.raises(BundleError, match="chamfer"):
+        Bundle("t", "efficientnet_lite0", fine_type="att", fine_net=torch.nn.Identity(),
+               scoring=MatchScoring(inset_scale=0.4))
+
+
+def test_coarse_rows_share_the_fine_scale_and_re_ranked_rows_carry_coverages() -> None:
+    ids = ["a", "b", "c"]
+    coarse = np.array([0.9, 0.5, 0.2], np.float32)
+    scoring = MatchScoring(coarse_scale=0.5, coarse_offset=0.1)
+    b = _chamfer_bundle(scoring)
+    out = combine(ids, coarse, None, np.array([1]), np.array([0.8]), top_k=None,
+                  coverage=np.array([[1.0, 0.5]], np.float32), coarse_as_fine=b.coarse_to_score)
+    by_id = {r.video_id: r for r in out}
+    assert by_id["b"].score == pytest.approx(0.8 / 2 + 0.5)
+    assert (by_id["b"].query_coverage, by_id["b"].target_coverage) == (1.0, 0.5)
+    assert by_id["a"].score == pytest.approx((0.5 * 0.9 + 0.1) / 2 + 0.5, abs=1e-6)
+    assert by_id["a"].query_coverage is None and by_id["a"].stage == "coarse"
+    assert [r.video_id for r in out] == ["b", "a", "c"]
+
+
+def test_inset_vectors_describe_the_shrunken_frame_whole() -> None:
+    ex = FeatureExtractor("efficientnet_lite0", weights=RANDOM)
+    frames = np.random.default_rng(0).integers(0, 256, (3, 224, 224, 3), dtype=np.uint8)
+    vec = ex.inset_vectors(frames, 0.4)
+    assert vec.shape == (3, ex.region_dims)
+    small = torch.nn.functional.interpolate(torch.from_numpy(frames).permute(0, 3, 1, 2).float(), size=(90, 90),
+                                            mode="bicubic", antialias=True, align_corners=False)
+    small = small.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+    with torch.inference_mode():
+        x = ex.normalize(small).contiguous(memory_format=torch.channels_last)
+        expected = global_mac(ex.net.forward_stages(x))
+    torch.testing.assert_close(vec, expected, atol=1e-5, rtol=1e-5)
+    both = InsetExtractor(ex, 0.4)(frames)
+    assert both.shape == (3, 10, ex.region_dims)
+    torch.testing.assert_close(both[:, :9], ex.extract(frames))
+    torch.testing.assert_close(both[:, 9], vec)
+    maps = [torch.rand(2, c, s, s) for c, s in [(4, 8), (6, 4)]]
+    one = global_mac(maps)
+    assert one.shape == (2, 10)
+    # a 1x1 region grid of the same maps is the same vector as a global MAC
+    np.testing.assert_allclose(one.norm(dim=1).numpy(), 1.0, atol=1e-6)
+    assert l3_imac(maps).shape == (2, 9, 10)
