@@ -118,3 +118,20 @@ def test_interrupted_run_resumes_to_the_same_bundle(collection, tmp_path):
     a, b = _weights(whole.bundle), _weights(resumed.bundle)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert np.isclose(sum(float(v.abs().sum()) for v in a.values()), sum(float(v.abs().sum()) for v in b.values()))
+
+
+def test_videos_other_than_the_index(collection, tmp_path):
+    from dnsvr.bundle import load_bundle
+    from dnsvr.features import FeatureFile
+
+    cfg = RecipeConfig(**TINY)
+    some = tmp_path / "some"
+    some.mkdir()
+    for i in (0, 2, 4, 6, 7):
+        (some / f"clip{i}.mp4").symlink_to(collection / "videos" / f"v{i}.mp4")
+    run_recipe(collection / "idx", tmp_path / "b", videos=some, config=cfg, progress=False, stop_after="split")
+    with FeatureFile(tmp_path / "b.work" / "base.h5") as ff:
+        assert sorted(ff.ids()) == [f"clip{i}" for i in (0, 2, 4, 6, 7)]
+        assert ff.read("clip0").shape[-1] == load_bundle(collection / "idx" / "bundle").input_dims
+    with FeatureFile(tmp_path / "b.work" / "augmented.h5") as ff:
+        assert len(ff.ids()) == 5
