@@ -139,3 +139,36 @@ def test_inset_vectors_describe_the_shrunken_frame_whole() -> None:
     # a 1x1 region grid of the same maps is the same vector as a global MAC
     np.testing.assert_allclose(one.norm(dim=1).numpy(), 1.0, atol=1e-6)
     assert l3_imac(maps).shape == (2, 9, 10)
+
+
+def test_a_query_video_brings_inset_vectors_and_they_only_lift_scores(tmp_path) -> None:
+    """End to end: a query *file* is extracted with its inset vectors (the tenth row), its stored features
+    are not; in related mode the inset match can only raise a pair's score, and lifts the inset copy."""
+    from dnsvr import synthetic
+    from dnsvr.extract import extract_videos
+    from dnsvr.index import VideoIndex
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    size = (320, 180)
+    original = synthetic.render_clip(1, seconds=6.0, fps=8.0, size=size)
+    host = synthetic.render_clip(2, seconds=6.0, fps=8.0, size=size)
+    pip = host.copy()
+    inner = synthetic.resize_frames(original, (144, 80))
+    pip[:, 60:140, 90:234] = inner                       # the original at 45 % in the middle of another clip
+    synthetic.write_video(videos / "pip.mp4", pip, fps=8.0)
+    for seed in (3, 4, 5, 6, 7):
+        synthetic.write_video(videos / f"other{seed}.mp4", synthetic.render_clip(seed, 6.0, 8.0, size), fps=8.0)
+    query = synthetic.write_video(tmp_path / "query.mp4", original, fps=8.0)
+    index = VideoIndex.create(tmp_path / "idx")
+    index.add(videos, progress=False)
+    assert index.bundle.scoring.inset_scale is not None
+    h5 = tmp_path / "q.h5"
+    extract_videos([query], h5, FeatureExtractor("efficientnet_lite0"), progress=False)
+    by_file = {r.video_id: r for r in index.search(query, top_k=None)[0].results}
+    by_features = {r.video_id: r for r in index.search(h5, top_k=None)[0].results}
+    index.close()
+    assert set(by_file) == set(by_features)
+    for vid in by_file:
+        assert by_file[vid].score >= by_features[vid].score - 1e-5
+    assert by_file["pip"].score > by_features["pip"].score + 0.01

@@ -44,7 +44,8 @@ def test_cli_index_lifecycle_and_search_json(tmp_path):
     assert res["query"] == q and res["fine_pairs"] == 2 and len(res["results"]) == 4
     for item in res["results"]:
         assert set(item) >= {"video_id", "score", "coarse_score", "selector_score", "fine_score", "segments",
-                             "stage"}
+                             "stage", "query_coverage", "target_coverage"}
+        assert (item["query_coverage"] is None) == (item["stage"] == "coarse")
         assert item["selector_score"] is None  # no selector: the coarse order stands in
         if item["stage"] == "fine":
             assert isinstance(item["fine_score"], float)
@@ -67,6 +68,10 @@ def test_cli_index_lifecycle_and_search_json(tmp_path):
     assert r.exit_code == 0 and groups[q][0] in r.stdout
     r = runner.invoke(app, ["search", str(idx), q, "--budget", "lots"])
     assert r.exit_code != 0
+    r = runner.invoke(app, ["search", str(idx), q, "--match", "copy", "--json"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["search", str(idx), q, "--match", "everything"])
+    assert r.exit_code == 2 and "--match must be related or copy" in r.output
     r = runner.invoke(app, ["search", str(idx), "missing-id"])
     assert r.exit_code == 2 and "neither" in r.output
 
@@ -75,6 +80,7 @@ def test_cli_index_lifecycle_and_search_json(tmp_path):
     r = runner.invoke(app, ["index", "info", str(idx), "--json"])
     info = json.loads(r.stdout)
     assert info["videos"] == len(videos) - 1 and info["store"]["removed_pending_compact"] == 1
+    assert set(info["scoring"]) >= {"direction", "inset_scale", "coarse_scale"}
     assert runner.invoke(app, ["index", "compact", str(idx)]).exit_code == 0
     r = runner.invoke(app, ["index", "verify", str(idx), "--json"])
     assert r.exit_code == 0 and json.loads(r.stdout)["ok"] is True

@@ -178,6 +178,13 @@ def info(directory: Path = typer.Argument(..., help="Index directory."),
     table.add_row("bundle", f"{b['name']} ({b['backbone']}, whitening {b['whitening']})")
     table.add_row("stages", f"coarse {b['coarse']}, selector {'network' if b['selector'] else 'coarse order'}, "
                             f"fine {b['fine']}")
+    fitted = data.get("whitening_fitted_on")
+    if fitted:
+        from dnsvr.bundle import WHITENING_RECOMMENDED_VECTORS
+        low = fitted["region_vectors"] < WHITENING_RECOMMENDED_VECTORS
+        table.add_row("whitening fitted on", f"{plural(fitted['videos'], 'video')}, {fitted['region_vectors']:,} region "
+                                             f"vectors → {fitted['dims']} dims"
+                                             + (" (fewer than the recommended 10,000: see docs/search.md)" if low else ""))
     table.add_row("videos", str(data["videos"]))
     if "shards" in data:
         table.add_row("shards", ", ".join(f"{s['name']} {s['videos']}" for s in data["shards"]))

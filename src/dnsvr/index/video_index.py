@@ -604,6 +604,10 @@ class VideoIndex:
         manifest = _read_manifest(self.directory)
         out: dict[str, Any] = {"directory": str(self.directory), "format_version": manifest.get("format_version"),
                                "bundle": self.bundle.identity(), "videos": len(self)}
+        fitted_on = self.bundle.extra.get("whitening_fitted_on")
+        if fitted_on is not None:  # the lite whitening: fitted by the first add, on what
+            out["whitening_fitted_on"] = fitted_on
+        out["scoring"] = self.bundle.scoring.to_dict()
         if self.store is not None:
             out["store"] = self.store.info()
         return out
