@@ -108,7 +108,7 @@ def test_coarse_rows_share_the_fine_scale_and_re_ranked_rows_carry_coverages() -
     scoring = MatchScoring(coarse_scale=0.5, coarse_offset=0.1)
     b = _chamfer_bundle(scoring)
     out = combine(ids, coarse, None, np.array([1]), np.array([0.8]), top_k=None,
-                  coverage=np.array([[1.0, 0.5]], np.float32), coarse_as_fine=b.coarse_to_score)
+                  coverage=np.array([[1.0, 0.5]], np.float32), coarse_as_fine=b.coarse_as_fine)
     by_id = {r.video_id: r for r in out}
     assert by_id["b"].score == pytest.approx(0.8 / 2 + 0.5)
     assert (by_id["b"].query_coverage, by_id["b"].target_coverage) == (1.0, 0.5)
@@ -133,12 +133,13 @@ def test_inset_vectors_describe_the_shrunken_frame_whole() -> None:
     assert both.shape == (3, 10, ex.region_dims)
     torch.testing.assert_close(both[:, :9], ex.extract(frames))
     torch.testing.assert_close(both[:, 9], vec)
-    maps = [torch.rand(2, c, s, s) for c, s in [(4, 8), (6, 4)]]
-    one = global_mac(maps)
-    assert one.shape == (2, 10)
-    # a 1x1 region grid of the same maps is the same vector as a global MAC
-    np.testing.assert_allclose(one.norm(dim=1).numpy(), 1.0, atol=1e-6)
-    assert l3_imac(maps).shape == (2, 9, 10)
+    # global MAC, known by hand: each stage's channel maxima, L2-normalised per stage, concatenated, normalised
+    first, second = torch.zeros(1, 2, 8, 8), torch.zeros(1, 3, 4, 4)
+    first[0, 0, 7, 7], first[0, 1, 0, 3] = 3.0, 4.0      # stage maxima (3, 4) → (0.6, 0.8)
+    second[0, 2, 1, 1] = 5.0                             # stage maxima (0, 0, 5) → (0, 0, 1)
+    expected_mac = torch.tensor([[0.6, 0.8, 0.0, 0.0, 1.0]]) / 2 ** 0.5
+    torch.testing.assert_close(global_mac([first, second]), expected_mac)
+    assert l3_imac([first, second]).shape == (1, 9, 5)   # the same layout, per region
 
 
 def test_a_query_video_brings_inset_vectors_and_they_only_lift_scores(tmp_path) -> None:

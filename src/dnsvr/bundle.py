@@ -681,26 +681,21 @@ class Bundle:
                     regions += int(np.prod(np.shape(candidates[k])[:2]))
                     start += 1
                 arrays = [np.asarray(candidates[k]) for k in block]
-                regions_per_frame = {a.shape[1] for a in arrays}
                 flat = np.concatenate([a.reshape(-1, a.shape[-1]) for a in arrays])
                 sims = torch.from_numpy(flat).to(torch.float32) @ q.T      # [regions of the block, Tq]
-                if len(regions_per_frame) == 1:                            # best region of each frame first
-                    sims = sims.view(-1, regions_per_frame.pop(), q.shape[0]).amax(1)
-                    bounds = np.cumsum([0] + [a.shape[0] for a in arrays[:-1]])
-                else:
-                    bounds = np.cumsum([0] + [a.shape[0] * a.shape[1] for a in arrays[:-1]])
-                per = np.maximum.reduceat(sims.numpy(), bounds, axis=0)  # [candidates, Tq]: the best frame
+                bounds = np.cumsum([0] + [a.shape[0] * a.shape[1] for a in arrays[:-1]])
+                per = np.maximum.reduceat(sims.numpy(), bounds, axis=0)  # [candidates, Tq]: best region anywhere
                 out[block] = per.mean(1)
         return out
 
-    def inset_vectors(self, raw: np.ndarray) -> np.ndarray | None:
+    def inset_vectors(self, raw: np.ndarray | None) -> np.ndarray | None:
         """The query's whitened inset vectors from the raw ones ``[T, C]`` (None without an inset match)."""
         if self.scoring.inset_scale is None or raw is None or len(raw) == 0:
             return None
         return self.whiten(np.asarray(raw, dtype=np.float32)[:, None, :])[:, 0, :]
 
     @property
-    def coarse_to_score(self) -> Callable[[np.ndarray], np.ndarray] | None:
+    def coarse_as_fine(self) -> Callable[[np.ndarray], np.ndarray] | None:
         """Puts coarse similarities on the fine scale (see :class:`MatchScoring`), for results not
         re-scored; None when the bundle has no such calibration (raw coarse scores)."""
         sc = self.scoring

@@ -269,7 +269,7 @@ def combine(ids: Sequence[str], coarse_scores: np.ndarray, selector_scores: np.n
             coarse_as_fine: Callable[[np.ndarray], np.ndarray] | None = None) -> list[SearchResult]:
     """One ranked list: re-ranked pairs take ``fine/2 + 0.5``, the rest their coarse score.
 
-    With ``coarse_as_fine`` (a bundle's :attr:`~dnsvr.bundle.Bundle.coarse_to_score`), the coarse
+    With ``coarse_as_fine`` (a bundle's :attr:`~dnsvr.bundle.Bundle.coarse_as_fine`), the coarse
     scores are first put on the fine scale, so the two kinds of rows share one scale. ``coverage``
     (``[len(selected), 2]``) gives the re-ranked results their query and target coverages.
     Ranking is by combined score, descending; ties by video id (deterministic).

@@ -330,5 +330,5 @@ def _rank(q: QueryRep, cands: dict[int, Candidates], bundle: Any, group: ShardGr
         return out, cover
 
     results, pairs = dns_rank(ids, scores, budget=budget, database_size=database_size, fine_fn=fine_fn,
-                              selector_fn=selector_fn, top_k=top_k, coarse_as_fine=bundle.coarse_to_score)
+                              selector_fn=selector_fn, top_k=top_k, coarse_as_fine=bundle.coarse_as_fine)
     return results, pairs, len(ids), owner

@@ -727,7 +727,7 @@ class VideoIndex:
                     feats, inset = feats[:, :-1], feats[:, -1]
                 try:
                     rep = self.bundle.represent(self.bundle.whiten(feats))
-                    inset = self.bundle.inset_vectors(inset) if inset is not None else None
+                    inset = self.bundle.inset_vectors(inset)
                 except BundleError as exc:
                     bad(pos, text, str(exc))
                     continue

@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 
+from dnsvr.bundle import MATCH_MODES
 from dnsvr.serve.deps import get_state, require_read
 from dnsvr.serve.models import Health, MetricsOut
 from dnsvr.serve.state import ServiceState
@@ -44,5 +45,5 @@ def info(state: ServiceState = Depends(get_state)) -> dict[str, Any]:
     return {"index": str(cfg.index_path), "videos": len(state.index), "bundle": state.index.bundle.identity(),
             "media_roots": len(cfg.media_roots) > 0, "writes": cfg.token is not None, "token_for_reads": cfg.public,
             "max_upload_bytes": cfg.max_upload_bytes, "upload_suffixes": sorted(cfg.upload_suffixes),
-            "verdicts": list(VERDICTS), "match_modes": ["related", "copy"],
+            "verdicts": list(VERDICTS), "match_modes": list(MATCH_MODES),
             "shards": list(getattr(state.index, "shard_names", [])) or None, "ray": getattr(state.index, "ray", None)}
