@@ -62,11 +62,17 @@ BUNDLE_FORMAT = "dnsvr-bundle"
 BUNDLE_FORMAT_VERSION = 1
 CONFIG_NAME = "bundle.json"
 BUILTIN_BUNDLES = ("lite", "paper", "paper-bin")
-COARSE_TYPES = ("mean", "student")
+COARSE_TYPES = ("mean", "chunks", "student")
 
 #: Whitened dimensions of the ``lite`` bundle (fewer if the first videos give too few region vectors).
 #: Chosen on the real-content benchmark's dev split (64 / 128 / 256 / 512 dims); see docs/evaluation.md.
 LITE_DIMS = 128
+#: Chunk vectors per video of the ``lite`` bundle's coarse stage (``coarse_type="chunks"``): the video's
+#: frames cut into this many equal stretches, each described by the mean of its region vectors. Chosen on
+#: the real-content benchmark's dev splits against one mean vector; see docs/evaluation.md.
+LITE_COARSE_CHUNKS = 4
+#: Most chunk vectors a ``chunks`` coarse stage may take.
+MAX_COARSE_CHUNKS = 64
 #: Fewest whitened dimensions ``fit_whitening`` accepts.
 MIN_WHITENED_DIMS = 32
 #: Region vectors needed per whitened dimension. A whitening fitted on too few vectors amplifies
@@ -170,7 +176,7 @@ class MatchScoring:
 
 #: The ``lite`` bundle's scoring (chosen on the real-content benchmark's dev split; see MatchScoring).
 LITE_SCORING = MatchScoring(direction="min", coverage_threshold=0.25, related_penalty=0.05, copy_penalty=0.1,
-                            inset_scale=0.4, coarse_scale=0.65, coarse_offset=0.17)
+                            inset_scale=0.4, coarse_scale=0.765, coarse_offset=0.126)
 
 
 @dataclass
@@ -280,9 +286,11 @@ class Bundle:
             ``"chamfer"`` (training-free).
         fine_net: the fine student for ``att``/``bin``.
         fine_args: constructor arguments of ``fine_net`` (recorded in the config).
-        coarse_type: ``"mean"`` (training-free) or ``"student"`` (a :class:`dnsvr.nn.CoarseGrainedStudent`).
+        coarse_type: ``"mean"`` (training-free: one mean vector), ``"chunks"`` (training-free:
+            ``coarse_args["chunks"]`` mean vectors, one per stretch of the video; see
+            :func:`lite_chunk_vectors`) or ``"student"`` (a :class:`dnsvr.nn.CoarseGrainedStudent`).
         coarse_net: the coarse student.
-        coarse_args: its constructor arguments.
+        coarse_args: its constructor arguments (``{"chunks": k}`` for ``chunks``).
         selector_net: the :class:`dnsvr.nn.SelectorNetwork`, or None.
         selector_args: its constructor arguments.
         whitening_dims: the whitened size to fit (lite; when ``whitening`` is not fitted yet).
@@ -309,6 +317,11 @@ class Bundle:
             raise BundleError(f"fine type {fine_type!r} needs a fine student network")
         if coarse_type == "student" and coarse_net is None:
             raise BundleError("coarse type 'student' needs a coarse student network")
+        if coarse_type == "chunks":
+            k = (coarse_args or {}).get("chunks")
+            if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_COARSE_CHUNKS:
+                raise BundleError(f"coarse type 'chunks' needs coarse args {{'chunks': 1..{MAX_COARSE_CHUNKS}}}, "
+                                  f"got {coarse_args!r}")
         self.name = name
         self.backbone = backbone
         self.whitening = whitening
@@ -356,14 +369,19 @@ class Bundle:
             return "uint8", (9, bits // 8)
         return "float16", (9, int(d))
 
+    @property
+    def coarse_chunks(self) -> int:
+        """Chunk vectors per coarse vector (1 for a single vector, scored by inner product)."""
+        return int(self.coarse_args["chunks"]) if self.coarse_type == "chunks" else 1
+
     def coarse_dims(self) -> int:
-        """Size of the coarse vector."""
+        """Size of the coarse vector (all its chunks)."""
         if self.coarse_type == "student":
             return int(self.coarse_args.get("netvlad_outdims", 1024))
         d = self.input_dims
         if d is None:
             raise BundleError(f"bundle {self.name!r}: the whitening is not fitted yet, the coarse size is unknown")
-        return int(d)
+        return int(d) * self.coarse_chunks
 
     def identity(self) -> dict[str, Any]:
         """Provenance: backbone, whitening identity, stage types."""
@@ -582,6 +600,8 @@ class Bundle:
             if self.coarse_type == "student":
                 coarse = self.coarse_net.index_video(x[None])  # type: ignore[union-attr]
                 coarse = coarse.reshape(-1).float().numpy()
+            elif self.coarse_type == "chunks":
+                coarse = lite_chunk_vectors(x.numpy(), self.coarse_chunks).reshape(-1)
             else:
                 coarse = lite_coarse_vector(x.numpy())
             if self.fine_type == "chamfer":
@@ -750,12 +770,40 @@ def lite_coarse_vector(features: np.ndarray) -> np.ndarray:
     return (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32)
 
 
+def lite_chunk_vectors(features: np.ndarray, chunks: int) -> np.ndarray:
+    """The training-free chunked coarse vectors: the frames cut into ``chunks`` equal stretches.
+
+    Each stretch is described as :func:`lite_coarse_vector` describes a whole video. Stretch ``i``
+    spans frames ``floor(i·T/k)`` to ``ceil((i+1)·T/k)``, so a video of fewer than ``k`` frames
+    repeats frames rather than leaving a chunk empty. Two videos are compared by the chunks'
+    Chamfer similarity (the index's coarse search); a video that holds a query's shots among
+    others keeps the chunks that show them instead of one diluted mean.
+
+    Args:
+        features: ``[T, 9, D]`` base features.
+        chunks: stretches per video.
+
+    Returns:
+        float32 ``[chunks, D]``, each row L2-normalised.
+    """
+    x = np.asarray(features, dtype=np.float32)
+    t = len(x)
+    bounds = np.linspace(0.0, t, chunks + 1)
+    rows = []
+    for i in range(chunks):
+        start = min(int(np.floor(bounds[i])), t - 1)
+        stop = max(int(np.ceil(bounds[i + 1])), start + 1)
+        rows.append(lite_coarse_vector(x[start:stop]))
+    return np.stack(rows)
+
+
 def lite_bundle(dims: int = LITE_DIMS) -> Bundle:
     """The offline default bundle (whitening unfitted until the first videos are added)."""
     from dnsvr.backbones import PCAWhitening
 
     return Bundle("lite", "efficientnet_lite0", whitening=PCAWhitening(dims=dims), fine_type="chamfer",
-                  coarse_type="mean", whitening_dims=dims, scoring=LITE_SCORING)
+                  coarse_type="chunks", coarse_args={"chunks": LITE_COARSE_CHUNKS}, whitening_dims=dims,
+                  scoring=LITE_SCORING)
 
 
 def paper_bundle(fine: str = "att", offline: bool | None = None) -> Bundle:

@@ -16,6 +16,10 @@ that are missing from SQLite" — no bookkeeping can make it wrong. Files in ``c
 
 Removed rows stay in the files (filtered out) until the writer rewrites them: at ``compact``,
 or at close when rows are missing or a quarter of them are dead.
+
+A coarse vector is one vector (scored by inner product) or ``chunks`` unit vectors side by side, one
+per stretch of the video (scored by :func:`chunked_similarities`; the ANN index then holds their
+mean and its hits are scored again exactly).
 """
 
 from __future__ import annotations
@@ -119,6 +123,53 @@ def top_k(scores: np.ndarray, k: int | None) -> np.ndarray:
     return np.take_along_axis(part, order, axis=1)
 
 
+#: Candidate rows scored at once by :func:`chunked_similarities` (bounds its ``[rows·chunks, chunks]`` block).
+CHUNK_BLOCK_ROWS = 16384
+
+
+def chunked_similarities(q: np.ndarray, m: np.ndarray, chunks: int) -> np.ndarray:
+    """Similarities of coarse vectors made of ``chunks`` unit vectors each, ``[n, N]`` float32.
+
+    A pair's score is the smaller of the two directions of a Chamfer similarity over its
+    ``chunks × chunks`` chunk similarities: the mean over the query's chunks of their best match
+    among the candidate's, and the mean over the candidate's chunks of their best match among the
+    query's. A video that contains the query's content among other content scores lower than a whole
+    copy, but far above a mean vector's dilution. With ``chunks=1`` it is the inner product.
+
+    Args:
+        q: ``[n, chunks·d]`` query vectors.
+        m: ``[N, chunks·d]`` stored vectors.
+        chunks: chunk vectors per row.
+    """
+    q = np.asarray(q, dtype=np.float32)
+    m = np.asarray(m)  # a plain ndarray view of a memmap (no copy)
+    if chunks == 1:
+        return (m @ q[0])[None, :] if len(q) == 1 else q @ m.T
+    n, big = len(q), len(m)
+    d = q.shape[1] // chunks
+    out = np.empty((n, big), dtype=np.float32)
+    qc = q.reshape(n * chunks, d)
+    for start in range(0, big, CHUNK_BLOCK_ROWS):
+        block = m[start:start + CHUNK_BLOCK_ROWS]
+        rows = len(block)
+        # [rows, candidate chunk, query, query chunk]
+        s = (np.ascontiguousarray(block, dtype=np.float32).reshape(rows * chunks, d) @ qc.T).reshape(
+            rows, chunks, n, chunks)
+        query_dir = s.max(axis=1).mean(axis=-1)   # [rows, n]
+        target_dir = s.max(axis=3).mean(axis=1)   # [rows, n]
+        out[:, start:start + rows] = np.minimum(query_dir, target_dir).T
+    return out
+
+
+def chunk_mean(v: np.ndarray, chunks: int) -> np.ndarray:
+    """The L2-normalised mean of each row's chunk vectors, ``[n, d]`` (what the ANN index holds)."""
+    v = np.asarray(v, dtype=np.float32)
+    if chunks == 1:
+        return np.ascontiguousarray(v)
+    x = v.reshape(len(v), chunks, -1).mean(axis=1)
+    return np.ascontiguousarray(x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12), dtype=np.float32)
+
+
 class CoarseCache:
     """Coarse vectors of the active rows, for exact search and an optional ANN index.
 
@@ -127,13 +178,16 @@ class CoarseCache:
         dim: coarse vector dimension.
         spec: FAISS index_factory spec; ``"Flat"`` means exact search only.
         loader: ``loader(rowids) -> float32 [len(rowids), dim]`` reading SQLite.
+        chunks: chunk vectors per coarse vector (1: one vector, inner-product scores).
     """
 
     def __init__(
-        self, directory: Path, dim: int, spec: str, loader: Callable[[np.ndarray], np.ndarray]
+        self, directory: Path, dim: int, spec: str, loader: Callable[[np.ndarray], np.ndarray], chunks: int = 1
     ) -> None:
         self.directory = Path(directory)
         self.dim = int(dim)
+        self.chunks = int(chunks)
+        self.ann_dim = self.dim // self.chunks
         self.spec = spec
         self.loader = loader
         # the mapped files
@@ -383,10 +437,8 @@ class CoarseCache:
         idx = top_k(scores, k)
         return idx, np.take_along_axis(scores, idx, axis=1)
 
-    @staticmethod
-    def _product(q: np.ndarray, m: np.ndarray) -> np.ndarray:
-        m = np.asarray(m)  # a plain ndarray view of the memmap (no copy)
-        return (m @ q[0])[None, :] if len(q) == 1 else q @ m.T
+    def _product(self, q: np.ndarray, m: np.ndarray) -> np.ndarray:
+        return chunked_similarities(q, m, self.chunks)
 
     def ann_ready(self) -> bool:
         """Build/extend the ANN index for the current rows; False means: use exact search."""
@@ -403,7 +455,7 @@ class CoarseCache:
                     with os.fdopen(open_nofollow(self._path(ann_entry["index"]), os.O_RDONLY), "rb") as fh:
                         blob = np.frombuffer(fh.read(), dtype=np.uint8)
                     self.ann = faiss.deserialize_index(blob)
-                    if self.ann.ntotal != len(self.ann_rowids) or self.ann.d != self.dim:
+                    if self.ann.ntotal != len(self.ann_rowids) or self.ann.d != self.ann_dim:
                         raise ValueError(f"ANN index has {self.ann.ntotal} rows/{self.ann.d} dims, "
                                          f"rowids {len(self.ann_rowids)}")
                 except (RuntimeError, OSError, ValueError, MemoryError) as exc:  # DamagedIndexError included
@@ -416,8 +468,8 @@ class CoarseCache:
                 self.ann = self.ann_rowids = None
         if self.ann is None:
             try:
-                index = faiss.index_factory(self.dim, self.spec, faiss.METRIC_INNER_PRODUCT)
-                x = self.vectors()
+                index = faiss.index_factory(self.ann_dim, self.spec, faiss.METRIC_INNER_PRODUCT)
+                x = chunk_mean(self.vectors(), self.chunks)
                 if not index.is_trained:
                     index.train(x)
                 index.add(x)
@@ -433,7 +485,7 @@ class CoarseCache:
         last = self.ann_rowids[-1] if len(self.ann_rowids) else -1
         new = np.flatnonzero(self.rowids > last)
         if len(new):
-            self.ann.add(self.vectors(new))
+            self.ann.add(chunk_mean(self.vectors(new), self.chunks))
             self.ann_rowids = np.concatenate([self.ann_rowids, self.rowids[new]])
             self.ann_dirty = True
         return True
@@ -452,7 +504,7 @@ class CoarseCache:
             faiss.ParameterSpace().set_index_parameters(self.ann, params)
         n_dead = len(self.ann_rowids) - int(np.isin(self.ann_rowids, self.rowids, assume_unique=True).sum())
         kk = min(k + n_dead, self.ann.ntotal)
-        scores, labels = self.ann.search(np.ascontiguousarray(q, dtype=np.float32), kk)
+        scores, labels = self.ann.search(chunk_mean(q, self.chunks), kk)
         out_pos = np.full((len(q), k), -1, dtype=np.int64)
         out_sc = np.full((len(q), k), -np.inf, dtype=np.float32)
         for i in range(len(q)):
@@ -462,8 +514,14 @@ class CoarseCache:
             p = np.searchsorted(self.rowids, rid)
             pc = np.minimum(p, len(self.rowids) - 1)
             live = self.rowids[pc] == rid
-            sel_pos = pc[live][:k]
-            sel_sc = scores[i][ok][live][:k]
+            hit_pos, hit_sc = pc[live], scores[i][ok][live]
+            if self.chunks > 1 and len(hit_pos):
+                # the ANN index ranks by the chunks' mean: score its hits exactly and rank them again
+                hit_sc = chunked_similarities(q[i:i + 1], self.vectors(hit_pos), self.chunks)[0]
+                order = np.argsort(-hit_sc, kind="stable")
+                hit_pos, hit_sc = hit_pos[order], hit_sc[order]
+            sel_pos = hit_pos[:k]
+            sel_sc = hit_sc[:k]
             out_pos[i, : len(sel_pos)] = sel_pos
             out_sc[i, : len(sel_sc)] = sel_sc
         return out_pos, out_sc, False
@@ -508,7 +566,7 @@ class CoarseCache:
                                     f"(delete coarse/ to rebuild)")
                     break
         if self.ann is not None and self.ann_rowids is not None:
-            if self.ann.ntotal != len(self.ann_rowids) or self.ann.d != self.dim:
+            if self.ann.ntotal != len(self.ann_rowids) or self.ann.d != self.ann_dim:
                 problems.append(f"ANN index holds {self.ann.ntotal} vectors of {self.ann.d} dims for "
                                 f"{len(self.ann_rowids)} row ids")
             elif not np.isin(self.ann_rowids, all_rowids).all():

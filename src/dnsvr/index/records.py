@@ -92,6 +92,9 @@ class IndexConfig:
 
     Args:
         coarse_dim: dimension of the coarse vectors (1024 for the DnS coarse student).
+        coarse_chunks: a coarse vector is this many unit chunk vectors side by side (the ``lite``
+            bundle's, one per stretch of the video), scored by the smaller direction of the chunks'
+            Chamfer similarity; 1 (the default): one vector, scored by inner product.
         fine_dtype: element dtype of the fine representation: ``"uint8"`` (packed ±1 bits of
             S^f_B), ``"float16"`` (S^f_A, the training-free fine stage), ``"float32"``, ``"int8"``.
         fine_shape: per-frame shape of the fine representation, e.g. ``(9, 64)`` for 9 regions of
@@ -109,6 +112,7 @@ class IndexConfig:
     """
 
     coarse_dim: int = 1024
+    coarse_chunks: int = 1
     fine_dtype: str = "uint8"
     fine_shape: tuple[int, ...] = (9, 64)
     coarse_index: str = "Flat"
@@ -126,12 +130,15 @@ class IndexConfig:
         if not shape or len(shape) > 8 or any(s <= 0 or s > _MAX_FRAME_BYTES for s in shape):
             raise ValueError(f"fine_shape must be a non-empty tuple of positive ints, got {self.fine_shape!r}")
         object.__setattr__(self, "fine_shape", shape)
-        for name in ("coarse_dim", "shard_bytes"):
+        for name in ("coarse_dim", "coarse_chunks", "shard_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
                 raise ValueError(f"{name} must be an int, got {value!r}")
         if not 0 < int(self.coarse_dim) <= _MAX_COARSE_DIM:
             raise ValueError(f"coarse_dim must be in 1..{_MAX_COARSE_DIM}, got {self.coarse_dim}")
+        if not 0 < int(self.coarse_chunks) <= int(self.coarse_dim) or self.coarse_dim % self.coarse_chunks:
+            raise ValueError(f"coarse_chunks must be a positive divisor of coarse_dim {self.coarse_dim}, "
+                             f"got {self.coarse_chunks}")
         if not 0 < int(self.shard_bytes) <= _MAX_SHARD_BYTES:
             raise ValueError(f"shard_bytes must be in 1..{_MAX_SHARD_BYTES}, got {self.shard_bytes}")
         if math.prod(shape) * np.dtype(self.fine_dtype).itemsize > _MAX_FRAME_BYTES:

@@ -179,7 +179,7 @@ class IndexStore:
         self._cat = _Catalog()
         self._reader = ShardReader(directory / SHARD_DIR, self._dtype, self.config.fine_shape)
         self._coarse = CoarseCache(directory / COARSE_DIR, self.config.coarse_dim, self.config.coarse_index,
-                                   self._load_coarse_rows)
+                                   self._load_coarse_rows, chunks=self.config.coarse_chunks)
         self._appender: ShardAppender | None = None
         self._refresh(force=True)
         if not readonly:
@@ -693,7 +693,7 @@ class IndexStore:
     def coarse_search(
         self, queries: np.ndarray, k: int | None = None, *, exact: bool = False, params: str | None = None
     ) -> CoarseHits:
-        """Inner-product search of the coarse vectors.
+        """Search of the coarse vectors: inner products, or chunked similarities (``config.coarse_chunks``).
 
         Args:
             queries: float ``[n, coarse_dim]`` (or one ``[coarse_dim]`` vector).

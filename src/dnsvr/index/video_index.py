@@ -287,7 +287,8 @@ class VideoIndex:
     def _create_store(self) -> IndexStore:
         dtype, shape = self.bundle.fine_layout()
         manifest = _read_manifest(self.directory)
-        config = IndexConfig(coarse_dim=self.bundle.coarse_dims(), fine_dtype=dtype, fine_shape=shape,
+        config = IndexConfig(coarse_dim=self.bundle.coarse_dims(), coarse_chunks=self.bundle.coarse_chunks,
+                             fine_dtype=dtype, fine_shape=shape,
                              coarse_index=manifest.get("coarse_index", "Flat"),
                              extra={"bundle": self.bundle.identity()})
         partial = inside(self.directory, STORE_DIR, kind="dir")
