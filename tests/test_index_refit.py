@@ -151,6 +151,11 @@ def test_refit_errors_leave_nothing(tmp_path):
         (tmp_path / "busy" / "x").write_text("x")
         with pytest.raises(FileExistsError):
             index.refit_whitening(tmp_path / "busy")
+        (tmp_path / "other.partial").mkdir()
+        (tmp_path / "other.partial" / "mine.txt").write_text("x")
+        with pytest.raises(RefitError, match="was not left by a refit"):
+            index.refit_whitening(tmp_path / "other")
+        assert (tmp_path / "other.partial" / "mine.txt").exists() and not (tmp_path / "other").exists()
         moved = tmp_path / "moved"
         moved.mkdir()
         h5.rename(moved / "raw.h5")
@@ -235,6 +240,11 @@ def test_cli_refit_videos_moved_missing_undecodable_and_resume(tmp_path):
     assert doc["videos"] == 2 and {s["video_id"] for s in doc["skipped"]} == {"clip3", "clip4"}
     with VideoIndex.open(tmp_path / "n2", readonly=True) as new:
         assert new.ids() == old_ids[:2] and new.info()["whitening_fitted_on"]["videos"] == 2
+        meta = new.entry("clip1").meta
+    with VideoIndex.open(idx, readonly=True) as old:
+        was = old.entry("clip1").meta
+    # the same extraction record as the add wrote (plus first_added)
+    assert {k: v for k, v in meta.items() if k != "first_added"} == was
 
 
 def test_cli_refit_undecodable_keeps_partial_for_resume(tmp_path):

@@ -34,7 +34,8 @@ import numpy as np
 
 from dnsvr._fsutil import fsync_dir
 from dnsvr.bundle import WHITENING_RECOMMENDED_VECTORS, Bundle, BundleError
-from dnsvr.index._paths import inside, read_json
+from dnsvr.index._lock import LOCK_NAME, WriterLock
+from dnsvr.index._paths import inside, read_json, write_json_atomic
 from dnsvr.index.video_index import BUNDLE_DIR, FEATURE_SUFFIXES, MANIFEST, WHITENING_SAMPLE_VECTORS, VideoIndex, \
     VideoIndexError
 
@@ -51,6 +52,7 @@ REFIT_GROWTH = 2.0
 #: Suffix of the working folder beside the output (raw features, the index being built).
 PARTIAL_SUFFIX = ".partial"
 _RAW_FILE = "raw.h5"
+_MARKER = "refit.json"
 _BUILD_DIR = "index"
 _COMMIT_BATCH = 64
 
@@ -273,10 +275,6 @@ def refit_whitening(index: VideoIndex, output: str | Path, *, videos_root: str |
     arguments. ``sample_vectors`` caps the fit's sample (default
     :data:`~dnsvr.index.video_index.WHITENING_SAMPLE_VECTORS`).
     """
-    from dnsvr.backbones import PCAWhitening
-    from dnsvr.bundle import LITE_DIMS
-    from dnsvr.extract import extract_videos
-
     started = time.perf_counter()
     problem = index.bundle.refit_problem()
     if problem:
@@ -311,6 +309,41 @@ def refit_whitening(index: VideoIndex, output: str | Path, *, videos_root: str |
     report.skipped.extend(unavailable)
 
     partial.mkdir(parents=True, exist_ok=True)
+    lock = WriterLock(partial)  # one refit per output at a time
+    lock.acquire()
+    try:
+        return _refit_into(index, output, partial, sources, len(entries), report, skip_missing=skip_missing,
+                           dims=dims, progress=progress, sample_vectors=sample_vectors, started=started)
+    finally:
+        lock.release()
+
+
+def _claim(index: VideoIndex, partial: Path) -> None:
+    """Make ``partial`` this refit's working folder: new, or left by an interrupted refit of the same index."""
+    manifest = read_json(index.directory, MANIFEST)
+    mine = {"index": str(index.directory.resolve()), "created": manifest.get("created")}
+    marker = partial / _MARKER
+    if marker.exists():
+        theirs = read_json(partial, _MARKER)
+        if theirs != mine:
+            raise RefitError(f"{partial} was left by a refit of another index ({theirs.get('index')}): remove it, "
+                             "or choose another output")
+        logger.info("resuming the refit left in %s", partial)
+    elif any(p.name != LOCK_NAME for p in partial.iterdir()):
+        raise RefitError(f"{partial} exists and was not left by a refit: remove it, or choose another output")
+    else:
+        write_json_atomic(marker, mine)
+
+
+def _refit_into(index: VideoIndex, output: Path, partial: Path, sources: list[_Source], n_entries: int,
+                report: RefitReport, *, skip_missing: bool, dims: int | None, progress: bool | None,
+                sample_vectors: int | None, started: float) -> RefitReport:
+    """The refit's steps once its sources are known, under the lock of its working folder."""
+    from dnsvr.backbones import PCAWhitening
+    from dnsvr.bundle import LITE_DIMS
+    from dnsvr.extract import extract_videos
+
+    _claim(index, partial)
     raw_h5 = partial / _RAW_FILE
     videos = {s.video_id: s.path for s in sources if s.dataset is None}
     if videos:
@@ -324,13 +357,13 @@ def refit_whitening(index: VideoIndex, output: str | Path, *, videos_root: str |
             lost = [(s.video_id, s.entry.source or "", failed[s.video_id].reason)
                     for s in sources if s.video_id in failed]
             if not skip_missing:
-                raise RefitError(f"{len(lost)} of {len(entries)} indexed videos could not be decoded: "
+                raise RefitError(f"{len(lost)} of {n_entries} indexed videos could not be decoded: "
                                  f"{_listing(lost)}. No index was written; the videos decoded so far are kept in "
                                  f"{partial} for the next run (leave the others out with skip_missing)")
             report.skipped.extend(lost)
             sources = [s for s in sources if s.video_id not in failed]
     if not sources:
-        raise RefitError(f"none of the {len(entries)} indexed videos could be read again: {_listing(report.skipped)}")
+        raise RefitError(f"none of the {n_entries} indexed videos could be read again: {_listing(report.skipped)}")
 
     reader = _RawReader(raw_h5)
     try:
