@@ -295,9 +295,10 @@ def shard(source: Path = typer.Argument(..., help="An ordinary index."),
 @index_app.command("refit")
 def refit(directory: Path = typer.Argument(..., help="A lite index (its whitening was fitted on its videos)."),
           output: Path = typer.Argument(..., help="New index directory (must not exist or be empty)."),
-          videos: Path = typer.Option(None, "--videos", help="Where the videos are now, if they moved: a missing "
-                                                             "source is looked up under this folder by its path's "
-                                                             "trailing parts (a/b/clip.mp4, b/clip.mp4, clip.mp4)."),
+          videos: Path = typer.Option(None, "--videos", metavar="DIR",
+                                      help="Where the videos are now, if they moved: each source is looked up under "
+                                           "DIR first, by its path's trailing parts (a/b/clip.mp4, b/clip.mp4, "
+                                           "clip.mp4), then at its recorded path."),
           skip_missing: bool = typer.Option(False, "--skip-missing",
                                             help="Leave out (and list) videos whose file is missing or undecodable "
                                                  "instead of stopping."),
@@ -309,10 +310,10 @@ def refit(directory: Path = typer.Argument(..., help="A lite index (its whitenin
           ) -> None:
     """Refit the whitening on all the indexed videos, into a new index (the old one is left as it is).
 
-    A lite index's whitening is fitted by its first add: refit it once the index has grown (`index info`
-    says when). Every video is decoded again from the file it was added from, the whitening is fitted on
+    A lite index's whitening is fitted by its first add: refit it once the index has grown (`index add`
+    and `index info` say when). Every video is decoded again from the file it was added from, the whitening is fitted on
     frames of all videos, and every video is indexed again under the same id. An interrupted refit leaves
-    NEW_INDEX.partial, which the same command resumes from. Then swap the folders (mv). Exit status 1 if
+    OUTPUT.partial, which the same command resumes from. Then swap the folders (mv). Exit status 1 if
     videos were skipped (--skip-missing).
 
     Examples:

@@ -13,7 +13,8 @@ Directory layout::
       store/         the IndexStore (SQLite + fine shards + derived coarse index)
 
 With the ``lite`` bundle the whitening is fitted on the first videos added, so ``store/``
-appears with the first ``add`` (its per-frame layout depends on the whitened size).
+appears with the first ``add`` (its per-frame layout depends on the whitened size);
+:meth:`VideoIndex.refit_whitening` fits it again on all the videos, into a new index.
 
 Example:
     >>> index = VideoIndex.create("my.index")                    # doctest: +SKIP
@@ -454,7 +455,9 @@ class VideoIndex:
         """Add videos (files, folders, list files) or HDF5 feature files.
 
         Videos that cannot be decoded are reported in the result and skipped. With the ``lite``
-        bundle, the whitening is fitted on the first videos of the first ``add``.
+        bundle, the whitening is fitted on the first videos of the first ``add``; an add after which the
+        index holds twice the region vectors a small whitening was fitted on logs a warning recommending
+        :meth:`refit_whitening`.
 
         Args:
             inputs: paths; ``.h5``/``.hdf5`` files are read as feature files, everything else goes to
@@ -615,11 +618,14 @@ class VideoIndex:
 
     def _whitening_info(self) -> dict[str, Any]:
         """What a collection-fitted (lite) whitening was fitted on, and whether a refit is recommended."""
+        from dnsvr.bundle import WHITENING_RECOMMENDED_VECTORS
         from dnsvr.index.refit import refit_recommended
 
         fitted_on = self.bundle.extra.get("whitening_fitted_on")
         if fitted_on is None:  # a published or trained whitening
             return {}
+        if int(fitted_on.get("region_vectors", 0)) >= WHITENING_RECOMMENDED_VECTORS:
+            return {"whitening_fitted_on": fitted_on, "whitening_refit_recommended": False}  # no need to count
         return {"whitening_fitted_on": fitted_on,
                 "whitening_refit_recommended": refit_recommended(fitted_on, self._region_vectors())}
 
