@@ -262,3 +262,26 @@ def test_cli_refit_undecodable_keeps_partial_for_resume(tmp_path):
     doc = json.loads(r.stdout)
     assert doc["reused"] == 2 and doc["videos"] == 2  # the decoded videos of the first run were not decoded again
     assert not (tmp_path / "new.partial").exists()
+
+
+def test_refit_interrupted_while_committing_leaves_no_output_and_resumes(tmp_path, monkeypatch):
+    raw = _raw_collection(n=8)
+    h5 = write_h5(tmp_path / "raw.h5", raw)
+    with VideoIndex.create(tmp_path / "old", _white_bundle()) as index:
+        index.add([h5])
+        real = refit_module._commit_all
+
+        def crash(new, bundle, sources, *args):
+            real(new, bundle, sources[:3], *args)  # some videos committed into the new index, then a crash
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(refit_module, "_commit_all", crash)
+        with pytest.raises(KeyboardInterrupt):
+            index.refit_whitening(tmp_path / "new", dims=32)
+        assert not (tmp_path / "new").exists() and (tmp_path / "new.partial" / "index").is_dir()
+        monkeypatch.setattr(refit_module, "_commit_all", real)
+        report = index.refit_whitening(tmp_path / "new", dims=32)
+        ids = index.ids()
+    assert report.videos == ids and not (tmp_path / "new.partial").exists()
+    with VideoIndex.open(tmp_path / "new", readonly=True) as new:
+        assert new.ids() == ids and new.verify().ok
