@@ -145,6 +145,8 @@ def test_refit_errors_leave_nothing(tmp_path):
     h5 = write_h5(tmp_path / "raw.h5", raw)
     with VideoIndex.create(tmp_path / "old", _white_bundle()) as index:
         index.add([h5])
+        with pytest.raises(RefitError, match="at least 32"):
+            index.refit_whitening(tmp_path / "new", dims=4)
         with pytest.raises(RefitError, match="outside the old one"):
             index.refit_whitening(tmp_path / "old" / "inner")
         (tmp_path / "busy").mkdir()

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dnsvr._fsutil import fsync_dir
-from dnsvr.bundle import WHITENING_RECOMMENDED_VECTORS, Bundle, BundleError
+from dnsvr.bundle import MIN_WHITENED_DIMS, WHITENING_RECOMMENDED_VECTORS, Bundle, BundleError
 from dnsvr.index._lock import LOCK_NAME, WriterLock
 from dnsvr.index._paths import inside, read_json, write_json_atomic
 from dnsvr.index.video_index import BUNDLE_DIR, FEATURE_SUFFIXES, MANIFEST, WHITENING_SAMPLE_VECTORS, VideoIndex, \
@@ -291,6 +291,8 @@ def refit_whitening(index: VideoIndex, output: str | Path, *, videos_root: str |
         if resolved == old_root or old_root in resolved.parents or resolved in old_root.parents:
             raise RefitError(f"the new index {output} must lie outside the old one ({index.directory}) and not "
                              "contain it: a refit never writes into the index it reads")
+    if dims is not None and (isinstance(dims, bool) or not isinstance(dims, int) or dims < MIN_WHITENED_DIMS):
+        raise RefitError(f"dims must be a whitened size of at least {MIN_WHITENED_DIMS}, got {dims!r}")
     root = Path(videos_root) if videos_root is not None else None
     if root is not None and not root.is_dir():
         raise FileNotFoundError(f"videos folder not found: {root}")
