@@ -551,13 +551,28 @@ class Bundle:
             logger.warning("fitting a %d-d whitening (asked %d): only %d region vectors", usable, want, n)
         if n < WHITENING_RECOMMENDED_VECTORS:
             logger.warning("the whitening is fitted on %d region vectors of %d videos; an index searches best with "
-                           "at least %d (about 60 videos of 20 s) in its first add (docs/search.md)", n, len(arrays),
-                           WHITENING_RECOMMENDED_VECTORS)
+                           "at least %d (about 60 videos of 20 s); refit it when the collection has grown "
+                           "(dnsvr index refit, docs/search.md)", n, len(arrays), WHITENING_RECOMMENDED_VECTORS)
         white = PCAWhitening(dims=usable).fit(vectors)
         self.whitening = white
         self.whitening_dims = usable
         self.extra["whitening_fitted_on"] = {"videos": len(arrays), "region_vectors": int(n), "dims": int(usable)}
         logger.info("bundle %s: whitening %s fitted on %d vectors", self.name, white.identity, n)
+
+    def refit_problem(self) -> str | None:
+        """Why this bundle's whitening cannot be fitted again on a collection (None when it can).
+
+        Only a whitening fitted on the collection itself (the ``lite`` bundle, by an index's first add
+        or a refit) and read by no trained network may be replaced: a published PCA or one a student
+        was trained on is part of the model (:meth:`dnsvr.index.VideoIndex.refit_whitening`).
+        """
+        if self.whitening is None or "whitening_fitted_on" not in self.extra:
+            return (f"bundle {self.name!r} does not fit its whitening on the indexed videos (it is published "
+                    "or trained with the model); only a lite index's whitening is refitted")
+        if self.fine_type != "chamfer" or self.coarse_type != "mean" or self.has_selector or "trained" in self.extra:
+            return (f"bundle {self.name!r} has trained networks that read its whitening; refitting it would "
+                    "change the features they were trained on")
+        return None
 
     def whiten(self, raw: np.ndarray | torch.Tensor) -> np.ndarray:
         """Raw region features ``[T, 9, C]`` → base features ``[T, 9, D]`` float32.

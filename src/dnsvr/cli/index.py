@@ -1,4 +1,4 @@
-"""``dnsvr index create|add|remove|list|info|verify|compact|attach``: manage a persistent index."""
+"""``dnsvr index create|add|remove|list|info|verify|compact|attach|shard|refit``: manage a persistent index."""
 
 from __future__ import annotations
 
@@ -182,9 +182,14 @@ def info(directory: Path = typer.Argument(..., help="Index directory."),
     if fitted:
         from dnsvr.bundle import WHITENING_RECOMMENDED_VECTORS
         low = fitted["region_vectors"] < WHITENING_RECOMMENDED_VECTORS
+        by = f" (by {fitted['by']})" if fitted.get("by") else ""
         table.add_row("whitening fitted on", f"{plural(fitted['videos'], 'video')}, {fitted['region_vectors']:,} region "
-                                             f"vectors → {fitted['dims']} dims"
-                                             + (" (fewer than the recommended 10,000: see docs/search.md)" if low else ""))
+                                             f"vectors → {fitted['dims']} dims{by}"
+                                             + (f" (fewer than the recommended {WHITENING_RECOMMENDED_VECTORS:,}: see "
+                                                "docs/search.md)" if low else ""))
+        if data.get("whitening_refit_recommended"):
+            table.add_row("refit recommended", f"yes: the index has outgrown its whitening; dnsvr index refit "
+                                               f"{directory} NEW_INDEX")
     table.add_row("videos", str(data["videos"]))
     if "shards" in data:
         table.add_row("shards", ", ".join(f"{s['name']} {s['videos']}" for s in data["shards"]))
@@ -285,3 +290,54 @@ def shard(source: Path = typer.Argument(..., help="An ordinary index."),
         index.close()
     typer.echo(f"split {source} into {output}: {plural(sum(sizes), 'video')} in {len(sizes)} shards "
                f"({', '.join(map(str, sizes))})")
+
+
+@index_app.command("refit")
+def refit(directory: Path = typer.Argument(..., help="A lite index (its whitening was fitted on its videos)."),
+          output: Path = typer.Argument(..., help="New index directory (must not exist or be empty)."),
+          videos: Path = typer.Option(None, "--videos", metavar="DIR",
+                                      help="Where the videos are now, if they moved: each source is looked up under "
+                                           "DIR first, by its path's trailing parts (a/b/clip.mp4, b/clip.mp4, "
+                                           "clip.mp4), then at its recorded path."),
+          skip_missing: bool = typer.Option(False, "--skip-missing",
+                                            help="Leave out (and list) videos whose file is missing or undecodable "
+                                                 "instead of stopping."),
+          dims: int = typer.Option(None, "--dims", help="Whitened size (default: the larger of the index's and 128)."),
+          json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+          progress: bool = typer.Option(None, "--progress/--no-progress",
+                                        help="Progress on stderr (default: a bar on a terminal, a line per video "
+                                             "otherwise)."),
+          ) -> None:
+    """Refit the whitening on all the indexed videos, into a new index (the old one is left as it is).
+
+    A lite index's whitening is fitted by its first add: refit it once the index has grown (`index add`
+    and `index info` say when). Every video is decoded again from the file it was added from, the whitening is fitted on
+    frames of all videos, and every video is indexed again under the same id. An interrupted refit leaves
+    OUTPUT.partial, which the same command resumes from. Then swap the folders (mv). Exit status 1 if
+    videos were skipped (--skip-missing).
+
+    Examples:
+
+    \b
+      dnsvr index refit my.index my.index.new
+      dnsvr index refit my.index my.index.new --videos /mnt/videos --skip-missing
+      mv my.index my.index.old && mv my.index.new my.index
+    """
+    with cli_errors():
+        with _open(directory, readonly=True) as index:
+            report = index.refit_whitening(output, videos_root=videos, skip_missing=skip_missing, dims=dims,
+                                           progress=progress)
+    if json_out:
+        echo_json(report.to_dict())
+    else:
+        f = report.fitted_on
+        moved = f", {plural(len(report.moved), 'source')} found under {videos}" if report.moved else ""
+        typer.echo(f"re-indexed {plural(len(report.videos), 'video')} into {output} in {report.seconds:.1f} s{moved}; "
+                   f"whitening fitted on {f['region_vectors']:,} region vectors of {plural(f['videos'], 'video')} "
+                   f"→ {f['dims']} dims; {len(report.skipped)} skipped")
+        typer.echo(f"{directory} is unchanged; to use the new index: mv {directory} {directory}.old && "
+                   f"mv {output} {directory}")
+    for vid, source, reason in report.skipped:
+        warn(f"skipped {vid} ({source or 'no source'}): {reason}")
+    if report.skipped:
+        raise typer.Exit(1)

@@ -311,6 +311,7 @@ class ShardedIndex(VideoIndex):
                                "bundle": self.bundle.identity(), "videos": len(self),
                                "assignment": {"rule": ASSIGNMENT, "shards": len(self.shards)},
                                "shards": [{"name": n, "videos": p["videos"]} for n, p in zip(self.shard_names, per)]}
+        out.update(self._whitening_info())
         stores = [p["store"] for p in per if "store" in p]
         if stores:
             videos = max(sum(s["videos"] for s in stores), 1)

@@ -13,7 +13,8 @@ Directory layout::
       store/         the IndexStore (SQLite + fine shards + derived coarse index)
 
 With the ``lite`` bundle the whitening is fitted on the first videos added, so ``store/``
-appears with the first ``add`` (its per-frame layout depends on the whitened size).
+appears with the first ``add`` (its per-frame layout depends on the whitened size);
+:meth:`VideoIndex.refit_whitening` fits it again on all the videos, into a new index.
 
 Example:
     >>> index = VideoIndex.create("my.index")                    # doctest: +SKIP
@@ -455,7 +456,9 @@ class VideoIndex:
         """Add videos (files, folders, list files) or HDF5 feature files.
 
         Videos that cannot be decoded are reported in the result and skipped. With the ``lite``
-        bundle, the whitening is fitted on the first videos of the first ``add``.
+        bundle, the whitening is fitted on the first videos of the first ``add``; an add after which the
+        index holds twice the region vectors a small whitening was fitted on logs a warning recommending
+        :meth:`refit_whitening`.
 
         Args:
             inputs: paths; ``.h5``/``.hdf5`` files are read as feature files, everything else goes to
@@ -514,6 +517,8 @@ class VideoIndex:
             if len(pending) >= batch_size:
                 flush()
         flush()
+        if report.added:
+            self._advise_refit()
         report.seconds = time.perf_counter() - start
         logger.info("added %d videos to %s (%d skipped) in %.1f s", len(report.added), self.directory,
                     len(report.skipped), report.seconds)
@@ -569,6 +574,7 @@ class VideoIndex:
                 self.bundle = on_disk
             else:
                 self.bundle.fit_whitening([b.features for b in buffered])
+                self.bundle.extra["whitening_fitted_on"]["by"] = "first add"
                 self.bundle.save(inside(self.directory, BUNDLE_DIR, kind="dir"))
                 self._bundle_saved()
         yield from buffered
@@ -605,13 +611,82 @@ class VideoIndex:
         manifest = _read_manifest(self.directory)
         out: dict[str, Any] = {"directory": str(self.directory), "format_version": manifest.get("format_version"),
                                "bundle": self.bundle.identity(), "videos": len(self)}
-        fitted_on = self.bundle.extra.get("whitening_fitted_on")
-        if fitted_on is not None:  # the lite whitening: fitted by the first add, on what
-            out["whitening_fitted_on"] = fitted_on
+        out.update(self._whitening_info())
         out["scoring"] = self.bundle.scoring.to_dict()
         if self.store is not None:
             out["store"] = self.store.info()
         return out
+
+    def _whitening_info(self) -> dict[str, Any]:
+        """What a collection-fitted (lite) whitening was fitted on, and whether a refit is recommended."""
+        from dnsvr.bundle import WHITENING_RECOMMENDED_VECTORS
+        from dnsvr.index.refit import refit_recommended
+
+        fitted_on = self.bundle.extra.get("whitening_fitted_on")
+        if fitted_on is None:  # a published or trained whitening
+            return {}
+        if int(fitted_on.get("region_vectors", 0)) >= WHITENING_RECOMMENDED_VECTORS:
+            return {"whitening_fitted_on": fitted_on, "whitening_refit_recommended": False}  # no need to count
+        return {"whitening_fitted_on": fitted_on,
+                "whitening_refit_recommended": refit_recommended(fitted_on, self._region_vectors())}
+
+    def _region_vectors(self) -> int:
+        """Region vectors the indexed videos hold (frames × regions per frame)."""
+        frames = int(sum(self.frames()))
+        return frames * int(self.bundle.fine_layout()[1][0]) if frames else 0
+
+    def _advise_refit(self) -> None:
+        """Log once, after an add, when the index has outgrown the few videos its whitening was fitted on."""
+        info = self._whitening_info()
+        if info.get("whitening_refit_recommended"):
+            fitted = info["whitening_fitted_on"]
+            logger.warning("the whitening of %s was fitted on %d region vectors of %d videos; the index now holds "
+                           "%d videos (%d region vectors): refit it on all of them with `dnsvr index refit %s "
+                           "NEW_INDEX` (docs/search.md)", self.directory, fitted["region_vectors"], fitted["videos"],
+                           len(self), self._region_vectors(), self.directory)
+
+    def refit_whitening(self, output: str | Path, *, videos_root: str | Path | None = None,
+                        skip_missing: bool = False, dims: int | None = None,
+                        progress: bool | None = None) -> Any:
+        """Build a new index at ``output`` whose lite whitening is fitted on all of this index's videos.
+
+        The whitening of a ``lite`` index is fitted by its first add; this re-decodes every indexed
+        video's source (the index keeps only whitened features), fits the whitening on frames spread
+        over all videos, and commits every video again under the same id, in the same order, with its
+        timestamps and source (where the file is now; the first ``added`` time is kept as
+        ``first_added`` in the video's metadata). This index is only read. Swap the folders afterwards
+        (``mv``). See :mod:`dnsvr.index.refit`.
+
+        Args:
+            output: the new index folder (must not exist, or be empty; outside this index).
+            videos_root: where the videos are now, when they moved: a source missing at its recorded path
+                is looked up under this folder by its path's trailing components, longest first
+                (``ROOT/a/b/clip.mp4``, then ``ROOT/b/clip.mp4``, then ``ROOT/clip.mp4``); looked up there
+                first when given.
+            skip_missing: leave out (and report) videos whose source is missing or cannot be decoded,
+                instead of raising.
+            dims: whitened size (default: the larger of this index's and the lite default, 128).
+            progress: progress on stderr while decoding.
+
+        Returns:
+            :class:`dnsvr.index.refit.RefitReport` (ids re-indexed, skipped, the new ``fitted_on``).
+
+        Raises:
+            BundleError: the bundle's whitening is published or read by trained networks.
+            dnsvr.index.refit.RefitError: sources missing or undecodable (without ``skip_missing``; nothing
+                usable is written: an interrupted or failed run leaves ``<output>.partial``, which the
+                next run resumes from), or an output inside this index.
+            FileExistsError: ``output`` exists and is not empty.
+
+        Example:
+            >>> rep = index.refit_whitening("my.index.new", videos_root="videos/")  # doctest: +SKIP
+            >>> rep.fitted_on                       # doctest: +SKIP
+            {'videos': 240, 'region_vectors': 50004, 'dims': 128, 'by': 'refit', 'collection_videos': 240}
+        """
+        from dnsvr.index.refit import refit_whitening
+
+        return refit_whitening(self, output, videos_root=videos_root, skip_missing=skip_missing, dims=dims,
+                               progress=progress)
 
     def attach(self, bundle: str | Path | Bundle, output: str | Path, *, batch_size: int = 256) -> VideoIndex:
         """Build a new index at ``output`` with another (trained) bundle, from this index's stored features.
