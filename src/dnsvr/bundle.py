@@ -569,7 +569,7 @@ class Bundle:
         if self.whitening is None or "whitening_fitted_on" not in self.extra:
             return (f"bundle {self.name!r} does not fit its whitening on the indexed videos (it is published "
                     "or trained with the model); only a lite index's whitening is refitted")
-        if self.fine_type != "chamfer" or self.coarse_type != "mean" or self.has_selector or "trained" in self.extra:
+        if self.fine_type != "chamfer" or self.coarse_type == "student" or self.has_selector or "trained" in self.extra:
             return (f"bundle {self.name!r} has trained networks that read its whitening; refitting it would "
                     "change the features they were trained on")
         return None
