@@ -38,7 +38,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -569,6 +568,9 @@ class Bundle:
         if self.whitening is None or "whitening_fitted_on" not in self.extra:
             return (f"bundle {self.name!r} does not fit its whitening on the indexed videos (it is published "
                     "or trained with the model); only a lite index's whitening is refitted")
+        if "learned_whitening" in self.extra:
+            return (f"bundle {self.name!r} has a learned whitening (dnsvr train whitening); refit the index it was "
+                    "attached from, then learn the whitening again")
         if self.fine_type != "chamfer" or self.coarse_type == "student" or self.has_selector or "trained" in self.extra:
             return (f"bundle {self.name!r} has trained networks that read its whitening; refitting it would "
                     "change the features they were trained on")

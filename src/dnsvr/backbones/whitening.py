@@ -282,6 +282,48 @@ class PCAWhitening(nn.Module):
         with torch.inference_mode():
             return self(x.float()).numpy()
 
+    def followed_by(self, matrix: ArrayLike) -> PCAWhitening:
+        """This whitening followed by a linear map of its output, as one whitening.
+
+        ``followed_by(P)`` whitens ``x`` as ``normalise(normalise((x − mean) @ projection) @ P)`` would:
+        the inner normalisation only scales a vector, so the two maps fold into one projection
+        ``projection @ P`` (stored as ``V = projection @ P``, ``d = 1``, in the usual file layout).
+
+        Args:
+            matrix: ``[dims, K]`` (e.g. a learned whitening fitted on this whitening's output).
+
+        Returns:
+            A new fitted :class:`PCAWhitening` of ``K`` dims.
+        """
+        self._require_fitted()
+        m = np.asarray(matrix, dtype=np.float64)
+        if m.ndim != 2 or m.shape[0] != self.dims:
+            raise ValueError(f"a map of this whitening's output must be [{self.dims}, K], got {tuple(m.shape)}")
+        folded = self.projection.detach().cpu().numpy().astype(np.float64) @ m
+        return PCAWhitening(self.mean.detach().cpu().numpy().astype(np.float32), folded.astype(np.float32),
+                            np.full(m.shape[1], 1.0 - EPS, dtype=np.float32), dims=m.shape[1])
+
+    def relative_to(self, base: PCAWhitening, tolerance: float = 1e-3) -> np.ndarray | None:
+        """The linear map ``P`` with ``self`` = ``base.followed_by(P)``, or None when there is none.
+
+        It lets features stored whitened by ``base`` be whitened by ``self`` without the raw
+        features: ``normalise(stored @ P)``.
+
+        Args:
+            base: the other whitening.
+            tolerance: largest relative residual of the least-squares fit of the projections.
+        """
+        self._require_fitted()
+        base._require_fitted()
+        if self.mean.shape != base.mean.shape or not torch.allclose(self.mean.cpu(), base.mean.cpu(), atol=1e-6):
+            return None
+        a = base.projection.detach().cpu().numpy().astype(np.float64)
+        b = self.projection.detach().cpu().numpy().astype(np.float64)
+        p, *_ = np.linalg.lstsq(a, b, rcond=None)
+        if np.linalg.norm(a @ p - b) > tolerance * max(np.linalg.norm(b), 1e-12):
+            return None
+        return p
+
     @property
     def identity(self) -> str:
         """Short content hash of the transform (``pca<dims>-<12 hex>``) to record provenance."""

@@ -190,6 +190,10 @@ def info(directory: Path = typer.Argument(..., help="Index directory."),
         if data.get("whitening_refit_recommended"):
             table.add_row("refit recommended", f"yes: the index has outgrown its whitening; dnsvr index refit "
                                                f"{directory} NEW_INDEX")
+    learned = data.get("learned_whitening")
+    if learned:
+        table.add_row("learned whitening", f"{learned['pairs']:,} region pairs of {plural(learned['videos'], 'video')} "
+                                           f"and {learned['copies']} augmented copies (dnsvr train whitening)")
     table.add_row("videos", str(data["videos"]))
     if "shards" in data:
         table.add_row("shards", ", ".join(f"{s['name']} {s['videos']}" for s in data["shards"]))

@@ -320,6 +320,50 @@ def export_command(
         fail(str(exc))
 
 
+@train_app.command("whitening")
+def whitening_command(
+    index: Path = typer.Argument(..., help="A lite index: its backbone, whitening and scoring, and (without "
+                                 "--videos) the collection to learn on."),
+    output: Path = typer.Option(..., "--output", "-o", help="Bundle folder to write."),
+    videos: Optional[Path] = typer.Option(None, help="Learn on this folder of videos instead of the index's "
+                                          "collection."),
+    work: Optional[Path] = typer.Option(None, help="Work folder (default: BUNDLE_DIR.work; shared with "
+                                        "`train run`'s first stages). A rerun resumes there."),
+    copies: int = typer.Option(2, help="Augmented copies per video (features extracted once)."),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("cpu", help="cpu or cuda, for extraction."),
+    restart: bool = typer.Option(False, help="Forget a previous run in the work folder instead of resuming it."),
+    progress: Optional[bool] = _PROGRESS,
+    as_json: bool = _JSON,
+) -> None:
+    """Learn a whitening from augmented copies of the collection's own videos (no labels), as a bundle.
+
+    Decodes each video once to make augmented copies (the same transformations as `train run`), pairs
+    the regions of each video with their matches in its copies, and learns which feature directions
+    those transformations move: the bundle is the index's own (same scoring and coarse stage) with a
+    whitening that discounts them. Then `dnsvr index attach` builds the new index from the stored
+    features, decoding nothing. See docs/training.md.
+
+    Examples:
+
+    \b
+      dnsvr train whitening my.index -o my_bundle
+      dnsvr index attach my.index my_bundle learned.index
+    """
+    from dnsvr.train.learned_whitening import LearnedWhiteningError, train_whitening
+    from dnsvr.train.recipe import RecipeError
+
+    try:
+        result = train_whitening(index, output, videos=videos, work=work, copies=copies, seed=seed, device=device,
+                                 progress=progress, restart=restart)
+    except (RecipeError, LearnedWhiteningError, ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    _report({"bundle": str(result.bundle), "work": str(result.work), "videos": result.videos,
+             "copies": result.copies, "pairs": result.pairs,
+             "seconds": {k: round(v, 1) for k, v in result.seconds.items()},
+             "next": f"dnsvr index attach {index} {result.bundle} NEW_INDEX"}, as_json)
+
+
 @train_app.command("run")
 def run_command(
     index: Path = typer.Argument(..., help="A lite index: its backbone and whitening, and (without --videos) "

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import shutil
 import logging
@@ -612,6 +611,9 @@ class VideoIndex:
         out: dict[str, Any] = {"directory": str(self.directory), "format_version": manifest.get("format_version"),
                                "bundle": self.bundle.identity(), "videos": len(self)}
         out.update(self._whitening_info())
+        learned = self.bundle.extra.get("learned_whitening")
+        if learned is not None:  # dnsvr train whitening: learned from augmented copies, on what
+            out["learned_whitening"] = learned
         out["scoring"] = self.bundle.scoring.to_dict()
         if self.store is not None:
             out["store"] = self.store.info()
@@ -625,6 +627,8 @@ class VideoIndex:
         fitted_on = self.bundle.extra.get("whitening_fitted_on")
         if fitted_on is None:  # a published or trained whitening
             return {}
+        if "learned_whitening" in self.bundle.extra:  # refit the index it was attached from instead
+            return {"whitening_fitted_on": fitted_on, "whitening_refit_recommended": False}
         if int(fitted_on.get("region_vectors", 0)) >= WHITENING_RECOMMENDED_VECTORS:
             return {"whitening_fitted_on": fitted_on, "whitening_refit_recommended": False}  # no need to count
         return {"whitening_fitted_on": fitted_on,
@@ -693,7 +697,9 @@ class VideoIndex:
 
         No video is decoded: this index's fine representations are its base features (the ``lite``
         bundle's training-free fine stage stores them as they are), and the new bundle represents
-        them again. The new bundle must take the same backbone and whitening.
+        them again. The new bundle must take the same backbone and whitening, or a whitening that
+        follows this one by a linear map (``dnsvr train whitening``): the stored features are then
+        mapped (:meth:`dnsvr.backbones.PCAWhitening.relative_to`).
 
         Returns:
             The new index, open for writing.
@@ -710,11 +716,15 @@ class VideoIndex:
                               "features; build the new index from the videos or feature files instead")
         mine = self.bundle.identity().get("whitening")
         theirs = new_bundle.identity().get("whitening")
+        conversion = None  # a learned whitening: a linear map of this index's whitened features
         if new_bundle.whitening is None:
             new_bundle.whitening = self.bundle.whitening
         elif theirs != mine:
-            raise BundleError(f"bundle {new_bundle.name!r} whitening {theirs} differs from the index's {mine}: "
-                              "its networks expect other features")
+            if hasattr(new_bundle.whitening, "relative_to") and hasattr(self.bundle.whitening, "relative_to"):
+                conversion = new_bundle.whitening.relative_to(self.bundle.whitening)
+            if conversion is None:
+                raise BundleError(f"bundle {new_bundle.name!r} whitening {theirs} differs from the index's {mine}: "
+                                  "its networks expect other features")
         out = VideoIndex.create(output, new_bundle)
         ids = store.ids()
         records: list[IndexRecord] = []
@@ -722,7 +732,11 @@ class VideoIndex:
             chunk = ids[start:start + batch_size]
             for vid, fine in zip(chunk, store.fine(chunk)):
                 entry = store.get(vid)
-                rep = new_bundle.represent(self.bundle.base_features(fine))
+                base = self.bundle.base_features(fine)
+                if conversion is not None:
+                    base = base @ conversion.astype(np.float32)
+                    base /= np.maximum(np.linalg.norm(base, axis=-1, keepdims=True), 1e-12)
+                rep = new_bundle.represent(base)
                 records.append(IndexRecord(vid, rep.coarse, rep.fine, rep.selector, entry.record_meta()))
             out._writable_store().add(records)
             records.clear()

@@ -1,0 +1,203 @@
+"""A whitening learned from augmented copies of the user's own videos: ``dnsvr train whitening``.
+
+The ``lite`` bundle's PCA whitening keeps the directions in which the collection's region vectors
+vary most, whatever makes them vary — the content, or a colour change, a re-encoding, a logo. This
+stage learns which directions are which from copies it makes itself (no labels), as the learned
+whitening of image retrieval does from matching pairs (Radenović, Tolias and Chum, TPAMI 2019):
+
+1. every video of the collection is decoded once and turned into augmented copies (the recipe's
+   ``features`` and ``augment`` stages, :mod:`dnsvr.train.recipe`: global, overlay, temporal and
+   picture-in-picture transformations), represented with the index's backbone and whitening;
+2. **matching pairs**: in each (video, copy), the regions that are each other's best match (mutual
+   nearest neighbours) with a similarity above ``threshold``;
+3. the covariance ``C_S`` of the pairs' differences (what a transformation changes), shrunk towards
+   its mean eigenvalue by ``shrinkage``, is whitened (``C_S^{-1/2}``) and the collection's regions
+   are rotated onto their principal axes in that space: ``P = C_S^{-1/2} R``;
+4. the bundle is the index's own (same scoring, same coarse chunks) with its whitening followed by
+   ``P`` (:meth:`dnsvr.backbones.PCAWhitening.followed_by`: still one linear map of the raw regions).
+
+``dnsvr index attach INDEX BUNDLE NEW_INDEX`` then builds the new index from the stored features
+(``normalise(stored @ P)``, :meth:`~dnsvr.backbones.PCAWhitening.relative_to`), decoding nothing.
+Measured on the real-content benchmark in docs/training.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dnsvr.train.selfsup import COPY_SEPARATOR
+
+logger = logging.getLogger(__name__)
+
+#: Matching regions must reach this similarity (in the index's whitened space); chosen on the
+#: real-content benchmark's dev splits (0.3 / 0.5 / 0.7).
+PAIR_THRESHOLD = 0.3
+#: ``C_S`` is shrunk by this share of its mean eigenvalue (0.1 / 0.5 / 1 / 2 compared on dev).
+SHRINKAGE = 1.0
+#: Fewest matching pairs per whitened dimension for a usable fit.
+MIN_PAIRS_PER_DIM = 4
+
+
+class LearnedWhiteningError(ValueError):
+    """Too few matching pairs (or none) to learn a whitening."""
+
+
+@dataclass(frozen=True)
+class LearnedWhitening:
+    """A learned map of whitened region vectors (``normalise(x @ matrix)``) and what it was fitted on.
+
+    Attributes:
+        matrix: float64 ``[D, D]``.
+        pairs: matching region pairs used.
+        videos: videos with at least one copy.
+        copies: copies used.
+    """
+
+    matrix: np.ndarray
+    pairs: int
+    videos: int
+    copies: int
+
+
+def matching_pairs(video: np.ndarray, copy: np.ndarray, threshold: float = PAIR_THRESHOLD) -> np.ndarray:
+    """Differences of the mutually best-matching regions of a video and its copy, ``[n, D]``.
+
+    Args:
+        video: ``[T, R, D]`` L2-normalised regions.
+        copy: ``[T', R, D]`` its copy's.
+        threshold: least similarity of a pair.
+    """
+    a = np.asarray(video, dtype=np.float32).reshape(-1, video.shape[-1])
+    b = np.asarray(copy, dtype=np.float32).reshape(-1, copy.shape[-1])
+    if not len(a) or not len(b):
+        return np.zeros((0, a.shape[-1]), dtype=np.float32)
+    sims = a @ b.T
+    best_b = sims.argmax(1)
+    best_a = sims.argmax(0)
+    rows = np.arange(len(a))
+    keep = (best_a[best_b] == rows) & (sims[rows, best_b] > threshold)
+    return a[keep] - b[best_b[keep]]
+
+
+def fit_learned_whitening(videos: Mapping[str, np.ndarray], copies: Mapping[str, np.ndarray], *,
+                          threshold: float = PAIR_THRESHOLD, shrinkage: float = SHRINKAGE) -> LearnedWhitening:
+    """Learn the map from videos and their copies (copy ids from :func:`dnsvr.train.selfsup.copy_id`).
+
+    Args:
+        videos: ``{id: [T, R, D]}`` whitened regions of the collection's videos.
+        copies: ``{copy id: [T', R, D]}`` their augmented copies', whitened the same way.
+        threshold: least similarity of a matching pair.
+        shrinkage: share of the pairs' mean variance added to every direction before whitening them.
+
+    Raises:
+        LearnedWhiteningError: fewer than ``MIN_PAIRS_PER_DIM`` pairs per dimension.
+    """
+    if shrinkage < 0:
+        raise ValueError(f"shrinkage must be >= 0, got {shrinkage}")
+    diffs, used = [], set()
+    n_copies = 0
+    for cid, feats in copies.items():
+        vid = cid.rsplit(COPY_SEPARATOR, 1)[0]
+        if vid not in videos:
+            continue
+        d = matching_pairs(videos[vid], feats, threshold)
+        if len(d):
+            diffs.append(d)
+            used.add(vid)
+            n_copies += 1
+    dims = next(iter(videos.values())).shape[-1] if videos else 0
+    x = np.concatenate(diffs).astype(np.float64) if diffs else np.zeros((0, dims))
+    if len(x) < MIN_PAIRS_PER_DIM * max(dims, 1):
+        raise LearnedWhiteningError(f"{len(x)} matching region pairs are too few to learn a {dims}-d whitening "
+                                    f"(need {MIN_PAIRS_PER_DIM * dims}); train on more videos or more copies")
+    cov_s = x.T @ x / len(x)
+    cov_s += shrinkage * np.trace(cov_s) / dims * np.eye(dims)
+    w, v = np.linalg.eigh(cov_s)
+    inv_sqrt = (v / np.sqrt(np.maximum(w, 1e-12))) @ v.T
+    regions = np.concatenate([np.asarray(f, dtype=np.float64).reshape(-1, dims) for f in videos.values()])
+    y = (regions - regions.mean(0)) @ inv_sqrt
+    _, rot = np.linalg.eigh(y.T @ y / len(y))
+    return LearnedWhitening(inv_sqrt @ rot[:, ::-1], pairs=len(x), videos=len(used), copies=n_copies)
+
+
+@dataclass
+class WhiteningTrainResult:
+    """What :func:`train_whitening` returns."""
+
+    bundle: Path
+    work: Path
+    videos: int
+    copies: int
+    pairs: int
+    seconds: dict[str, float]
+
+
+def train_whitening(index_dir: str | Path, output: str | Path, *, videos: str | Path | None = None,
+                    work: str | Path | None = None, copies: int = 2, seed: int = 0,
+                    threshold: float = PAIR_THRESHOLD, shrinkage: float = SHRINKAGE, device: str = "cpu",
+                    progress: bool | None = None, restart: bool = False) -> WhiteningTrainResult:
+    """Learn a whitening on a lite index's collection and save it as a bundle for ``index attach``.
+
+    Args:
+        index_dir: a ``lite`` index (its backbone, whitening, scoring, and without ``videos`` its videos,
+            decoded again from their recorded sources for the copies).
+        output: the bundle folder to write.
+        videos: train on this folder of videos instead of the index's collection.
+        work: the work folder (default ``BUNDLE_DIR.work``; shared with ``dnsvr train run``'s first
+            two stages, which a rerun resumes).
+        copies: augmented copies per video.
+        seed: seeds the augmentations.
+        threshold, shrinkage: see :func:`fit_learned_whitening`.
+        device: ``"cpu"`` or ``"cuda"`` for extraction.
+        progress: progress on stderr while augmenting.
+        restart: forget a previous run in ``work``.
+
+    Raises:
+        dnsvr.train.recipe.RecipeError: not a lite index, an empty collection, no decodable video.
+        LearnedWhiteningError: too few matching pairs.
+    """
+    from dnsvr.bundle import Bundle
+    from dnsvr.features import FeatureFile
+    from dnsvr.index import VideoIndex
+    from dnsvr.train.recipe import RecipeConfig, RecipeError, run_recipe
+
+    started = time.perf_counter()
+    result = run_recipe(index_dir, output, videos=videos, work=work, config=RecipeConfig(copies=copies, seed=seed),
+                        device=device, progress=progress, restart=restart, stop_after="augment")
+    with FeatureFile(result.work / "base.h5") as ff:
+        base = {v: ff.read(v) for v in ff.ids()}
+    with FeatureFile(result.work / "augmented.h5") as ff:
+        augmented = {v: ff.read(v) for v in ff.ids()}
+    if not augmented:
+        raise RecipeError("no video could be decoded for augmentation: learning a whitening needs the videos "
+                          "(the index's sources, or --videos)")
+    t0 = time.perf_counter()
+    learned = fit_learned_whitening(base, augmented, threshold=threshold, shrinkage=shrinkage)
+    fit_s = time.perf_counter() - t0
+    with VideoIndex.open(index_dir, readonly=True) as index:
+        source = index.bundle
+    if "learned_whitening" in source.extra:
+        raise RecipeError(f"index {index_dir} already uses a learned whitening; learn it on the index it was "
+                          "attached from")
+    extra: dict[str, Any] = dict(source.extra)
+    extra["learned_whitening"] = {"from_whitening": source.whitening.identity, "pairs": learned.pairs,
+                                  "videos": learned.videos, "copies": learned.copies, "threshold": threshold,
+                                  "shrinkage": shrinkage, "seed": seed}
+    bundle = Bundle("lite-learned", source.backbone, whitening=source.whitening.followed_by(learned.matrix),
+                    fine_type=source.fine_type, fine_args=source.fine_args, coarse_type=source.coarse_type,
+                    coarse_args=source.coarse_args, whitening_dims=source.whitening_dims, extra=extra,
+                    scoring=source.scoring)
+    bundle.save(output)
+    logger.info("learned whitening on %d region pairs of %d videos (%d copies) → %s", learned.pairs,
+                learned.videos, learned.copies, output)
+    seconds = dict(result.seconds)
+    seconds["fit"] = fit_s
+    seconds["total"] = time.perf_counter() - started
+    return WhiteningTrainResult(Path(output), result.work, len(base), len(augmented), learned.pairs, seconds)

@@ -1,0 +1,133 @@
+"""The learned whitening (``dnsvr train whitening``): the fit, the folded whitening, attach, the command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from dnsvr import synthetic
+from dnsvr.backbones import PCAWhitening
+from dnsvr.cli import app
+from dnsvr.train.learned_whitening import LearnedWhiteningError, fit_learned_whitening, matching_pairs
+from dnsvr.train.selfsup import copy_id
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def test_followed_by_folds_into_one_whitening_and_relative_to_recovers_the_map(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3000, 40)).astype(np.float32)
+    base = PCAWhitening(dims=16).fit(x)
+    p = rng.standard_normal((16, 16))
+    folded = base.followed_by(p)
+    expected = base.apply(x[:50]) @ p
+    np.testing.assert_allclose(folded.apply(x[:50]), _unit(expected), atol=1e-5)
+    np.testing.assert_allclose(folded.relative_to(base), p, atol=1e-4)
+    assert PCAWhitening(dims=16).fit(x[:1500] + 1.0).relative_to(base) is None  # another mean
+    assert PCAWhitening(dims=16).fit(x[1500:]).relative_to(base) is None        # another basis
+    again = PCAWhitening.from_file(folded.save(tmp_path / "w.safetensors"))
+    assert again.identity == folded.identity
+    np.testing.assert_allclose(again.apply(x[:5]), folded.apply(x[:5]), atol=1e-6)
+
+
+def test_matching_pairs_are_mutual_best_matches_above_the_threshold() -> None:
+    a = np.eye(4, dtype=np.float32)[:, None, :]                      # 4 frames, one region each
+    b = _unit(np.array([[1, 0.2, 0, 0], [0, 0, 1, 0.1], [0, 0, 0.2, 1], [1, 1, 0, 0]], np.float32))[:, None, :]
+    d = matching_pairs(a, b, threshold=0.5)
+    # frame 0 ↔ copy 0 (the copy's row 3 matches frame 0 less well), frames 2 and 3 ↔ copies 1 and 2
+    assert len(d) == 3
+    np.testing.assert_allclose(d[0], a[0, 0] - b[0, 0], atol=1e-6)
+    assert len(matching_pairs(a, b, threshold=0.999)) == 0
+
+
+def test_learned_whitening_discounts_what_the_copies_change() -> None:
+    # each video's regions: its content in 12 dims, plus a strong nuisance in 4 dims that changes in
+    # every copy (like a colour cast): the PCA keeps both, the learned map should drop the nuisance
+    rng = np.random.default_rng(1)
+    dims, n = 16, 60
+    content = rng.standard_normal((n, 5, 9, 12)) * 0.6
+    def view(nuisance_scale: float) -> np.ndarray:
+        nuisance = rng.standard_normal((n, 1, 1, 4)) * nuisance_scale
+        return _unit(np.concatenate([content, np.broadcast_to(nuisance, (n, 5, 9, 4))], -1))
+    originals, copies = view(1.5), view(1.5)
+    videos = {f"v{i}": originals[i] for i in range(n)}
+    copy_feats = {copy_id(f"v{i}", 0): copies[i] for i in range(n)}
+    learned = fit_learned_whitening(videos, copy_feats, threshold=0.0, shrinkage=0.1)
+    assert learned.matrix.shape == (dims, dims) and learned.videos == learned.copies >= n - 3
+
+    def top1(mapped: bool) -> float:
+        o = originals.reshape(n, -1, dims) @ (learned.matrix if mapped else np.eye(dims))
+        c = copies.reshape(n, -1, dims) @ (learned.matrix if mapped else np.eye(dims))
+        vo, vc = _unit(_unit(o).mean(1)), _unit(_unit(c).mean(1))
+        return float(np.mean((vc @ vo.T).argmax(1) == np.arange(n)))
+
+    assert top1(False) < 0.9 and top1(True) > top1(False) + 0.05
+    # the nuisance dimensions weigh far less than the content's after the map
+    gain = np.linalg.norm(learned.matrix, axis=1)
+    assert gain[12:].max() < 0.5 * gain[:12].min()
+    with pytest.raises(LearnedWhiteningError, match="too few"):
+        fit_learned_whitening({"v0": originals[0]}, {copy_id("v0", 0): copies[0]}, threshold=0.99)
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("learned")
+    (root / "videos").mkdir()
+    for i in range(8):
+        synthetic.write_video(root / "videos" / f"v{i}.mp4",
+                              synthetic.render_clip(i, seconds=6, fps=4, size=(128, 72)), fps=4)
+    runner = CliRunner()
+    assert runner.invoke(app, ["index", "create", str(root / "idx")]).exit_code == 0
+    res = runner.invoke(app, ["index", "add", str(root / "idx"), str(root / "videos"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    return root
+
+
+def test_train_whitening_then_attach(collection: Path, tmp_path: Path) -> None:
+    from dnsvr.bundle import load_bundle
+    from dnsvr.index import VideoIndex
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["train", "whitening", str(collection / "idx"), "-o", str(tmp_path / "bundle"),
+                              "--copies", "2", "--no-progress", "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["videos"] == 8 and doc["copies"] == 16 and doc["pairs"] > 0
+    learned = load_bundle(tmp_path / "bundle")
+    with VideoIndex.open(collection / "idx", readonly=True) as old:
+        base = old.bundle
+        ids = old.ids()
+        old_fine = [np.asarray(f, np.float32) for f in old.store.fine(ids)]
+    # the index's own bundle (scoring, coarse chunks), its whitening followed by the learned map
+    assert learned.name == "lite-learned" and learned.coarse_type == base.coarse_type
+    assert learned.scoring == base.scoring
+    p = learned.whitening.relative_to(base.whitening)
+    assert p is not None and not np.allclose(p, np.eye(len(p)), atol=0.05)
+    assert learned.extra["learned_whitening"]["pairs"] == doc["pairs"]
+    assert learned.refit_problem() is not None and "learned" in learned.refit_problem()
+    res = runner.invoke(app, ["index", "attach", str(collection / "idx"), str(tmp_path / "bundle"),
+                              str(tmp_path / "new")])
+    assert res.exit_code == 0, res.output
+    with VideoIndex.open(tmp_path / "new", readonly=True) as new:
+        assert new.ids() == ids
+        for stored, old_f in zip(new.store.fine(ids), old_fine):
+            np.testing.assert_allclose(np.asarray(stored, np.float32), _unit(old_f @ p.astype(np.float32)), atol=2e-3)
+        assert new.info()["learned_whitening"]["pairs"] == doc["pairs"]
+        hits = new.search([str(collection / "videos" / "v3.mp4")], top_k=1, include_self=True)[0]
+        assert hits.results[0].video_id == "v3"
+    table = runner.invoke(app, ["index", "info", str(tmp_path / "new")]).stdout
+    assert "learned whitening" in table
+    # a bundle whose whitening is not a map of the index's cannot attach
+    other = load_bundle(tmp_path / "bundle")
+    other.whitening = PCAWhitening(dims=base.whitening.dims).fit(
+        np.random.default_rng(0).standard_normal((500, base.whitening.input_dims)).astype(np.float32))
+    other.save(tmp_path / "other")
+    res = runner.invoke(app, ["index", "attach", str(collection / "idx"), str(tmp_path / "other"),
+                              str(tmp_path / "new2")])
+    assert res.exit_code != 0 and "differs" in res.output + (res.stderr or "")
