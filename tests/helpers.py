@@ -78,3 +78,21 @@ def assert_same_results(a, b, tol=1e-6):
             assert [s.to_dict() for s in x.segments] == [s.to_dict() for s in y.segments]
             assert x.source == y.source
         assert not qa.missing_shards and not qb.missing_shards
+
+
+def indexed_clips(root: Path, videos: int = 8) -> Path:
+    """``root/videos/v<i>.mp4`` (6 s generated clips, 128×72 at 4 fps) added to a new lite index ``root/idx``."""
+    from typer.testing import CliRunner
+
+    from dnsvr import synthetic
+    from dnsvr.cli import app
+
+    (root / "videos").mkdir()
+    for i in range(videos):
+        synthetic.write_video(root / "videos" / f"v{i}.mp4",
+                              synthetic.render_clip(i, seconds=6, fps=4, size=(128, 72)), fps=4)
+    runner = CliRunner()
+    assert runner.invoke(app, ["index", "create", str(root / "idx")]).exit_code == 0
+    res = runner.invoke(app, ["index", "add", str(root / "idx"), str(root / "videos"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    return root

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from dnsvr import synthetic
 from dnsvr.backbones import PCAWhitening
 from dnsvr.cli import app
+from helpers import indexed_clips
 from dnsvr.train.learned_whitening import LearnedWhiteningError, fit_learned_whitening, matching_pairs
 from dnsvr.train.selfsup import copy_id
 
@@ -77,16 +77,7 @@ def test_learned_whitening_discounts_what_the_copies_change() -> None:
 
 @pytest.fixture(scope="module")
 def collection(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("learned")
-    (root / "videos").mkdir()
-    for i in range(8):
-        synthetic.write_video(root / "videos" / f"v{i}.mp4",
-                              synthetic.render_clip(i, seconds=6, fps=4, size=(128, 72)), fps=4)
-    runner = CliRunner()
-    assert runner.invoke(app, ["index", "create", str(root / "idx")]).exit_code == 0
-    res = runner.invoke(app, ["index", "add", str(root / "idx"), str(root / "videos"), "--no-progress"])
-    assert res.exit_code == 0, res.output
-    return root
+    return indexed_clips(tmp_path_factory.mktemp("learned"))
 
 
 def test_train_whitening_then_attach(collection: Path, tmp_path: Path) -> None:

@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from dnsvr import synthetic
 from dnsvr.cli import app
+from helpers import indexed_clips
 from dnsvr.train.recipe import STAGES, RecipeConfig, RecipeError, run_recipe, split_videos
 from dnsvr.train.selfsup import TeacherTrainConfig
 from dnsvr.train.mining import MiningParams
@@ -25,16 +25,7 @@ TINY = dict(copies=1, holdout=0.25, fine_epochs=1, coarse_epochs=2, selector_epo
 
 @pytest.fixture(scope="module")
 def collection(tmp_path_factory):
-    root = tmp_path_factory.mktemp("recipe")
-    (root / "videos").mkdir()
-    for i in range(8):
-        synthetic.write_video(root / "videos" / f"v{i}.mp4",
-                              synthetic.render_clip(i, seconds=6, fps=4, size=(128, 72)), fps=4)
-    runner = CliRunner()
-    assert runner.invoke(app, ["index", "create", str(root / "idx")]).exit_code == 0
-    res = runner.invoke(app, ["index", "add", str(root / "idx"), str(root / "videos"), "--no-progress"])
-    assert res.exit_code == 0, res.output
-    return root
+    return indexed_clips(tmp_path_factory.mktemp("recipe"))
 
 
 def _weights(bundle_dir) -> dict[str, torch.Tensor]:

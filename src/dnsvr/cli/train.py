@@ -320,16 +320,25 @@ def export_command(
         fail(str(exc))
 
 
+# what `train whitening` and `train run` share: the index, the bundle, the collection, the work folder, the copies
+_RECIPE_INDEX = typer.Argument(..., help="A lite index: its backbone, whitening and scoring, and (without --videos) "
+                               "the collection to train on.")
+_RECIPE_OUTPUT = typer.Option(..., "--output", "-o", help="Bundle folder to write.")
+_RECIPE_VIDEOS = typer.Option(None, help="Train on this folder of videos instead of the index's collection "
+                              "(represented with the index's backbone and whitening).")
+_RECIPE_WORK = typer.Option(None, help="Work folder: caches, pairs, training runs (default: BUNDLE_DIR.work beside "
+                            "the bundle; `train whitening` and `train run` share its first stages). A rerun resumes "
+                            "there.")
+_RECIPE_COPIES = typer.Option(2, help="Augmented copies per video (features extracted once).")
+
+
 @train_app.command("whitening")
 def whitening_command(
-    index: Path = typer.Argument(..., help="A lite index: its backbone, whitening and scoring, and (without "
-                                 "--videos) the collection to learn on."),
-    output: Path = typer.Option(..., "--output", "-o", help="Bundle folder to write."),
-    videos: Optional[Path] = typer.Option(None, help="Learn on this folder of videos instead of the index's "
-                                          "collection."),
-    work: Optional[Path] = typer.Option(None, help="Work folder (default: BUNDLE_DIR.work; shared with "
-                                        "`train run`'s first stages). A rerun resumes there."),
-    copies: int = typer.Option(2, help="Augmented copies per video (features extracted once)."),
+    index: Path = _RECIPE_INDEX,
+    output: Path = _RECIPE_OUTPUT,
+    videos: Optional[Path] = _RECIPE_VIDEOS,
+    work: Optional[Path] = _RECIPE_WORK,
+    copies: int = _RECIPE_COPIES,
     seed: int = typer.Option(0),
     device: str = typer.Option("cpu", help="cpu or cuda, for extraction."),
     restart: bool = typer.Option(False, help="Forget a previous run in the work folder instead of resuming it."),
@@ -366,14 +375,11 @@ def whitening_command(
 
 @train_app.command("run")
 def run_command(
-    index: Path = typer.Argument(..., help="A lite index: its backbone and whitening, and (without --videos) "
-                                 "the collection to train on."),
-    output: Path = typer.Option(..., "--output", "-o", help="Bundle folder to write."),
-    videos: Optional[Path] = typer.Option(None, help="Train on this folder of videos instead of the index's "
-                                          "collection (represented with the index's backbone and whitening)."),
-    work: Optional[Path] = typer.Option(None, help="Work folder: caches, pairs, training runs (default: "
-                                        "BUNDLE_DIR.work beside the bundle). A rerun resumes there."),
-    copies: int = typer.Option(2, help="Augmented copies per video (features extracted once)."),
+    index: Path = _RECIPE_INDEX,
+    output: Path = _RECIPE_OUTPUT,
+    videos: Optional[Path] = _RECIPE_VIDEOS,
+    work: Optional[Path] = _RECIPE_WORK,
+    copies: int = _RECIPE_COPIES,
     holdout: float = typer.Option(0.2, help="Share of the videos held out to label the selector."),
     teacher_epochs: int = typer.Option(10, help="Epochs of the self-supervised teacher."),
     batch_size: int = typer.Option(16, help="Teacher: videos per step (in-batch negatives)."),
