@@ -133,8 +133,9 @@ def chunked_similarities(q: np.ndarray, m: np.ndarray, chunks: int) -> np.ndarra
     A pair's score is the smaller of the two directions of a Chamfer similarity over its
     ``chunks × chunks`` chunk similarities: the mean over the query's chunks of their best match
     among the candidate's, and the mean over the candidate's chunks of their best match among the
-    query's. A video that contains the query's content among other content scores lower than a whole
-    copy, but far above a mean vector's dilution. With ``chunks=1`` it is the inner product.
+    query's. Videos are compared stretch by stretch: a video that shows a blend of the query's shots
+    all along, which one mean vector cannot tell from the query, scores below a copy. With ``chunks=1``
+    it is the inner product.
 
     Args:
         q: ``[n, chunks·d]`` query vectors.
