@@ -47,7 +47,7 @@ def test_train_run_end_to_end_and_resume(collection, tmp_path):
     runner = CliRunner()
     args = ["train", "run", str(collection / "idx"), "-o", str(tmp_path / "bundle"), "--copies", "1",
             "--holdout", "0.25", "--teacher-epochs", "2", "--batch-size", "3", "--fine-epochs", "1",
-            "--coarse-epochs", "2", "--selector-epochs", "2", "--no-progress", "--json"]
+            "--coarse-epochs", "2", "--selector-epochs", "2", "--result", "students", "--no-progress", "--json"]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
@@ -109,6 +109,33 @@ def test_interrupted_run_resumes_to_the_same_bundle(collection, tmp_path):
     a, b = _weights(whole.bundle), _weights(resumed.bundle)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert np.isclose(sum(float(v.abs().sum()) for v in a.values()), sum(float(v.abs().sum()) for v in b.values()))
+
+
+def test_result_is_the_better_at_finding_held_out_copies(collection, tmp_path):
+    from dnsvr.bundle import load_bundle
+
+    # one copy of 6 training videos gives too few region pairs to learn a whitening: the students stay
+    few = run_recipe(collection / "idx", tmp_path / "few", config=RecipeConfig(**TINY), progress=False)
+    assert few.result == "students" and few.validation == {} and not (few.work / "other-bundle").exists()
+    auto = run_recipe(collection / "idx", tmp_path / "auto", config=RecipeConfig(**{**TINY, "copies": 2}),
+                      progress=False)
+    v = auto.validation
+    assert set(v) == {"students", "whitening"} and all(0 < x <= 1 for x in v.values())
+    assert auto.result == ("whitening" if v["whitening"] >= v["students"] else "students")
+    chosen, other = load_bundle(auto.bundle), load_bundle(auto.work / "other-bundle")
+    assert {chosen.name, other.name} == {"trained", "lite-learned"}
+    assert chosen.extra["recipe"]["result"] == auto.result and chosen.extra["recipe"]["validation"] == v
+    # asked for: the learned whitening, which attaches to the index (no validation needed)
+    cfg = RecipeConfig(**{**TINY, "copies": 2, "result": "whitening"})
+    forced = run_recipe(collection / "idx", tmp_path / "w", config=cfg, progress=False)
+    bundle = load_bundle(forced.bundle)
+    assert forced.result == "whitening" and forced.validation == {} and bundle.name == "lite-learned"
+    assert bundle.extra["learned_whitening"]["pairs"] > 0
+    res = CliRunner().invoke(app, ["index", "attach", str(collection / "idx"), str(forced.bundle),
+                                   str(tmp_path / "attached")])
+    assert res.exit_code == 0, res.output
+    with pytest.raises(ValueError, match="result must be"):
+        RecipeConfig(result="best")
 
 
 def test_videos_other_than_the_index(collection, tmp_path):

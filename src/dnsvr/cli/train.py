@@ -386,6 +386,9 @@ def run_command(
     fine_epochs: int = typer.Option(2, help="Epochs of the fine student (it starts from the teacher)."),
     coarse_epochs: int = typer.Option(5, help="Epochs of the coarse student (lr 1e-5, k-means NetVLAD start)."),
     selector_epochs: int = typer.Option(10, help="Epochs of the selector."),
+    result: str = typer.Option("auto", help="The bundle to write: auto (the better at finding the held-out "
+                               "videos' copies: the students, or the index's bundle with a whitening learned from "
+                               "the copies), students, or whitening."),
     seed: int = typer.Option(0),
     device: str = typer.Option("cpu", help="cpu or cuda (cuda: the GPU path for large collections)."),
     restart: bool = typer.Option(False, help="Forget a previous run in the work folder instead of resuming it."),
@@ -397,7 +400,9 @@ def run_command(
     Decodes each video once to make augmented copies (crop, flip, colour, blur, grayscale, low quality,
     text, logos, speed, drops, shuffles, pauses, reversal, picture-in-picture), trains a fine teacher on
     them without labels, distils the fine and coarse students and the selector from it, and writes a
-    bundle for `dnsvr index attach`. Interrupted, the same command continues where it stopped.
+    bundle for `dnsvr index attach`: by default the better, at finding held-out videos' copies, of the
+    students and of the index's own bundle with a whitening learned from the copies (`--result`).
+    Interrupted, the same command continues where it stopped.
 
     Examples:
 
@@ -417,13 +422,15 @@ def run_command(
 
     try:
         cfg = RecipeConfig(copies=copies, holdout=holdout, seed=seed, fine_epochs=fine_epochs,
-                           coarse_epochs=coarse_epochs, selector_epochs=selector_epochs,
+                           coarse_epochs=coarse_epochs, selector_epochs=selector_epochs, result=result,
                            teacher=replace(TeacherTrainConfig(), epochs=teacher_epochs, batch_size=batch_size,
                                            seed=seed))
-        result = run_recipe(index, output, videos=videos, work=work, config=cfg, device=device, progress=progress,
-                            restart=restart, on_stage=announce)
+        outcome = run_recipe(index, output, videos=videos, work=work, config=cfg, device=device, progress=progress,
+                             restart=restart, on_stage=announce)
     except (RecipeError, ValueError, FileNotFoundError) as exc:
         fail(str(exc))
-    _report({"bundle": str(result.bundle), "work": str(result.work), "videos": result.videos,
-             "copies": result.copies, "seconds": {k: round(v, 1) for k, v in result.seconds.items()},
-             "next": f"dnsvr index attach {index} {result.bundle} NEW_INDEX"}, as_json)
+    _report({"bundle": str(outcome.bundle), "work": str(outcome.work), "videos": outcome.videos,
+             "copies": outcome.copies, "result": outcome.result,
+             "validation": {k: round(v, 4) for k, v in outcome.validation.items()},
+             "seconds": {k: round(v, 1) for k, v in outcome.seconds.items()},
+             "next": f"dnsvr index attach {index} {outcome.bundle} NEW_INDEX"}, as_json)

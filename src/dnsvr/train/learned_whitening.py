@@ -127,6 +127,58 @@ def fit_learned_whitening(videos: Mapping[str, np.ndarray], copies: Mapping[str,
     return LearnedWhitening(inv_sqrt @ rot[:, ::-1], pairs=len(x), videos=len(used), copies=n_copies)
 
 
+def learned_bundle(source: Any, learned: LearnedWhitening, **provenance: Any) -> Any:
+    """The ``lite`` bundle ``source`` (its scoring, coarse stage) with its whitening followed by ``learned``.
+
+    Args:
+        source: the index's :class:`dnsvr.bundle.Bundle` (a fitted collection whitening).
+        learned: the map, from :func:`fit_learned_whitening` on features whitened by ``source``.
+        provenance: recorded in ``extra["learned_whitening"]`` (threshold, shrinkage, seed...).
+    """
+    from dnsvr.bundle import Bundle
+
+    extra: dict[str, Any] = dict(source.extra)
+    extra["learned_whitening"] = {"from_whitening": source.whitening.identity, "pairs": learned.pairs,
+                                  "videos": learned.videos, "copies": learned.copies, **provenance}
+    return Bundle("lite-learned", source.backbone, whitening=source.whitening.followed_by(learned.matrix),
+                  fine_type=source.fine_type, fine_args=source.fine_args, coarse_type=source.coarse_type,
+                  coarse_args=source.coarse_args, whitening_dims=source.whitening_dims, extra=extra,
+                  scoring=source.scoring)
+
+
+def copy_retrieval_map(bundle: Any, videos: Mapping[str, np.ndarray], copies: Mapping[str, np.ndarray],
+                       conversion: np.ndarray | None = None) -> float:
+    """Mean average precision of finding each copy's original among ``videos`` with ``bundle``'s fine stage.
+
+    A self-supervised validation: the copies are made, so each has exactly one relevant video.
+
+    Args:
+        bundle: a :class:`dnsvr.bundle.Bundle` taking the features as given (after ``conversion``).
+        videos: ``{id: [T, R, D]}`` originals (features whitened by the index).
+        copies: ``{copy id: [T', R, D]}`` their copies.
+        conversion: a map of the index's whitened features for a learned whitening
+            (:meth:`dnsvr.backbones.PCAWhitening.relative_to`), or None.
+    """
+    def rep(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        if conversion is not None:
+            x = x @ conversion.astype(np.float32)
+            x /= np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+        return bundle.represent(x).fine
+
+    ids = list(videos)
+    stored = [rep(videos[v]) for v in ids]
+    aps = []
+    for cid, feats in copies.items():
+        original = cid.rsplit(COPY_SEPARATOR, 1)[0]
+        if original not in videos:
+            continue
+        scores = np.asarray(bundle.fine_match(rep(feats), stored).scores, dtype=np.float64)
+        target = scores[ids.index(original)]
+        aps.append(1.0 / (1 + int((scores > target).sum())))
+    return float(np.mean(aps)) if aps else float("nan")
+
+
 @dataclass
 class WhiteningTrainResult:
     """What :func:`train_whitening` returns."""
@@ -163,7 +215,6 @@ def train_whitening(index_dir: str | Path, output: str | Path, *, videos: str | 
         dnsvr.train.recipe.RecipeError: not a lite index, an empty collection, no decodable video.
         LearnedWhiteningError: too few matching pairs.
     """
-    from dnsvr.bundle import Bundle
     from dnsvr.features import FeatureFile
     from dnsvr.index import VideoIndex
     from dnsvr.train.recipe import RecipeConfig, RecipeError, run_recipe
@@ -186,14 +237,7 @@ def train_whitening(index_dir: str | Path, output: str | Path, *, videos: str | 
     if "learned_whitening" in source.extra:
         raise RecipeError(f"index {index_dir} already uses a learned whitening; learn it on the index it was "
                           "attached from")
-    extra: dict[str, Any] = dict(source.extra)
-    extra["learned_whitening"] = {"from_whitening": source.whitening.identity, "pairs": learned.pairs,
-                                  "videos": learned.videos, "copies": learned.copies, "threshold": threshold,
-                                  "shrinkage": shrinkage, "seed": seed}
-    bundle = Bundle("lite-learned", source.backbone, whitening=source.whitening.followed_by(learned.matrix),
-                    fine_type=source.fine_type, fine_args=source.fine_args, coarse_type=source.coarse_type,
-                    coarse_args=source.coarse_args, whitening_dims=source.whitening_dims, extra=extra,
-                    scoring=source.scoring)
+    bundle = learned_bundle(source, learned, threshold=threshold, shrinkage=shrinkage, seed=seed)
     bundle.save(output)
     logger.info("learned whitening on %d region pairs of %d videos (%d copies) → %s", learned.pairs,
                 learned.videos, learned.copies, output)

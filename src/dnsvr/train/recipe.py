@@ -17,7 +17,10 @@ whitening) to a trained bundle, without labels:
 7. ``coarse``    — the coarse student S^c, distilled on the same pairs;
 8. ``selector``  — the selector, labelled on the held-out pairs (which no network trained on);
 9. ``bundle``    — students + selector + the index's backbone and whitening, and the calibration of the
-   coarse scores onto the fine scale (fitted on the held-out pairs), saved to ``output``.
+   coarse scores onto the fine scale (fitted on the held-out pairs); and the alternative, the index's own
+   bundle with a whitening learned from the training videos' copies (:mod:`dnsvr.train.learned_whitening`).
+   ``output`` gets the one that better finds the held-out videos' copies (``RecipeConfig.result``), the
+   other goes to ``WORK/other-bundle``.
 
 Then ``dnsvr index attach INDEX BUNDLE_DIR NEW_INDEX``. Every stage is resumable: a finished stage is
 recorded in ``WORK/recipe.json`` and skipped, a stage that was interrupted continues (feature journal,
@@ -41,11 +44,13 @@ import numpy as np
 
 from dnsvr.features import COMPLETE_ATTR, FeatureFile
 from dnsvr.train.mining import MiningParams
-from dnsvr.train.selfsup import TeacherTrainConfig, copy_id, views_of
+from dnsvr.train.selfsup import COPY_SEPARATOR, TeacherTrainConfig, copy_id, views_of
 
 logger = logging.getLogger(__name__)
 
 STAGES = ("features", "augment", "split", "teacher", "mine", "fine", "coarse", "selector", "bundle")
+#: What ``RecipeConfig.result`` may ask for.
+RESULTS = ("auto", "students", "whitening")
 STATE_FILE = "recipe.json"
 
 
@@ -69,6 +74,10 @@ class RecipeConfig:
         coarse_lr: its learning rate.
         selector_epochs: epochs of the selector.
         positive_share: share of held-out pairs labelled "re-rank" for the selector.
+        result: which bundle ``output`` gets: ``"auto"`` (the better, on the held-out videos, at finding
+            each copy's original with the fine stage, of the DnS students and of the index's own bundle with
+            a whitening learned from the training videos' copies — :mod:`dnsvr.train.learned_whitening`),
+            ``"students"`` or ``"whitening"``.
     """
 
     copies: int = 2
@@ -83,6 +92,11 @@ class RecipeConfig:
     coarse_lr: float = 1e-5
     selector_epochs: int = 10
     positive_share: float = 0.1
+    result: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.result not in RESULTS:
+            raise ValueError(f"result must be one of {', '.join(RESULTS)}, got {self.result!r}")
 
     def to_json(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))
@@ -97,6 +111,8 @@ class RecipeResult:
     seconds: dict[str, float]
     videos: int
     copies: int
+    result: str = "students"
+    validation: dict[str, float] = field(default_factory=dict)
 
 
 def default_work_dir(output: str | Path) -> Path:
@@ -231,6 +247,53 @@ def _augment(base_ids: list[str], sources: dict[str, Path | None], out: Path, bu
         for w in writers.values():
             w.close()
     return {"failed": failed}
+
+
+def _originals_and_copies(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """A feature file's videos split into originals and augmented copies."""
+    with FeatureFile(path) as ff:
+        feats = {v: ff.read(v) for v in ff.ids()}
+    copies = {v: f for v, f in feats.items() if COPY_SEPARATOR in v}
+    return {v: f for v, f in feats.items() if v not in copies}, copies
+
+
+def _choose_result(students: Any, base: Any, train_h5: Path, held_h5: Path, config: RecipeConfig,
+                   work: Path) -> tuple[Any, str, dict[str, float]]:
+    """The bundle the recipe writes (``config.result``), its kind and the held-out validation.
+
+    The alternative is the index's own bundle with a whitening learned from the *training* videos' copies;
+    ``auto`` keeps whichever finds the held-out copies' originals better (mean average precision, fine
+    stage). The bundle not chosen is saved to ``WORK/other-bundle``.
+    """
+    from dnsvr.train.learned_whitening import (
+        LearnedWhiteningError,
+        copy_retrieval_map,
+        fit_learned_whitening,
+        learned_bundle,
+    )
+
+    if config.result == "students":
+        return students, "students", {}
+    try:
+        learned = fit_learned_whitening(*_originals_and_copies(train_h5))
+    except LearnedWhiteningError as exc:
+        if config.result == "whitening":
+            raise RecipeError(str(exc)) from exc
+        logger.warning("no learned whitening (%s); the bundle keeps the students", exc)
+        return students, "students", {}
+    whitened = learned_bundle(base, learned, seed=config.seed)
+    validation: dict[str, float] = {}
+    kind = "whitening"
+    if config.result == "auto":
+        held = _originals_and_copies(held_h5)
+        validation = {"students": copy_retrieval_map(students, *held),
+                      "whitening": copy_retrieval_map(whitened, *held, conversion=learned.matrix)}
+        logger.info("held-out copy retrieval mAP: students %.4f, learned whitening %.4f", validation["students"],
+                    validation["whitening"])
+        kind = "whitening" if validation["whitening"] >= validation["students"] else "students"
+    chosen, other = (whitened, students) if kind == "whitening" else (students, whitened)
+    other.save(work / "other-bundle")
+    return chosen, kind, validation
 
 
 def run_recipe(index_dir: str | Path, output: str | Path, *, videos: str | Path | None = None,
@@ -396,10 +459,12 @@ def run_recipe(index_dir: str | Path, output: str | Path, *, videos: str | Path 
                                                  device=device)
             trained = build_bundle(work / "fine", work / "coarse", work / "selector", base=bundle, name="trained",
                                    coarse_calibration=calibration)
-            trained.extra["recipe"] = {"config": config.to_json(), "inputs": inputs,
-                                       "seconds": {k: round(v, 1) for k, v in seconds.items()}}
-            trained.save(output)
-            return {"coarse_calibration": calibration}
+            chosen, kind, validation = _choose_result(trained, bundle, train_h5, held_h5, config, work)
+            chosen.extra["recipe"] = {"config": config.to_json(), "inputs": inputs, "result": kind,
+                                      "validation": validation,
+                                      "seconds": {k: round(v, 1) for k, v in seconds.items()}}
+            chosen.save(output)
+            return {"coarse_calibration": calibration, "result": kind, "validation": validation}
 
         for name, fn in (("features", do_features), ("augment", do_augment), ("split", do_split),
                          ("teacher", do_teacher), ("mine", do_mine), ("fine", do_fine), ("coarse", do_coarse),
@@ -412,6 +477,8 @@ def run_recipe(index_dir: str | Path, output: str | Path, *, videos: str | Path 
         if augmented.exists():
             with FeatureFile(augmented) as ff:
                 n_copies = len(ff.ids())
-        return RecipeResult(output, work, seconds, n_videos, n_copies)
+        done = state.data.get("done", {}).get("bundle", {})
+        return RecipeResult(output, work, seconds, n_videos, n_copies, done.get("result", "students"),
+                            done.get("validation", {}))
     finally:
         index.close()
