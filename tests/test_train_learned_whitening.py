@@ -46,6 +46,37 @@ def test_matching_pairs_are_mutual_best_matches_above_the_threshold() -> None:
     assert len(matching_pairs(a, b, threshold=0.999)) == 0
 
 
+def test_matching_pairs_in_blocks_equal_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dnsvr.train.learned_whitening as lw
+
+    rng = np.random.default_rng(4)
+    video = _unit(rng.standard_normal((11, 9, 8)))
+    copy = _unit(video[2:] + 0.3 * rng.standard_normal((9, 9, 8)))
+    whole = matching_pairs(video, copy, threshold=0.2)
+    monkeypatch.setattr(lw, "PAIR_BLOCK", 7)  # blocks of 7 regions a side, short last blocks
+    blocked = matching_pairs(video, copy, threshold=0.2)
+    assert len(whole) > 20
+    np.testing.assert_array_equal(blocked, whole)
+
+
+def test_copy_retrieval_map_is_the_mean_reciprocal_rank_of_each_copys_original() -> None:
+    from dnsvr.bundle import Bundle
+    from dnsvr.train.learned_whitening import copy_retrieval_map
+
+    bundle = Bundle("plain", "efficientnet_lite0", whitening=None, fine_type="chamfer", fine_args={"dims": 8})
+    e = np.eye(8, dtype=np.float32)
+    videos = {"a": np.stack([e[0]] * 3)[:, None, :], "b": np.stack([e[1]] * 3)[:, None, :],
+              "c": np.stack([_unit(e[0] + e[1])] * 3)[:, None, :]}
+    copies = {copy_id("a", 0): videos["a"],                  # its original first: 1
+              copy_id("b", 0): np.stack([_unit(e[1] + 0.9 * e[0])] * 3)[:, None, :]}  # c above b: 1/2
+    assert copy_retrieval_map(bundle, videos, copies) == pytest.approx(0.75)
+    # the map is applied to every video first: without the second axis b's copy looks like a and c
+    drop = np.diag([1, 0, 1, 1, 1, 1, 1, 1]).astype(np.float64)
+    only_b = {copy_id("b", 0): copies[copy_id("b", 0)]}
+    assert copy_retrieval_map(bundle, videos, only_b) == pytest.approx(0.5)
+    assert copy_retrieval_map(bundle, videos, only_b, conversion=drop) == pytest.approx(1 / 3)
+
+
 def test_learned_whitening_discounts_what_the_copies_change() -> None:
     # each video's regions: its content in 12 dims, plus a strong nuisance in 4 dims that changes in
     # every copy (like a colour cast): the PCA keeps both, the learned map should drop the nuisance

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,8 +67,17 @@ class LearnedWhitening:
     copies: int
 
 
+#: Regions compared at once by :func:`matching_pairs` (a long video's regions are matched block by block).
+PAIR_BLOCK = 4096
+#: Held-out originals (and their copies) that :func:`copy_retrieval_map` validates on, at most.
+VALIDATION_VIDEOS = 200
+
+
 def matching_pairs(video: np.ndarray, copy: np.ndarray, threshold: float = PAIR_THRESHOLD) -> np.ndarray:
     """Differences of the mutually best-matching regions of a video and its copy, ``[n, D]``.
+
+    The similarities are computed in blocks of :data:`PAIR_BLOCK` regions a side, so an hour-long video
+    needs no ``[T·R, T'·R]`` matrix (ties go to the first region, as one ``argmax`` would).
 
     Args:
         video: ``[T, R, D]`` L2-normalised regions.
@@ -78,17 +88,31 @@ def matching_pairs(video: np.ndarray, copy: np.ndarray, threshold: float = PAIR_
     b = np.asarray(copy, dtype=np.float32).reshape(-1, copy.shape[-1])
     if not len(a) or not len(b):
         return np.zeros((0, a.shape[-1]), dtype=np.float32)
-    sims = a @ b.T
-    best_b = sims.argmax(1)
-    best_a = sims.argmax(0)
-    rows = np.arange(len(a))
-    keep = (best_a[best_b] == rows) & (sims[rows, best_b] > threshold)
+    best_b, best_b_sim = np.zeros(len(a), dtype=np.int64), np.full(len(a), -np.inf, dtype=np.float32)
+    best_a, best_a_sim = np.zeros(len(b), dtype=np.int64), np.full(len(b), -np.inf, dtype=np.float32)
+    for i in range(0, len(a), PAIR_BLOCK):
+        for j in range(0, len(b), PAIR_BLOCK):
+            sims = a[i:i + PAIR_BLOCK] @ b[j:j + PAIR_BLOCK].T
+            col = sims.argmax(1)
+            val = sims[np.arange(len(sims)), col]
+            better = val > best_b_sim[i:i + PAIR_BLOCK]
+            best_b[i:i + PAIR_BLOCK][better] = col[better] + j
+            best_b_sim[i:i + PAIR_BLOCK][better] = val[better]
+            row = sims.argmax(0)
+            val = sims[row, np.arange(sims.shape[1])]
+            better = val > best_a_sim[j:j + PAIR_BLOCK]
+            best_a[j:j + PAIR_BLOCK][better] = row[better] + i
+            best_a_sim[j:j + PAIR_BLOCK][better] = val[better]
+    keep = (best_a[best_b] == np.arange(len(a))) & (best_b_sim > threshold)
     return a[keep] - b[best_b[keep]]
 
 
 def fit_learned_whitening(videos: Mapping[str, np.ndarray], copies: Mapping[str, np.ndarray], *,
                           threshold: float = PAIR_THRESHOLD, shrinkage: float = SHRINKAGE) -> LearnedWhitening:
     """Learn the map from videos and their copies (copy ids from :func:`dnsvr.train.selfsup.copy_id`).
+
+    Only ``D × D`` statistics are kept while reading, so the mappings may read from disk on demand
+    (:func:`feature_views`).
 
     Args:
         videos: ``{id: [T, R, D]}`` whitened regions of the collection's videos.
@@ -101,30 +125,74 @@ def fit_learned_whitening(videos: Mapping[str, np.ndarray], copies: Mapping[str,
     """
     if shrinkage < 0:
         raise ValueError(f"shrinkage must be >= 0, got {shrinkage}")
-    diffs, used = [], set()
-    n_copies = 0
+    dims = int(np.asarray(next(iter(videos.values()))).shape[-1]) if videos else 0
+    pair_scatter, pairs = np.zeros((dims, dims)), 0
+    used, n_copies = set(), 0
     for cid, feats in copies.items():
         vid = cid.rsplit(COPY_SEPARATOR, 1)[0]
         if vid not in videos:
             continue
-        d = matching_pairs(videos[vid], feats, threshold)
+        d = matching_pairs(videos[vid], feats, threshold).astype(np.float64)
         if len(d):
-            diffs.append(d)
+            pair_scatter += d.T @ d
+            pairs += len(d)
             used.add(vid)
             n_copies += 1
-    dims = next(iter(videos.values())).shape[-1] if videos else 0
-    x = np.concatenate(diffs).astype(np.float64) if diffs else np.zeros((0, dims))
-    if len(x) < MIN_PAIRS_PER_DIM * max(dims, 1):
-        raise LearnedWhiteningError(f"{len(x)} matching region pairs are too few to learn a {dims}-d whitening "
+    if pairs < MIN_PAIRS_PER_DIM * max(dims, 1):
+        raise LearnedWhiteningError(f"{pairs} matching region pairs are too few to learn a {dims}-d whitening "
                                     f"(need {MIN_PAIRS_PER_DIM * dims}); train on more videos or more copies")
-    cov_s = x.T @ x / len(x)
+    cov_s = pair_scatter / pairs
     cov_s += shrinkage * np.trace(cov_s) / dims * np.eye(dims)
     w, v = np.linalg.eigh(cov_s)
     inv_sqrt = (v / np.sqrt(np.maximum(w, 1e-12))) @ v.T
-    regions = np.concatenate([np.asarray(f, dtype=np.float64).reshape(-1, dims) for f in videos.values()])
-    y = (regions - regions.mean(0)) @ inv_sqrt
-    _, rot = np.linalg.eigh(y.T @ y / len(y))
-    return LearnedWhitening(inv_sqrt @ rot[:, ::-1], pairs=len(x), videos=len(used), copies=n_copies)
+    total, scatter, count = np.zeros(dims), np.zeros((dims, dims)), 0
+    for feats in videos.values():
+        x = np.asarray(feats, dtype=np.float64).reshape(-1, dims)
+        total += x.sum(0)
+        scatter += x.T @ x
+        count += len(x)
+    mean = total / count
+    cov = scatter / count - np.outer(mean, mean)
+    _, rot = np.linalg.eigh(inv_sqrt @ cov @ inv_sqrt)
+    return LearnedWhitening(inv_sqrt @ rot[:, ::-1], pairs=pairs, videos=len(used), copies=n_copies)
+
+
+class _FeatureView(Mapping):
+    """The originals or the copies of an open feature file, read on demand."""
+
+    def __init__(self, ff: Any, copies: bool) -> None:
+        self._ff = ff
+        self._ids = [v for v in ff.ids() if (COPY_SEPARATOR in v) == copies]
+        self._set = set(self._ids)
+
+    def __getitem__(self, video_id: str) -> np.ndarray:
+        if video_id not in self._set:
+            raise KeyError(video_id)
+        return self._ff.read(video_id)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __contains__(self, video_id: object) -> bool:
+        return video_id in self._set
+
+
+@contextmanager
+def feature_views(*paths: str | Path) -> Iterator[tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]]]:
+    """``(originals, copies)`` of feature files (ids split by :data:`~dnsvr.train.selfsup.COPY_SEPARATOR`),
+    read on demand while the context is open. With two files, the first gives the originals and the
+    second the copies (the recipe's ``base.h5`` and ``augmented.h5``)."""
+    from dnsvr.features import FeatureFile
+
+    files = [FeatureFile(p) for p in paths]
+    try:
+        yield _FeatureView(files[0], copies=False), _FeatureView(files[-1], copies=True)
+    finally:
+        for f in files:
+            f.close()
 
 
 def learned_bundle(source: Any, learned: LearnedWhitening, **provenance: Any) -> Any:
@@ -150,7 +218,8 @@ def copy_retrieval_map(bundle: Any, videos: Mapping[str, np.ndarray], copies: Ma
                        conversion: np.ndarray | None = None) -> float:
     """Mean average precision of finding each copy's original among ``videos`` with ``bundle``'s fine stage.
 
-    A self-supervised validation: the copies are made, so each has exactly one relevant video.
+    A self-supervised validation: the copies are made, so each has exactly one relevant video. At most
+    :data:`VALIDATION_VIDEOS` originals (the first by id) and their copies take part.
 
     Args:
         bundle: a :class:`dnsvr.bundle.Bundle` taking the features as given (after ``conversion``).
@@ -166,15 +235,16 @@ def copy_retrieval_map(bundle: Any, videos: Mapping[str, np.ndarray], copies: Ma
             x /= np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
         return bundle.represent(x).fine
 
-    ids = list(videos)
+    ids = sorted(videos)[:VALIDATION_VIDEOS]
+    index_of = {v: k for k, v in enumerate(ids)}
     stored = [rep(videos[v]) for v in ids]
     aps = []
-    for cid, feats in copies.items():
+    for cid in copies:
         original = cid.rsplit(COPY_SEPARATOR, 1)[0]
-        if original not in videos:
+        if original not in index_of:
             continue
-        scores = np.asarray(bundle.fine_match(rep(feats), stored).scores, dtype=np.float64)
-        target = scores[ids.index(original)]
+        scores = np.asarray(bundle.fine_match(rep(copies[cid]), stored).scores, dtype=np.float64)
+        target = scores[index_of[original]]
         aps.append(1.0 / (1 + int((scores > target).sum())))
     return float(np.mean(aps)) if aps else float("nan")
 
@@ -215,23 +285,20 @@ def train_whitening(index_dir: str | Path, output: str | Path, *, videos: str | 
         dnsvr.train.recipe.RecipeError: not a lite index, an empty collection, no decodable video.
         LearnedWhiteningError: too few matching pairs.
     """
-    from dnsvr.features import FeatureFile
     from dnsvr.index import VideoIndex
     from dnsvr.train.recipe import RecipeConfig, RecipeError, run_recipe
 
     started = time.perf_counter()
     result = run_recipe(index_dir, output, videos=videos, work=work, config=RecipeConfig(copies=copies, seed=seed),
                         device=device, progress=progress, restart=restart, stop_after="augment")
-    with FeatureFile(result.work / "base.h5") as ff:
-        base = {v: ff.read(v) for v in ff.ids()}
-    with FeatureFile(result.work / "augmented.h5") as ff:
-        augmented = {v: ff.read(v) for v in ff.ids()}
-    if not augmented:
-        raise RecipeError("no video could be decoded for augmentation: learning a whitening needs the videos "
-                          "(the index's sources, or --videos)")
-    t0 = time.perf_counter()
-    learned = fit_learned_whitening(base, augmented, threshold=threshold, shrinkage=shrinkage)
-    fit_s = time.perf_counter() - t0
+    with feature_views(result.work / "base.h5", result.work / "augmented.h5") as (base, augmented):
+        if not augmented:
+            raise RecipeError("no video could be decoded for augmentation: learning a whitening needs the videos "
+                              "(the index's sources, or --videos)")
+        t0 = time.perf_counter()
+        learned = fit_learned_whitening(base, augmented, threshold=threshold, shrinkage=shrinkage)
+        fit_s = time.perf_counter() - t0
+        n_videos, n_copies = len(base), len(augmented)
     with VideoIndex.open(index_dir, readonly=True) as index:
         source = index.bundle
     if "learned_whitening" in source.extra:
@@ -244,4 +311,4 @@ def train_whitening(index_dir: str | Path, output: str | Path, *, videos: str | 
     seconds = dict(result.seconds)
     seconds["fit"] = fit_s
     seconds["total"] = time.perf_counter() - started
-    return WhiteningTrainResult(Path(output), result.work, len(base), len(augmented), learned.pairs, seconds)
+    return WhiteningTrainResult(Path(output), result.work, n_videos, n_copies, learned.pairs, seconds)

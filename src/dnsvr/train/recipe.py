@@ -44,7 +44,7 @@ import numpy as np
 
 from dnsvr.features import COMPLETE_ATTR, FeatureFile
 from dnsvr.train.mining import MiningParams
-from dnsvr.train.selfsup import COPY_SEPARATOR, TeacherTrainConfig, copy_id, views_of
+from dnsvr.train.selfsup import TeacherTrainConfig, copy_id, views_of
 
 logger = logging.getLogger(__name__)
 
@@ -249,14 +249,6 @@ def _augment(base_ids: list[str], sources: dict[str, Path | None], out: Path, bu
     return {"failed": failed}
 
 
-def _originals_and_copies(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """A feature file's videos split into originals and augmented copies."""
-    with FeatureFile(path) as ff:
-        feats = {v: ff.read(v) for v in ff.ids()}
-    copies = {v: f for v, f in feats.items() if COPY_SEPARATOR in v}
-    return {v: f for v, f in feats.items() if v not in copies}, copies
-
-
 def _choose_result(students: Any, base: Any, train_h5: Path, held_h5: Path, config: RecipeConfig,
                    work: Path) -> tuple[Any, str, dict[str, float]]:
     """The bundle the recipe writes (``config.result``), its kind and the held-out validation.
@@ -268,6 +260,7 @@ def _choose_result(students: Any, base: Any, train_h5: Path, held_h5: Path, conf
     from dnsvr.train.learned_whitening import (
         LearnedWhiteningError,
         copy_retrieval_map,
+        feature_views,
         fit_learned_whitening,
         learned_bundle,
     )
@@ -275,7 +268,8 @@ def _choose_result(students: Any, base: Any, train_h5: Path, held_h5: Path, conf
     if config.result == "students":
         return students, "students", {}
     try:
-        learned = fit_learned_whitening(*_originals_and_copies(train_h5))
+        with feature_views(train_h5) as training:
+            learned = fit_learned_whitening(*training)
     except LearnedWhiteningError as exc:
         if config.result == "whitening":
             raise RecipeError(str(exc)) from exc
@@ -285,9 +279,9 @@ def _choose_result(students: Any, base: Any, train_h5: Path, held_h5: Path, conf
     validation: dict[str, float] = {}
     kind = "whitening"
     if config.result == "auto":
-        held = _originals_and_copies(held_h5)
-        validation = {"students": copy_retrieval_map(students, *held),
-                      "whitening": copy_retrieval_map(whitened, *held, conversion=learned.matrix)}
+        with feature_views(held_h5) as held:
+            validation = {"students": copy_retrieval_map(students, *held),
+                          "whitening": copy_retrieval_map(whitened, *held, conversion=learned.matrix)}
         logger.info("held-out copy retrieval mAP: students %.4f, learned whitening %.4f", validation["students"],
                     validation["whitening"])
         kind = "whitening" if validation["whitening"] >= validation["students"] else "students"
