@@ -10,7 +10,7 @@ import torch
 
 from dnsvr.backbones.extractor import RANDOM, FeatureExtractor, InsetExtractor
 from dnsvr.backbones.regions import global_mac, l3_imac
-from dnsvr.bundle import LITE_SCORING, Bundle, BundleError, MatchScoring, lite_bundle
+from dnsvr.bundle import LITE_SCORING, Bundle, BundleError, MatchScoring, lite_bundle, shared_shot
 from dnsvr.search import combine
 
 
@@ -58,6 +58,44 @@ def test_copy_mode_penalises_uncovered_frames_more_than_related_mode() -> None:
     np.testing.assert_allclose(copy, base - 0.3 * 0.5, atol=1e-6)
     with pytest.raises(BundleError, match="match mode"):
         b.fine_match(query, [partial], match="everything")
+
+
+def test_shared_shot_is_the_best_diagonal_window_of_the_frame_matrix() -> None:
+    m = np.full((5, 6), 0.1)
+    m[1, 2], m[2, 3], m[3, 4] = 0.9, 0.8, 0.7          # a shot along a diagonal
+    m[0, 0], m[4, 0] = 1.0, 1.0                        # strong frames, not consecutive on both sides
+    assert shared_shot(m, 3) == pytest.approx(0.8)
+    assert shared_shot(m, 1) == pytest.approx(1.0)
+    assert shared_shot(m, 2) == pytest.approx(0.85)
+    assert shared_shot(m[:2, :2], 3) == pytest.approx(np.mean([1.0, 0.1]))   # shorter videos: their length
+    brute = max(np.mean([m[i + s, j + s] for s in range(3)]) for i in range(3) for j in range(4))
+    assert shared_shot(m, 3) == pytest.approx(brute)
+
+
+def test_related_mode_lifts_a_video_that_shares_one_shot_and_leaves_copy_mode_alone() -> None:
+    rng = np.random.default_rng(5)
+    query = _video(rng, 12)
+    partial = np.concatenate([_video(rng, 6), query[4:8], _video(rng, 6)]).astype(np.float16)  # 4 shared frames
+    unrelated = _video(rng, 16).astype(np.float16)
+    shot = MatchScoring(direction="min", coverage_threshold=0.5, related_penalty=0.05, shared_shot_frames=3,
+                        shared_shot_score=0.7, shared_shot_slope=0.4)
+    plain = MatchScoring(direction="min", coverage_threshold=0.5, related_penalty=0.05)
+    lifted = _chamfer_bundle(shot).fine_match(query, [partial, unrelated], match="related").scores
+    before = _chamfer_bundle(plain).fine_match(query, [partial, unrelated], match="related").scores
+    # the shared frames are exact: the partial sits at the term's level; the unrelated video gets the
+    # larger of its score and the term at its own best diagonal, far below
+    assert lifted[0] == pytest.approx(0.7, abs=1e-3) and before[0] < 0.6
+    _, mats = _chamfer_bundle(plain).fine_similarities(query, [unrelated], return_matrices=True)
+    assert lifted[1] == pytest.approx(max(before[1], 0.7 - 0.4 * (1 - shared_shot(mats[0], 3))), abs=1e-6)
+    assert lifted[1] < 0.5
+    for mode in ("copy",):
+        np.testing.assert_allclose(_chamfer_bundle(shot).fine_match(query, [partial], match=mode).scores,
+                                   _chamfer_bundle(plain).fine_match(query, [partial], match=mode).scores)
+    with pytest.raises(BundleError, match="shared_shot_frames"):
+        MatchScoring(shared_shot_frames=0)
+    with pytest.raises(BundleError, match="shared-shot"):
+        Bundle("t", "efficientnet_lite0", fine_type="att", fine_net=torch.nn.Identity(),
+               scoring=MatchScoring(shared_shot_frames=3))
 
 
 def test_inset_match_lifts_a_candidate_whose_regions_show_the_query_small() -> None:

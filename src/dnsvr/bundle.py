@@ -134,6 +134,13 @@ class MatchScoring:
         inset_scale: query frames are also described at this scale, whole (one vector per frame), and
             matched against the candidate's regions: a copy shown as a picture-in-picture inset
             scores by that match when it is higher (None: no inset match).
+        shared_shot_frames: ``related`` mode only: the best mean frame similarity along
+            ``shared_shot_frames`` consecutive frames of both videos (a diagonal of the frame-to-frame
+            matrix: a shot the two videos share, at the same speed) lifts a pair to
+            ``shared_shot_score − shared_shot_slope × (1 − that mean)`` when that is higher — a video
+            that shares one shot of the query ranks above videos that merely look alike, and below
+            whole copies (None: no such term; ``chamfer`` stage only).
+        shared_shot_score, shared_shot_slope: see ``shared_shot_frames``.
         coarse_scale, coarse_offset: a coarse similarity ``c`` not re-scored by the fine stage is
             shown as the fine similarity ``coarse_scale × c + coarse_offset`` would be (a least-squares
             fit over benchmark pairs), so one score means the same for every row of a list
@@ -145,6 +152,9 @@ class MatchScoring:
     related_penalty: float = 0.0
     copy_penalty: float = 0.0
     inset_scale: float | None = None
+    shared_shot_frames: int | None = None
+    shared_shot_score: float = 0.4
+    shared_shot_slope: float = 0.8
     coarse_scale: float | None = None
     coarse_offset: float = 0.0
 
@@ -153,7 +163,11 @@ class MatchScoring:
             raise BundleError(f"scoring direction must be 'query' or 'min', got {self.direction!r}")
         if self.inset_scale is not None and not 0.1 <= float(self.inset_scale) <= 1.0:
             raise BundleError(f"scoring inset_scale must lie in [0.1, 1], got {self.inset_scale!r}")
-        for name in ("coverage_threshold", "related_penalty", "copy_penalty", "coarse_scale", "coarse_offset"):
+        frames = self.shared_shot_frames
+        if frames is not None and (isinstance(frames, bool) or not isinstance(frames, int) or not 1 <= frames <= 64):
+            raise BundleError(f"scoring shared_shot_frames must be an integer in [1, 64] or null, got {frames!r}")
+        for name in ("coverage_threshold", "related_penalty", "copy_penalty", "shared_shot_score",
+                     "shared_shot_slope", "coarse_scale", "coarse_offset"):
             value = getattr(self, name)
             if value is None and name == "coarse_scale":
                 continue
@@ -175,7 +189,20 @@ class MatchScoring:
 
 #: The ``lite`` bundle's scoring (chosen on the real-content benchmark's dev split; see MatchScoring).
 LITE_SCORING = MatchScoring(direction="min", coverage_threshold=0.25, related_penalty=0.05, copy_penalty=0.1,
-                            inset_scale=0.4, coarse_scale=0.765, coarse_offset=0.126)
+                            inset_scale=0.4, shared_shot_frames=3, shared_shot_score=0.4, shared_shot_slope=0.8,
+                            coarse_scale=0.765, coarse_offset=0.126)
+
+
+def shared_shot(matrix: np.ndarray, frames: int) -> float:
+    """The best mean similarity along ``frames`` consecutive frames of both videos: the diagonals of a
+    frame-to-frame matrix ``[Tq, Tt]`` (query frames × candidate frames), a window of each; a video
+    shorter than ``frames`` uses its length.
+    """
+    m = np.asarray(matrix, dtype=np.float64)
+    k = max(1, min(int(frames), *m.shape))
+    rows, cols = m.shape[0] - k + 1, m.shape[1] - k + 1
+    window = sum(m[s:s + rows, s:s + cols] for s in range(k))
+    return float(window.max()) / k
 
 
 @dataclass
@@ -338,6 +365,9 @@ class Bundle:
         if self.scoring.inset_scale is not None and fine_type != "chamfer":
             raise BundleError("an inset match needs the training-free chamfer stage (its stored fine "
                               "representation is the base features)")
+        if self.scoring.shared_shot_frames is not None and fine_type != "chamfer":
+            raise BundleError("a shared-shot term needs the training-free chamfer stage (its levels are "
+                              "those of its frame similarities)")
         self._comparator = FineComparator(self.fine_net) if self.fine_net is not None else None
 
     # -- description ---------------------------------------------------------------------------
@@ -680,6 +710,7 @@ class Bundle:
         sc = self.scoring
         scores = np.asarray(sims, dtype=np.float64).copy()
         coverage = np.zeros((n, 2), dtype=np.float32)
+        shots = np.full(n, -np.inf) if match == "related" and sc.shared_shot_frames else None
         for k, m in enumerate(mats or []):
             if m.size == 0:
                 continue
@@ -687,6 +718,8 @@ class Bundle:
             coverage[k] = ((best_q >= sc.coverage_threshold).mean(), (best_t >= sc.coverage_threshold).mean())
             if self.fine_type == "chamfer" and sc.direction == "min":
                 scores[k] = min(float(best_q.mean()), float(best_t.mean()))
+            if shots is not None:
+                shots[k] = sc.shared_shot_score - sc.shared_shot_slope * (1.0 - shared_shot(m, sc.shared_shot_frames))
         uncovered = 1.0 - coverage.min(1).astype(np.float64)
         insets = self._inset_scores(inset, candidates) if inset is not None and sc.inset_scale else None
         if match == "copy":
@@ -697,6 +730,8 @@ class Bundle:
             if insets is not None:
                 scores = np.maximum(scores, insets)
             scores = scores - sc.related_penalty * uncovered
+            if shots is not None:
+                scores = np.maximum(scores, shots)
         return FineMatches(scores.astype(np.float32), coverage)
 
     @staticmethod
