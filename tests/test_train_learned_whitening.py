@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from dnsvr.backbones import PCAWhitening
 from dnsvr.cli import app
 from helpers import indexed_clips
-from dnsvr.train.learned_whitening import LearnedWhiteningError, fit_learned_whitening, matching_pairs
+from dnsvr.train.learned_whitening import LearnedWhiteningError, fit_chunk_map, fit_learned_whitening, matching_pairs
 from dnsvr.train.selfsup import copy_id
 
 
@@ -153,3 +153,102 @@ def test_train_whitening_then_attach(collection: Path, tmp_path: Path) -> None:
     res = runner.invoke(app, ["index", "attach", str(collection / "idx"), str(tmp_path / "other"),
                               str(tmp_path / "new2")])
     assert res.exit_code != 0 and "differs" in res.output + (res.stderr or "")
+
+
+def test_chunk_map_discounts_what_the_copies_change_at_the_chunk_level() -> None:
+    # the same nuisance as above, now one value per video (every chunk of a copy shares it)
+    rng = np.random.default_rng(2)
+    dims, n = 16, 80
+    content = rng.standard_normal((n, 8, 9, 12)) * 0.6
+    def view() -> np.ndarray:
+        nuisance = rng.standard_normal((n, 1, 1, 4)) * 1.5
+        return _unit(np.concatenate([content + 0.1 * rng.standard_normal(content.shape),
+                                     np.broadcast_to(nuisance, (n, 8, 9, 4))], -1))
+    originals, copies = view(), view()
+    videos = {f"v{i}": originals[i] for i in range(n)}
+    copy_feats = {copy_id(f"v{i}", 0): copies[i] for i in range(n)}
+    matrix, pairs = fit_chunk_map(videos, copy_feats, 4, threshold=0.0, shrinkage=0.1)
+    assert matrix is not None and matrix.shape == (dims, dims) and 2 * dims <= pairs <= 4 * n
+    gain = np.linalg.norm(matrix, axis=1)
+    assert gain[12:].max() < 0.5 * gain[:12].min()
+    # a region map is applied before the chunks are formed: the identity changes nothing
+    same, _ = fit_chunk_map(videos, copy_feats, 4, region_map=np.eye(dims), threshold=0.0, shrinkage=0.1)
+    np.testing.assert_allclose(same, matrix, atol=1e-6)
+    # too few pairs: no map (the coarse stage stays plain)
+    few, few_pairs = fit_chunk_map({"v0": videos["v0"]}, {copy_id("v0", 0): copy_feats[copy_id("v0", 0)]}, 4,
+                                   threshold=0.0)
+    assert few is None and 0 < few_pairs < 2 * dims
+
+
+def test_bundle_with_a_chunk_map_round_trips_and_older_readers_refuse_it(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    import dnsvr.bundle as bundle_mod
+    from dnsvr.bundle import Bundle, BundleError, ChunkMap, lite_bundle, lite_chunk_vectors
+
+    rng = np.random.default_rng(3)
+    base = lite_bundle()
+    base.fit_whitening([rng.standard_normal((40, 9, 96)).astype(np.float32)], dims=32)
+    plain_dir = base.save(tmp_path / "plain")
+    assert json.loads((plain_dir / "bundle.json").read_text())["format_version"] == 1
+    chunk_map = ChunkMap(32)
+    chunk_map.matrix.copy_(torch.from_numpy(rng.standard_normal((32, 32)).astype(np.float32)))
+    mapped = Bundle("m", base.backbone, whitening=base.whitening, coarse_type="chunks", coarse_net=chunk_map,
+                    coarse_args={"chunks": 4, "map_dims": 32}, whitening_dims=32, scoring=base.scoring)
+    feats = _unit(rng.standard_normal((10, 9, 32)))
+    expected = _unit(lite_chunk_vectors(feats, 4) @ chunk_map.matrix.numpy()).reshape(-1)
+    np.testing.assert_allclose(mapped.represent(feats).coarse, expected, atol=1e-5)
+    folder = mapped.save(tmp_path / "mapped")
+    assert json.loads((folder / "bundle.json").read_text())["format_version"] == 2
+    again = Bundle.load(folder)
+    assert again.chunk_map is not None
+    np.testing.assert_allclose(again.represent(feats).coarse, expected, atol=1e-5)
+    np.testing.assert_allclose(Bundle.load(plain_dir).represent(feats).coarse,
+                               lite_chunk_vectors(feats, 4).reshape(-1), atol=1e-6)
+    with pytest.raises(BundleError, match="ChunkMap"):
+        Bundle("m", base.backbone, whitening=base.whitening, coarse_type="chunks", coarse_net=chunk_map,
+               coarse_args={"chunks": 4, "map_dims": 16}, whitening_dims=32)
+    # a dnsvr that reads format 1 only would compute the coarse vectors without the map: it must refuse
+    monkeypatch.setattr(bundle_mod, "BUNDLE_FORMAT_VERSION", 1)
+    with pytest.raises(BundleError, match="newer"):
+        Bundle.load(folder)
+    monkeypatch.undo()
+    (folder / "coarse.safetensors").unlink()
+    with pytest.raises(BundleError, match="missing"):
+        Bundle.load(folder)
+
+
+def test_learned_bundle_with_a_chunk_map_attaches_with_its_coarse_vectors_and_calibration(
+        collection: Path, tmp_path: Path) -> None:
+    from dnsvr.bundle import load_bundle
+    from dnsvr.index import VideoIndex
+    from dnsvr.train.learned_whitening import build_learned_bundle
+
+    with VideoIndex.open(collection / "idx", readonly=True) as old:
+        base = old.bundle
+        ids = old.ids()
+        videos = {v: np.asarray(f, np.float32) for v, f in zip(ids, old.store.fine(ids))}
+    rng = np.random.default_rng(5)
+    copies = {copy_id(v, k): _unit(x + 0.15 * rng.standard_normal(x.shape)) for v, x in videos.items()
+              for k in range(12)}
+    bundle, learned = build_learned_bundle(base, videos, copies, threshold=0.0, seed=0)
+    assert bundle.chunk_map is not None and bundle.extra["learned_whitening"]["chunk_pairs"] > 0
+    assert bundle.extra["learned_whitening"]["chunks_mapped"] is True
+    # the coarse calibration was fitted again for the mapped chunks
+    assert (bundle.scoring.coarse_scale, bundle.scoring.coarse_offset) != (base.scoring.coarse_scale,
+                                                                           base.scoring.coarse_offset)
+    bundle.save(tmp_path / "bundle")
+    res = CliRunner().invoke(app, ["index", "attach", str(collection / "idx"), str(tmp_path / "bundle"),
+                                   str(tmp_path / "new")])
+    assert res.exit_code == 0, res.output
+    loaded = load_bundle(tmp_path / "bundle")
+    p = learned.matrix.astype(np.float32)
+    with VideoIndex.open(tmp_path / "new", readonly=True) as new:
+        stored = new.store.coarse_vectors(ids)
+        for v, row in zip(ids, stored):
+            np.testing.assert_allclose(row, loaded.represent(_unit(videos[v] @ p)).coarse, atol=2e-3)
+        hits = new.search([str(collection / "videos" / "v5.mp4")], top_k=1, include_self=True, budget=0)[0]
+        assert hits.results[0].video_id == "v5"
+    table = CliRunner().invoke(app, ["index", "info", str(tmp_path / "new")]).stdout
+    assert "coarse chunks mapped" in table

@@ -58,7 +58,10 @@ from dnsvr.stages import Stage
 logger = logging.getLogger(__name__)
 
 BUNDLE_FORMAT = "dnsvr-bundle"
-BUNDLE_FORMAT_VERSION = 1
+BUNDLE_FORMAT_VERSION = 2
+#: What a bundle without version-2 parts writes (a learned chunk map needs 2: a reader of version 1
+#: would compute its coarse vectors without the map and rank wrongly).
+BUNDLE_FORMAT_VERSION_BASE = 1
 CONFIG_NAME = "bundle.json"
 BUILTIN_BUNDLES = ("lite", "paper", "paper-bin")
 COARSE_TYPES = ("mean", "chunks", "student")
@@ -300,6 +303,27 @@ def _build_net(factory: Any, args: dict[str, Any], what: str, folder: Path, file
     return net
 
 
+class ChunkMap(torch.nn.Module):
+    """A learned linear map of coarse chunk vectors, ``normalise(chunk @ matrix)``.
+
+    ``dnsvr train whitening`` fits it from the chunks of videos and their augmented copies
+    (:func:`dnsvr.train.learned_whitening.fit_chunk_map`); a ``chunks`` coarse stage applies it to
+    each chunk vector (``coarse_args["map_dims"]``, weights in ``coarse.safetensors``).
+
+    Args:
+        map_dims: the chunk vectors' size.
+    """
+
+    def __init__(self, map_dims: int) -> None:
+        super().__init__()
+        self.register_buffer("matrix", torch.eye(int(map_dims)))
+
+    def apply(self, chunks: np.ndarray) -> np.ndarray:
+        """``[k, D]`` chunk vectors → mapped, each row L2-normalised (float32)."""
+        x = np.asarray(chunks, dtype=np.float32) @ self.matrix.numpy()
+        return (x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
+
+
 class Bundle:
     """A model bundle: whitening + coarse stage + fine stage + optional selector.
 
@@ -348,6 +372,10 @@ class Bundle:
             if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_COARSE_CHUNKS:
                 raise BundleError(f"coarse type 'chunks' needs coarse args {{'chunks': 1..{MAX_COARSE_CHUNKS}}}, "
                                   f"got {coarse_args!r}")
+            if coarse_net is not None and (not isinstance(coarse_net, ChunkMap)
+                                           or (coarse_args or {}).get("map_dims") != coarse_net.matrix.shape[0]):
+                raise BundleError("a 'chunks' coarse stage takes only a ChunkMap as its network, with "
+                                  "coarse args map_dims = its size")
         self.name = name
         self.backbone = backbone
         self.whitening = whitening
@@ -399,6 +427,11 @@ class Bundle:
         return "float16", (9, int(d))
 
     @property
+    def chunk_map(self) -> ChunkMap | None:
+        """The learned map of a ``chunks`` coarse stage's vectors, or None."""
+        return self.coarse_net if isinstance(self.coarse_net, ChunkMap) else None
+
+    @property
     def coarse_chunks(self) -> int:
         """Chunk vectors per coarse vector (1 for a single vector, scored by inner product)."""
         return int(self.coarse_args["chunks"]) if self.coarse_type == "chunks" else 1
@@ -428,7 +461,9 @@ class Bundle:
                      "identity": self.whitening.identity if self.whitened else None,
                      "input_dims": int(self.whitening.input_dims) if self.whitened else None}
         return {
-            "format": BUNDLE_FORMAT, "format_version": BUNDLE_FORMAT_VERSION, "written_by": _versions(),
+            "format": BUNDLE_FORMAT,
+            "format_version": BUNDLE_FORMAT_VERSION if self.chunk_map is not None else BUNDLE_FORMAT_VERSION_BASE,
+            "written_by": _versions(),
             "name": self.name, "backbone": self.backbone, "whitening": white,
             "fine": {"type": self.fine_type, "args": self.fine_args},
             "coarse": {"type": self.coarse_type, "args": self.coarse_args},
@@ -539,6 +574,9 @@ class Bundle:
             from dnsvr.nn import CoarseGrainedStudent
 
             coarse_net = _build_net(CoarseGrainedStudent, coarse_cfg["args"], "coarse", folder, "coarse.safetensors")
+        elif coarse_cfg["type"] == "chunks" and coarse_cfg["args"].get("map_dims") is not None:
+            map_args = {"map_dims": coarse_cfg["args"]["map_dims"]}
+            coarse_net = _build_net(ChunkMap, map_args, "coarse", folder, "coarse.safetensors")
         if sel_cfg.get("type") == "network":
             from dnsvr.nn import SelectorNetwork
 
@@ -648,7 +686,10 @@ class Bundle:
                 coarse = self.coarse_net.index_video(x[None])  # type: ignore[union-attr]
                 coarse = coarse.reshape(-1).float().numpy()
             elif self.coarse_type == "chunks":
-                coarse = lite_chunk_vectors(x.numpy(), self.coarse_chunks).reshape(-1)
+                coarse = lite_chunk_vectors(x.numpy(), self.coarse_chunks)
+                if self.chunk_map is not None:
+                    coarse = self.chunk_map.apply(coarse)
+                coarse = coarse.reshape(-1)
             else:
                 coarse = lite_coarse_vector(x.numpy())
             if self.fine_type == "chamfer":

@@ -193,7 +193,9 @@ def info(directory: Path = typer.Argument(..., help="Index directory."),
     learned = data.get("learned_whitening")
     if learned:
         table.add_row("learned whitening", f"{learned['pairs']:,} region pairs of {plural(learned['videos'], 'video')} "
-                                           f"and {learned['copies']} augmented copies (dnsvr train whitening)")
+                                           f"and {learned['copies']} augmented copies (dnsvr train whitening)"
+                                           + (f"; coarse chunks mapped from {learned['chunk_pairs']:,} chunk pairs"
+                                              if learned.get("chunks_mapped") else ""))
     table.add_row("videos", str(data["videos"]))
     if "shards" in data:
         table.add_row("shards", ", ".join(f"{s['name']} {s['videos']}" for s in data["shards"]))

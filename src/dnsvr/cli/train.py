@@ -368,7 +368,7 @@ def whitening_command(
     except (RecipeError, LearnedWhiteningError, ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     _report({"bundle": str(result.bundle), "work": str(result.work), "videos": result.videos,
-             "copies": result.copies, "pairs": result.pairs,
+             "copies": result.copies, "pairs": result.pairs, "chunk_pairs": result.chunk_pairs,
              "seconds": {k: round(v, 1) for k, v in result.seconds.items()},
              "next": f"dnsvr index attach {index} {result.bundle} NEW_INDEX"}, as_json)
 

@@ -44,6 +44,15 @@ PAIR_THRESHOLD = 0.3
 SHRINKAGE = 1.0
 #: Fewest matching pairs per whitened dimension for a usable fit.
 MIN_PAIRS_PER_DIM = 4
+#: Matching coarse chunks (video chunk ↔ copy chunk, mutual best) must reach this similarity, and
+#: their differences' covariance is shrunk by this share of its mean eigenvalue; chosen on the
+#: real-content benchmark's dev splits (thresholds 0.1 / 0.2 / 0.3 / 0.5 / 0.7, shrinkage 0.05–1).
+CHUNK_PAIR_THRESHOLD = 0.1
+CHUNK_SHRINKAGE = 0.1
+#: Fewest matching chunk pairs per dimension for a chunk map (fewer: the coarse stage stays unmapped).
+MIN_CHUNK_PAIRS_PER_DIM = 2
+#: Held-out originals whose copies calibrate the coarse scores onto the fine scale, at most.
+CALIBRATION_VIDEOS = 100
 
 
 class LearnedWhiteningError(ValueError):
@@ -157,6 +166,105 @@ def fit_learned_whitening(videos: Mapping[str, np.ndarray], copies: Mapping[str,
     return LearnedWhitening(inv_sqrt @ rot[:, ::-1], pairs=pairs, videos=len(used), copies=n_copies)
 
 
+def _normalised_map(x: np.ndarray, matrix: np.ndarray | None) -> np.ndarray:
+    """``normalise(x @ matrix)`` in float32 (``x`` unchanged without a matrix)."""
+    x = np.asarray(x, dtype=np.float32)
+    if matrix is None:
+        return x
+    y = x @ np.asarray(matrix, dtype=np.float32)
+    return y / np.maximum(np.linalg.norm(y, axis=-1, keepdims=True), 1e-12)
+
+
+def fit_chunk_map(videos: Mapping[str, np.ndarray], copies: Mapping[str, np.ndarray], chunks: int, *,
+                  region_map: np.ndarray | None = None, threshold: float = CHUNK_PAIR_THRESHOLD,
+                  shrinkage: float = CHUNK_SHRINKAGE) -> tuple[np.ndarray | None, int]:
+    """A learned map of the coarse stage's chunk vectors, from videos and their copies.
+
+    The same idea as :func:`fit_learned_whitening` one level up: each video's and each copy's chunk
+    vectors (:func:`dnsvr.bundle.lite_chunk_vectors`, of the regions after ``region_map``) are paired
+    (mutually best chunks above ``threshold``), and the covariance of the pairs' differences, shrunk,
+    is whitened: ``C^{-1/2}``. A chunk vector keeps what copies keep and loses what the
+    transformations change, with the whole video's extent behind each direction (a region pair sees
+    a quarter of a frame).
+
+    Args:
+        videos: ``{id: [T, R, D]}`` the index's whitened regions of the originals.
+        copies: ``{copy id: [T', R, D]}`` their copies'.
+        chunks: chunk vectors per video (the bundle's ``coarse_args["chunks"]``).
+        region_map: the learned region map (``LearnedWhitening.matrix``) the bundle applies first.
+        threshold: least similarity of a chunk pair.
+        shrinkage: share of the pairs' mean variance added to every direction.
+
+    Returns:
+        ``(matrix [D, D] float64, pairs)``, or ``(None, pairs)`` with fewer than
+        :data:`MIN_CHUNK_PAIRS_PER_DIM` pairs per dimension.
+    """
+    from dnsvr.bundle import lite_chunk_vectors
+
+    chunk_of: dict[str, np.ndarray] = {}
+
+    def chunk_vectors(feats: np.ndarray) -> np.ndarray:
+        return lite_chunk_vectors(_normalised_map(feats, region_map), chunks).astype(np.float64)
+
+    dims = 0
+    scatter, pairs = None, 0
+    for cid, feats in copies.items():
+        vid = cid.rsplit(COPY_SEPARATOR, 1)[0]
+        if vid not in videos:
+            continue
+        if vid not in chunk_of:
+            chunk_of[vid] = chunk_vectors(videos[vid])
+        a, b = chunk_vectors(feats), chunk_of[vid]
+        dims = a.shape[1]
+        sims = a @ b.T
+        best_b, best_a = sims.argmax(1), sims.argmax(0)
+        keep = (best_a[best_b] == np.arange(len(a))) & (sims[np.arange(len(a)), best_b] > threshold)
+        d = a[keep] - b[best_b[keep]]
+        scatter = d.T @ d if scatter is None else scatter + d.T @ d
+        pairs += len(d)
+    if scatter is None or pairs < MIN_CHUNK_PAIRS_PER_DIM * dims:
+        return None, pairs
+    cov = scatter / pairs
+    cov += shrinkage * np.trace(cov) / dims * np.eye(dims)
+    w, v = np.linalg.eigh(cov)
+    return (v / np.sqrt(np.maximum(w, 1e-12))) @ v.T, pairs
+
+
+def fit_coarse_calibration(bundle: Any, videos: Mapping[str, np.ndarray], copies: Mapping[str, np.ndarray],
+                           conversion: np.ndarray | None = None) -> tuple[float, float] | None:
+    """``(scale, offset)`` putting ``bundle``'s coarse similarities on its fine scale.
+
+    A least-squares fit of the fine stage's scores (``related`` mode) on the coarse similarities over
+    every (copy, original) pair of at most :data:`CALIBRATION_VIDEOS` originals — mostly unrelated
+    pairs and each copy's own, as a search meets them. None with fewer than two originals.
+
+    Args:
+        bundle: the :class:`dnsvr.bundle.Bundle` to calibrate (features as given after ``conversion``).
+        videos, copies: the index's whitened regions of originals and their copies.
+        conversion: the map of the index's whitened features into ``bundle``'s (or None).
+    """
+    from dnsvr.index._coarse import chunked_similarities
+
+    ids = sorted(videos)[:CALIBRATION_VIDEOS]
+    if len(ids) < 2:
+        return None
+    reps = {v: bundle.represent(_normalised_map(videos[v], conversion)) for v in ids}
+    stored_coarse = np.stack([reps[v].coarse for v in ids])
+    stored_fine = [reps[v].fine for v in ids]
+    wanted = set(ids)
+    xs, ys = [], []
+    for cid in copies:
+        if cid.rsplit(COPY_SEPARATOR, 1)[0] not in wanted:
+            continue
+        rep = bundle.represent(_normalised_map(copies[cid], conversion))
+        xs.append(chunked_similarities(rep.coarse[None], stored_coarse, bundle.coarse_chunks)[0])
+        ys.append(np.asarray(bundle.fine_match(rep.fine, stored_fine).scores, dtype=np.float64))
+    if not xs:
+        return None
+    scale, offset = np.polyfit(np.concatenate(xs).astype(np.float64), np.concatenate(ys), 1)
+    return float(scale), float(offset)
+
+
 class _FeatureView(Mapping):
     """The originals or the copies of an open feature file, read on demand."""
 
@@ -195,23 +303,85 @@ def feature_views(*paths: str | Path) -> Iterator[tuple[Mapping[str, np.ndarray]
             f.close()
 
 
-def learned_bundle(source: Any, learned: LearnedWhitening, **provenance: Any) -> Any:
+def learned_bundle(source: Any, learned: LearnedWhitening, *, chunk_map: np.ndarray | None = None,
+                   calibration: tuple[float, float] | None = None, **provenance: Any) -> Any:
     """The ``lite`` bundle ``source`` (its scoring, coarse stage) with its whitening followed by ``learned``.
 
     Args:
         source: the index's :class:`dnsvr.bundle.Bundle` (a fitted collection whitening).
         learned: the map, from :func:`fit_learned_whitening` on features whitened by ``source``.
+        chunk_map: a learned map of the coarse chunk vectors (:func:`fit_chunk_map`; ``chunks`` coarse
+            stages only), or None.
+        calibration: ``(coarse_scale, coarse_offset)`` for the scoring (:func:`fit_coarse_calibration`),
+            or None to keep the source's.
         provenance: recorded in ``extra["learned_whitening"]`` (threshold, shrinkage, seed...).
     """
-    from dnsvr.bundle import Bundle
+    import dataclasses
+
+    import torch
+
+    from dnsvr.bundle import Bundle, ChunkMap
 
     extra: dict[str, Any] = dict(source.extra)
     extra["learned_whitening"] = {"from_whitening": source.whitening.identity, "pairs": learned.pairs,
                                   "videos": learned.videos, "copies": learned.copies, **provenance}
+    coarse_args, coarse_net = dict(source.coarse_args), None
+    if chunk_map is not None:
+        if source.coarse_type != "chunks":
+            raise ValueError(f"a chunk map needs a 'chunks' coarse stage; {source.name!r} has {source.coarse_type!r}")
+        coarse_net = ChunkMap(len(chunk_map))
+        coarse_net.matrix.copy_(torch.from_numpy(np.asarray(chunk_map, dtype=np.float32)))
+        coarse_args["map_dims"] = len(chunk_map)
+    scoring = source.scoring
+    if calibration is not None:
+        scoring = dataclasses.replace(scoring, coarse_scale=round(calibration[0], 4),
+                                      coarse_offset=round(calibration[1], 4))
     return Bundle("lite-learned", source.backbone, whitening=source.whitening.followed_by(learned.matrix),
                   fine_type=source.fine_type, fine_args=source.fine_args, coarse_type=source.coarse_type,
-                  coarse_args=source.coarse_args, whitening_dims=source.whitening_dims, extra=extra,
-                  scoring=source.scoring)
+                  coarse_net=coarse_net, coarse_args=coarse_args, whitening_dims=source.whitening_dims,
+                  extra=extra, scoring=scoring)
+
+
+def build_learned_bundle(source: Any, videos: Mapping[str, np.ndarray], copies: Mapping[str, np.ndarray], *,
+                         threshold: float = PAIR_THRESHOLD, shrinkage: float = SHRINKAGE,
+                         learned: LearnedWhitening | None = None,
+                         calibrate_on: tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]] | None = None,
+                         **provenance: Any) -> tuple[Any, LearnedWhitening]:
+    """Fit everything a learned bundle holds and build it: the region map, the chunk map (``chunks``
+    coarse stages, enough pairs) and the coarse calibration.
+
+    Args:
+        source: the index's bundle.
+        videos, copies: the index's whitened regions of the originals and their copies.
+        threshold, shrinkage: of the region map (:func:`fit_learned_whitening`).
+        learned: an already fitted region map (None: fit it here).
+        calibrate_on: ``(videos, copies)`` to fit the coarse calibration on (default: the same ones;
+            ``train run`` gives its held-out videos).
+        provenance: recorded in ``extra["learned_whitening"]``.
+
+    Raises:
+        LearnedWhiteningError: too few region pairs.
+    """
+    if learned is None:
+        learned = fit_learned_whitening(videos, copies, threshold=threshold, shrinkage=shrinkage)
+    chunk_map, chunk_pairs = None, 0
+    if source.coarse_type == "chunks":
+        chunk_map, chunk_pairs = fit_chunk_map(videos, copies, source.coarse_chunks, region_map=learned.matrix)
+        if chunk_map is None:
+            logger.warning("%d matching chunk pairs are too few for a chunk map; the coarse stage keeps the "
+                           "plain chunk vectors", chunk_pairs)
+    bundle = learned_bundle(source, learned, chunk_map=chunk_map, threshold=threshold, shrinkage=shrinkage,
+                            chunk_pairs=chunk_pairs,
+                                    chunks_mapped=chunk_map is not None, **provenance)
+    if chunk_map is not None:
+        calibration = None
+        for pool in ((calibrate_on, (videos, copies)) if calibrate_on is not None else ((videos, copies),)):
+            calibration = calibration or fit_coarse_calibration(bundle, *pool, conversion=learned.matrix)
+        if calibration is not None:
+            bundle = learned_bundle(source, learned, chunk_map=chunk_map, calibration=calibration,
+                                    threshold=threshold, shrinkage=shrinkage, chunk_pairs=chunk_pairs,
+                                    chunks_mapped=chunk_map is not None, **provenance)
+    return bundle, learned
 
 
 def copy_retrieval_map(bundle: Any, videos: Mapping[str, np.ndarray], copies: Mapping[str, np.ndarray],
@@ -259,6 +429,7 @@ class WhiteningTrainResult:
     copies: int
     pairs: int
     seconds: dict[str, float]
+    chunk_pairs: int = 0
 
 
 def train_whitening(index_dir: str | Path, output: str | Path, *, videos: str | Path | None = None,
@@ -295,20 +466,21 @@ def train_whitening(index_dir: str | Path, output: str | Path, *, videos: str | 
         if not augmented:
             raise RecipeError("no video could be decoded for augmentation: learning a whitening needs the videos "
                               "(the index's sources, or --videos)")
+        with VideoIndex.open(index_dir, readonly=True) as index:
+            source = index.bundle
+        if "learned_whitening" in source.extra:
+            raise RecipeError(f"index {index_dir} already uses a learned whitening; learn it on the index it was "
+                              "attached from")
         t0 = time.perf_counter()
-        learned = fit_learned_whitening(base, augmented, threshold=threshold, shrinkage=shrinkage)
+        bundle, learned = build_learned_bundle(source, base, augmented, threshold=threshold, shrinkage=shrinkage,
+                                               seed=seed)
         fit_s = time.perf_counter() - t0
         n_videos, n_copies = len(base), len(augmented)
-    with VideoIndex.open(index_dir, readonly=True) as index:
-        source = index.bundle
-    if "learned_whitening" in source.extra:
-        raise RecipeError(f"index {index_dir} already uses a learned whitening; learn it on the index it was "
-                          "attached from")
-    bundle = learned_bundle(source, learned, threshold=threshold, shrinkage=shrinkage, seed=seed)
     bundle.save(output)
     logger.info("learned whitening on %d region pairs of %d videos (%d copies) → %s", learned.pairs,
                 learned.videos, learned.copies, output)
     seconds = dict(result.seconds)
     seconds["fit"] = fit_s
     seconds["total"] = time.perf_counter() - started
-    return WhiteningTrainResult(Path(output), result.work, n_videos, n_copies, learned.pairs, seconds)
+    return WhiteningTrainResult(Path(output), result.work, n_videos, n_copies, learned.pairs, seconds,
+                                int(bundle.extra["learned_whitening"].get("chunk_pairs", 0)))

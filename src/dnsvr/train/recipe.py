@@ -259,23 +259,21 @@ def _choose_result(students: Any, base: Any, train_h5: Path, held_h5: Path, conf
     """
     from dnsvr.train.learned_whitening import (
         LearnedWhiteningError,
+        build_learned_bundle,
         copy_retrieval_map,
         feature_views,
-        fit_learned_whitening,
-        learned_bundle,
     )
 
     if config.result == "students":
         return students, "students", {}
     try:
-        with feature_views(train_h5) as training:
-            learned = fit_learned_whitening(*training)
+        with feature_views(train_h5) as training, feature_views(held_h5) as held:
+            whitened, learned = build_learned_bundle(base, *training, calibrate_on=held, seed=config.seed)
     except LearnedWhiteningError as exc:
         if config.result == "whitening":
             raise RecipeError(str(exc)) from exc
         logger.warning("no learned whitening (%s); the bundle keeps the students", exc)
         return students, "students", {}
-    whitened = learned_bundle(base, learned, seed=config.seed)
     validation: dict[str, float] = {}
     kind = "whitening"
     if config.result == "auto":
