@@ -6,8 +6,9 @@ Times, interleaved in one process, for one query against ``--pairs`` candidates 
 (128-d whitened regions, float16 as an index stores them):
 
 - ``fine_similarities``: the engine's similarities alone (what a search cost before the scoring);
-- ``fine_match``: what a search runs now — the engine's matrices, both Chamfer directions, coverages
-  and the match mode's penalty;
+- ``fine_match``: what a search runs now — the engine's matrices, both Chamfer directions, coverages,
+  the match mode's penalty and (``related`` mode) the shared-shot term;
+- ``fine_match_no_shared_shot``: the same without the shared-shot term (the previous release's scoring);
 - ``fine_match+inset``: the same with the query's inset vectors (query videos);
 - ``previous_default_512d``: the previous ``lite`` default's search per pair (512-d regions, the engine's
   similarities alone), for the cost of a default search before and after.
@@ -24,6 +25,8 @@ import os
 import platform
 import time
 from pathlib import Path
+
+import dataclasses
 
 import numpy as np
 import torch
@@ -55,12 +58,15 @@ def main() -> None:
     inset = _unit(rng.standard_normal((args.frames, args.dims))).astype(np.float32)
     cands = [_unit(rng.standard_normal((args.frames, 9, args.dims))).astype(np.float16) for _ in range(args.pairs)]
     bundle = Bundle("lite", "efficientnet_lite0", fine_type="chamfer", coarse_type="mean", scoring=LITE_SCORING)
+    no_shot = Bundle("lite", "efficientnet_lite0", fine_type="chamfer", coarse_type="mean",
+                     scoring=dataclasses.replace(LITE_SCORING, shared_shot_frames=None))
     old_query = _unit(rng.standard_normal((args.frames, 9, 512))).astype(np.float32)
     old_cands = [_unit(rng.standard_normal((args.frames, 9, 512))).astype(np.float16) for _ in range(args.pairs)]
     old = Bundle("lite", "efficientnet_lite0", fine_type="chamfer", coarse_type="mean")
     runs = {
         "fine_similarities": lambda: bundle.fine_similarities(query, cands),
         "fine_match": lambda: bundle.fine_match(query, cands),
+        "fine_match_no_shared_shot": lambda: no_shot.fine_match(query, cands),
         "fine_match+inset": lambda: bundle.fine_match(query, cands, inset=inset),
         "previous_default_512d": lambda: old.fine_similarities(old_query, old_cands),
     }
