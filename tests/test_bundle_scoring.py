@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -96,6 +97,38 @@ def test_related_mode_lifts_a_video_that_shares_one_shot_and_leaves_copy_mode_al
     with pytest.raises(BundleError, match="shared-shot"):
         Bundle("t", "efficientnet_lite0", fine_type="att", fine_net=torch.nn.Identity(),
                scoring=MatchScoring(shared_shot_frames=3))
+
+
+def test_a_shared_black_leader_is_not_a_shared_shot(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dnsvr.bundle as bundle_mod
+    from dnsvr import synthetic
+
+    extractor = FeatureExtractor("efficientnet_lite0")
+
+    def clip(i: int, frames: int) -> np.ndarray:
+        return np.asarray(synthetic.render_clip(i, seconds=frames, fps=1, size=(224, 224)))[:frames]
+
+    black = np.zeros((3, 224, 224, 3), np.uint8)
+    query_raw = extractor.extract(np.concatenate([black, clip(1, 8)])).numpy()
+    other_raw = extractor.extract(np.concatenate([black, clip(2, 8)])).numpy()
+    # a high shared-shot level, so that the term shows above the Chamfer score
+    scoring = dataclasses.replace(LITE_SCORING, shared_shot_score=0.95)
+    b = lite_bundle()
+    b.scoring = scoring
+    b.fit_whitening([extractor.extract(clip(i, 8)).numpy() for i in range(3, 8)] + [query_raw, other_raw], dims=32)
+    query, other = b.whiten(query_raw), b.whiten(other_raw).astype(np.float16)
+    np.testing.assert_array_equal(b.uniform_frames(query), [True] * 3 + [False] * 8)
+    guarded = b.fine_match(query, [other]).scores[0]
+    _, mats = b.fine_similarities(query, [other], return_matrices=True)
+    content_only = 0.95 - scoring.shared_shot_slope * (1 - shared_shot(mats[0][3:], 3))
+    monkeypatch.setattr(bundle_mod, "uniform_frame_features", lambda backbone: None)
+    fresh = lite_bundle()           # a bundle that has not seen the reference frames
+    fresh.scoring, fresh.whitening = scoring, b.whitening
+    assert fresh.uniform_frames(query) is None
+    unguarded = fresh.fine_match(query, [other]).scores[0]
+    # unguarded, the three black frames are a perfect shared shot; guarded, only the content counts
+    assert unguarded == pytest.approx(0.95, abs=1e-3)
+    assert guarded < 0.9 and guarded >= content_only - 1e-6
 
 
 def test_inset_match_lifts_a_candidate_whose_regions_show_the_query_small() -> None:

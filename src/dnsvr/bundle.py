@@ -44,6 +44,7 @@ import os
 import platform
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -196,12 +197,42 @@ LITE_SCORING = MatchScoring(direction="min", coverage_threshold=0.25, related_pe
                             coarse_scale=0.765, coarse_offset=0.126)
 
 
-def shared_shot(matrix: np.ndarray, frames: int) -> float:
+#: A query frame whose regions match those of a uniform grey frame (black, white, any grey) this well
+#: takes no part in a shared shot: two unrelated videos that both open on black would share one.
+UNIFORM_FRAME_SIMILARITY = 0.85
+#: The grey levels of the uniform reference frames.
+UNIFORM_LEVELS = (0, 32, 64, 96, 128, 160, 192, 224, 255)
+
+
+@lru_cache(maxsize=4)
+def uniform_frame_features(backbone: str) -> np.ndarray | None:
+    """Raw region features ``[levels, 9, C]`` of uniform grey 224×224 frames for a backbone's default
+    weights (what the extractor gives a black, grey or white frame), or None when its extractor cannot
+    be built here (the shared-shot term then keeps every frame)."""
+    try:
+        from dnsvr.backbones.extractor import FeatureExtractor
+
+        extractor = FeatureExtractor(backbone)
+        frames = np.zeros((len(UNIFORM_LEVELS), 224, 224, 3), dtype=np.uint8)
+        for k, level in enumerate(UNIFORM_LEVELS):
+            frames[k] = level
+        return extractor.extract(frames).float().numpy()
+    except Exception as exc:  # noqa: BLE001 - weights missing, unknown backbone: no mask, said once
+        logger.warning("no uniform reference frames for backbone %r (%s); the shared-shot term keeps every frame",
+                       backbone, exc)
+        return None
+
+
+def shared_shot(matrix: np.ndarray, frames: int, skip: np.ndarray | None = None) -> float:
     """The best mean similarity along ``frames`` consecutive frames of both videos: the diagonals of a
     frame-to-frame matrix ``[Tq, Tt]`` (query frames × candidate frames), a window of each; a video
-    shorter than ``frames`` uses its length.
+    shorter than ``frames`` uses its length. Query frames flagged in ``skip`` count as −1 (a window
+    holding one scores low).
     """
     m = np.asarray(matrix, dtype=np.float64)
+    if skip is not None and np.any(skip):
+        m = m.copy()
+        m[np.asarray(skip, dtype=bool)] = -1.0
     k = max(1, min(int(frames), *m.shape))
     rows, cols = m.shape[0] - k + 1, m.shape[1] - k + 1
     window = sum(m[s:s + rows, s:s + cols] for s in range(k))
@@ -390,6 +421,7 @@ class Bundle:
         self.selector_args = dict(selector_args or {})
         self.extra = dict(extra or {})
         self.scoring = scoring if scoring is not None else MatchScoring()
+        self._uniform_refs: dict[str | None, np.ndarray] = {}  # whitened uniform frames, by whitening
         if self.scoring.inset_scale is not None and fine_type != "chamfer":
             raise BundleError("an inset match needs the training-free chamfer stage (its stored fine "
                               "representation is the base features)")
@@ -752,6 +784,7 @@ class Bundle:
         scores = np.asarray(sims, dtype=np.float64).copy()
         coverage = np.zeros((n, 2), dtype=np.float32)
         shots = np.full(n, -np.inf) if match == "related" and sc.shared_shot_frames else None
+        uniform = self.uniform_frames(query_fine) if shots is not None else None
         for k, m in enumerate(mats or []):
             if m.size == 0:
                 continue
@@ -760,7 +793,8 @@ class Bundle:
             if self.fine_type == "chamfer" and sc.direction == "min":
                 scores[k] = min(float(best_q.mean()), float(best_t.mean()))
             if shots is not None:
-                shots[k] = sc.shared_shot_score - sc.shared_shot_slope * (1.0 - shared_shot(m, sc.shared_shot_frames))
+                shots[k] = sc.shared_shot_score - sc.shared_shot_slope * (
+                    1.0 - shared_shot(m, sc.shared_shot_frames, skip=uniform))
         uncovered = 1.0 - coverage.min(1).astype(np.float64)
         insets = self._inset_scores(inset, candidates) if inset is not None and sc.inset_scale else None
         if match == "copy":
@@ -774,6 +808,29 @@ class Bundle:
             if shots is not None:
                 scores = np.maximum(scores, shots)
         return FineMatches(scores.astype(np.float32), coverage)
+
+    def uniform_frames(self, query_fine: np.ndarray) -> np.ndarray | None:
+        """Which of a query's frames are uniform (black, white, grey: their regions match a uniform grey
+        frame's at :data:`UNIFORM_FRAME_SIMILARITY` or more, in this bundle's whitened space), ``[T]``
+        bool; None where the reference frames are not available or not comparable (another size)."""
+        q = np.asarray(query_fine)
+        if self.fine_type != "chamfer" or q.ndim != 3 or not len(q):
+            return None
+        key = self.whitening.identity if self.whitening is not None and self.whitened else None
+        refs = self._uniform_refs.get(key)
+        if refs is None:
+            raw = uniform_frame_features(self.backbone)
+            if raw is None:
+                return None
+            try:
+                refs = self.whiten(raw)
+            except BundleError:
+                return None
+            self._uniform_refs = {key: refs}
+        if refs.shape[-1] != q.shape[-1]:
+            return None
+        sims = np.einsum("trd,ksd->tkrs", q.astype(np.float32), refs.astype(np.float32))
+        return sims.max(axis=3).mean(axis=2).max(axis=1) >= UNIFORM_FRAME_SIMILARITY
 
     @staticmethod
     def _inset_scores(inset: np.ndarray, candidates: Sequence[np.ndarray], block_regions: int = 1 << 16) -> np.ndarray:
