@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dnsvr.train.video_augment import (FAMILIES, OPERATIONS, AugmentPolicy, augment_frames, copy_generator,
-                                       picture_in_picture)
+                                       low_quality, noise, picture_in_picture)
 
 ALWAYS = AugmentPolicy(global_ops=(1, 3), frame_probability=1.0, temporal_probability=1.0, pip_probability=1.0)
 
@@ -61,6 +61,30 @@ def test_each_operation_changes_the_frames(name, seed):
     out = OPERATIONS[name](frames, np.random.default_rng(seed))
     assert out.dtype == np.uint8 and out.shape[1:] == frames.shape[1:]
     assert out.shape != frames.shape or not np.array_equal(out, frames), name
+
+
+def test_noise_is_new_in_every_frame_and_of_the_drawn_strength():
+    frames = np.full((6, 40, 50, 3), 128, np.uint8)
+    out = noise(frames, np.random.default_rng(0))
+    diff = out.astype(np.float32) - 128
+    assert 4 * 0.9 <= diff.std() <= 25 * 1.1 and abs(diff.mean()) < 1.0
+    assert not np.array_equal(out[0], out[1])           # not one pattern laid over every frame
+
+
+def test_low_quality_makes_blocks_of_pixels_half_the_time():
+    from dnsvr.train.video_augment import _pixel_blocks
+
+    small = np.arange(2 * 3 * 4 * 3, dtype=np.uint8).reshape(2, 3, 4, 3)
+    big = _pixel_blocks(small, (8, 6))                  # every pixel becomes a 2×2 block
+    assert big.shape == (2, 6, 8, 3)
+    np.testing.assert_array_equal(big[:, ::2, ::2], small)
+    np.testing.assert_array_equal(big[:, 1::2, 1::2], small)
+    frames = _video(3, t=2, h=60, w=80)
+    draws = [bool(np.random.default_rng(seed).random() < 0.5) for seed in range(20)]
+    assert 0 < sum(draws) < 20                          # both kinds are drawn
+    for seed in range(4):
+        out = low_quality(frames, np.random.default_rng(seed))
+        assert out.shape == frames.shape and out.dtype == np.uint8 and not np.array_equal(out, frames)
 
 
 def test_picture_in_picture_places_the_inset():

@@ -41,7 +41,7 @@ from dnsvr.train.augment import DROP_PROBABILITY, _windows, reverse
 logger = logging.getLogger(__name__)
 
 #: The transformations of each family, by name (the order is part of the random stream).
-GLOBAL_OPS = ("crop", "flip", "color", "blur", "grayscale", "low_quality")
+GLOBAL_OPS = ("crop", "flip", "color", "blur", "grayscale", "low_quality", "noise")
 FRAME_OPS = ("text", "shapes")
 TEMPORAL_OPS = ("speed", "drop", "shuffle", "pause", "reverse")
 FAMILIES = {"global": GLOBAL_OPS, "frame": FRAME_OPS, "temporal": TEMPORAL_OPS, "pip": ("pip",)}
@@ -155,14 +155,24 @@ def grayscale(frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.repeat(np.clip(y + 0.5, 0, 255).astype(np.uint8)[..., None], 3, axis=-1)
 
 
+def _pixel_blocks(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Frames enlarged to ``size`` (w, h) by repeating each pixel (nearest neighbour): blocks."""
+    w, h = size
+    rows = np.minimum((np.arange(h) * frames.shape[1]) // h, frames.shape[1] - 1)
+    cols = np.minimum((np.arange(w) * frames.shape[2]) // w, frames.shape[2] - 1)
+    return frames[:, rows][:, :, cols]
+
+
 def low_quality(frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Downscaled to 25–60 % and back up, then JPEG-compressed at quality 8–35 (blocking, ringing)."""
+    """Downscaled to 10–60 % and back up (smoothly, or as blocks of pixels half the time), then
+    JPEG-compressed at quality 8–35 (blocking, ringing)."""
     from PIL import Image
 
     _, h, w, _ = frames.shape
-    f = float(rng.uniform(0.25, 0.6))
+    blocks = bool(rng.random() < 0.5)
+    f = float(rng.uniform(0.1, 0.3) if blocks else rng.uniform(0.25, 0.6))
     small = _resize(frames, (max(int(w * f), 8), max(int(h * f), 8)))
-    x = _resize(small, (w, h))
+    x = _pixel_blocks(small, (w, h)) if blocks else _resize(small, (w, h))
     quality = int(rng.integers(8, 36))
     out = []
     for frame in x:
@@ -171,6 +181,13 @@ def low_quality(frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         buf.seek(0)
         out.append(np.asarray(Image.open(buf).convert("RGB")))
     return np.stack(out)
+
+
+def noise(frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Gaussian pixel noise of standard deviation 4–25 grey levels, new in every frame."""
+    sigma = float(rng.uniform(4.0, 25.0))
+    noisy = frames.astype(np.float32) + rng.normal(0.0, sigma, frames.shape).astype(np.float32)
+    return np.clip(noisy + 0.5, 0, 255).astype(np.uint8)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -316,7 +333,7 @@ def picture_in_picture(frames: np.ndarray, host: np.ndarray, rng: np.random.Gene
 #: Every frame-level operation by name: ``f(frames, rng) -> frames``.
 OPERATIONS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]] = {
     "crop": random_crop, "flip": flip, "color": colour_jitter, "blur": blur, "grayscale": grayscale,
-    "low_quality": low_quality, "text": overlay_text, "shapes": overlay_shapes, "speed": speed, "drop": drop,
+    "low_quality": low_quality, "noise": noise, "text": overlay_text, "shapes": overlay_shapes, "speed": speed, "drop": drop,
     "shuffle": shuffle, "pause": pause, "reverse": play_reversed,
 }
 
