@@ -201,20 +201,19 @@ def fit_chunk_map(videos: Mapping[str, np.ndarray], copies: Mapping[str, np.ndar
     """
     from dnsvr.bundle import lite_chunk_vectors
 
-    chunk_of: dict[str, np.ndarray] = {}
-
     def chunk_vectors(feats: np.ndarray) -> np.ndarray:
         return lite_chunk_vectors(_normalised_map(feats, region_map), chunks).astype(np.float64)
 
     dims = 0
     scatter, pairs = None, 0
+    last: tuple[str, np.ndarray] | None = None  # a video's copies come one after another: keep one video's chunks
     for cid, feats in copies.items():
         vid = cid.rsplit(COPY_SEPARATOR, 1)[0]
         if vid not in videos:
             continue
-        if vid not in chunk_of:
-            chunk_of[vid] = chunk_vectors(videos[vid])
-        a, b = chunk_vectors(feats), chunk_of[vid]
+        if last is None or last[0] != vid:
+            last = (vid, chunk_vectors(videos[vid]))
+        a, b = chunk_vectors(feats), last[1]
         dims = a.shape[1]
         sims = a @ b.T
         best_b, best_a = sims.argmax(1), sims.argmax(0)

@@ -7,7 +7,8 @@ transformations are the four families of that recipe, applied to decoded ``uint8
 ``[T, H, W, 3]`` (the sampled, centre-cropped frames the extractor takes) with numpy/PIL operations:
 
 * **global** (each frame alike): random crop (resized back), horizontal flip, colour/contrast/brightness/
-  saturation jitter, Gaussian blur, grayscale, low quality (downscaled and upscaled, JPEG-compressed);
+  saturation jitter, Gaussian blur, grayscale, low quality (downscaled and upscaled smoothly or as
+  blocks of pixels, JPEG-compressed), pixel noise;
 * **frame** (overlays): text in a random place and colour, logo/emoji-like shapes;
 * **temporal**: speed change (0.5–0.8× or 1.25–2×), window drop, window shuffle, pause (a frame
   frozen), reverse — on the windows of :mod:`dnsvr.train.augment`, but each always changes the video;
