@@ -53,6 +53,15 @@ def fit_coarse_calibration(fine: str | Path, coarse: str | Path, pairs: str | Pa
         f = pair_similarities(fine_net, fine_cfg["network"]["type"], store, idx, device=device).astype(np.float64)
     finally:
         store.close()
+    return calibration_fit(c, f)
+
+
+def calibration_fit(coarse: Any, fine: Any) -> tuple[float, float] | None:
+    """Least squares ``fine ≈ scale × coarse + offset``; None unless ``scale > 0`` (a calibration that
+    does not increase would reverse the coarse order) or with fewer than two distinct coarse values."""
+    import numpy as np
+
+    c, f = np.asarray(coarse, dtype=np.float64), np.asarray(fine, dtype=np.float64)
     if len(c) < 2 or float(np.std(c)) == 0.0:
         return None
     scale, offset = np.polyfit(c, f, 1)
