@@ -143,7 +143,8 @@ class MatchScoring:
             matrix: a shot the two videos share, at the same speed) lifts a pair to
             ``shared_shot_score − shared_shot_slope × (1 − that mean)`` when that is higher — a video
             that shares one shot of the query ranks above videos that merely look alike, and below
-            whole copies (None: no such term; ``chamfer`` stage only).
+            whole copies (None: no such term; ``chamfer`` stage only). Uniform query frames (black,
+            grey, white: :meth:`Bundle.uniform_frames`) take no part.
         shared_shot_score, shared_shot_slope: see ``shared_shot_frames``.
         coarse_scale, coarse_offset: a coarse similarity ``c`` not re-scored by the fine stage is
             shown as the fine similarity ``coarse_scale × c + coarse_offset`` would be (a least-squares
