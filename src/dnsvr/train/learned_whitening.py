@@ -49,6 +49,9 @@ MIN_PAIRS_PER_DIM = 4
 #: real-content benchmark's dev splits (thresholds 0.1 / 0.2 / 0.3 / 0.5 / 0.7, shrinkage 0.05–1).
 CHUNK_PAIR_THRESHOLD = 0.1
 CHUNK_SHRINKAGE = 0.1
+#: With few chunk pairs the shrinkage grows: at least this × dims / pairs (0.15 for 128 dims and 850 pairs,
+#: 0.46 for 60 videos' 280 pairs; 1 and 2 compared on the dev splits subsampled to 40–193 videos).
+CHUNK_SHRINKAGE_PER_PAIR = 1.0
 #: Fewest matching chunk pairs per dimension for a chunk map (fewer: the coarse stage stays unmapped).
 MIN_CHUNK_PAIRS_PER_DIM = 2
 #: Held-out originals whose copies calibrate the coarse scores onto the fine scale, at most.
@@ -177,7 +180,7 @@ def _normalised_map(x: np.ndarray, matrix: np.ndarray | None) -> np.ndarray:
 
 def fit_chunk_map(videos: Mapping[str, np.ndarray], copies: Mapping[str, np.ndarray], chunks: int, *,
                   region_map: np.ndarray | None = None, threshold: float = CHUNK_PAIR_THRESHOLD,
-                  shrinkage: float = CHUNK_SHRINKAGE) -> tuple[np.ndarray | None, int]:
+                  shrinkage: float | None = None) -> tuple[np.ndarray | None, int]:
     """A learned map of the coarse stage's chunk vectors, from videos and their copies.
 
     The same idea as :func:`fit_learned_whitening` one level up: each video's and each copy's chunk
@@ -193,7 +196,9 @@ def fit_chunk_map(videos: Mapping[str, np.ndarray], copies: Mapping[str, np.ndar
         chunks: chunk vectors per video (the bundle's ``coarse_args["chunks"]``).
         region_map: the learned region map (``LearnedWhitening.matrix``) the bundle applies first.
         threshold: least similarity of a chunk pair.
-        shrinkage: share of the pairs' mean variance added to every direction.
+        shrinkage: share of the pairs' mean variance added to every direction (None: the larger of
+            :data:`CHUNK_SHRINKAGE` and :data:`CHUNK_SHRINKAGE_PER_PAIR` × dims / pairs — a covariance
+            estimated from few pairs is pulled harder towards the identity).
 
     Returns:
         ``(matrix [D, D] float64, pairs)``, or ``(None, pairs)`` with fewer than
@@ -223,6 +228,8 @@ def fit_chunk_map(videos: Mapping[str, np.ndarray], copies: Mapping[str, np.ndar
         pairs += len(d)
     if scatter is None or pairs < MIN_CHUNK_PAIRS_PER_DIM * dims:
         return None, pairs
+    if shrinkage is None:
+        shrinkage = max(CHUNK_SHRINKAGE, CHUNK_SHRINKAGE_PER_PAIR * dims / pairs)
     cov = scatter / pairs
     cov += shrinkage * np.trace(cov) / dims * np.eye(dims)
     w, v = np.linalg.eigh(cov)
