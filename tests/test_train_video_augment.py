@@ -69,6 +69,7 @@ def test_noise_is_new_in_every_frame_and_of_the_drawn_strength():
     diff = out.astype(np.float32) - 128
     assert 4 * 0.9 <= diff.std() <= 25 * 1.1 and abs(diff.mean()) < 1.0
     assert not np.array_equal(out[0], out[1])           # not one pattern laid over every frame
+    np.testing.assert_array_equal(noise(frames, np.random.default_rng(0), block=4), out)  # blocks: same copy
 
 
 def test_low_quality_makes_blocks_of_pixels_half_the_time():

@@ -184,11 +184,16 @@ def low_quality(frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.stack(out)
 
 
-def noise(frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Gaussian pixel noise of standard deviation 4–25 grey levels, new in every frame."""
+def noise(frames: np.ndarray, rng: np.random.Generator, block: int = 64) -> np.ndarray:
+    """Gaussian pixel noise of standard deviation 4–25 grey levels, new in every frame (``block`` frames
+    at a time, so a long video needs no float copy of all its frames)."""
     sigma = float(rng.uniform(4.0, 25.0))
-    noisy = frames.astype(np.float32) + rng.normal(0.0, sigma, frames.shape).astype(np.float32)
-    return np.clip(noisy + 0.5, 0, 255).astype(np.uint8)
+    out = np.empty_like(frames)
+    for start in range(0, len(frames), block):
+        part = frames[start:start + block]
+        noisy = part.astype(np.float32) + rng.normal(0.0, sigma, part.shape).astype(np.float32)
+        out[start:start + block] = np.clip(noisy + 0.5, 0, 255).astype(np.uint8)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,8 +339,8 @@ def picture_in_picture(frames: np.ndarray, host: np.ndarray, rng: np.random.Gene
 #: Every frame-level operation by name: ``f(frames, rng) -> frames``.
 OPERATIONS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]] = {
     "crop": random_crop, "flip": flip, "color": colour_jitter, "blur": blur, "grayscale": grayscale,
-    "low_quality": low_quality, "noise": noise, "text": overlay_text, "shapes": overlay_shapes, "speed": speed, "drop": drop,
-    "shuffle": shuffle, "pause": pause, "reverse": play_reversed,
+    "low_quality": low_quality, "noise": noise, "text": overlay_text, "shapes": overlay_shapes, "speed": speed,
+    "drop": drop, "shuffle": shuffle, "pause": pause, "reverse": play_reversed,
 }
 
 
