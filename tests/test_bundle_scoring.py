@@ -118,6 +118,9 @@ def test_a_shared_black_leader_is_not_a_shared_shot(monkeypatch: pytest.MonkeyPa
     b.fit_whitening([extractor.extract(clip(i, 8)).numpy() for i in range(3, 8)] + [query_raw, other_raw], dims=32)
     query, other = b.whiten(query_raw), b.whiten(other_raw).astype(np.float16)
     np.testing.assert_array_equal(b.uniform_frames(query), [True] * 3 + [False] * 8)
+    cards = np.zeros((2, 224, 224, 3), np.uint8)
+    cards[0], cards[1] = (200, 30, 30), (20, 20, 160)   # colour cards not among the reference colours
+    assert b.uniform_frames(b.whiten(extractor.extract(cards).numpy())).all()
     guarded = b.fine_match(query, [other]).scores[0]
     _, mats = b.fine_similarities(query, [other], return_matrices=True)
     content_only = 0.95 - scoring.shared_shot_slope * (1 - shared_shot(mats[0][3:], 3))

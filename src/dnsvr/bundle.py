@@ -144,7 +144,7 @@ class MatchScoring:
             ``shared_shot_score − shared_shot_slope × (1 − that mean)`` when that is higher — a video
             that shares one shot of the query ranks above videos that merely look alike, and below
             whole copies (None: no such term; ``chamfer`` stage only). Uniform query frames (black,
-            grey, white: :meth:`Bundle.uniform_frames`) take no part.
+            grey, white, a solid colour: :meth:`Bundle.uniform_frames`) take no part.
         shared_shot_score, shared_shot_slope: see ``shared_shot_frames``.
         coarse_scale, coarse_offset: a coarse similarity ``c`` not re-scored by the fine stage is
             shown as the fine similarity ``coarse_scale × c + coarse_offset`` would be (a least-squares
@@ -198,25 +198,27 @@ LITE_SCORING = MatchScoring(direction="min", coverage_threshold=0.25, related_pe
                             coarse_scale=0.765, coarse_offset=0.126)
 
 
-#: A query frame whose regions match those of a uniform grey frame (black, white, any grey) this well
-#: takes no part in a shared shot: two unrelated videos that both open on black would share one.
+#: A query frame whose regions match those of a uniform frame (black, white, a grey, a solid colour) this
+#: well takes no part in a shared shot: two unrelated videos that both open on black would share one.
 UNIFORM_FRAME_SIMILARITY = 0.85
-#: The grey levels of the uniform reference frames.
-UNIFORM_LEVELS = (0, 32, 64, 96, 128, 160, 192, 224, 255)
+#: The colours (RGB) of the uniform reference frames: greys, then saturated and dark colours.
+UNIFORM_COLOURS = tuple((g, g, g) for g in (0, 32, 64, 96, 128, 160, 192, 224, 255)) + (
+    (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255), (255, 0, 255), (255, 128, 0),
+    (128, 0, 0), (0, 128, 0), (0, 0, 128))
 
 
 @lru_cache(maxsize=4)
 def uniform_frame_features(backbone: str) -> np.ndarray | None:
-    """Raw region features ``[levels, 9, C]`` of uniform grey 224×224 frames for a backbone's default
-    weights (what the extractor gives a black, grey or white frame), or None when its extractor cannot
-    be built here (the shared-shot term then keeps every frame)."""
+    """Raw region features ``[colours, 9, C]`` of uniform 224×224 frames (:data:`UNIFORM_COLOURS`) for a
+    backbone's default weights (what the extractor gives a black, grey, white or solid-colour frame), or
+    None when its extractor cannot be built here (the shared-shot term then keeps every frame)."""
     try:
         from dnsvr.backbones.extractor import FeatureExtractor
 
         extractor = FeatureExtractor(backbone)
-        frames = np.zeros((len(UNIFORM_LEVELS), 224, 224, 3), dtype=np.uint8)
-        for k, level in enumerate(UNIFORM_LEVELS):
-            frames[k] = level
+        frames = np.zeros((len(UNIFORM_COLOURS), 224, 224, 3), dtype=np.uint8)
+        for k, colour in enumerate(UNIFORM_COLOURS):
+            frames[k] = colour
         return extractor.extract(frames).float().numpy()
     except Exception as exc:  # noqa: BLE001 - weights missing, unknown backbone: no mask, said once
         logger.warning("no uniform reference frames for backbone %r (%s); the shared-shot term keeps every frame",
@@ -811,8 +813,8 @@ class Bundle:
         return FineMatches(scores.astype(np.float32), coverage)
 
     def uniform_frames(self, query_fine: np.ndarray) -> np.ndarray | None:
-        """Which of a query's frames are uniform (black, white, grey: their regions match a uniform grey
-        frame's at :data:`UNIFORM_FRAME_SIMILARITY` or more, in this bundle's whitened space), ``[T]``
+        """Which of a query's frames are uniform (black, white, grey, a solid colour: their regions match a
+        uniform frame's at :data:`UNIFORM_FRAME_SIMILARITY` or more, in this bundle's whitened space), ``[T]``
         bool; None where the reference frames are not available or not comparable (another size)."""
         q = np.asarray(query_fine)
         if self.fine_type != "chamfer" or q.ndim != 3 or not len(q):
