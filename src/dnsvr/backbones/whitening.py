@@ -48,6 +48,16 @@ def _to_numpy(x: Any, name: str) -> np.ndarray:
     raise TypeError(f"{name}: expected a numpy array or a torch tensor, got {type(x).__name__}")
 
 
+def map_whitened(features: ArrayLike, matrix: ArrayLike | None) -> np.ndarray:
+    """``normalise(features @ matrix)`` in float32 — whitened features carried into a whitening that
+    follows theirs (:meth:`PCAWhitening.relative_to` gives the matrix); unchanged without a matrix."""
+    x = np.asarray(features, dtype=np.float32)
+    if matrix is None:
+        return x
+    y = x @ np.asarray(matrix, dtype=np.float32)
+    return y / np.maximum(np.linalg.norm(y, axis=-1, keepdims=True), 1e-12)
+
+
 class PCAWhitening(nn.Module):
     """PCA whitening: centre, project onto the top ``dims`` eigenvectors, scale by 1/sqrt(d + 1e-7), L2-normalise.
 

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dnsvr import __version__
+from dnsvr.backbones.whitening import map_whitened
 from dnsvr.fine import DEFAULT_PRECISION, PRECISIONS
 from dnsvr.bundle import DEFAULT_MATCH, MATCH_MODES, Bundle, BundleError, VideoRepresentation, load_bundle
 from dnsvr.index._lock import LOCK_NAME, WriterLock
@@ -732,11 +733,7 @@ class VideoIndex:
             chunk = ids[start:start + batch_size]
             for vid, fine in zip(chunk, store.fine(chunk)):
                 entry = store.get(vid)
-                base = self.bundle.base_features(fine)
-                if conversion is not None:
-                    base = base @ conversion.astype(np.float32)
-                    base /= np.maximum(np.linalg.norm(base, axis=-1, keepdims=True), 1e-12)
-                rep = new_bundle.represent(base)
+                rep = new_bundle.represent(map_whitened(self.bundle.base_features(fine), conversion))
                 records.append(IndexRecord(vid, rep.coarse, rep.fine, rep.selector, entry.record_meta()))
             out._writable_store().add(records)
             records.clear()

@@ -23,6 +23,7 @@ Measured on the real-content benchmark in docs/training.md.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Iterator, Mapping
@@ -33,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from dnsvr.backbones.whitening import map_whitened
 from dnsvr.train.selfsup import COPY_SEPARATOR
 
 logger = logging.getLogger(__name__)
@@ -169,15 +171,6 @@ def fit_learned_whitening(videos: Mapping[str, np.ndarray], copies: Mapping[str,
     return LearnedWhitening(inv_sqrt @ rot[:, ::-1], pairs=pairs, videos=len(used), copies=n_copies)
 
 
-def _normalised_map(x: np.ndarray, matrix: np.ndarray | None) -> np.ndarray:
-    """``normalise(x @ matrix)`` in float32 (``x`` unchanged without a matrix)."""
-    x = np.asarray(x, dtype=np.float32)
-    if matrix is None:
-        return x
-    y = x @ np.asarray(matrix, dtype=np.float32)
-    return y / np.maximum(np.linalg.norm(y, axis=-1, keepdims=True), 1e-12)
-
-
 def fit_chunk_map(videos: Mapping[str, np.ndarray], copies: Mapping[str, np.ndarray], chunks: int, *,
                   region_map: np.ndarray | None = None, threshold: float = CHUNK_PAIR_THRESHOLD,
                   shrinkage: float | None = None) -> tuple[np.ndarray | None, int]:
@@ -207,7 +200,7 @@ def fit_chunk_map(videos: Mapping[str, np.ndarray], copies: Mapping[str, np.ndar
     from dnsvr.bundle import lite_chunk_vectors
 
     def chunk_vectors(feats: np.ndarray) -> np.ndarray:
-        return lite_chunk_vectors(_normalised_map(feats, region_map), chunks).astype(np.float64)
+        return lite_chunk_vectors(map_whitened(feats, region_map), chunks).astype(np.float64)
 
     dims = 0
     scatter, pairs = None, 0
@@ -242,7 +235,8 @@ def fit_coarse_calibration(bundle: Any, videos: Mapping[str, np.ndarray], copies
 
     A least-squares fit of the fine stage's scores (``related`` mode) on the coarse similarities over
     every (copy, original) pair of at most :data:`CALIBRATION_VIDEOS` originals — mostly unrelated
-    pairs and each copy's own, as a search meets them. None with fewer than two originals.
+    pairs and each copy's own, as a search meets them (:func:`dnsvr.train.export.calibration_fit`: None
+    when it does not increase). None with fewer than two originals.
 
     Args:
         bundle: the :class:`dnsvr.bundle.Bundle` to calibrate (features as given after ``conversion``).
@@ -250,11 +244,12 @@ def fit_coarse_calibration(bundle: Any, videos: Mapping[str, np.ndarray], copies
         conversion: the map of the index's whitened features into ``bundle``'s (or None).
     """
     from dnsvr.index._coarse import chunked_similarities
+    from dnsvr.train.export import calibration_fit
 
     ids = sorted(videos)[:CALIBRATION_VIDEOS]
     if len(ids) < 2:
         return None
-    reps = {v: bundle.represent(_normalised_map(videos[v], conversion)) for v in ids}
+    reps = {v: bundle.represent(map_whitened(videos[v], conversion)) for v in ids}
     stored_coarse = np.stack([reps[v].coarse for v in ids])
     stored_fine = [reps[v].fine for v in ids]
     wanted = set(ids)
@@ -262,13 +257,12 @@ def fit_coarse_calibration(bundle: Any, videos: Mapping[str, np.ndarray], copies
     for cid in copies:
         if cid.rsplit(COPY_SEPARATOR, 1)[0] not in wanted:
             continue
-        rep = bundle.represent(_normalised_map(copies[cid], conversion))
+        rep = bundle.represent(map_whitened(copies[cid], conversion))
         xs.append(chunked_similarities(rep.coarse[None], stored_coarse, bundle.coarse_chunks)[0])
         ys.append(np.asarray(bundle.fine_match(rep.fine, stored_fine).scores, dtype=np.float64))
     if not xs:
         return None
-    scale, offset = np.polyfit(np.concatenate(xs).astype(np.float64), np.concatenate(ys), 1)
-    return float(scale), float(offset)
+    return calibration_fit(np.concatenate(xs), np.concatenate(ys))
 
 
 class _FeatureView(Mapping):
@@ -322,8 +316,6 @@ def learned_bundle(source: Any, learned: LearnedWhitening, *, chunk_map: np.ndar
             or None to keep the source's.
         provenance: recorded in ``extra["learned_whitening"]`` (threshold, shrinkage, seed...).
     """
-    import dataclasses
-
     import torch
 
     from dnsvr.bundle import Bundle, ChunkMap
@@ -405,11 +397,7 @@ def copy_retrieval_map(bundle: Any, videos: Mapping[str, np.ndarray], copies: Ma
             (:meth:`dnsvr.backbones.PCAWhitening.relative_to`), or None.
     """
     def rep(x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float32)
-        if conversion is not None:
-            x = x @ conversion.astype(np.float32)
-            x /= np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-        return bundle.represent(x).fine
+        return bundle.represent(map_whitened(x, conversion)).fine
 
     ids = sorted(videos)[:VALIDATION_VIDEOS]
     index_of = {v: k for k, v in enumerate(ids)}
